@@ -1,0 +1,119 @@
+/* common.c — errors, aligned memory, the thread count, version: what every other file uses. */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- errors */
+
+static _Thread_local char fn_error_message[1024];
+
+fn_status fn_error(fn_status code, const char *fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(fn_error_message, sizeof fn_error_message, fmt, args);
+    va_end(args);
+    return code;
+}
+
+const char *fn_last_error(void) { return fn_error_message; }
+
+const char *fn_version(void) { return FN_VERSION_STRING; }
+
+const char *fn_dtype_name(fn_dtype d) { return d == FN_FLOAT64 ? "float64" : "float32"; }
+
+/* ---------------------------------------------------------------- memory */
+
+void *fn_alloc(size_t bytes) {
+    void *p = NULL;
+    /* Round up: aligned_alloc wants a multiple of the alignment, and kernels may read whole
+     * vectors at the tail of a row. */
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    if (rounded < bytes) return NULL;
+    if (rounded == 0) rounded = 64;
+    if (posix_memalign(&p, 64, rounded) != 0) return NULL;
+    return p;
+}
+
+void *fn_calloc(size_t bytes) {
+    void *p = fn_alloc(bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+void fn_free(void *p) { free(p); }
+
+bool fn_mul_size(size_t a, size_t b, size_t *out) {
+    if (a != 0 && b > SIZE_MAX / a) return false;
+    *out = a * b;
+    return true;
+}
+
+/* ---------------------------------------------------------------- threads */
+
+static int fn_thread_count = 0; /* 0: not chosen yet, use the processors we may run on */
+
+static int fn_default_threads(void) {
+#ifdef _OPENMP
+    int n = omp_get_num_procs(); /* respects the affinity mask, like os.sched_getaffinity */
+    return n > 0 ? n : 1;
+#else
+    return 1;
+#endif
+}
+
+void fn_set_num_threads(int n) {
+#ifdef _OPENMP
+    fn_thread_count = n < 1 ? fn_default_threads() : n;
+#else
+    (void)n;
+    fn_thread_count = 1;
+#endif
+}
+
+int fn_get_num_threads(void) {
+    if (fn_thread_count < 1) fn_thread_count = fn_default_threads();
+    return fn_thread_count;
+}
+
+int fn_threads_get(void) { return fn_get_num_threads(); }
+
+int fn_has_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* ---------------------------------------------------------------- values */
+
+/* NaN and Inf are the values whose exponent bits are all ones. An integer OR-reduction over that
+ * test vectorises (a floating-point one would not, without reassociation), so the common
+ * all-finite case runs at memory speed; the index is searched for only on failure. The bits are
+ * read through memcpy, which compiles to a plain load and respects strict aliasing. */
+#define FN_SCAN_NONFINITE(uint_t, exponent)                                                       \
+    do {                                                                                          \
+        const unsigned char *bytes = data;                                                        \
+        uint_t any = 0, bits;                                                                     \
+        for (int64_t i = 0; i < count; i++) {                                                     \
+            memcpy(&bits, bytes + i * sizeof bits, sizeof bits);                                  \
+            any |= (bits & (exponent)) == (exponent);                                             \
+        }                                                                                         \
+        if (!any) return -1;                                                                      \
+        for (int64_t i = 0; i < count; i++) {                                                     \
+            memcpy(&bits, bytes + i * sizeof bits, sizeof bits);                                  \
+            if ((bits & (exponent)) == (exponent)) return i;                                      \
+        }                                                                                         \
+    } while (0)
+
+int64_t fn_first_nonfinite(fn_dtype dtype, const void *data, int64_t count) {
+    if (dtype == FN_FLOAT64)
+        FN_SCAN_NONFINITE(uint64_t, 0x7ff0000000000000ULL);
+    else
+        FN_SCAN_NONFINITE(uint32_t, 0x7f800000U);
+    return -1;
+}

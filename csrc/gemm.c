@@ -1,0 +1,653 @@
+/* gemm.c — general matrix multiply: the process-wide BLAS table, fastnet's built-in packed kernel,
+ * and the public fn_gemm / fn_gemm_builtin.
+ *
+ * Everything is row-major: C (m, n) = alpha * op(A) (m, k) @ op(B) (k, n) + beta * C, with row
+ * strides lda/ldb/ldc. Work is shared between threads by contiguous blocks of columns of C, so that
+ * each thread writes its own part of every row and no two threads ever touch the same element.
+ */
+#ifndef FN_TEMPLATE_PASS
+#include "internal.h"
+#include "kernels.h"
+
+#include <limits.h>
+#include <string.h>
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+/* ---------------------------------------------------------------- the BLAS table
+ *
+ * One table for the whole process, meant to be installed at start-up, before GEMMs run on other
+ * threads. Each GEMM reads a copy of it once, so the gemm and set_threads_local it calls always come
+ * from the same table. */
+static fn_blas gemm_blas_table;
+
+void fn_set_blas(const fn_blas *table) {
+    if (table) {
+        gemm_blas_table = *table;
+    } else {
+        memset(&gemm_blas_table, 0, sizeof gemm_blas_table);
+    }
+}
+
+int fn_blas_installed(fn_dtype dtype) {
+    if (dtype == FN_FLOAT64) return gemm_blas_table.dgemm != NULL;
+    return gemm_blas_table.sgemm != NULL;
+}
+
+/* The BLAS entry point of each dtype, so that templated code can pick the right one by FN_T(). */
+typedef fn_sgemm_fn gemm_blas_fn_f32;
+typedef fn_dgemm_fn gemm_blas_fn_f64;
+static gemm_blas_fn_f32 gemm_blas_get_f32(const fn_blas *table) { return table->sgemm; }
+static gemm_blas_fn_f64 gemm_blas_get_f64(const fn_blas *table) { return table->dgemm; }
+
+/* ---------------------------------------------------------------- threading
+ *
+ * Below this many multiply-adds per thread, waking and joining a thread (a few microseconds) costs
+ * about as much as the share of work it would take over: 2^18 multiply-adds are a few microseconds
+ * for one core. */
+#define GEMM_MIN_WORK_PER_THREAD ((double)(1 << 18))
+
+static int gemm_thread_count(int64_t m, int64_t n, int64_t k, int64_t column_multiple,
+                             int threads) {
+    if (threads < 2) return 1;
+    /* In double: m*n*k may not fit in int64 for absurd (but valid) sizes. */
+    double work = (double)m * (double)n * (double)k;
+    double by_work = work / GEMM_MIN_WORK_PER_THREAD;
+    int64_t column_blocks = (n + column_multiple - 1) / column_multiple;
+    int64_t t = threads;
+    if (by_work < (double)t) t = by_work < 1.0 ? 1 : (int64_t)by_work;
+    if (column_blocks < t) t = column_blocks;
+    return t < 1 ? 1 : (int)t;
+}
+
+/* ---------------------------------------------------------------- blocking
+ *
+ * The built-in kernel is the classic packed scheme. For each block of NC columns and KC steps of k,
+ * op(B) (KC, NC) is copied into a contiguous panel of NR-column slivers; then for each MR rows,
+ * op(A) (MR, KC) is copied into a small sliver, and a register-blocked micro-kernel computes one
+ * (MR, NR) tile of C per NR-sliver of the B panel, keeping the whole tile in registers for all KC
+ * steps.
+ *
+ * The micro-kernel's vectors run along the columns of C (contiguous in row-major) and it broadcasts
+ * elements of A; a tile reads NR values of B and MR values of A per step of k. Sizes, for a core
+ * with a 48 KB L1d and a 2 MB L2:
+ *   - the A sliver (MR x KC) is packed right before the row of tiles that uses it and is read again
+ *     by every tile of that row, so it should stay in L1 while one B sliver (KC x NR) streams past
+ *     it: (MR + NR) * KC * sizeof(real) <= about 3/4 of L1, leaving room for the C tile;
+ *   - the B panel (KC x NC) is read once per MR rows of C, so it should stay in L2: KC * NC *
+ *     sizeof(real) <= about half of L2, leaving the other half for the rows of C and of A that
+ *     stream through it;
+ *   - KC should stay large, since each tile loads and stores its part of C once per KC steps.
+ * The numbers below follow from that and were then checked by measurement. Blocks are balanced
+ * (k = 300 with KC = 256 becomes two blocks of 150, not 256 + 44) so that no block is a sliver.
+ */
+#if defined(__AVX512F__)
+/* 32 zmm registers: 12 x 2 accumulators, 2 for B, the A broadcasts folded into the FMAs. */
+#define GEMM_MR_f32 12
+#define GEMM_NR_f32 32
+#define GEMM_MR_f64 12
+#define GEMM_NR_f64 16
+#define GEMM_KC_f32 256
+#define GEMM_KC_f64 128
+#define GEMM_NC_f32 1024
+#define GEMM_NC_f64 1024
+#elif defined(__AVX2__) && defined(__FMA__)
+/* 16 ymm registers: 6 x 2 accumulators, 2 for B, 1 for the broadcast A. */
+#define GEMM_MR_f32 6
+#define GEMM_NR_f32 16
+#define GEMM_MR_f64 6
+#define GEMM_NR_f64 8
+#define GEMM_KC_f32 384
+#define GEMM_KC_f64 256
+#define GEMM_NC_f32 1024
+#define GEMM_NC_f64 512
+#else
+/* Plain C: a tile small enough that a compiler targeting 16 SSE registers keeps it in registers. */
+#define GEMM_MR_f32 4
+#define GEMM_NR_f32 8
+#define GEMM_MR_f64 4
+#define GEMM_NR_f64 4
+#define GEMM_KC_f32 256
+#define GEMM_KC_f64 256
+#define GEMM_NC_f32 1024
+#define GEMM_NC_f64 512
+#define GEMM_PLAIN_MICRO_KERNEL 1
+#endif
+
+/* Splits `total` into near-equal blocks of at most `max_block` (rounded up to `multiple`). */
+static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multiple) {
+    int64_t blocks = (total + max_block - 1) / max_block;
+    int64_t size = (total + blocks - 1) / blocks;
+    return (size + multiple - 1) / multiple * multiple;
+}
+
+/* ---------------------------------------------------------------- SIMD micro-kernels
+ *
+ * Each computes one tile: a (kc, MR) packed A sliver and b (kc, NR) packed B sliver ->
+ * c (MR, NR) with row stride ldc: c = alpha * a^T @ b + beta * c, with {alpha, beta} in
+ * alpha_beta, where beta == 0 overwrites c without reading it (so NaN left in C does not survive,
+ * as in BLAS). */
+#if defined(__AVX512F__)
+
+/* a (kc, 12), b (kc, 32), c (12, 32) */
+static void gemm_micro_f32(int64_t kc, const float *restrict a, const float *restrict b,
+                           float *restrict c, int64_t ldc, const float *alpha_beta) {
+    __m512 acc[GEMM_MR_f32][2];
+    for (int i = 0; i < GEMM_MR_f32; i++) {
+        acc[i][0] = _mm512_setzero_ps();
+        acc[i][1] = _mm512_setzero_ps();
+        /* The tile is only written after all kc steps: start bringing it in now. */
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
+    }
+    for (int64_t p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        for (int i = 0; i < GEMM_MR_f32; i++) {
+            __m512 ai = _mm512_set1_ps(a[i]);
+            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+        }
+        a += GEMM_MR_f32;
+        b += GEMM_NR_f32;
+    }
+    /* Read only now: kept live through the loop they would cost two of the registers. */
+    float alpha = alpha_beta[0], beta = alpha_beta[1];
+    __m512 va = _mm512_set1_ps(alpha);
+    if (beta == 0) {
+        for (int i = 0; i < GEMM_MR_f32; i++) {
+            _mm512_storeu_ps(c + i * ldc, _mm512_mul_ps(va, acc[i][0]));
+            _mm512_storeu_ps(c + i * ldc + 16, _mm512_mul_ps(va, acc[i][1]));
+        }
+    } else {
+        __m512 vb = _mm512_set1_ps(beta);
+        for (int i = 0; i < GEMM_MR_f32; i++) {
+            float *row = c + i * ldc;
+            _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc[i][0],
+                                                  _mm512_mul_ps(vb, _mm512_loadu_ps(row))));
+            _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, acc[i][1],
+                                                       _mm512_mul_ps(vb, _mm512_loadu_ps(row + 16))));
+        }
+    }
+}
+
+/* a (kc, 12), b (kc, 16), c (12, 16) */
+static void gemm_micro_f64(int64_t kc, const double *restrict a, const double *restrict b,
+                           double *restrict c, int64_t ldc, const double *alpha_beta) {
+    __m512d acc[GEMM_MR_f64][2];
+    for (int i = 0; i < GEMM_MR_f64; i++) {
+        acc[i][0] = _mm512_setzero_pd();
+        acc[i][1] = _mm512_setzero_pd();
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + 8), _MM_HINT_T0);
+    }
+    for (int64_t p = 0; p < kc; p++) {
+        __m512d b0 = _mm512_loadu_pd(b), b1 = _mm512_loadu_pd(b + 8);
+        for (int i = 0; i < GEMM_MR_f64; i++) {
+            __m512d ai = _mm512_set1_pd(a[i]);
+            acc[i][0] = _mm512_fmadd_pd(ai, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_pd(ai, b1, acc[i][1]);
+        }
+        a += GEMM_MR_f64;
+        b += GEMM_NR_f64;
+    }
+    /* Read only now: kept live through the loop they would cost two of the registers. */
+    double alpha = alpha_beta[0], beta = alpha_beta[1];
+    __m512d va = _mm512_set1_pd(alpha);
+    if (beta == 0) {
+        for (int i = 0; i < GEMM_MR_f64; i++) {
+            _mm512_storeu_pd(c + i * ldc, _mm512_mul_pd(va, acc[i][0]));
+            _mm512_storeu_pd(c + i * ldc + 8, _mm512_mul_pd(va, acc[i][1]));
+        }
+    } else {
+        __m512d vb = _mm512_set1_pd(beta);
+        for (int i = 0; i < GEMM_MR_f64; i++) {
+            double *row = c + i * ldc;
+            _mm512_storeu_pd(row, _mm512_fmadd_pd(va, acc[i][0],
+                                                  _mm512_mul_pd(vb, _mm512_loadu_pd(row))));
+            _mm512_storeu_pd(row + 8, _mm512_fmadd_pd(va, acc[i][1],
+                                                      _mm512_mul_pd(vb, _mm512_loadu_pd(row + 8))));
+        }
+    }
+}
+
+#elif defined(__AVX2__) && defined(__FMA__)
+
+/* a (kc, 6), b (kc, 16), c (6, 16) */
+static void gemm_micro_f32(int64_t kc, const float *restrict a, const float *restrict b,
+                           float *restrict c, int64_t ldc, const float *alpha_beta) {
+    __m256 acc[GEMM_MR_f32][2];
+    for (int i = 0; i < GEMM_MR_f32; i++) {
+        acc[i][0] = _mm256_setzero_ps();
+        acc[i][1] = _mm256_setzero_ps();
+        /* The tile is only written after all kc steps: start bringing it in now. */
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + 8), _MM_HINT_T0);
+    }
+    for (int64_t p = 0; p < kc; p++) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        for (int i = 0; i < GEMM_MR_f32; i++) {
+            __m256 ai = _mm256_broadcast_ss(a + i);
+            acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+        }
+        a += GEMM_MR_f32;
+        b += GEMM_NR_f32;
+    }
+    /* Read only now: kept live through the loop they would cost two of the registers. */
+    float alpha = alpha_beta[0], beta = alpha_beta[1];
+    __m256 va = _mm256_set1_ps(alpha);
+    if (beta == 0) {
+        for (int i = 0; i < GEMM_MR_f32; i++) {
+            _mm256_storeu_ps(c + i * ldc, _mm256_mul_ps(va, acc[i][0]));
+            _mm256_storeu_ps(c + i * ldc + 8, _mm256_mul_ps(va, acc[i][1]));
+        }
+    } else {
+        __m256 vb = _mm256_set1_ps(beta);
+        for (int i = 0; i < GEMM_MR_f32; i++) {
+            float *row = c + i * ldc;
+            _mm256_storeu_ps(row, _mm256_fmadd_ps(va, acc[i][0],
+                                                  _mm256_mul_ps(vb, _mm256_loadu_ps(row))));
+            _mm256_storeu_ps(row + 8, _mm256_fmadd_ps(va, acc[i][1],
+                                                      _mm256_mul_ps(vb, _mm256_loadu_ps(row + 8))));
+        }
+    }
+}
+
+/* a (kc, 6), b (kc, 8), c (6, 8) */
+static void gemm_micro_f64(int64_t kc, const double *restrict a, const double *restrict b,
+                           double *restrict c, int64_t ldc, const double *alpha_beta) {
+    __m256d acc[GEMM_MR_f64][2];
+    for (int i = 0; i < GEMM_MR_f64; i++) {
+        acc[i][0] = _mm256_setzero_pd();
+        acc[i][1] = _mm256_setzero_pd();
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+    }
+    for (int64_t p = 0; p < kc; p++) {
+        __m256d b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
+        for (int i = 0; i < GEMM_MR_f64; i++) {
+            __m256d ai = _mm256_broadcast_sd(a + i);
+            acc[i][0] = _mm256_fmadd_pd(ai, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_pd(ai, b1, acc[i][1]);
+        }
+        a += GEMM_MR_f64;
+        b += GEMM_NR_f64;
+    }
+    /* Read only now: kept live through the loop they would cost two of the registers. */
+    double alpha = alpha_beta[0], beta = alpha_beta[1];
+    __m256d va = _mm256_set1_pd(alpha);
+    if (beta == 0) {
+        for (int i = 0; i < GEMM_MR_f64; i++) {
+            _mm256_storeu_pd(c + i * ldc, _mm256_mul_pd(va, acc[i][0]));
+            _mm256_storeu_pd(c + i * ldc + 4, _mm256_mul_pd(va, acc[i][1]));
+        }
+    } else {
+        __m256d vb = _mm256_set1_pd(beta);
+        for (int i = 0; i < GEMM_MR_f64; i++) {
+            double *row = c + i * ldc;
+            _mm256_storeu_pd(row, _mm256_fmadd_pd(va, acc[i][0],
+                                                  _mm256_mul_pd(vb, _mm256_loadu_pd(row))));
+            _mm256_storeu_pd(row + 4, _mm256_fmadd_pd(va, acc[i][1],
+                                                      _mm256_mul_pd(vb, _mm256_loadu_pd(row + 4))));
+        }
+    }
+}
+
+#endif
+
+/* ---------------------------------------------------------------- argument checks */
+
+/* Checks one operand: `rows` rows of `row_length` elements, `ld` apart. */
+static fn_status gemm_check_operand(const char *fn, const char *name, const char *ld_name,
+                                    const void *data, int64_t rows, int64_t row_length,
+                                    int64_t ld) {
+    if (ld < row_length) {
+        return fn_error(FN_EINVAL, "%s: %s = %lld is smaller than the %lld elements of a row of %s",
+                        fn, ld_name, (long long)ld, (long long)row_length, name);
+    }
+    if (rows > 0 && row_length > 0) {
+        if (data == NULL) {
+            return fn_error(FN_EINVAL, "%s: %s is NULL but has %lld x %lld elements", fn, name,
+                            (long long)rows, (long long)row_length);
+        }
+        /* Every element offset must fit in int64 and every byte offset in size_t. */
+        if (ld > (INT64_MAX / 8) / rows) {
+            return fn_error(FN_EINVAL, "%s: %s spans %lld rows of stride %lld: too large", fn,
+                            name, (long long)rows, (long long)ld);
+        }
+    }
+    return FN_OK;
+}
+
+static fn_status gemm_check(const char *fn, fn_dtype dtype, int trans_a, int trans_b, int64_t m,
+                            int64_t n, int64_t k, const void *a, int64_t lda, const void *b,
+                            int64_t ldb, const void *c, int64_t ldc) {
+    if (dtype != FN_FLOAT32 && dtype != FN_FLOAT64) {
+        return fn_error(FN_EINVAL, "%s: unknown dtype %d", fn, (int)dtype);
+    }
+    if (m < 0 || n < 0 || k < 0) {
+        return fn_error(FN_EINVAL, "%s: negative size m = %lld, n = %lld, k = %lld", fn,
+                        (long long)m, (long long)n, (long long)k);
+    }
+    /* Stored A is (m, k), or (k, m) when transposed; likewise B (k, n) or (n, k). */
+    FN_TRY(gemm_check_operand(fn, "A", "lda", a, trans_a ? k : m, trans_a ? m : k, lda));
+    FN_TRY(gemm_check_operand(fn, "B", "ldb", b, trans_b ? n : k, trans_b ? k : n, ldb));
+    FN_TRY(gemm_check_operand(fn, "C", "ldc", c, m, n, ldc));
+    return FN_OK;
+}
+
+/* ---------------------------------------------------------------- public entry points */
+
+fn_status fn_gemm(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                  double alpha, const void *a, int64_t lda, const void *b, int64_t ldb,
+                  double beta, void *c, int64_t ldc, int threads) {
+    FN_TRY(gemm_check("fn_gemm", dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc));
+    if (dtype == FN_FLOAT64) {
+        fn_gemm_f64(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                    threads);
+    } else {
+        fn_gemm_f32(trans_a != 0, trans_b != 0, m, n, k, (float)alpha, a, lda, b, ldb,
+                    (float)beta, c, ldc, threads);
+    }
+    return FN_OK;
+}
+
+fn_status fn_gemm_builtin(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n,
+                          int64_t k, double alpha, const void *a, int64_t lda, const void *b,
+                          int64_t ldb, double beta, void *c, int64_t ldc, int threads) {
+    FN_TRY(gemm_check("fn_gemm_builtin", dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c,
+                      ldc));
+    if (dtype == FN_FLOAT64) {
+        fn_gemm_builtin_f64(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                            ldc, threads);
+    } else {
+        fn_gemm_builtin_f32(trans_a != 0, trans_b != 0, m, n, k, (float)alpha, a, lda, b, ldb,
+                            (float)beta, c, ldc, threads);
+    }
+    return FN_OK;
+}
+
+#define FN_TEMPLATE_FILE "gemm.c"
+#include "template.h"
+
+#else /* ============================================================ templated half */
+
+#define GEMM_MR FN_T(GEMM_MR)
+#define GEMM_NR FN_T(GEMM_NR)
+#define GEMM_KC FN_T(GEMM_KC)
+#define GEMM_NC FN_T(GEMM_NC)
+
+#ifdef GEMM_PLAIN_MICRO_KERNEL
+/* a (kc, MR) packed, b (kc, NR) packed, c (MR, NR) with row stride ldc:
+ * c = alpha * a^T @ b + beta * c, {alpha, beta} in alpha_beta, beta == 0 overwriting c without
+ * reading it.
+ * Plain loops over a fixed-size tile, which compilers unroll and vectorise along NR. */
+static void FN_T(gemm_micro)(int64_t kc, const real *restrict a, const real *restrict b,
+                             real *restrict c, int64_t ldc, const real *alpha_beta) {
+    real acc[GEMM_MR][GEMM_NR];
+    for (int i = 0; i < GEMM_MR; i++) {
+        for (int j = 0; j < GEMM_NR; j++) acc[i][j] = 0;
+    }
+    for (int64_t p = 0; p < kc; p++) {
+        for (int i = 0; i < GEMM_MR; i++) {
+            real ai = a[i];
+            for (int j = 0; j < GEMM_NR; j++) acc[i][j] += ai * b[j];
+        }
+        a += GEMM_MR;
+        b += GEMM_NR;
+    }
+    real alpha = alpha_beta[0], beta = alpha_beta[1];
+    for (int i = 0; i < GEMM_MR; i++) {
+        real *row = c + i * ldc;
+        if (beta == 0) {
+            for (int j = 0; j < GEMM_NR; j++) row[j] = alpha * acc[i][j];
+        } else {
+            for (int j = 0; j < GEMM_NR; j++) row[j] = alpha * acc[i][j] + beta * row[j];
+        }
+    }
+}
+#endif
+
+/* c (m, n), row stride ldc: c = beta * c, beta == 0 writing zeros (even over NaN). */
+static void FN_T(gemm_scale)(int64_t m, int64_t n, real beta, real *c, int64_t ldc) {
+    for (int64_t i = 0; i < m; i++) {
+        real *row = c + i * ldc;
+        if (beta == 0) {
+            for (int64_t j = 0; j < n; j++) row[j] = 0;
+        } else if (beta != 1) {
+            for (int64_t j = 0; j < n; j++) row[j] *= beta;
+        }
+    }
+}
+
+/* Packs the (kc, nc) block of op(B) whose first element is at b into NR-column slivers:
+ * dst (ceil(nc / NR), kc, NR), columns past nc zero so that edge tiles need no special case in
+ * the micro-kernel. With trans_b, op(B)[p][j] is b[j * ldb + p]. */
+static void FN_T(gemm_pack_b)(bool trans_b, const real *b, int64_t ldb, int64_t kc, int64_t nc,
+                              real *restrict dst) {
+    for (int64_t j0 = 0; j0 < nc; j0 += GEMM_NR) {
+        int64_t cols = nc - j0 < GEMM_NR ? nc - j0 : GEMM_NR;
+        if (!trans_b) {
+            for (int64_t p = 0; p < kc; p++) {
+                const real *src = b + p * ldb + j0;
+                real *out = dst + p * GEMM_NR;
+                for (int64_t j = 0; j < cols; j++) out[j] = src[j];
+                for (int64_t j = cols; j < GEMM_NR; j++) out[j] = 0;
+            }
+        } else {
+            /* Column j of op(B) is row j of b: read each row once, write it down the sliver. */
+            for (int64_t j = 0; j < cols; j++) {
+                const real *src = b + (j0 + j) * ldb;
+                for (int64_t p = 0; p < kc; p++) dst[p * GEMM_NR + j] = src[p];
+            }
+            for (int64_t j = cols; j < GEMM_NR; j++) {
+                for (int64_t p = 0; p < kc; p++) dst[p * GEMM_NR + j] = 0;
+            }
+        }
+        dst += kc * GEMM_NR;
+    }
+}
+
+/* Packs the (rows, kc) block of op(A) whose first element is at a (rows <= MR) into one sliver:
+ * dst (kc, MR), rows past `rows` zero. With trans_a, op(A)[i][p] is a[p * lda + i]. */
+static void FN_T(gemm_pack_a)(bool trans_a, const real *a, int64_t lda, int64_t rows, int64_t kc,
+                              real *restrict dst) {
+    if (!trans_a) {
+        for (int64_t i = 0; i < rows; i++) {
+            const real *src = a + i * lda;
+            for (int64_t p = 0; p < kc; p++) dst[p * GEMM_MR + i] = src[p];
+        }
+    } else {
+        for (int64_t p = 0; p < kc; p++) {
+            const real *src = a + p * lda;
+            for (int64_t i = 0; i < rows; i++) dst[p * GEMM_MR + i] = src[i];
+        }
+    }
+    for (int64_t i = rows; i < GEMM_MR; i++) {
+        for (int64_t p = 0; p < kc; p++) dst[p * GEMM_MR + i] = 0;
+    }
+}
+
+/* The fallback when the packing buffers cannot be allocated: no extra memory, slow but correct.
+ * a, b, c as in gemm_serial below. */
+static void FN_T(gemm_unpacked)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                                real alpha, const real *a, int64_t lda, const real *b,
+                                int64_t ldb, real beta, real *c, int64_t ldc) {
+    FN_T(gemm_scale)(m, n, beta, c, ldc);
+    for (int64_t i = 0; i < m; i++) {
+        real *row = c + i * ldc;
+        for (int64_t p = 0; p < k; p++) {
+            real aip = alpha * (trans_a ? a[p * lda + i] : a[i * lda + p]);
+            if (trans_b) {
+                for (int64_t j = 0; j < n; j++) row[j] += aip * b[j * ldb + p];
+            } else {
+                const real *b_row = b + p * ldb;
+                for (int64_t j = 0; j < n; j++) row[j] += aip * b_row[j];
+            }
+        }
+    }
+}
+
+/* op(A) (m, k), op(B) (k, n), C (m, n): C = alpha * op(A) @ op(B) + beta * C on the calling
+ * thread, by the packed kernel. */
+static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                              real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,
+                              real beta, real *c, int64_t ldc) {
+    if (m == 0 || n == 0) return;
+    if (k == 0 || alpha == 0) { /* A and B are not read, as in BLAS */
+        FN_T(gemm_scale)(m, n, beta, c, ldc);
+        return;
+    }
+    int64_t kc_max = gemm_block_size(k, GEMM_KC, 1);
+    int64_t nc_max = gemm_block_size(n, GEMM_NC, GEMM_NR);
+
+    /* Allocated per call and per thread; a later change may keep them from one call to the
+     * next. */
+    real *b_panel = fn_alloc((size_t)(kc_max * nc_max) * sizeof(real));
+    real *a_sliver = fn_alloc((size_t)(kc_max * GEMM_MR) * sizeof(real));
+    if (b_panel == NULL || a_sliver == NULL) {
+        fn_free(b_panel);
+        fn_free(a_sliver);
+        FN_T(gemm_unpacked)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+
+    /* An edge tile is computed whole into this buffer, then its valid part copied to C. */
+    _Alignas(64) real edge_tile[GEMM_MR * GEMM_NR];
+
+    for (int64_t jc = 0; jc < n; jc += nc_max) {
+        int64_t nc = n - jc < nc_max ? n - jc : nc_max;
+        for (int64_t pc = 0; pc < k; pc += kc_max) {
+            int64_t kc = k - pc < kc_max ? k - pc : kc_max;
+            /* The first block of k applies beta; the later ones add to what it left. */
+            real beta_block = pc == 0 ? beta : (real)1;
+            const real scale[2] = {alpha, beta_block}, scale_edge[2] = {alpha, 0};
+            FN_T(gemm_pack_b)(trans_b, trans_b ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, kc,
+                              nc, b_panel);
+            for (int64_t ir = 0; ir < m; ir += GEMM_MR) {
+                int64_t rows = m - ir < GEMM_MR ? m - ir : GEMM_MR;
+                FN_T(gemm_pack_a)(trans_a, trans_a ? a + pc * lda + ir : a + ir * lda + pc, lda,
+                                  rows, kc, a_sliver);
+                real *c_rows = c + ir * ldc + jc;
+                for (int64_t jr = 0; jr < nc; jr += GEMM_NR) {
+                    int64_t cols = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
+                    const real *b_sliver = b_panel + jr * kc;
+                    if (rows == GEMM_MR && cols == GEMM_NR) {
+                        FN_T(gemm_micro)(kc, a_sliver, b_sliver, c_rows + jr, ldc, scale);
+                        continue;
+                    }
+                    FN_T(gemm_micro)(kc, a_sliver, b_sliver, edge_tile, GEMM_NR, scale_edge);
+                    for (int64_t i = 0; i < rows; i++) {
+                        real *row = c_rows + i * ldc + jr;
+                        const real *tile_row = edge_tile + i * GEMM_NR;
+                        if (beta_block == 0) {
+                            for (int64_t j = 0; j < cols; j++) row[j] = tile_row[j];
+                        } else {
+                            for (int64_t j = 0; j < cols; j++) {
+                                row[j] = tile_row[j] + beta_block * row[j];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    fn_free(b_panel);
+    fn_free(a_sliver);
+}
+
+/* One thread's share through the BLAS, (m, n_block) of C: row-major C = op(A) op(B) is
+ * column-major C^T = op(B)^T op(A)^T, so the Fortran call swaps the operands and m with n. The
+ * caller has checked that every size fits in int. */
+static void FN_T(gemm_blas_call)(const fn_blas *table, bool trans_a, bool trans_b, int64_t m,
+                                 int64_t n, int64_t k, real alpha, const real *a, int64_t lda,
+                                 const real *b, int64_t ldb, real beta, real *c, int64_t ldc) {
+    char op_b = trans_b ? 'T' : 'N', op_a = trans_a ? 'T' : 'N';
+    /* BLAS rejects a leading dimension of 0 even where nothing is read. */
+    int im = (int)m, in = (int)n, ik = (int)k;
+    int ilda = lda > 0 ? (int)lda : 1, ildb = ldb > 0 ? (int)ldb : 1, ildc = ldc > 0 ? (int)ldc : 1;
+    /* Our threads already split the work: the BLAS must not start threads of its own. */
+    int previous_threads = table->set_threads_local ? table->set_threads_local(1) : 0;
+    FN_T(gemm_blas_get)(table)(&op_b, &op_a, &in, &im, &ik, &alpha, b, &ildb, a, &ilda, &beta, c,
+                               &ildc);
+    if (table->set_threads_local) table->set_threads_local(previous_threads);
+}
+
+/* Runs the product on up to `threads` threads, each on a contiguous block of columns of C (whole
+ * NR-slivers, so that only the last block has an edge), through the BLAS when `table` is given,
+ * else the built-in kernel. */
+static void FN_T(gemm_split)(const fn_blas *table, bool trans_a, bool trans_b, int64_t m,
+                             int64_t n, int64_t k, real alpha, const real *a, int64_t lda,
+                             const real *b, int64_t ldb, real beta, real *c, int64_t ldc,
+                             int threads) {
+    int team = gemm_thread_count(m, n, k, GEMM_NR, threads);
+    int64_t column_blocks = (n + GEMM_NR - 1) / GEMM_NR;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(team) if (team > 1)
+#endif
+    {
+        int parts = 1, id = 0;
+#ifdef _OPENMP
+        /* The team may be smaller than asked for (nested inside another parallel region). */
+        parts = omp_get_num_threads();
+        id = omp_get_thread_num();
+#endif
+        (void)team;
+        int64_t first, last;
+        fn_partition(column_blocks, parts, id, &first, &last);
+        int64_t j0 = first * GEMM_NR, j1 = last * GEMM_NR < n ? last * GEMM_NR : n;
+        if (j1 > j0) {
+            const real *b_block = trans_b ? b + j0 * ldb : b + j0;
+            if (table) {
+                FN_T(gemm_blas_call)(table, trans_a, trans_b, m, j1 - j0, k, alpha, a, lda,
+                                     b_block, ldb, beta, c + j0, ldc);
+            } else {
+                FN_T(gemm_serial)(trans_a, trans_b, m, j1 - j0, k, alpha, a, lda, b_block, ldb,
+                                  beta, c + j0, ldc);
+            }
+        }
+    }
+}
+
+/* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda/ldb/ldc:
+ * C = alpha * op(A) @ op(B) + beta * C by the built-in kernel on up to `threads` threads. */
+void FN_T(fn_gemm_builtin)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                           real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,
+                           real beta, real *c, int64_t ldc, int threads) {
+    if (m <= 0 || n <= 0) return;
+    if (k == 0 || alpha == 0) {
+        FN_T(gemm_scale)(m, n, beta, c, ldc);
+        return;
+    }
+    FN_T(gemm_split)(NULL, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                     threads);
+}
+
+/* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda/ldb/ldc:
+ * C = alpha * op(A) @ op(B) + beta * C through the installed BLAS when there is one for this
+ * dtype and every size fits the Fortran ABI's int, else by the built-in kernel. */
+void FN_T(fn_gemm)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, real alpha,
+                   const real *a, int64_t lda, const real *b, int64_t ldb, real beta, real *c,
+                   int64_t ldc, int threads) {
+    if (m <= 0 || n <= 0) return;
+    fn_blas table = gemm_blas_table; /* one consistent copy for the whole call */
+    bool fits_int = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
+                    ldb <= INT_MAX && ldc <= INT_MAX;
+    /* k == 0 and alpha == 0 only scale C: not worth a BLAS call, and a BLAS would insist on
+     * leading dimensions of at least 1 for operands that have no elements. */
+    if (FN_T(gemm_blas_get)(&table) == NULL || !fits_int || k == 0 || alpha == 0) {
+        FN_T(fn_gemm_builtin)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                              threads);
+        return;
+    }
+    FN_T(gemm_split)(&table, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                     threads);
+}
+
+#undef GEMM_MR
+#undef GEMM_NR
+#undef GEMM_KC
+#undef GEMM_NC
+
+#endif /* FN_TEMPLATE_PASS */

@@ -1,0 +1,205 @@
+/* fastnet.h — the public C API of libfastnet.
+ *
+ * A model is an opaque handle built from a JSON spec (the same spec the Python package writes).
+ * Every function that can fail returns an fn_status; on failure fn_last_error() returns a message
+ * for the calling thread. Nothing in the library prints, exits or aborts. Distinct models may be
+ * used from distinct threads; one model must not be used from two threads at once.
+ *
+ * Arrays are C-contiguous, row-major, in the model's dtype (float or double), batch first.
+ */
+#ifndef FASTNET_H
+#define FASTNET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define FN_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define FN_API __attribute__((visibility("default")))
+#else
+#define FN_API
+#endif
+
+#define FN_VERSION_MAJOR 0
+#define FN_VERSION_MINOR 1
+#define FN_VERSION_PATCH 0
+#define FN_VERSION_STRING "0.1.0"
+
+typedef enum {
+    FN_OK = 0,
+    FN_EINVAL,   /* a bad argument: shape, dtype, label range, NaN input, bad spec */
+    FN_ENOMEM,   /* an allocation failed */
+    FN_EIO,      /* a file could not be read or written */
+    FN_EFORMAT,  /* a file is not a valid fastnet/safetensors file */
+    FN_ENUMERIC, /* a non-finite loss or gradient; the weights were left untouched */
+    FN_ESTATE    /* a call out of order, e.g. backward before forward */
+} fn_status;
+
+typedef enum { FN_FLOAT32 = 0, FN_FLOAT64 = 1 } fn_dtype;
+
+/* The element type of an integer label array. */
+typedef enum {
+    FN_LABEL_I8, FN_LABEL_U8, FN_LABEL_I16, FN_LABEL_U16,
+    FN_LABEL_I32, FN_LABEL_U32, FN_LABEL_I64, FN_LABEL_U64
+} fn_label_type;
+
+/* The message of the calling thread's last failure ("" if none). Valid until its next failure. */
+FN_API const char *fn_last_error(void);
+/* "MAJOR.MINOR.PATCH" of the library actually linked. */
+FN_API const char *fn_version(void);
+
+/* ------------------------------------------------------------------ threads */
+
+/* Threads used by every kernel (OpenMP). n < 1 selects the number of processors. Without OpenMP
+ * the library runs on one thread and fn_get_num_threads() returns 1. */
+FN_API void fn_set_num_threads(int n);
+FN_API int fn_get_num_threads(void);
+/* 1 if the library was built with OpenMP. */
+FN_API int fn_has_openmp(void);
+
+/* ------------------------------------------------------------------ BLAS
+ *
+ * GEMM goes through a table of Fortran-ABI BLAS functions (column-major, arguments by pointer:
+ * the sgemm_/dgemm_ every BLAS exports). Without a table, or with NULL entries, fastnet's built-in
+ * kernel runs. set_threads_local, when given, sets the BLAS's thread count for the calling thread
+ * only and returns the previous one (OpenBLAS's openblas_set_num_threads_local): fastnet calls BLAS
+ * single-threaded from inside its own OpenMP partitions. */
+typedef void (*fn_sgemm_fn)(const char *transa, const char *transb, const int *m, const int *n,
+                            const int *k, const float *alpha, const float *a, const int *lda,
+                            const float *b, const int *ldb, const float *beta, float *c,
+                            const int *ldc);
+typedef void (*fn_dgemm_fn)(const char *transa, const char *transb, const int *m, const int *n,
+                            const int *k, const double *alpha, const double *a, const int *lda,
+                            const double *b, const int *ldb, const double *beta, double *c,
+                            const int *ldc);
+typedef int (*fn_blas_threads_fn)(int num_threads);
+typedef struct {
+    fn_sgemm_fn sgemm;
+    fn_dgemm_fn dgemm;
+    fn_blas_threads_fn set_threads_local;
+} fn_blas;
+
+/* Installs a BLAS table for the whole process (copied); NULL restores the built-in kernel. */
+FN_API void fn_set_blas(const fn_blas *table);
+/* 1 if a BLAS table is installed for `dtype`. */
+FN_API int fn_blas_installed(fn_dtype dtype);
+
+/* Row-major GEMM: C = alpha * op(A) @ op(B) + beta * C, op(X) = X or X^T when trans_x is nonzero.
+ * A is (M, K) after op, B is (K, N) after op, C is (M, N); lda/ldb/ldc are row strides.
+ * Runs on up to `threads` threads (partitioned over columns of C). */
+FN_API fn_status fn_gemm(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n,
+                         int64_t k, double alpha, const void *a, int64_t lda, const void *b,
+                         int64_t ldb, double beta, void *c, int64_t ldc, int threads);
+/* The same product by the built-in kernel only (for tests and benchmarks). */
+FN_API fn_status fn_gemm_builtin(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n,
+                                 int64_t k, double alpha, const void *a, int64_t lda,
+                                 const void *b, int64_t ldb, double beta, void *c, int64_t ldc,
+                                 int threads);
+
+/* ------------------------------------------------------------------ optimizers and losses */
+
+typedef enum { FN_OPT_SGD = 0, FN_OPT_ADAM = 1, FN_OPT_ADAMW = 2 } fn_optimizer_kind;
+
+/* Hyper-parameters of the update, with PyTorch's meaning:
+ *   SGD:   g += wd*p; b = momentum*b + (1-dampening)*g (b = g at the first step);
+ *          g = nesterov ? g + momentum*b : b; p -= lr*g
+ *   Adam:  g += wd*p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+ *          p -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
+ *   AdamW: p *= 1 - lr*wd, then Adam without the g += wd*p term. */
+typedef struct {
+    fn_optimizer_kind kind;
+    double lr;
+    double momentum, dampening; /* SGD */
+    int nesterov;               /* SGD */
+    double beta1, beta2, eps;   /* Adam, AdamW */
+    double weight_decay;
+} fn_optimizer;
+
+typedef enum { FN_LOSS_CROSS_ENTROPY = 0 } fn_loss_kind;
+typedef struct {
+    fn_loss_kind kind; /* softmax cross-entropy over the last axis, mean over the batch */
+} fn_loss;
+
+/* Fused, numerically stable softmax cross-entropy on its own:
+ * logits (n, c), labels (n) -> *loss = mean_i -log softmax(logits_i)[labels_i];
+ * grad (n, c), if not NULL, receives d loss / d logits = (softmax - onehot) / n;
+ * correct, if not NULL, the number of rows whose argmax is the label. */
+FN_API fn_status fn_softmax_xent(fn_dtype dtype, const void *logits, int64_t n, int64_t c,
+                                 const void *labels, fn_label_type label_type, double *loss,
+                                 void *grad, int64_t *correct);
+
+/* ------------------------------------------------------------------ models */
+
+typedef struct fn_model fn_model;
+
+/* Builds a model from its JSON spec (see docs in the README) and initialises its parameters from
+ * the spec's seed. */
+FN_API fn_status fn_model_create(const char *spec_json, fn_model **out);
+FN_API void fn_model_free(fn_model *m);
+
+FN_API fn_dtype fn_model_dtype(const fn_model *m);
+/* The spec the model was built from (NUL-terminated JSON, owned by the model). */
+FN_API const char *fn_model_spec(const fn_model *m);
+/* Elements per sample of the input and the output. */
+FN_API int64_t fn_model_input_size(const fn_model *m);
+FN_API int64_t fn_model_output_size(const fn_model *m);
+
+/* Parameters live in one flat arena, gradients in another at the same offsets. */
+FN_API int fn_model_param_count(const fn_model *m);
+FN_API int64_t fn_model_param_total(const fn_model *m); /* elements in the arena */
+FN_API void *fn_model_params(fn_model *m);
+FN_API void *fn_model_grads(fn_model *m);
+/* Name (PyTorch's, e.g. "0.weight"), shape and arena offset (in elements) of parameter i. */
+FN_API fn_status fn_model_param_info(const fn_model *m, int i, const char **name, int *ndim,
+                                     int64_t shape[4], int64_t *offset);
+/* Re-initialises every parameter from `seed` (PyTorch's default initialisation). */
+FN_API fn_status fn_model_init_params(fn_model *m, uint64_t seed);
+
+/* Inference or the forward half of a manual step: x (n, input_size) -> y (n, output_size), a
+ * caller buffer (may be NULL when only the activations for backward are wanted). training != 0
+ * keeps what backward needs. Rejects NaN/Inf in x. */
+FN_API fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int training);
+/* Backward from d loss / d output (n, output_size) after a training forward of the same n.
+ * Accumulates parameter gradients into the gradient arena; grad_x (n, input_size) receives
+ * d loss / d x unless NULL. */
+FN_API fn_status fn_model_backward(fn_model *m, const void *grad_y, int64_t n, void *grad_x);
+FN_API void fn_model_zero_grad(fn_model *m);
+
+/* Selects the optimizer (its state is reset when the kind changes) or updates its
+ * hyper-parameters (state kept). */
+FN_API fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt);
+/* One optimizer update from the current gradients. */
+FN_API fn_status fn_model_step(fn_model *m);
+/* Steps taken by the optimizer; its state arena (state_count slots of param_total elements:
+ * SGD momentum buffer; Adam/AdamW first and second moments). */
+FN_API int64_t fn_model_optimizer_steps(const fn_model *m);
+FN_API void fn_model_set_optimizer_steps(fn_model *m, int64_t steps);
+FN_API int fn_model_optimizer_state_count(const fn_model *m);
+FN_API void *fn_model_optimizer_state(fn_model *m, int slot);
+
+/* One whole training step in one call: forward, loss, backward, optimizer update.
+ * x (n, input_size), labels (n) in [0, output_size). *loss receives the mean loss. A non-finite
+ * loss returns FN_ENUMERIC before anything is updated. */
+FN_API fn_status fn_model_train_step(fn_model *m, const void *x, const void *labels,
+                                     fn_label_type label_type, int64_t n, const fn_loss *loss,
+                                     double *loss_out);
+/* Rows of the last train_step whose argmax was the label (before the update). */
+FN_API int64_t fn_model_train_correct(const fn_model *m);
+
+/* ------------------------------------------------------------------ files */
+
+/* A model file is a safetensors file: the parameters under their PyTorch names, the spec and the
+ * library version in __metadata__ ("fastnet.spec", "fastnet.version"). Writes are atomic: a temp
+ * file in the same directory, fsynced, then renamed over `path`. */
+FN_API fn_status fn_model_save(const fn_model *m, const char *path);
+FN_API fn_status fn_model_load(const char *path, fn_model **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FASTNET_H */

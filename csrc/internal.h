@@ -1,0 +1,143 @@
+/* internal.h — private helpers shared by the C core: errors, threads, dtypes, tensors.
+ *
+ * Nothing here is part of the public API (csrc/include/fastnet.h). Every file in csrc/ includes it.
+ */
+#ifndef FASTNET_INTERNAL_H
+#define FASTNET_INTERNAL_H
+
+/* POSIX (posix_memalign, fsync, rename) under -std=c11; must precede every system header. */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "include/fastnet.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---------------------------------------------------------------- errors */
+
+/* Sets the calling thread's error message (printf-style) and returns `code`, so that a failing
+ * check reads `return fn_error(FN_EINVAL, "Linear(%d, %d): ...", ...);`. */
+fn_status fn_error(fn_status code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Propagates a failing status from a call whose message is already set. */
+#define FN_TRY(expr)                                                                              \
+    do {                                                                                          \
+        fn_status fn_try_status_ = (expr);                                                        \
+        if (fn_try_status_ != FN_OK) return fn_try_status_;                                      \
+    } while (0)
+
+/* ---------------------------------------------------------------- memory */
+
+/* 64-byte aligned allocation (a cache line, and a whole AVX-512 register): kernels load aligned
+ * rows. Returns NULL on failure, or for size 0 a valid pointer that fn_free accepts. */
+void *fn_alloc(size_t bytes);
+void *fn_calloc(size_t bytes);
+void fn_free(void *p);
+
+/* Multiplies sizes, failing (returning false) on overflow: every size read from a file or a spec
+ * goes through this before it reaches an allocator. */
+bool fn_mul_size(size_t a, size_t b, size_t *out);
+
+/* Index of the first NaN or Inf among `count` elements, or -1 if all are finite. */
+int64_t fn_first_nonfinite(fn_dtype dtype, const void *data, int64_t count);
+
+/* ---------------------------------------------------------------- threads */
+
+/* The OpenMP team size fastnet uses; 1 without OpenMP. Kernels take it as an explicit argument
+ * (never read a global inside a parallel region) so that a caller can run a kernel on one thread. */
+int fn_threads_get(void);
+
+/* Number of threads worth using for `work` units of roughly equal cost: work below
+ * FN_PARALLEL_GRAIN per thread is not worth waking a thread for. */
+#define FN_PARALLEL_GRAIN 32768
+static inline int fn_threads_for(int64_t work, int max_threads) {
+    int64_t t = work / FN_PARALLEL_GRAIN;
+    if (t < 1) t = 1;
+    if (t > max_threads) t = max_threads;
+    return (int)t;
+}
+
+/* Splits [0, n) into `parts` near-equal contiguous ranges; returns range `i` in [*begin, *end). */
+static inline void fn_partition(int64_t n, int parts, int i, int64_t *begin, int64_t *end) {
+    int64_t base = n / parts, extra = n % parts;
+    *begin = i * base + (i < extra ? i : extra);
+    *end = *begin + base + (i < extra ? 1 : 0);
+}
+
+/* ---------------------------------------------------------------- dtypes */
+
+static inline size_t fn_dtype_size(fn_dtype d) { return d == FN_FLOAT64 ? 8 : 4; }
+const char *fn_dtype_name(fn_dtype d);
+
+/* Integer label arrays of any integer type arrive as (pointer, fn_label_type); reading one label
+ * through a switch costs nothing next to the row of logits it indexes. */
+static inline int64_t fn_label_at(const void *labels, fn_label_type t, int64_t i) {
+    switch (t) {
+    case FN_LABEL_I8: return ((const int8_t *)labels)[i];
+    case FN_LABEL_U8: return ((const uint8_t *)labels)[i];
+    case FN_LABEL_I16: return ((const int16_t *)labels)[i];
+    case FN_LABEL_U16: return ((const uint16_t *)labels)[i];
+    case FN_LABEL_I32: return ((const int32_t *)labels)[i];
+    case FN_LABEL_U32: return ((const uint32_t *)labels)[i];
+    case FN_LABEL_I64: return ((const int64_t *)labels)[i];
+    case FN_LABEL_U64: {
+        uint64_t v = ((const uint64_t *)labels)[i];
+        return v > (uint64_t)INT64_MAX ? -1 : (int64_t)v; /* out of range either way */
+    }
+    }
+    return -1;
+}
+
+/* ---------------------------------------------------------------- dtype templates
+ *
+ * A kernel is written once, with `real` for its element type and FN_T(name) for every name that
+ * differs between dtypes, and compiled twice. A file that holds templated code starts with
+ *
+ *     #ifndef FN_TEMPLATE_PASS
+ *     #include "internal.h"
+ *     #define FN_TEMPLATE_FILE "linear.c"
+ *     #include "template.h"
+ *     ... dtype-independent code (op tables that point at both instantiations) ...
+ *     #else
+ *     ... templated code ...
+ *     #endif
+ *
+ * template.h includes FN_TEMPLATE_FILE once with real=float, FN_T(x)=x##_f32, and once with
+ * real=double, FN_T(x)=x##_f64. Math goes through <tgmath.h>, so exp(), sqrt(), tanh() pick the
+ * float or double function from the argument type.
+ */
+#include <tgmath.h>
+#include <float.h>
+
+/* Prototypes of templated functions are declared for both dtypes by the FN_KERNELS(real, S)
+ * list in kernels.h. */
+
+/* ---------------------------------------------------------------- RNG
+ *
+ * Counter-based: a value is a pure function of (seed, stream, counter), so masks, initial weights
+ * and shuffles do not depend on the thread count or the order in which elements are visited. */
+static inline uint64_t fn_mix64(uint64_t z) { /* splitmix64 finaliser */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+static inline uint64_t fn_rng_bits(uint64_t seed, uint64_t stream, uint64_t counter) {
+    return fn_mix64(fn_mix64(seed ^ fn_mix64(stream + 0x9e3779b97f4a7c15ULL)) + counter);
+}
+/* Uniform double in [0, 1) with 53 random bits. */
+static inline double fn_rng_uniform(uint64_t seed, uint64_t stream, uint64_t counter) {
+    return (double)(fn_rng_bits(seed, stream, counter) >> 11) * 0x1.0p-53;
+}
+
+#endif /* FASTNET_INTERNAL_H */

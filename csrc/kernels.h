@@ -1,0 +1,49 @@
+/* kernels.h — prototypes of the templated kernels, declared for both dtypes.
+ *
+ * Shapes are in the comments at each definition. n is the batch size; `threads` is the most
+ * threads a kernel may use (it uses fewer on small work).
+ */
+#ifndef FASTNET_KERNELS_H
+#define FASTNET_KERNELS_H
+
+#include "internal.h"
+
+typedef enum { FN_ACT_RELU, FN_ACT_LEAKY_RELU, FN_ACT_SIGMOID, FN_ACT_TANH } fn_activation_kind;
+
+#define FN_KERNELS(real, S)                                                                      \
+    /* gemm.c: row-major C = alpha*op(A)@op(B) + beta*C through the BLAS table or built-in */   \
+    void fn_gemm##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, real alpha,     \
+                    const real *a, int64_t lda, const real *b, int64_t ldb, real beta, real *c,  \
+                    int64_t ldc, int threads);                                                   \
+    void fn_gemm_builtin##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
+                            real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
+                            real beta, real *c, int64_t ldc, int threads);                       \
+    /* linear.c */                                                                               \
+    void fn_linear_forward##S(const real *x, const real *weight, const real *bias, real *y,      \
+                              int64_t n, int64_t in, int64_t out, int threads);                  \
+    void fn_linear_backward##S(const real *x, const real *weight, const real *grad_y,            \
+                               real *grad_x, real grad_x_beta, real *grad_weight,                \
+                               real *grad_bias, real grad_param_beta, int64_t n, int64_t in,     \
+                               int64_t out, int threads);                                        \
+    /* activation.c */                                                                           \
+    void fn_activation_forward##S(fn_activation_kind kind, real negative_slope, const real *x,   \
+                                  real *y, int64_t count, int threads);                          \
+    void fn_activation_backward##S(fn_activation_kind kind, real negative_slope, const real *x,  \
+                                   const real *y, const real *grad_y, real *grad_x,              \
+                                   bool accumulate, int64_t count, int threads);                 \
+    /* optim.c */                                                                                \
+    void fn_optimizer_update##S(const fn_optimizer *opt, int64_t step, real *params,             \
+                                const real *grads, real *state, int64_t count, int threads);     \
+    /* softmax_xent.c */                                                                         \
+    double fn_softmax_xent_forward_backward##S(const real *logits, const void *labels,           \
+                                               fn_label_type label_type, real *grad, int64_t n,  \
+                                               int64_t c, int threads, int64_t *correct);
+
+/* Checks that every label is in [0, classes), naming the first that is not. */
+fn_status fn_labels_check(const void *labels, fn_label_type label_type, int64_t n,
+                          int64_t classes);
+
+FN_KERNELS(float, _f32)
+FN_KERNELS(double, _f64)
+
+#endif /* FASTNET_KERNELS_H */

@@ -1,0 +1,121 @@
+/* linear.c — fully connected layer: y = x @ weight^T + bias (PyTorch's nn.Linear layout). */
+#ifndef FN_TEMPLATE_PASS
+#include "kernels.h"
+#include "model.h"
+
+#include <math.h>
+
+static fn_status linear_configure(fn_node *node, const fn_json *spec) {
+    int64_t in_features, out_features;
+    int bias;
+    FN_TRY(fn_json_get_int(spec, "in_features", 1, 0, &in_features, node->name));
+    FN_TRY(fn_json_get_int(spec, "out_features", 1, 0, &out_features, node->name));
+    FN_TRY(fn_json_get_bool(spec, "bias", 0, 1, &bias, node->name));
+    if (in_features < 1 || out_features < 1 || in_features > INT32_MAX ||
+        out_features > INT32_MAX)
+        return fn_error(FN_EINVAL, "node '%s': Linear(%lld, %lld) needs sizes in [1, 2^31)",
+                        node->name, (long long)in_features, (long long)out_features);
+    int64_t given = fn_shape_size(&node->in_shape[0]);
+    if (given != in_features) {
+        char buf[64];
+        return fn_error(FN_EINVAL,
+                        "node '%s': Linear(%lld, %lld) expects %lld input features per sample, "
+                        "but its input has shape %s (%lld features)",
+                        node->name, (long long)in_features, (long long)out_features,
+                        (long long)in_features, fn_shape_str(&node->in_shape[0], buf, sizeof buf),
+                        (long long)given);
+    }
+    node->attr.linear.in_features = in_features;
+    node->attr.linear.out_features = out_features;
+    node->attr.linear.bias = bias != 0;
+    node->out_shape = (fn_shape){1, {out_features}};
+    node->n_params = bias ? 2 : 1;
+    node->param_decl[0] = (fn_param_decl){"weight", {2, {out_features, in_features}}, false};
+    if (bias) node->param_decl[1] = (fn_param_decl){"bias", {1, {out_features}}, true};
+    return FN_OK;
+}
+
+/* PyTorch's default: kaiming_uniform(a=sqrt(5)) on the weight, which is U(-1/sqrt(in), 1/sqrt(in)),
+ * and the same bound for the bias. */
+static void linear_init(fn_node *node, fn_dtype dtype, void *const params[], uint64_t seed) {
+    int64_t in = node->attr.linear.in_features, out = node->attr.linear.out_features;
+    double bound = 1.0 / sqrt((double)in);
+    for (int p = 0; p < node->n_params; p++) {
+        int64_t count = p == 0 ? out * in : out;
+        fn_fill_uniform(dtype, params[p], count, -bound, bound, seed, fn_param_stream(node, p));
+    }
+}
+
+static void linear_forward_f32(fn_node *node, const fn_model_ctx *ctx);
+static void linear_forward_f64(fn_node *node, const fn_model_ctx *ctx);
+static void linear_backward_f32(fn_node *node, const fn_model_ctx *ctx);
+static void linear_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+
+const fn_op fn_op_linear = {
+    .type = "linear",
+    .min_inputs = 1,
+    .max_inputs = 1,
+    .configure = linear_configure,
+    .init = linear_init,
+    .forward = {linear_forward_f32, linear_forward_f64},
+    .backward = {linear_backward_f32, linear_backward_f64},
+};
+
+#define FN_TEMPLATE_FILE "linear.c"
+#include "template.h"
+
+#else /* templated half */
+
+/* x is (n, in), weight is (out, in), bias is (out) or NULL, y is (n, out). */
+void FN_T(fn_linear_forward)(const real *x, const real *weight, const real *bias, real *y,
+                             int64_t n, int64_t in, int64_t out, int threads) {
+    real beta = 0;
+    if (bias) {
+        /* Seeding y with the bias lets the GEMM add the product in its own pass over y. */
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < out; j++) y[i * out + j] = bias[j];
+        beta = 1;
+    }
+    FN_T(fn_gemm)(false, true, n, out, in, 1, x, in, weight, in, beta, y, out, threads);
+}
+
+/* x is (n, in), weight is (out, in), grad_y is (n, out);
+ * grad_x (n, in) = grad_x_beta * grad_x + grad_y @ weight, skipped when grad_x is NULL;
+ * grad_weight (out, in) = grad_param_beta * grad_weight + grad_y^T @ x;
+ * grad_bias (out) = grad_param_beta * grad_bias + sum over the batch of grad_y (if not NULL). */
+void FN_T(fn_linear_backward)(const real *x, const real *weight, const real *grad_y, real *grad_x,
+                              real grad_x_beta, real *grad_weight, real *grad_bias,
+                              real grad_param_beta, int64_t n, int64_t in, int64_t out,
+                              int threads) {
+    FN_T(fn_gemm)(true, false, out, in, n, 1, grad_y, out, x, in, grad_param_beta, grad_weight, in,
+                  threads);
+    if (grad_bias) {
+        /* Row by row so the inner loop runs along contiguous memory and vectorises. */
+        if (grad_param_beta == 0)
+            for (int64_t j = 0; j < out; j++) grad_bias[j] = 0;
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < out; j++) grad_bias[j] += grad_y[i * out + j];
+    }
+    if (grad_x)
+        FN_T(fn_gemm)(false, false, n, in, out, 1, grad_y, out, weight, in, grad_x_beta, grad_x,
+                      in, threads);
+}
+
+static void FN_T(linear_forward)(fn_node *node, const fn_model_ctx *ctx) {
+    FN_T(fn_linear_forward)((const real *)node->in[0], (const real *)node->param[0],
+                            node->attr.linear.bias ? (const real *)node->param[1] : NULL,
+                            (real *)node->out, ctx->batch, node->attr.linear.in_features,
+                            node->attr.linear.out_features, ctx->threads);
+}
+
+static void FN_T(linear_backward)(fn_node *node, const fn_model_ctx *ctx) {
+    FN_T(fn_linear_backward)((const real *)node->in[0], (const real *)node->param[0],
+                             (const real *)node->grad_out, (real *)node->grad_in[0],
+                             node->grad_in_accumulate[0] ? 1 : 0, (real *)node->grad[0],
+                             node->attr.linear.bias ? (real *)node->grad[1] : NULL,
+                             ctx->accumulate_param_grads ? 1 : 0, ctx->batch,
+                             node->attr.linear.in_features, node->attr.linear.out_features,
+                             ctx->threads);
+}
+
+#endif

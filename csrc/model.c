@@ -1,0 +1,323 @@
+/* model.c — the model runtime: create from a spec, plan buffers, forward, backward, train_step. */
+#include "kernels.h"
+#include "model.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Batches above this are refused: every buffer size is batch * size-per-sample, and the BLAS
+ * takes int dimensions. */
+#define FN_MAX_BATCH ((int64_t)INT32_MAX)
+
+/* ---------------------------------------------------------------- create and free */
+
+static void set_param_pointers(fn_model *m) {
+    size_t elem = fn_dtype_size(m->dtype);
+    for (int i = 0; i < m->n_nodes; i++) {
+        fn_node *node = &m->nodes[i];
+        for (int p = 0; p < node->n_params; p++) {
+            int64_t offset = m->params[node->param_index[p]].offset;
+            node->param[p] = (char *)m->param_arena + offset * elem;
+            node->grad[p] = (char *)m->grad_arena + offset * elem;
+        }
+    }
+}
+
+fn_status fn_model_init_params(fn_model *m, uint64_t seed) {
+    if (!m) return fn_error(FN_EINVAL, "model: NULL");
+    memset(m->param_arena, 0, (size_t)m->param_total * fn_dtype_size(m->dtype));
+    for (int i = 0; i < m->n_nodes; i++) {
+        fn_node *node = &m->nodes[i];
+        if (node->op->init && node->n_params) node->op->init(node, m->dtype, node->param, seed);
+    }
+    m->seed = seed;
+    return FN_OK;
+}
+
+fn_status fn_model_create(const char *spec_json, fn_model **out) {
+    if (!out) return fn_error(FN_EINVAL, "fn_model_create: out is NULL");
+    *out = NULL;
+    if (!spec_json) return fn_error(FN_EINVAL, "fn_model_create: spec is NULL");
+    fn_model *m = calloc(1, sizeof *m);
+    if (!m) return fn_error(FN_ENOMEM, "fn_model_create: out of memory");
+    fn_status status = FN_OK;
+    size_t length = strlen(spec_json);
+    m->spec_json = malloc(length + 1);
+    if (!m->spec_json) {
+        status = fn_error(FN_ENOMEM, "fn_model_create: out of memory");
+        goto fail;
+    }
+    memcpy(m->spec_json, spec_json, length + 1);
+    if ((status = fn_spec_build(spec_json, m))) goto fail;
+    size_t bytes = (size_t)m->param_total * fn_dtype_size(m->dtype);
+    m->param_arena = fn_calloc(bytes);
+    m->grad_arena = fn_calloc(bytes);
+    if (!m->param_arena || !m->grad_arena) {
+        status = fn_error(FN_ENOMEM, "fn_model_create: cannot allocate %zu bytes of parameters",
+                          bytes);
+        goto fail;
+    }
+    set_param_pointers(m);
+    fn_model_init_params(m, m->seed);
+    *out = m;
+    return FN_OK;
+fail:
+    fn_model_free(m);
+    return status;
+}
+
+void fn_model_free(fn_model *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_nodes; i++) free(m->nodes[i].name);
+    free(m->nodes);
+    for (int i = 0; i < m->n_params; i++) free(m->params[i].name);
+    free(m->params);
+    fn_free(m->param_arena);
+    fn_free(m->grad_arena);
+    fn_free(m->optimizer_state);
+    fn_free(m->activations);
+    fn_free(m->gradients);
+    fn_free(m->input_copy);
+    fn_free(m->input_grad);
+    free(m->spec_json);
+    free(m);
+}
+
+/* ---------------------------------------------------------------- accessors */
+
+fn_dtype fn_model_dtype(const fn_model *m) { return m->dtype; }
+const char *fn_model_spec(const fn_model *m) { return m->spec_json; }
+int64_t fn_model_input_size(const fn_model *m) { return m->input_size; }
+int64_t fn_model_output_size(const fn_model *m) { return m->output_size; }
+int fn_model_param_count(const fn_model *m) { return m->n_params; }
+int64_t fn_model_param_total(const fn_model *m) { return m->param_total; }
+void *fn_model_params(fn_model *m) { return m->param_arena; }
+void *fn_model_grads(fn_model *m) { return m->grad_arena; }
+int64_t fn_model_optimizer_steps(const fn_model *m) { return m->optimizer_steps; }
+void fn_model_set_optimizer_steps(fn_model *m, int64_t steps) { m->optimizer_steps = steps; }
+int64_t fn_model_train_correct(const fn_model *m) { return m->train_correct; }
+int fn_model_optimizer_state_count(const fn_model *m) { return m->optimizer_slots; }
+
+void *fn_model_optimizer_state(fn_model *m, int slot) {
+    if (slot < 0 || slot >= m->optimizer_slots) return NULL;
+    return (char *)m->optimizer_state + (size_t)slot * (size_t)m->param_total * fn_dtype_size(m->dtype);
+}
+
+fn_status fn_model_param_info(const fn_model *m, int i, const char **name, int *ndim,
+                              int64_t shape[4], int64_t *offset) {
+    if (!m || i < 0 || i >= m->n_params)
+        return fn_error(FN_EINVAL, "parameter index %d out of range", i);
+    const fn_param *p = &m->params[i];
+    if (name) *name = p->name;
+    if (ndim) *ndim = p->shape.ndim;
+    if (shape)
+        for (int d = 0; d < 4; d++) shape[d] = d < p->shape.ndim ? p->shape.dim[d] : 1;
+    if (offset) *offset = p->offset;
+    return FN_OK;
+}
+
+/* ---------------------------------------------------------------- buffer planning
+ *
+ * Each node's buffer is laid out for `capacity` samples; a smaller batch uses a prefix of it, so
+ * the pointers only change when a larger batch arrives. */
+
+static fn_status plan_activations(fn_model *m, int64_t batch) {
+    if (batch <= m->capacity && m->activations) return FN_OK;
+    size_t elem = fn_dtype_size(m->dtype), total = 0, bytes, input_bytes;
+    for (int i = 0; i < m->n_nodes; i++) total += (size_t)m->nodes[i].out_size;
+    if (!fn_mul_size(total, (size_t)batch * elem, &bytes) ||
+        !fn_mul_size((size_t)m->input_size, (size_t)batch * elem, &input_bytes))
+        return fn_error(FN_ENOMEM, "batch of %lld samples is too large", (long long)batch);
+    fn_free(m->activations);
+    fn_free(m->input_copy);
+    fn_free(m->gradients); /* laid out for the old capacity */
+    fn_free(m->input_grad);
+    m->gradients = m->input_grad = NULL;
+    m->activations = fn_alloc(bytes);
+    m->input_copy = fn_alloc(input_bytes);
+    m->capacity = 0;
+    m->forward_batch = 0;
+    if (!m->activations || !m->input_copy)
+        return fn_error(FN_ENOMEM, "cannot allocate %zu bytes of activations for a batch of %lld",
+                        bytes + input_bytes, (long long)batch);
+    m->capacity = batch;
+    char *next = m->activations;
+    for (int i = 0; i < m->n_nodes; i++) {
+        m->nodes[i].out = next;
+        next += (size_t)m->nodes[i].out_size * (size_t)batch * elem;
+    }
+    for (int i = 0; i < m->n_nodes; i++) {
+        fn_node *node = &m->nodes[i];
+        for (int j = 0; j < node->n_inputs; j++)
+            node->in[j] = node->input[j] == FN_MODEL_INPUT ? m->input_copy
+                                                           : m->nodes[node->input[j]].out;
+    }
+    return FN_OK;
+}
+
+/* Gradient buffers, after plan_activations for the same batch; the input gradient only when
+ * asked for (train_step never needs it). */
+static fn_status plan_gradients(fn_model *m, bool want_input_grad) {
+    size_t elem = fn_dtype_size(m->dtype);
+    if (!m->gradients) {
+        size_t total = 0;
+        for (int i = 0; i < m->n_nodes; i++) total += (size_t)m->nodes[i].out_size;
+        m->gradients = fn_alloc(total * (size_t)m->capacity * elem);
+        if (!m->gradients)
+            return fn_error(FN_ENOMEM, "cannot allocate gradient buffers for a batch of %lld",
+                            (long long)m->capacity);
+        char *next = m->gradients;
+        for (int i = 0; i < m->n_nodes; i++) {
+            m->nodes[i].grad_out = next;
+            next += (size_t)m->nodes[i].out_size * (size_t)m->capacity * elem;
+        }
+    }
+    if (want_input_grad && !m->input_grad) {
+        m->input_grad = fn_alloc((size_t)m->input_size * (size_t)m->capacity * elem);
+        if (!m->input_grad)
+            return fn_error(FN_ENOMEM, "cannot allocate the input gradient");
+    }
+    for (int i = 0; i < m->n_nodes; i++) {
+        fn_node *node = &m->nodes[i];
+        for (int j = 0; j < node->n_inputs; j++)
+            node->grad_in[j] = node->input[j] != FN_MODEL_INPUT ? m->nodes[node->input[j]].grad_out
+                               : want_input_grad                ? m->input_grad
+                                                                : NULL;
+    }
+    return FN_OK;
+}
+
+/* ---------------------------------------------------------------- running the graph */
+
+static fn_status check_batch(const fn_model *m, const void *x, int64_t n, const char *what) {
+    if (!m) return fn_error(FN_EINVAL, "%s: model is NULL", what);
+    if (n < 1 || n > FN_MAX_BATCH)
+        return fn_error(FN_EINVAL, "%s: batch size must be in [1, 2^31), got %lld", what,
+                        (long long)n);
+    if (!x) return fn_error(FN_EINVAL, "%s: input is NULL", what);
+    return FN_OK;
+}
+
+/* Copies x into the model's input buffer, refusing NaN or Inf: a bad value would otherwise
+ * surface steps later as a NaN loss with no trace of where it came from. */
+static fn_status load_input(fn_model *m, const void *x, int64_t n) {
+    size_t count = (size_t)n * (size_t)m->input_size;
+    memcpy(m->input_copy, x, count * fn_dtype_size(m->dtype));
+    int64_t bad = fn_first_nonfinite(m->dtype, m->input_copy, (int64_t)count);
+    if (bad >= 0)
+        return fn_error(FN_EINVAL, "input contains NaN or Inf: sample %lld, feature %lld",
+                        (long long)(bad / m->input_size), (long long)(bad % m->input_size));
+    return FN_OK;
+}
+
+static void run_forward(fn_model *m, int64_t n, bool training) {
+    fn_model_ctx ctx = {.batch = n, .threads = fn_threads_get(), .training = training};
+    for (int i = 0; i < m->n_nodes; i++) m->nodes[i].op->forward[m->dtype](&m->nodes[i], &ctx);
+    m->forward_batch = training ? n : 0;
+}
+
+static void run_backward(fn_model *m, int64_t n, bool accumulate_param_grads) {
+    fn_model_ctx ctx = {.batch = n,
+                        .threads = fn_threads_get(),
+                        .training = true,
+                        .accumulate_param_grads = accumulate_param_grads};
+    for (int i = m->n_nodes - 1; i >= 0; i--)
+        m->nodes[i].op->backward[m->dtype](&m->nodes[i], &ctx);
+}
+
+fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int training) {
+    FN_TRY(check_batch(m, x, n, "forward"));
+    FN_TRY(plan_activations(m, n));
+    m->forward_batch = 0;
+    FN_TRY(load_input(m, x, n));
+    run_forward(m, n, training != 0);
+    if (y)
+        memcpy(y, m->nodes[m->output_node].out,
+               (size_t)n * (size_t)m->output_size * fn_dtype_size(m->dtype));
+    return FN_OK;
+}
+
+fn_status fn_model_backward(fn_model *m, const void *grad_y, int64_t n, void *grad_x) {
+    FN_TRY(check_batch(m, grad_y, n, "backward"));
+    if (m->forward_batch != n)
+        return fn_error(FN_ESTATE,
+                        "backward: needs a training forward of the same batch first (batch %lld, "
+                        "last training forward: %lld)",
+                        (long long)n, (long long)m->forward_batch);
+    FN_TRY(plan_gradients(m, grad_x != NULL));
+    fn_node *out = &m->nodes[m->output_node];
+    size_t count = (size_t)n * (size_t)m->output_size;
+    memcpy(out->grad_out, grad_y, count * fn_dtype_size(m->dtype));
+    if (fn_first_nonfinite(m->dtype, out->grad_out, (int64_t)count) >= 0)
+        return fn_error(FN_EINVAL, "backward: grad_out contains NaN or Inf");
+    run_backward(m, n, true);
+    if (grad_x)
+        memcpy(grad_x, m->input_grad, (size_t)n * (size_t)m->input_size * fn_dtype_size(m->dtype));
+    return FN_OK;
+}
+
+void fn_model_zero_grad(fn_model *m) {
+    memset(m->grad_arena, 0, (size_t)m->param_total * fn_dtype_size(m->dtype));
+}
+
+/* ---------------------------------------------------------------- optimizer */
+
+fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt) {
+    if (!m) return fn_error(FN_EINVAL, "set_optimizer: model is NULL");
+    FN_TRY(fn_optimizer_check(opt));
+    if (!m->has_optimizer || opt->kind != m->optimizer.kind) {
+        int slots = fn_optimizer_slots(opt->kind);
+        void *state = fn_calloc((size_t)slots * (size_t)m->param_total * fn_dtype_size(m->dtype));
+        if (!state) return fn_error(FN_ENOMEM, "set_optimizer: cannot allocate its state");
+        fn_free(m->optimizer_state);
+        m->optimizer_state = state;
+        m->optimizer_slots = slots;
+        m->optimizer_steps = 0;
+    }
+    m->optimizer = *opt;
+    m->has_optimizer = true;
+    return FN_OK;
+}
+
+fn_status fn_model_step(fn_model *m) {
+    if (!m) return fn_error(FN_EINVAL, "step: model is NULL");
+    if (!m->has_optimizer)
+        return fn_error(FN_ESTATE, "step: no optimizer is set (fn_model_set_optimizer)");
+    fn_optimizer_update(m);
+    return FN_OK;
+}
+
+/* ---------------------------------------------------------------- the fused training step */
+
+fn_status fn_model_train_step(fn_model *m, const void *x, const void *labels,
+                              fn_label_type label_type, int64_t n, const fn_loss *loss,
+                              double *loss_out) {
+    FN_TRY(check_batch(m, x, n, "train_step"));
+    if (!loss || loss->kind != FN_LOSS_CROSS_ENTROPY)
+        return fn_error(FN_EINVAL, "train_step: unknown loss");
+    if (!m->has_optimizer)
+        return fn_error(FN_ESTATE, "train_step: no optimizer is set (fn_model_set_optimizer)");
+    FN_TRY(fn_labels_check(labels, label_type, n, m->output_size));
+    FN_TRY(plan_activations(m, n));
+    FN_TRY(plan_gradients(m, false));
+    FN_TRY(load_input(m, x, n));
+    run_forward(m, n, true);
+
+    fn_node *out = &m->nodes[m->output_node];
+    int threads = fn_threads_get();
+    double value =
+        m->dtype == FN_FLOAT64
+            ? fn_softmax_xent_forward_backward_f64(out->out, labels, label_type, out->grad_out, n,
+                                                   m->output_size, threads, &m->train_correct)
+            : fn_softmax_xent_forward_backward_f32(out->out, labels, label_type, out->grad_out, n,
+                                                   m->output_size, threads, &m->train_correct);
+    if (loss_out) *loss_out = value;
+    if (!isfinite(value))
+        return fn_error(FN_ENUMERIC,
+                        "train_step: the loss is %g; the weights were not updated (lower the "
+                        "learning rate, or check the data)",
+                        value);
+    run_backward(m, n, false);
+    fn_optimizer_update(m);
+    return FN_OK;
+}

@@ -1,0 +1,148 @@
+/* model.h — the model runtime's private structures: nodes, ops, parameters, planned buffers.
+ *
+ * A model is a list of nodes in topological order. Each node applies one op to the outputs of
+ * earlier nodes (or the model input) and owns one activation buffer and one gradient buffer of
+ * (batch, out_size) elements, planned when a batch size first appears. Parameters, gradients and
+ * optimizer state are slices of flat arenas, so the update, a checkpoint or an allreduce touches
+ * one contiguous buffer.
+ */
+#ifndef FASTNET_MODEL_H
+#define FASTNET_MODEL_H
+
+#include "internal.h"
+#include "json.h"
+
+#define FN_MAX_INPUTS 8  /* a concatenation of more branches is split into several nodes */
+#define FN_MAX_PARAMS 4  /* weight, bias, and room for batch norm's four tensors */
+#define FN_MAX_DIMS 4    /* per-sample dimensions (C, H, W) plus one spare */
+#define FN_MODEL_INPUT (-1) /* a node input that is the model's input */
+
+typedef struct {
+    int ndim;
+    int64_t dim[FN_MAX_DIMS];
+} fn_shape;
+
+int64_t fn_shape_size(const fn_shape *s);
+/* Writes "(64)" or "(3, 32, 32)" into buf. */
+const char *fn_shape_str(const fn_shape *s, char *buf, size_t size);
+
+typedef struct fn_node fn_node;
+typedef struct fn_model_ctx fn_model_ctx;
+
+/* What the kernels of one node see at run time. */
+struct fn_model_ctx {
+    int64_t batch;
+    int threads;
+    bool training;
+    bool accumulate_param_grads; /* manual backward accumulates; train_step overwrites */
+};
+
+typedef struct {
+    char name[16];       /* "weight", "bias" */
+    fn_shape shape;
+    bool is_bias;        /* initialised as a bias; exempt from decay where a group asks */
+} fn_param_decl;
+
+/* An op: its spec type name, how it reads its attributes and infers its shapes, and its kernels
+ * for each dtype (indexed by fn_dtype). */
+typedef struct fn_op {
+    const char *type;
+    int min_inputs, max_inputs;
+    /* Reads the node's attributes from its spec object, checks the input shapes (node->in_shape),
+     * sets node->out_shape and declares parameters (node->n_params, node->param_decl). */
+    fn_status (*configure)(fn_node *node, const fn_json *spec);
+    /* Initialises the node's parameters (PyTorch's defaults), dtype-independent. */
+    void (*init)(fn_node *node, fn_dtype dtype, void *const params[], uint64_t seed);
+    void (*forward[2])(fn_node *node, const fn_model_ctx *ctx);
+    void (*backward[2])(fn_node *node, const fn_model_ctx *ctx);
+} fn_op;
+
+struct fn_node {
+    const fn_op *op;
+    char *name;
+    int n_inputs;
+    int input[FN_MAX_INPUTS]; /* node indices, or FN_MODEL_INPUT */
+    fn_shape in_shape[FN_MAX_INPUTS];
+    fn_shape out_shape;
+    int64_t out_size; /* elements per sample */
+
+    /* Op attributes, read by configure. */
+    union {
+        struct { int64_t in_features, out_features; bool bias; } linear;
+        struct { double negative_slope; } activation;
+    } attr;
+
+    int n_params;
+    fn_param_decl param_decl[FN_MAX_PARAMS];
+    int param_index[FN_MAX_PARAMS]; /* into fn_model.params */
+
+    /* Pointers set when buffers are planned (fn_model_plan) and when the arenas are allocated. */
+    const void *in[FN_MAX_INPUTS]; /* (batch, in_size) */
+    void *out;                     /* (batch, out_size) */
+    void *grad_out;                /* (batch, out_size): d loss / d out */
+    void *grad_in[FN_MAX_INPUTS];  /* (batch, in_size) or NULL when not needed */
+    bool grad_in_accumulate[FN_MAX_INPUTS]; /* another consumer already wrote it in backward */
+    void *param[FN_MAX_PARAMS];    /* into the parameter arena */
+    void *grad[FN_MAX_PARAMS];     /* into the gradient arena */
+};
+
+typedef struct {
+    char *name;    /* "<node>.<param>", PyTorch's state-dict name */
+    fn_shape shape;
+    int64_t offset; /* elements into the arenas */
+    int64_t count;
+    int node;
+} fn_param;
+
+struct fn_model {
+    fn_dtype dtype;
+    char *spec_json; /* as given, NUL-terminated */
+    uint64_t seed;
+    fn_shape input_shape;
+    int64_t input_size, output_size;
+
+    int n_nodes;
+    fn_node *nodes;
+    int output_node;
+
+    int n_params;
+    fn_param *params;
+    int64_t param_total;
+    void *param_arena, *grad_arena;
+
+    fn_optimizer optimizer;
+    bool has_optimizer;
+    int64_t optimizer_steps;
+    int optimizer_slots;
+    void *optimizer_state; /* optimizer_slots * param_total elements */
+
+    /* Buffers planned for up to `capacity` samples; the last forward's batch and mode. */
+    int64_t capacity;
+    void *activations;     /* every node's out, one allocation */
+    void *gradients;       /* every node's grad_out */
+    void *input_copy;      /* (capacity, input_size): the validated copy of x */
+    void *input_grad;      /* (capacity, input_size), allocated on first request */
+    int64_t forward_batch; /* batch of the last training forward, 0 if none */
+    int64_t train_correct; /* argmax hits of the last train_step */
+};
+
+/* op registry (ops.c) */
+const fn_op *fn_op_find(const char *type);
+
+/* spec.c: parses spec_json into an unconfigured model (nodes, shapes, params declared). */
+fn_status fn_spec_build(const char *spec_json, fn_model *m);
+
+/* Parameter initialisation helpers (init.c): fill `count` elements of a dtype array. */
+void fn_fill_uniform(fn_dtype dtype, void *dst, int64_t count, double low, double high,
+                     uint64_t seed, uint64_t stream);
+void fn_fill_constant(fn_dtype dtype, void *dst, int64_t count, double value);
+/* The RNG stream of a node's parameter p: a hash of its name, so that adding a node elsewhere in
+ * the graph does not change this parameter's initial values. */
+uint64_t fn_param_stream(const fn_node *node, int p);
+
+/* optim.c */
+int fn_optimizer_slots(fn_optimizer_kind kind);
+fn_status fn_optimizer_check(const fn_optimizer *opt);
+void fn_optimizer_update(fn_model *m);
+
+#endif /* FASTNET_MODEL_H */

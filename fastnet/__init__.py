@@ -1,0 +1,47 @@
+"""fastnet: fast neural-network training on CPUs.
+
+The hot path (kernels, the fused training step, optimizer updates) runs in C with OpenMP; this
+package describes models, feeds data and runs the training loop.
+"""
+import os as _os
+
+from fastnet import _blas, _core
+from fastnet import optim
+from fastnet.data import Dataset, Splits, load_data, load_digits
+from fastnet.io import load, save
+from fastnet.layers import LeakyReLU, Linear, ReLU, Sigmoid, Tanh
+from fastnet.losses import CrossEntropyLoss
+from fastnet.model import Parameter, Sequential
+from fastnet.train import History, Trainer
+
+__version__ = _core.version()
+
+
+def set_num_threads(n):
+    """Sets the number of threads every kernel uses (OpenMP). ``n < 1`` means all CPUs this
+    process may run on."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads expects an int, got {n!r}")
+    _core.set_num_threads(n if n >= 1 else _available_cpus())
+
+
+def get_num_threads():
+    """The number of threads kernels use."""
+    return _core.get_num_threads()
+
+
+def _available_cpus():
+    try:
+        return len(_os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return _os.cpu_count() or 1
+
+
+_core.set_num_threads(_available_cpus())
+_blas.install()
+
+__all__ = [
+    "Sequential", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "CrossEntropyLoss",
+    "Parameter", "optim", "Trainer", "History", "Dataset", "Splits", "load_digits", "load_data",
+    "save", "load", "set_num_threads", "get_num_threads",
+]

@@ -1,0 +1,85 @@
+# Declarations of csrc/include/fastnet.h for the Cython boundary (fastnet/_core.pyx).
+from libc.stdint cimport int64_t, uint64_t
+
+cdef extern from "include/fastnet.h" nogil:
+    ctypedef enum fn_status:
+        FN_OK, FN_EINVAL, FN_ENOMEM, FN_EIO, FN_EFORMAT, FN_ENUMERIC, FN_ESTATE
+    ctypedef enum fn_dtype:
+        FN_FLOAT32, FN_FLOAT64
+    ctypedef enum fn_label_type:
+        FN_LABEL_I8, FN_LABEL_U8, FN_LABEL_I16, FN_LABEL_U16,
+        FN_LABEL_I32, FN_LABEL_U32, FN_LABEL_I64, FN_LABEL_U64
+
+    const char *fn_last_error()
+    const char *fn_version()
+    void fn_set_num_threads(int n)
+    int fn_get_num_threads()
+    int fn_has_openmp()
+
+    ctypedef void (*fn_sgemm_fn)(const char *, const char *, const int *, const int *,
+                                 const int *, const float *, const float *, const int *,
+                                 const float *, const int *, const float *, float *, const int *)
+    ctypedef void (*fn_dgemm_fn)(const char *, const char *, const int *, const int *,
+                                 const int *, const double *, const double *, const int *,
+                                 const double *, const int *, const double *, double *,
+                                 const int *)
+    ctypedef int (*fn_blas_threads_fn)(int)
+    ctypedef struct fn_blas:
+        fn_sgemm_fn sgemm
+        fn_dgemm_fn dgemm
+        fn_blas_threads_fn set_threads_local
+    void fn_set_blas(const fn_blas *table)
+    int fn_blas_installed(fn_dtype dtype)
+    fn_status fn_gemm(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                      double alpha, const void *a, int64_t lda, const void *b, int64_t ldb,
+                      double beta, void *c, int64_t ldc, int threads)
+    fn_status fn_gemm_builtin(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n,
+                              int64_t k, double alpha, const void *a, int64_t lda, const void *b,
+                              int64_t ldb, double beta, void *c, int64_t ldc, int threads)
+
+    ctypedef enum fn_optimizer_kind:
+        FN_OPT_SGD, FN_OPT_ADAM, FN_OPT_ADAMW
+    ctypedef struct fn_optimizer:
+        fn_optimizer_kind kind
+        double lr, momentum, dampening
+        int nesterov
+        double beta1, beta2, eps, weight_decay
+    ctypedef enum fn_loss_kind:
+        FN_LOSS_CROSS_ENTROPY
+    ctypedef struct fn_loss:
+        fn_loss_kind kind
+
+    fn_status fn_softmax_xent(fn_dtype dtype, const void *logits, int64_t n, int64_t c,
+                              const void *labels, fn_label_type label_type, double *loss,
+                              void *grad, int64_t *correct)
+
+    ctypedef struct fn_model:
+        pass
+    fn_status fn_model_create(const char *spec_json, fn_model **out)
+    void fn_model_free(fn_model *m)
+    fn_dtype fn_model_dtype(const fn_model *m)
+    const char *fn_model_spec(const fn_model *m)
+    int64_t fn_model_input_size(const fn_model *m)
+    int64_t fn_model_output_size(const fn_model *m)
+    int fn_model_param_count(const fn_model *m)
+    int64_t fn_model_param_total(const fn_model *m)
+    void *fn_model_params(fn_model *m)
+    void *fn_model_grads(fn_model *m)
+    fn_status fn_model_param_info(const fn_model *m, int i, const char **name, int *ndim,
+                                  int64_t shape[4], int64_t *offset)
+    fn_status fn_model_init_params(fn_model *m, uint64_t seed)
+    fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int training)
+    fn_status fn_model_backward(fn_model *m, const void *grad_y, int64_t n, void *grad_x)
+    void fn_model_zero_grad(fn_model *m)
+    fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt)
+    fn_status fn_model_step(fn_model *m)
+    int64_t fn_model_optimizer_steps(const fn_model *m)
+    void fn_model_set_optimizer_steps(fn_model *m, int64_t steps)
+    int fn_model_optimizer_state_count(const fn_model *m)
+    void *fn_model_optimizer_state(fn_model *m, int slot)
+    fn_status fn_model_train_step(fn_model *m, const void *x, const void *labels,
+                                  fn_label_type label_type, int64_t n, const fn_loss *loss,
+                                  double *loss_out)
+    int64_t fn_model_train_correct(const fn_model *m)
+    fn_status fn_model_save(const fn_model *m, const char *path)
+    fn_status fn_model_load(const char *path, fn_model **out)

@@ -1,0 +1,340 @@
+# The only boundary between Python and the C core: checks arrays (dtype, C order, sizes), releases
+# the GIL around every C call, and turns a C status into a Python exception carrying C's message.
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
+
+import numpy as np
+
+cimport numpy as cnp
+
+from fastnet._core cimport *
+
+cnp.import_array()
+
+FLOAT32 = 0
+FLOAT64 = 1
+OPT_SGD = 0
+OPT_ADAM = 1
+OPT_ADAMW = 2
+
+
+cdef int raise_status(fn_status status) except -1:
+    message = fn_last_error().decode("utf-8", "replace")
+    if status == FN_ENOMEM:
+        raise MemoryError(message)
+    if status == FN_EIO:
+        raise OSError(message)
+    if status == FN_ENUMERIC:
+        raise FloatingPointError(message)
+    if status == FN_ESTATE:
+        raise RuntimeError(message)
+    raise ValueError(message)
+
+
+cdef inline int check(fn_status status) except -1:
+    if status != FN_OK:
+        raise_status(status)
+    return 0
+
+
+cdef inline object numpy_dtype(fn_dtype dtype):
+    return np.float64 if dtype == FN_FLOAT64 else np.float32
+
+
+cdef cnp.ndarray as_floats(object x, fn_dtype dtype, str what):
+    """x as a C-contiguous array of the model's dtype; floats of another width are converted,
+    anything else is refused (integer images must be scaled by the caller)."""
+    cdef cnp.ndarray array
+    if not isinstance(x, cnp.ndarray):
+        x = np.asarray(x)
+    array = <cnp.ndarray>x
+    cdef int want = cnp.NPY_FLOAT64 if dtype == FN_FLOAT64 else cnp.NPY_FLOAT32
+    if cnp.PyArray_TYPE(array) == want and cnp.PyArray_IS_C_CONTIGUOUS(array):
+        return array
+    if array.dtype.kind != "f":
+        raise TypeError(
+            f"{what} must be a floating-point array, got dtype {array.dtype}"
+            + (" (scale integer data to floats first, e.g. x.astype(np.float32) / 255)"
+               if array.dtype.kind in "iub" else "")
+        )
+    return np.ascontiguousarray(array, dtype=numpy_dtype(dtype))
+
+
+cdef fn_label_type label_type_of(cnp.ndarray labels) except *:
+    kind = labels.dtype.kind
+    size = labels.dtype.itemsize
+    if kind == "i":
+        return {1: FN_LABEL_I8, 2: FN_LABEL_I16, 4: FN_LABEL_I32, 8: FN_LABEL_I64}[size]
+    if kind == "u":
+        return {1: FN_LABEL_U8, 2: FN_LABEL_U16, 4: FN_LABEL_U32, 8: FN_LABEL_U64}[size]
+    raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
+
+
+cdef cnp.ndarray as_labels(object y, int64_t n):
+    cdef cnp.ndarray labels = np.asarray(y)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels must have shape ({n},) to match the batch, got {np.shape(labels)}")
+    label_type_of(labels)  # raises TypeError for non-integers
+    if not cnp.PyArray_IS_C_CONTIGUOUS(labels) or not labels.dtype.isnative:
+        labels = np.ascontiguousarray(labels, dtype=labels.dtype.newbyteorder("="))
+    return labels
+
+
+cdef object array_view(object owner, void *data, int64_t count, fn_dtype dtype):
+    """A 1-D numpy array over C memory that keeps `owner` (which owns the memory) alive."""
+    cdef cnp.npy_intp dims[1]
+    dims[0] = <cnp.npy_intp>count
+    cdef int typenum = cnp.NPY_FLOAT64 if dtype == FN_FLOAT64 else cnp.NPY_FLOAT32
+    cdef cnp.ndarray view = cnp.PyArray_SimpleNewFromData(1, dims, typenum, data)
+    cnp.set_array_base(view, owner)
+    return view
+
+
+# ---------------------------------------------------------------------------- process-wide
+
+
+def version():
+    return fn_version().decode()
+
+
+def set_num_threads(int n):
+    fn_set_num_threads(n)
+
+
+def get_num_threads():
+    return fn_get_num_threads()
+
+
+def has_openmp():
+    return bool(fn_has_openmp())
+
+
+def install_blas(sgemm_capsule, dgemm_capsule, uintptr_t set_threads_local=0):
+    """Installs Fortran-ABI sgemm/dgemm given as PyCapsules (SciPy's cython_blas exports them),
+    and optionally the BLAS's per-thread thread-count setter (an address)."""
+    cdef fn_blas table
+    table.sgemm = <fn_sgemm_fn>PyCapsule_GetPointer(sgemm_capsule, PyCapsule_GetName(sgemm_capsule))
+    table.dgemm = <fn_dgemm_fn>PyCapsule_GetPointer(dgemm_capsule, PyCapsule_GetName(dgemm_capsule))
+    table.set_threads_local = <fn_blas_threads_fn>set_threads_local
+    fn_set_blas(&table)
+
+
+def uninstall_blas():
+    fn_set_blas(NULL)
+
+
+def blas_installed(dtype=FLOAT32):
+    return bool(fn_blas_installed(<fn_dtype>dtype))
+
+
+def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, threads=None):
+    """op(a) @ op(b) through fastnet's GEMM (the BLAS table, or the built-in kernel)."""
+    cdef cnp.ndarray A = np.ascontiguousarray(a)
+    cdef fn_dtype dtype = FN_FLOAT64 if A.dtype == np.float64 else FN_FLOAT32
+    A = as_floats(A, dtype, "a")
+    cdef cnp.ndarray B = as_floats(b, dtype, "b")
+    if A.ndim != 2 or B.ndim != 2:
+        raise ValueError("gemm needs 2-D arrays")
+    cdef int64_t m = A.shape[1] if trans_a else A.shape[0]
+    cdef int64_t k = A.shape[0] if trans_a else A.shape[1]
+    cdef int64_t kb = B.shape[1] if trans_b else B.shape[0]
+    cdef int64_t n = B.shape[0] if trans_b else B.shape[1]
+    if k != kb:
+        raise ValueError(f"gemm: inner dimensions differ: {k} and {kb}")
+    cdef cnp.ndarray C = np.zeros((m, n), dtype=numpy_dtype(dtype))
+    cdef int nthreads = fn_get_num_threads() if threads is None else threads
+    cdef fn_status status
+    with nogil:
+        if builtin:
+            status = fn_gemm_builtin(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1],
+                                     B.data, B.shape[1], 0.0, C.data, n, nthreads)
+        else:
+            status = fn_gemm(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1], B.data,
+                             B.shape[1], 0.0, C.data, n, nthreads)
+    check(status)
+    return C
+
+
+def softmax_cross_entropy(logits, labels, bint want_grad=True):
+    """(mean loss, d loss / d logits or None, number of rows whose argmax is the label) of the
+    fused softmax cross-entropy over the last axis."""
+    cdef cnp.ndarray z = np.asarray(logits)
+    cdef fn_dtype dtype = FN_FLOAT64 if z.dtype == np.float64 else FN_FLOAT32
+    z = as_floats(z, dtype, "logits")
+    if z.ndim != 2:
+        raise ValueError(f"logits must be 2-D (batch, classes), got shape {np.shape(z)}")
+    cdef cnp.ndarray y = as_labels(labels, z.shape[0])
+    cdef fn_label_type label_type = label_type_of(y)
+    cdef cnp.ndarray grad = np.empty_like(z) if want_grad else None
+    cdef void *grad_data = grad.data if want_grad else NULL
+    cdef double loss = 0
+    cdef int64_t correct = 0
+    cdef fn_status status
+    with nogil:
+        status = fn_softmax_xent(dtype, z.data, z.shape[0], z.shape[1], y.data, label_type,
+                                 &loss, grad_data, &correct)
+    check(status)
+    return loss, grad, correct
+
+
+# ---------------------------------------------------------------------------- models
+
+
+cdef class Model:
+    """A C model handle. fastnet.Sequential wraps it; use this class directly only to drive the C
+    runtime from a spec."""
+
+    cdef fn_model *handle
+    cdef readonly object np_dtype
+    cdef readonly int64_t input_size, output_size
+
+    def __cinit__(self, str spec_json=None):
+        self.handle = NULL
+        if spec_json is None:
+            return  # filled by Model.load
+        cdef bytes spec = spec_json.encode("utf-8")
+        cdef const char *text = spec
+        cdef fn_status status
+        with nogil:
+            status = fn_model_create(text, &self.handle)
+        check(status)
+        self._describe()
+
+    def __dealloc__(self):
+        if self.handle != NULL:
+            fn_model_free(self.handle)
+
+    cdef _describe(self):
+        self.np_dtype = numpy_dtype(fn_model_dtype(self.handle))
+        self.input_size = fn_model_input_size(self.handle)
+        self.output_size = fn_model_output_size(self.handle)
+
+    @staticmethod
+    def load(path):
+        cdef bytes encoded = str(path).encode()
+        cdef const char *cpath = encoded
+        cdef Model model = Model()
+        cdef fn_status status
+        with nogil:
+            status = fn_model_load(cpath, &model.handle)
+        check(status)
+        model._describe()
+        return model
+
+    def save(self, path):
+        cdef bytes encoded = str(path).encode()
+        cdef const char *cpath = encoded
+        cdef fn_status status
+        with nogil:
+            status = fn_model_save(self.handle, cpath)
+        check(status)
+
+    @property
+    def spec(self):
+        return fn_model_spec(self.handle).decode("utf-8")
+
+    def param_info(self):
+        """[(name, shape, offset)] of every parameter, in arena order."""
+        cdef const char *name
+        cdef int ndim
+        cdef int64_t shape[4]
+        cdef int64_t offset
+        out = []
+        for i in range(fn_model_param_count(self.handle)):
+            check(fn_model_param_info(self.handle, i, &name, &ndim, shape, &offset))
+            out.append((name.decode(), tuple(shape[d] for d in range(ndim)), offset))
+        return out
+
+    def param_arena(self):
+        return array_view(self, fn_model_params(self.handle),
+                          fn_model_param_total(self.handle), fn_model_dtype(self.handle))
+
+    def grad_arena(self):
+        return array_view(self, fn_model_grads(self.handle),
+                          fn_model_param_total(self.handle), fn_model_dtype(self.handle))
+
+    def init_params(self, uint64_t seed):
+        check(fn_model_init_params(self.handle, seed))
+
+    def forward(self, x, bint training=False):
+        cdef cnp.ndarray xs = as_floats(x, fn_model_dtype(self.handle), "input")
+        cdef int64_t n = xs.shape[0] if xs.ndim else 0
+        cdef cnp.ndarray y = np.empty((n, self.output_size), dtype=self.np_dtype)
+        cdef fn_status status
+        with nogil:
+            status = fn_model_forward(self.handle, xs.data, n, y.data, training)
+        check(status)
+        return y
+
+    def backward(self, grad_out, bint want_input_grad=True):
+        cdef cnp.ndarray g = as_floats(grad_out, fn_model_dtype(self.handle), "grad_out")
+        cdef int64_t n = g.shape[0] if g.ndim else 0
+        if g.size != n * self.output_size:
+            raise ValueError(f"grad_out must have shape ({n}, {self.output_size}), got {np.shape(g)}")
+        cdef cnp.ndarray gx = (np.empty((n, self.input_size), dtype=self.np_dtype)
+                               if want_input_grad else None)
+        cdef void *gx_data = gx.data if want_input_grad else NULL
+        cdef fn_status status
+        with nogil:
+            status = fn_model_backward(self.handle, g.data, n, gx_data)
+        check(status)
+        return gx
+
+    def zero_grad(self):
+        fn_model_zero_grad(self.handle)
+
+    def set_optimizer(self, int kind, double lr, double momentum=0, double dampening=0,
+                      bint nesterov=False, double beta1=0.9, double beta2=0.999, double eps=1e-8,
+                      double weight_decay=0):
+        cdef fn_optimizer opt
+        opt.kind = <fn_optimizer_kind>kind
+        opt.lr = lr
+        opt.momentum = momentum
+        opt.dampening = dampening
+        opt.nesterov = nesterov
+        opt.beta1 = beta1
+        opt.beta2 = beta2
+        opt.eps = eps
+        opt.weight_decay = weight_decay
+        check(fn_model_set_optimizer(self.handle, &opt))
+
+    def step(self):
+        cdef fn_status status
+        with nogil:
+            status = fn_model_step(self.handle)
+        check(status)
+
+    @property
+    def optimizer_steps(self):
+        return fn_model_optimizer_steps(self.handle)
+
+    @optimizer_steps.setter
+    def optimizer_steps(self, int64_t steps):
+        fn_model_set_optimizer_steps(self.handle, steps)
+
+    def optimizer_state(self):
+        """Views of the optimizer's state slots (momentum; or Adam's two moments)."""
+        return [array_view(self, fn_model_optimizer_state(self.handle, s),
+                           fn_model_param_total(self.handle), fn_model_dtype(self.handle))
+                for s in range(fn_model_optimizer_state_count(self.handle))]
+
+    def train_step(self, x, labels):
+        """One fused step (forward, softmax cross-entropy, backward, update); the mean loss."""
+        cdef cnp.ndarray xs = as_floats(x, fn_model_dtype(self.handle), "input")
+        cdef int64_t n = xs.shape[0] if xs.ndim else 0
+        cdef cnp.ndarray y = as_labels(labels, n)
+        cdef fn_label_type label_type = label_type_of(y)
+        cdef fn_loss loss
+        loss.kind = FN_LOSS_CROSS_ENTROPY
+        cdef double value = 0
+        cdef fn_status status
+        with nogil:
+            status = fn_model_train_step(self.handle, xs.data, y.data, label_type, n, &loss,
+                                         &value)
+        check(status)
+        return value
+
+    @property
+    def train_correct(self):
+        """Rows of the last train_step whose argmax was the label."""
+        return fn_model_train_correct(self.handle)

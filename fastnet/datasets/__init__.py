@@ -1,0 +1,1 @@
+"""Small datasets bundled with fastnet (see fastnet.data.load_digits)."""
