@@ -125,26 +125,40 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
 
 /* ---------------------------------------------------------------- SIMD micro-kernels
  *
- * Each computes one tile: a (kc, MR) packed A sliver and b (kc, NR) packed B sliver ->
- * c (MR, NR) with row stride ldc: c = alpha * a^T @ b + beta * c, with {alpha, beta} in
- * alpha_beta, where beta == 0 overwrites c without reading it (so NaN left in C does not survive,
- * as in BLAS). */
+ * gemm_micro_fXX(rows, kc, a, b, c, ldc, alpha_beta) computes one tile: a (kc, MR) packed A sliver
+ * and b (kc, NR) packed B sliver -> the first `rows` rows of c (MR, NR), row stride ldc:
+ * c = alpha * a^T @ b + beta * c with {alpha, beta} in alpha_beta, where beta == 0 overwrites c
+ * without reading it (so NaN left in C does not survive, as in BLAS).
+ *
+ * The last rows of a matrix seldom fill a whole MR-row tile. Rather than multiplying the zero
+ * padding, a short tile runs a kernel for fewer rows (a third or two thirds of MR): batch sizes
+ * that are multiples of 4 then waste nothing. Each such kernel is the same inline function with
+ * a constant row count, which the compiler unrolls into its own register allocation. */
+#if defined(__GNUC__)
+#define GEMM_INLINE static inline __attribute__((always_inline))
+#else
+#define GEMM_INLINE static inline
+#endif
+
 #if defined(__AVX512F__)
 
-/* a (kc, 12), b (kc, 32), c (12, 32) */
-static void gemm_micro_f32(int64_t kc, const float *restrict a, const float *restrict b,
-                           float *restrict c, int64_t ldc, const float *alpha_beta) {
+/* a (kc, 12), b (kc, 32), c (rows <= tile_rows <= 12, 32) */
+GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const float *restrict a,
+                               const float *restrict b, float *restrict c, int64_t ldc,
+                               const float *alpha_beta) {
     __m512 acc[GEMM_MR_f32][2];
-    for (int i = 0; i < GEMM_MR_f32; i++) {
+    for (int i = 0; i < tile_rows; i++) {
         acc[i][0] = _mm512_setzero_ps();
         acc[i][1] = _mm512_setzero_ps();
         /* The tile is only written after all kc steps: start bringing it in now. */
-        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
+        if (i < rows) {
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
+        }
     }
     for (int64_t p = 0; p < kc; p++) {
         __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
-        for (int i = 0; i < GEMM_MR_f32; i++) {
+        for (int i = 0; i < tile_rows; i++) {
             __m512 ai = _mm512_set1_ps(a[i]);
             acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
             acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
@@ -154,37 +168,47 @@ static void gemm_micro_f32(int64_t kc, const float *restrict a, const float *res
     }
     /* Read only now: kept live through the loop they would cost two of the registers. */
     float alpha = alpha_beta[0], beta = alpha_beta[1];
-    __m512 va = _mm512_set1_ps(alpha);
-    if (beta == 0) {
-        for (int i = 0; i < GEMM_MR_f32; i++) {
-            _mm512_storeu_ps(c + i * ldc, _mm512_mul_ps(va, acc[i][0]));
-            _mm512_storeu_ps(c + i * ldc + 16, _mm512_mul_ps(va, acc[i][1]));
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int i = 0; i < tile_rows; i++) {
+        if (i >= rows) break;
+        float *row = c + i * ldc;
+        __m512 c0 = _mm512_mul_ps(va, acc[i][0]), c1 = _mm512_mul_ps(va, acc[i][1]);
+        if (beta != 0) {
+            c0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), c0);
+            c1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row + 16), c1);
         }
-    } else {
-        __m512 vb = _mm512_set1_ps(beta);
-        for (int i = 0; i < GEMM_MR_f32; i++) {
-            float *row = c + i * ldc;
-            _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc[i][0],
-                                                  _mm512_mul_ps(vb, _mm512_loadu_ps(row))));
-            _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, acc[i][1],
-                                                       _mm512_mul_ps(vb, _mm512_loadu_ps(row + 16))));
-        }
+        _mm512_storeu_ps(row, c0);
+        _mm512_storeu_ps(row + 16, c1);
     }
 }
 
-/* a (kc, 12), b (kc, 16), c (12, 16) */
-static void gemm_micro_f64(int64_t kc, const double *restrict a, const double *restrict b,
-                           double *restrict c, int64_t ldc, const double *alpha_beta) {
+static void gemm_micro_f32(int rows, int64_t kc, const float *restrict a, const float *restrict b,
+                           float *restrict c, int64_t ldc, const float *alpha_beta) {
+    if (rows > 8) {
+        gemm_tile_f32(12, rows, kc, a, b, c, ldc, alpha_beta);
+    } else if (rows > 4) {
+        gemm_tile_f32(8, rows, kc, a, b, c, ldc, alpha_beta);
+    } else {
+        gemm_tile_f32(4, rows, kc, a, b, c, ldc, alpha_beta);
+    }
+}
+
+/* a (kc, 12), b (kc, 16), c (rows <= tile_rows <= 12, 16) */
+GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const double *restrict a,
+                               const double *restrict b, double *restrict c, int64_t ldc,
+                               const double *alpha_beta) {
     __m512d acc[GEMM_MR_f64][2];
-    for (int i = 0; i < GEMM_MR_f64; i++) {
+    for (int i = 0; i < tile_rows; i++) {
         acc[i][0] = _mm512_setzero_pd();
         acc[i][1] = _mm512_setzero_pd();
-        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + i * ldc + 8), _MM_HINT_T0);
+        if (i < rows) {
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + i * ldc + 8), _MM_HINT_T0);
+        }
     }
     for (int64_t p = 0; p < kc; p++) {
         __m512d b0 = _mm512_loadu_pd(b), b1 = _mm512_loadu_pd(b + 8);
-        for (int i = 0; i < GEMM_MR_f64; i++) {
+        for (int i = 0; i < tile_rows; i++) {
             __m512d ai = _mm512_set1_pd(a[i]);
             acc[i][0] = _mm512_fmadd_pd(ai, b0, acc[i][0]);
             acc[i][1] = _mm512_fmadd_pd(ai, b1, acc[i][1]);
@@ -192,42 +216,52 @@ static void gemm_micro_f64(int64_t kc, const double *restrict a, const double *r
         a += GEMM_MR_f64;
         b += GEMM_NR_f64;
     }
-    /* Read only now: kept live through the loop they would cost two of the registers. */
     double alpha = alpha_beta[0], beta = alpha_beta[1];
-    __m512d va = _mm512_set1_pd(alpha);
-    if (beta == 0) {
-        for (int i = 0; i < GEMM_MR_f64; i++) {
-            _mm512_storeu_pd(c + i * ldc, _mm512_mul_pd(va, acc[i][0]));
-            _mm512_storeu_pd(c + i * ldc + 8, _mm512_mul_pd(va, acc[i][1]));
+    __m512d va = _mm512_set1_pd(alpha), vb = _mm512_set1_pd(beta);
+    for (int i = 0; i < tile_rows; i++) {
+        if (i >= rows) break;
+        double *row = c + i * ldc;
+        __m512d c0 = _mm512_mul_pd(va, acc[i][0]), c1 = _mm512_mul_pd(va, acc[i][1]);
+        if (beta != 0) {
+            c0 = _mm512_fmadd_pd(vb, _mm512_loadu_pd(row), c0);
+            c1 = _mm512_fmadd_pd(vb, _mm512_loadu_pd(row + 8), c1);
         }
+        _mm512_storeu_pd(row, c0);
+        _mm512_storeu_pd(row + 8, c1);
+    }
+}
+
+static void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
+                           const double *restrict b, double *restrict c, int64_t ldc,
+                           const double *alpha_beta) {
+    if (rows > 8) {
+        gemm_tile_f64(12, rows, kc, a, b, c, ldc, alpha_beta);
+    } else if (rows > 4) {
+        gemm_tile_f64(8, rows, kc, a, b, c, ldc, alpha_beta);
     } else {
-        __m512d vb = _mm512_set1_pd(beta);
-        for (int i = 0; i < GEMM_MR_f64; i++) {
-            double *row = c + i * ldc;
-            _mm512_storeu_pd(row, _mm512_fmadd_pd(va, acc[i][0],
-                                                  _mm512_mul_pd(vb, _mm512_loadu_pd(row))));
-            _mm512_storeu_pd(row + 8, _mm512_fmadd_pd(va, acc[i][1],
-                                                      _mm512_mul_pd(vb, _mm512_loadu_pd(row + 8))));
-        }
+        gemm_tile_f64(4, rows, kc, a, b, c, ldc, alpha_beta);
     }
 }
 
 #elif defined(__AVX2__) && defined(__FMA__)
 
-/* a (kc, 6), b (kc, 16), c (6, 16) */
-static void gemm_micro_f32(int64_t kc, const float *restrict a, const float *restrict b,
-                           float *restrict c, int64_t ldc, const float *alpha_beta) {
+/* a (kc, 6), b (kc, 16), c (rows <= tile_rows <= 6, 16) */
+GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const float *restrict a,
+                               const float *restrict b, float *restrict c, int64_t ldc,
+                               const float *alpha_beta) {
     __m256 acc[GEMM_MR_f32][2];
-    for (int i = 0; i < GEMM_MR_f32; i++) {
+    for (int i = 0; i < tile_rows; i++) {
         acc[i][0] = _mm256_setzero_ps();
         acc[i][1] = _mm256_setzero_ps();
         /* The tile is only written after all kc steps: start bringing it in now. */
-        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + i * ldc + 8), _MM_HINT_T0);
+        if (i < rows) {
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + i * ldc + 8), _MM_HINT_T0);
+        }
     }
     for (int64_t p = 0; p < kc; p++) {
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-        for (int i = 0; i < GEMM_MR_f32; i++) {
+        for (int i = 0; i < tile_rows; i++) {
             __m256 ai = _mm256_broadcast_ss(a + i);
             acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
             acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
@@ -235,38 +269,46 @@ static void gemm_micro_f32(int64_t kc, const float *restrict a, const float *res
         a += GEMM_MR_f32;
         b += GEMM_NR_f32;
     }
-    /* Read only now: kept live through the loop they would cost two of the registers. */
+    /* Read only now: with 16 registers, keeping them live through the loop would spill. */
     float alpha = alpha_beta[0], beta = alpha_beta[1];
-    __m256 va = _mm256_set1_ps(alpha);
-    if (beta == 0) {
-        for (int i = 0; i < GEMM_MR_f32; i++) {
-            _mm256_storeu_ps(c + i * ldc, _mm256_mul_ps(va, acc[i][0]));
-            _mm256_storeu_ps(c + i * ldc + 8, _mm256_mul_ps(va, acc[i][1]));
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    for (int i = 0; i < tile_rows; i++) {
+        if (i >= rows) break;
+        float *row = c + i * ldc;
+        __m256 c0 = _mm256_mul_ps(va, acc[i][0]), c1 = _mm256_mul_ps(va, acc[i][1]);
+        if (beta != 0) {
+            c0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row), c0);
+            c1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row + 8), c1);
         }
-    } else {
-        __m256 vb = _mm256_set1_ps(beta);
-        for (int i = 0; i < GEMM_MR_f32; i++) {
-            float *row = c + i * ldc;
-            _mm256_storeu_ps(row, _mm256_fmadd_ps(va, acc[i][0],
-                                                  _mm256_mul_ps(vb, _mm256_loadu_ps(row))));
-            _mm256_storeu_ps(row + 8, _mm256_fmadd_ps(va, acc[i][1],
-                                                      _mm256_mul_ps(vb, _mm256_loadu_ps(row + 8))));
-        }
+        _mm256_storeu_ps(row, c0);
+        _mm256_storeu_ps(row + 8, c1);
     }
 }
 
-/* a (kc, 6), b (kc, 8), c (6, 8) */
-static void gemm_micro_f64(int64_t kc, const double *restrict a, const double *restrict b,
-                           double *restrict c, int64_t ldc, const double *alpha_beta) {
+static void gemm_micro_f32(int rows, int64_t kc, const float *restrict a, const float *restrict b,
+                           float *restrict c, int64_t ldc, const float *alpha_beta) {
+    if (rows > 4) {
+        gemm_tile_f32(6, rows, kc, a, b, c, ldc, alpha_beta);
+    } else if (rows > 2) {
+        gemm_tile_f32(4, rows, kc, a, b, c, ldc, alpha_beta);
+    } else {
+        gemm_tile_f32(2, rows, kc, a, b, c, ldc, alpha_beta);
+    }
+}
+
+/* a (kc, 6), b (kc, 8), c (rows <= tile_rows <= 6, 8) */
+GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const double *restrict a,
+                               const double *restrict b, double *restrict c, int64_t ldc,
+                               const double *alpha_beta) {
     __m256d acc[GEMM_MR_f64][2];
-    for (int i = 0; i < GEMM_MR_f64; i++) {
+    for (int i = 0; i < tile_rows; i++) {
         acc[i][0] = _mm256_setzero_pd();
         acc[i][1] = _mm256_setzero_pd();
-        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        if (i < rows) _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
     }
     for (int64_t p = 0; p < kc; p++) {
         __m256d b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
-        for (int i = 0; i < GEMM_MR_f64; i++) {
+        for (int i = 0; i < tile_rows; i++) {
             __m256d ai = _mm256_broadcast_sd(a + i);
             acc[i][0] = _mm256_fmadd_pd(ai, b0, acc[i][0]);
             acc[i][1] = _mm256_fmadd_pd(ai, b1, acc[i][1]);
@@ -274,23 +316,30 @@ static void gemm_micro_f64(int64_t kc, const double *restrict a, const double *r
         a += GEMM_MR_f64;
         b += GEMM_NR_f64;
     }
-    /* Read only now: kept live through the loop they would cost two of the registers. */
     double alpha = alpha_beta[0], beta = alpha_beta[1];
-    __m256d va = _mm256_set1_pd(alpha);
-    if (beta == 0) {
-        for (int i = 0; i < GEMM_MR_f64; i++) {
-            _mm256_storeu_pd(c + i * ldc, _mm256_mul_pd(va, acc[i][0]));
-            _mm256_storeu_pd(c + i * ldc + 4, _mm256_mul_pd(va, acc[i][1]));
+    __m256d va = _mm256_set1_pd(alpha), vb = _mm256_set1_pd(beta);
+    for (int i = 0; i < tile_rows; i++) {
+        if (i >= rows) break;
+        double *row = c + i * ldc;
+        __m256d c0 = _mm256_mul_pd(va, acc[i][0]), c1 = _mm256_mul_pd(va, acc[i][1]);
+        if (beta != 0) {
+            c0 = _mm256_fmadd_pd(vb, _mm256_loadu_pd(row), c0);
+            c1 = _mm256_fmadd_pd(vb, _mm256_loadu_pd(row + 4), c1);
         }
+        _mm256_storeu_pd(row, c0);
+        _mm256_storeu_pd(row + 4, c1);
+    }
+}
+
+static void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
+                           const double *restrict b, double *restrict c, int64_t ldc,
+                           const double *alpha_beta) {
+    if (rows > 4) {
+        gemm_tile_f64(6, rows, kc, a, b, c, ldc, alpha_beta);
+    } else if (rows > 2) {
+        gemm_tile_f64(4, rows, kc, a, b, c, ldc, alpha_beta);
     } else {
-        __m256d vb = _mm256_set1_pd(beta);
-        for (int i = 0; i < GEMM_MR_f64; i++) {
-            double *row = c + i * ldc;
-            _mm256_storeu_pd(row, _mm256_fmadd_pd(va, acc[i][0],
-                                                  _mm256_mul_pd(vb, _mm256_loadu_pd(row))));
-            _mm256_storeu_pd(row + 4, _mm256_fmadd_pd(va, acc[i][1],
-                                                      _mm256_mul_pd(vb, _mm256_loadu_pd(row + 4))));
-        }
+        gemm_tile_f64(2, rows, kc, a, b, c, ldc, alpha_beta);
     }
 }
 
@@ -379,12 +428,13 @@ fn_status fn_gemm_builtin(fn_dtype dtype, int trans_a, int trans_b, int64_t m, i
 #define GEMM_NC FN_T(GEMM_NC)
 
 #ifdef GEMM_PLAIN_MICRO_KERNEL
-/* a (kc, MR) packed, b (kc, NR) packed, c (MR, NR) with row stride ldc:
+/* a (kc, MR) packed, b (kc, NR) packed -> the first `rows` rows of c (MR, NR), row stride ldc:
  * c = alpha * a^T @ b + beta * c, {alpha, beta} in alpha_beta, beta == 0 overwriting c without
- * reading it.
- * Plain loops over a fixed-size tile, which compilers unroll and vectorise along NR. */
-static void FN_T(gemm_micro)(int64_t kc, const real *restrict a, const real *restrict b,
-                             real *restrict c, int64_t ldc, const real *alpha_beta) {
+ * reading it. Plain loops over a fixed-size tile, which compilers unroll and vectorise along NR;
+ * a short tile computes the zero rows of its padding too, which is cheap at this tile size. */
+static void FN_T(gemm_micro)(int rows, int64_t kc, const real *restrict a,
+                             const real *restrict b, real *restrict c, int64_t ldc,
+                             const real *alpha_beta) {
     real acc[GEMM_MR][GEMM_NR];
     for (int i = 0; i < GEMM_MR; i++) {
         for (int j = 0; j < GEMM_NR; j++) acc[i][j] = 0;
@@ -398,7 +448,7 @@ static void FN_T(gemm_micro)(int64_t kc, const real *restrict a, const real *res
         b += GEMM_NR;
     }
     real alpha = alpha_beta[0], beta = alpha_beta[1];
-    for (int i = 0; i < GEMM_MR; i++) {
+    for (int i = 0; i < rows; i++) {
         real *row = c + i * ldc;
         if (beta == 0) {
             for (int j = 0; j < GEMM_NR; j++) row[j] = alpha * acc[i][j];
@@ -428,7 +478,13 @@ static void FN_T(gemm_pack_b)(bool trans_b, const real *b, int64_t ldb, int64_t 
                               real *restrict dst) {
     for (int64_t j0 = 0; j0 < nc; j0 += GEMM_NR) {
         int64_t cols = nc - j0 < GEMM_NR ? nc - j0 : GEMM_NR;
-        if (!trans_b) {
+        if (!trans_b && cols == GEMM_NR) {
+            /* A constant-size memcpy becomes a few vector moves, where the equivalent loop would
+             * become a call to memmove. */
+            for (int64_t p = 0; p < kc; p++) {
+                memcpy(dst + p * GEMM_NR, b + p * ldb + j0, sizeof(real) * GEMM_NR);
+            }
+        } else if (!trans_b) {
             for (int64_t p = 0; p < kc; p++) {
                 const real *src = b + p * ldb + j0;
                 real *out = dst + p * GEMM_NR;
@@ -502,18 +558,19 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
     int64_t kc_max = gemm_block_size(k, GEMM_KC, 1);
     int64_t nc_max = gemm_block_size(n, GEMM_NC, GEMM_NR);
 
-    /* Allocated per call and per thread; a later change may keep them from one call to the
-     * next. */
-    real *b_panel = fn_alloc((size_t)(kc_max * nc_max) * sizeof(real));
-    real *a_sliver = fn_alloc((size_t)(kc_max * GEMM_MR) * sizeof(real));
-    if (b_panel == NULL || a_sliver == NULL) {
-        fn_free(b_panel);
-        fn_free(a_sliver);
+    /* One buffer for the B panel (64-byte aligned, so each NR-row of a sliver starts a cache
+     * line) and, after it, the A sliver, which is only read element by element. Allocated per
+     * call and per thread; a later change may keep it from one call to the next. */
+    size_t panel_elements = (size_t)(kc_max * nc_max);
+    real *b_panel = fn_alloc((panel_elements + (size_t)(kc_max * GEMM_MR)) * sizeof(real));
+    if (b_panel == NULL) {
         FN_T(gemm_unpacked)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }
+    real *a_sliver = b_panel + panel_elements;
 
-    /* An edge tile is computed whole into this buffer, then its valid part copied to C. */
+    /* A tile cut by the right edge of C is computed whole into this buffer, then its valid
+     * columns are copied to C. */
     _Alignas(64) real edge_tile[GEMM_MR * GEMM_NR];
 
     for (int64_t jc = 0; jc < n; jc += nc_max) {
@@ -533,11 +590,13 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
                 for (int64_t jr = 0; jr < nc; jr += GEMM_NR) {
                     int64_t cols = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
                     const real *b_sliver = b_panel + jr * kc;
-                    if (rows == GEMM_MR && cols == GEMM_NR) {
-                        FN_T(gemm_micro)(kc, a_sliver, b_sliver, c_rows + jr, ldc, scale);
+                    if (cols == GEMM_NR) {
+                        FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, c_rows + jr, ldc,
+                                         scale);
                         continue;
                     }
-                    FN_T(gemm_micro)(kc, a_sliver, b_sliver, edge_tile, GEMM_NR, scale_edge);
+                    FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, edge_tile, GEMM_NR,
+                                     scale_edge);
                     for (int64_t i = 0; i < rows; i++) {
                         real *row = c_rows + i * ldc + jr;
                         const real *tile_row = edge_tile + i * GEMM_NR;
@@ -554,7 +613,6 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
         }
     }
     fn_free(b_panel);
-    fn_free(a_sliver);
 }
 
 /* One thread's share through the BLAS, (m, n_block) of C: row-major C = op(A) op(B) is

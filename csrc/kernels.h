@@ -32,8 +32,9 @@ typedef enum { FN_ACT_RELU, FN_ACT_LEAKY_RELU, FN_ACT_SIGMOID, FN_ACT_TANH } fn_
                                    const real *y, const real *grad_y, real *grad_x,              \
                                    bool accumulate, int64_t count, int threads);                 \
     /* optim.c */                                                                                \
-    void fn_optimizer_update##S(const fn_optimizer *opt, int64_t step, real *params,             \
-                                const real *grads, real *state, int64_t count, int threads);     \
+    void fn_optimizer_update##S(const fn_optimizer *opt, int64_t step, bool momentum_first,      \
+                                real *params, const real *grads, real *state, int64_t count,     \
+                                int threads);                                                    \
     /* softmax_xent.c */                                                                         \
     double fn_softmax_xent_forward_backward##S(const real *logits, const void *labels,           \
                                                fn_label_type label_type, real *grad, int64_t n,  \

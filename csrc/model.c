@@ -95,6 +95,8 @@ void *fn_model_params(fn_model *m) { return m->param_arena; }
 void *fn_model_grads(fn_model *m) { return m->grad_arena; }
 int64_t fn_model_optimizer_steps(const fn_model *m) { return m->optimizer_steps; }
 void fn_model_set_optimizer_steps(fn_model *m, int64_t steps) { m->optimizer_steps = steps; }
+int fn_model_momentum_started(const fn_model *m) { return m->momentum_started; }
+void fn_model_set_momentum_started(fn_model *m, int started) { m->momentum_started = started != 0; }
 int64_t fn_model_train_correct(const fn_model *m) { return m->train_correct; }
 int fn_model_optimizer_state_count(const fn_model *m) { return m->optimizer_slots; }
 
@@ -273,10 +275,19 @@ fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt) {
         m->optimizer_state = state;
         m->optimizer_slots = slots;
         m->optimizer_steps = 0;
+        m->momentum_started = false;
     }
     m->optimizer = *opt;
     m->has_optimizer = true;
     return FN_OK;
+}
+
+void fn_model_reset_optimizer(fn_model *m) {
+    if (m->optimizer_state)
+        memset(m->optimizer_state, 0,
+               (size_t)m->optimizer_slots * (size_t)m->param_total * fn_dtype_size(m->dtype));
+    m->optimizer_steps = 0;
+    m->momentum_started = false;
 }
 
 fn_status fn_model_step(fn_model *m) {

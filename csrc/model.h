@@ -113,6 +113,7 @@ struct fn_model {
     fn_optimizer optimizer;
     bool has_optimizer;
     int64_t optimizer_steps;
+    bool momentum_started; /* SGD's buffer holds a value (see fn_model_momentum_started) */
     int optimizer_slots;
     void *optimizer_state; /* optimizer_slots * param_total elements */
 

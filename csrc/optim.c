@@ -47,12 +47,16 @@ fn_status fn_optimizer_check(const fn_optimizer *opt) {
 void fn_optimizer_update(fn_model *m) {
     int threads = fn_threads_get();
     m->optimizer_steps++;
+    /* PyTorch starts the momentum buffer as the gradient at the first update that uses momentum,
+     * which need not be the first update (momentum can be switched on later). */
+    bool momentum_first = !m->momentum_started;
+    if (m->optimizer.kind == FN_OPT_SGD && m->optimizer.momentum != 0) m->momentum_started = true;
     if (m->dtype == FN_FLOAT64)
-        fn_optimizer_update_f64(&m->optimizer, m->optimizer_steps, m->param_arena, m->grad_arena,
-                                m->optimizer_state, m->param_total, threads);
+        fn_optimizer_update_f64(&m->optimizer, m->optimizer_steps, momentum_first, m->param_arena,
+                                m->grad_arena, m->optimizer_state, m->param_total, threads);
     else
-        fn_optimizer_update_f32(&m->optimizer, m->optimizer_steps, m->param_arena, m->grad_arena,
-                                m->optimizer_state, m->param_total, threads);
+        fn_optimizer_update_f32(&m->optimizer, m->optimizer_steps, momentum_first, m->param_arena,
+                                m->grad_arena, m->optimizer_state, m->param_total, threads);
 }
 
 #define FN_TEMPLATE_FILE "optim.c"
@@ -60,14 +64,16 @@ void fn_optimizer_update(fn_model *m) {
 
 #else /* templated half */
 
-/* params, grads are (count); state is (slots, count); step counts from 1 (this update). */
-void FN_T(fn_optimizer_update)(const fn_optimizer *opt, int64_t step, real *params,
-                               const real *grads, real *state, int64_t count, int threads) {
+/* params, grads are (count); state is (slots, count); step counts from 1 (this update);
+ * momentum_first: SGD's buffer is empty and starts as the gradient. */
+void FN_T(fn_optimizer_update)(const fn_optimizer *opt, int64_t step, bool momentum_first,
+                               real *params, const real *grads, real *state, int64_t count,
+                               int threads) {
     const real lr = (real)opt->lr, wd = (real)opt->weight_decay;
     int t = fn_threads_for(count, threads);
     if (opt->kind == FN_OPT_SGD) {
         const real momentum = (real)opt->momentum, dampening = (real)opt->dampening;
-        const bool nesterov = opt->nesterov != 0, first = step == 1;
+        const bool nesterov = opt->nesterov != 0, first = momentum_first;
         real *buf = state;
 #pragma omp parallel for num_threads(t) schedule(static) if (t > 1)
         for (int64_t i = 0; i < count; i++) {

@@ -462,7 +462,7 @@ fn_status fn_safetensors_parse(const void *bytes, size_t size, fn_safetensors **
         return fn_error(FN_EFORMAT, "%s: %zu bytes, shorter than the 8-byte header length", source,
                         size);
     const unsigned char *b = bytes;
-    uint64_t header_length = read_le64(b), data_size;
+    uint64_t header_length = read_le64(b), data_size = 0;
     FN_TRY(check_header_length(source, header_length, size, &data_size));
 
     fn_safetensors *f;
@@ -516,7 +516,7 @@ fn_status fn_safetensors_read(const char *path, fn_safetensors **out) {
     unsigned char length_bytes[8];
     status = read_exactly(file, length_bytes, 8, path);
     if (status != FN_OK) goto done;
-    uint64_t header_length = read_le64(length_bytes), data_size;
+    uint64_t header_length = read_le64(length_bytes), data_size = 0;
     status = check_header_length(path, header_length, file_size, &data_size);
     if (status != FN_OK) goto done;
     if (data_size > SIZE_MAX) {

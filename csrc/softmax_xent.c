@@ -16,6 +16,12 @@ fn_status fn_labels_check(const void *labels, fn_label_type label_type, int64_t 
         return fn_error(FN_EINVAL, "labels: unknown label type %d", (int)label_type);
     for (int64_t i = 0; i < n; i++) {
         int64_t y = fn_label_at(labels, label_type, i);
+        if (label_type == FN_LABEL_U64 && y < 0)
+            return fn_error(FN_EINVAL,
+                            "labels: label %llu at index %lld is out of range for %lld classes "
+                            "(expected 0 <= label < %lld)",
+                            (unsigned long long)((const uint64_t *)labels)[i], (long long)i,
+                            (long long)classes, (long long)classes);
         if (y < 0 || y >= classes)
             return fn_error(FN_EINVAL,
                             "labels: label %lld at index %lld is out of range for %lld classes "

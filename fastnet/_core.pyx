@@ -298,6 +298,18 @@ cdef class Model:
         opt.weight_decay = weight_decay
         check(fn_model_set_optimizer(self.handle, &opt))
 
+    def reset_optimizer(self):
+        """Zeroes the optimizer state and counters (a new optimizer starts from nothing)."""
+        fn_model_reset_optimizer(self.handle)
+
+    @property
+    def momentum_started(self):
+        return bool(fn_model_momentum_started(self.handle))
+
+    @momentum_started.setter
+    def momentum_started(self, bint started):
+        fn_model_set_momentum_started(self.handle, started)
+
     def step(self):
         cdef fn_status status
         with nogil:

@@ -65,8 +65,13 @@ class Optimizer:
         raise NotImplementedError
 
     def _configure(self):
-        """Pushes the hyper-parameters to the C model (state is kept unless the kind changes)."""
-        self.model._core.set_optimizer(self._kind, **self._c_arguments())
+        """Pushes the hyper-parameters to the C model. The model holds the state of one optimizer
+        at a time: an optimizer that takes over a model starts from fresh state, as a new
+        optimizer does."""
+        core = self.model._core
+        core.set_optimizer(self._kind, **self._c_arguments())
+        if self.model._optimizer is not self:
+            core.reset_optimizer()
         self.model._optimizer = self
         self.model._optimizer_version = self._version
 
@@ -85,26 +90,38 @@ class Optimizer:
         return self.model._core.optimizer_steps if self.model._optimizer is self else 0
 
     def state_dict(self):
-        """Hyper-parameters, step count and state arrays (copies)."""
-        state = [s.copy() for s in self.model._core.optimizer_state()] \
-            if self.model._optimizer is self else []
+        """Hyper-parameters, step count and state arrays (copies; empty before the first step,
+        or after another optimizer took over the model)."""
+        active = self.model._optimizer is self
+        core = self.model._core
         return {"type": type(self).__name__, "hyper": dict(self._values),
-                "steps": self.steps, "state": state}
+                "steps": self.steps,
+                "momentum_started": core.momentum_started if active else False,
+                "state": [s.copy() for s in core.optimizer_state()] if active else []}
 
     def load_state_dict(self, state):
+        """Restores what :meth:`state_dict` returned; training then continues exactly."""
         if state.get("type") != type(self).__name__:
             raise ValueError(f"state is for {state.get('type')}, not {type(self).__name__}")
+        core = self.model._core
+        saved = state["state"]
+        arena = core.param_arena().shape
+        if any(np.shape(values) != arena for values in saved):
+            raise ValueError(f"optimizer state of shapes {[np.shape(v) for v in saved]} does not "
+                             f"match this model's parameter arena {arena}")
         for name, value in state["hyper"].items():
             setattr(self, name, value)
+        self.model._optimizer = None  # a loaded state replaces whatever the model held
         self._configure()
-        slots = self.model._core.optimizer_state()
-        if len(state["state"]) != len(slots):
-            raise ValueError("optimizer state has the wrong number of slots")
-        for slot, saved in zip(slots, state["state"]):
-            if np.shape(saved) != slot.shape:
-                raise ValueError("optimizer state does not match the model's size")
-            slot[...] = saved
-        self.model._core.optimizer_steps = int(state["steps"])
+        slots = core.optimizer_state()
+        if saved:
+            if len(saved) != len(slots):
+                raise ValueError(f"optimizer state has {len(saved)} slots, {type(self).__name__} "
+                                 f"needs {len(slots)}")
+            for slot, values in zip(slots, saved):
+                slot[...] = values
+        core.optimizer_steps = int(state["steps"])
+        core.momentum_started = bool(state.get("momentum_started", bool(saved)))
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
@@ -130,10 +147,10 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=0.01, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False):
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
 
     def _validate(self, name, value):
         if name == "nesterov":

@@ -173,12 +173,18 @@ FN_API void fn_model_zero_grad(fn_model *m);
 /* Selects the optimizer (its state is reset when the kind changes) or updates its
  * hyper-parameters (state kept). */
 FN_API fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt);
+/* Zeroes the optimizer state and its step counters, as for a newly created optimizer. */
+FN_API void fn_model_reset_optimizer(fn_model *m);
 /* One optimizer update from the current gradients. */
 FN_API fn_status fn_model_step(fn_model *m);
 /* Steps taken by the optimizer; its state arena (state_count slots of param_total elements:
  * SGD momentum buffer; Adam/AdamW first and second moments). */
 FN_API int64_t fn_model_optimizer_steps(const fn_model *m);
 FN_API void fn_model_set_optimizer_steps(fn_model *m, int64_t steps);
+/* Whether SGD's momentum buffer holds a value yet (it starts as the gradient at the first update
+ * with momentum, which may come after updates without). Saved and restored with the state. */
+FN_API int fn_model_momentum_started(const fn_model *m);
+FN_API void fn_model_set_momentum_started(fn_model *m, int started);
 FN_API int fn_model_optimizer_state_count(const fn_model *m);
 FN_API void *fn_model_optimizer_state(fn_model *m, int slot);
 
