@@ -3,11 +3,14 @@
     python bench/compare.py [--threads 2] [--seconds 3] [--workloads mlp_small_b32,mlp_mnist_b128]
 
 Each framework trains the same network (the definitions below) on the same random batch with the
-same optimizer; the frameworks take turns in short timed windows after a warm-up, so a noisy
-machine affects both alike. Reported: samples/s (median over the windows), the ratio of fastnet's
-to PyTorch's, and the GFLOP/s fastnet achieves (2 * multiply-adds of forward + backward).
+same optimizer, in a process of its own (two OpenMP runtimes in one process would spin against
+each other). The processes take turns in short timed windows after a warm-up, so a noisy machine
+affects both alike; a process waiting for its turn is blocked on a pipe, not spinning. Reported:
+samples/s (median over the windows), the ratio of fastnet's to PyTorch's, and the GFLOP/s fastnet
+achieves (2 * multiply-adds of forward + backward).
 """
 import argparse
+import multiprocessing
 import statistics
 import time
 
@@ -76,6 +79,37 @@ def window_rate(step, batch, seconds):
             return steps * batch / elapsed
 
 
+def worker(connection, framework, name, threads):
+    """Runs in its own process: builds one workload, then answers window requests."""
+    sizes, batch = WORKLOADS[name]
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, sizes[0]), dtype=np.float32)
+    y = rng.integers(0, sizes[-1], batch)
+    if framework == "fastnet":
+        import fastnet as fn
+
+        fn.set_num_threads(threads)
+        step = fastnet_step(sizes, batch, x, y)
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        step = torch_step(sizes, batch, x, y)
+    while True:
+        seconds = connection.recv()
+        if seconds is None:
+            return
+        connection.send(window_rate(step, batch, seconds))
+
+
+def torch_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -86,32 +120,40 @@ def main(argv=None):
 
     import fastnet as fn
 
-    fn.set_num_threads(args.threads)
-    frameworks = {"fastnet": fastnet_step}
-    try:
+    frameworks = ["fastnet"] + (["pytorch"] if torch_available() else [])
+    torch_version = None
+    if "pytorch" in frameworks:
         import torch
 
-        torch.set_num_threads(args.threads)
-        frameworks["pytorch"] = torch_step
         torch_version = torch.__version__
-    except ImportError:
-        torch_version = None
     print(f"fastnet {fn.__version__}, PyTorch {torch_version or 'not installed'}, "
           f"{args.threads} threads")
     print(f"{'workload':<16} {'fastnet /s':>12} {'PyTorch /s':>12} {'ratio':>7} {'GFLOP/s':>8}")
+    context = multiprocessing.get_context("spawn")
     for name in args.workloads.split(","):
+        if name not in WORKLOADS:
+            parser.error(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
         sizes, batch = WORKLOADS[name]
-        rng = np.random.default_rng(0)
-        x = rng.random((batch, sizes[0]), dtype=np.float32)
-        y = rng.integers(0, sizes[-1], batch)
-        steps = {k: make(sizes, batch, x, y) for k, make in frameworks.items()}
-        for step in steps.values():  # warm-up
-            window_rate(step, batch, 0.5)
-        rates = {k: [] for k in steps}
-        window = args.seconds / args.windows
-        for _ in range(args.windows):
-            for k, step in steps.items():
-                rates[k].append(window_rate(step, batch, window))
+        workers = {}
+        for framework in frameworks:
+            ours, theirs = context.Pipe()
+            process = context.Process(target=worker, args=(theirs, framework, name, args.threads))
+            process.start()
+            workers[framework] = (ours, process)
+        try:
+            for connection, _ in workers.values():  # warm-up
+                connection.send(0.5)
+                connection.recv()
+            rates = {k: [] for k in workers}
+            window = args.seconds / args.windows
+            for _ in range(args.windows):
+                for framework, (connection, _) in workers.items():
+                    connection.send(window)
+                    rates[framework].append(connection.recv())
+        finally:
+            for connection, process in workers.values():
+                connection.send(None)
+                process.join()
         median = {k: statistics.median(v) for k, v in rates.items()}
         ours = median["fastnet"]
         theirs = median.get("pytorch")

@@ -59,23 +59,23 @@ void FN_T(fn_activation_forward)(fn_activation_kind kind, real negative_slope, c
     int t = fn_threads_for(count, threads);
     switch (kind) {
     case FN_ACT_RELU:
-#pragma omp parallel for num_threads(t) schedule(static) if (t > 1)
+FN_PARALLEL_FOR(t)
         for (int64_t i = 0; i < count; i++) y[i] = x[i] > 0 ? x[i] : 0;
         break;
     case FN_ACT_LEAKY_RELU:
-#pragma omp parallel for num_threads(t) schedule(static) if (t > 1)
+FN_PARALLEL_FOR(t)
         for (int64_t i = 0; i < count; i++) y[i] = x[i] > 0 ? x[i] : negative_slope * x[i];
         break;
     case FN_ACT_SIGMOID:
         /* exp of a non-positive argument only, so neither branch overflows. */
-#pragma omp parallel for num_threads(t) schedule(static) if (t > 1)
+FN_PARALLEL_FOR(t)
         for (int64_t i = 0; i < count; i++) {
             real e = exp(-fabs(x[i]));
             y[i] = x[i] >= 0 ? 1 / (1 + e) : e / (1 + e);
         }
         break;
     case FN_ACT_TANH:
-#pragma omp parallel for num_threads(t) schedule(static) if (t > 1)
+FN_PARALLEL_FOR(t)
         for (int64_t i = 0; i < count; i++) y[i] = tanh(x[i]);
         break;
     }
@@ -89,22 +89,22 @@ void FN_T(fn_activation_backward)(fn_activation_kind kind, real negative_slope, 
     int t = fn_threads_for(count, threads);
     switch (kind) {
     case FN_ACT_RELU:
-#pragma omp parallel for num_threads(t) schedule(static) if (t > 1)
+FN_PARALLEL_FOR(t)
         for (int64_t i = 0; i < count; i++)
             grad_x[i] = (accumulate ? grad_x[i] : 0) + (y[i] > 0 ? grad_y[i] : 0);
         break;
     case FN_ACT_LEAKY_RELU:
-#pragma omp parallel for num_threads(t) schedule(static) if (t > 1)
+FN_PARALLEL_FOR(t)
         for (int64_t i = 0; i < count; i++)
             grad_x[i] = (accumulate ? grad_x[i] : 0) + (x[i] > 0 ? grad_y[i] : negative_slope * grad_y[i]);
         break;
     case FN_ACT_SIGMOID:
-#pragma omp parallel for num_threads(t) schedule(static) if (t > 1)
+FN_PARALLEL_FOR(t)
         for (int64_t i = 0; i < count; i++)
             grad_x[i] = (accumulate ? grad_x[i] : 0) + grad_y[i] * y[i] * (1 - y[i]);
         break;
     case FN_ACT_TANH:
-#pragma omp parallel for num_threads(t) schedule(static) if (t > 1)
+FN_PARALLEL_FOR(t)
         for (int64_t i = 0; i < count; i++)
             grad_x[i] = (accumulate ? grad_x[i] : 0) + grad_y[i] * (1 - y[i] * y[i]);
         break;

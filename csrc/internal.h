@@ -68,6 +68,18 @@ static inline int fn_threads_for(int64_t work, int max_threads) {
     return (int)t;
 }
 
+/* OpenMP pragmas through macros, so that a build without OpenMP has neither unknown-pragma
+ * warnings nor unused thread counts. FN_PARALLEL_FOR(t) precedes a for loop split statically
+ * over t threads; FN_PARALLEL(t) precedes a block run by a team of t threads. */
+#ifdef _OPENMP
+#define FN_PRAGMA(text) _Pragma(#text)
+#define FN_PARALLEL_FOR(t) FN_PRAGMA(omp parallel for num_threads(t) schedule(static) if ((t) > 1))
+#define FN_PARALLEL(t) FN_PRAGMA(omp parallel num_threads(t) if ((t) > 1))
+#else
+#define FN_PARALLEL_FOR(t) (void)(t);
+#define FN_PARALLEL(t) (void)(t);
+#endif
+
 /* Splits [0, n) into `parts` near-equal contiguous ranges; returns range `i` in [*begin, *end). */
 static inline void fn_partition(int64_t n, int parts, int i, int64_t *begin, int64_t *end) {
     int64_t base = n / parts, extra = n % parts;

@@ -75,7 +75,7 @@ void FN_T(fn_optimizer_update)(const fn_optimizer *opt, int64_t step, bool momen
         const real momentum = (real)opt->momentum, dampening = (real)opt->dampening;
         const bool nesterov = opt->nesterov != 0, first = momentum_first;
         real *buf = state;
-#pragma omp parallel for num_threads(t) schedule(static) if (t > 1)
+FN_PARALLEL_FOR(t)
         for (int64_t i = 0; i < count; i++) {
             real g = grads[i] + wd * params[i];
             if (momentum != 0) {
@@ -96,7 +96,7 @@ void FN_T(fn_optimizer_update)(const fn_optimizer *opt, int64_t step, bool momen
     const bool decoupled = opt->kind == FN_OPT_ADAMW;
     const real coupled_wd = decoupled ? 0 : wd, decay = decoupled ? 1 - lr * wd : 1;
     real *m1 = state, *m2 = state + count;
-#pragma omp parallel for num_threads(t) schedule(static) if (t > 1)
+FN_PARALLEL_FOR(t)
     for (int64_t i = 0; i < count; i++) {
         real p = params[i] * decay;
         real g = grads[i] + coupled_wd * p;

@@ -66,7 +66,7 @@ double FN_T(fn_softmax_xent_forward_backward)(const real *logits, const void *la
     int t = fn_threads_for(n * c, threads);
     if (t > FN_MAX_PARTIALS) t = FN_MAX_PARTIALS;
     const real inv_n = (real)(1.0 / (double)n);
-#pragma omp parallel num_threads(t) if (t > 1)
+FN_PARALLEL(t)
     {
         int id = 0, team = 1;
 #ifdef _OPENMP
