@@ -59,24 +59,20 @@ void FN_T(fn_activation_forward)(fn_activation_kind kind, real negative_slope, c
     int t = fn_threads_for(count, threads);
     switch (kind) {
     case FN_ACT_RELU:
-FN_PARALLEL_FOR(t)
-        for (int64_t i = 0; i < count; i++) y[i] = x[i] > 0 ? x[i] : 0;
+        FN_PARALLEL_LOOP(t, i, count, { y[i] = x[i] > 0 ? x[i] : 0; });
         break;
     case FN_ACT_LEAKY_RELU:
-FN_PARALLEL_FOR(t)
-        for (int64_t i = 0; i < count; i++) y[i] = x[i] > 0 ? x[i] : negative_slope * x[i];
+        FN_PARALLEL_LOOP(t, i, count, { y[i] = x[i] > 0 ? x[i] : negative_slope * x[i]; });
         break;
     case FN_ACT_SIGMOID:
         /* exp of a non-positive argument only, so neither branch overflows. */
-FN_PARALLEL_FOR(t)
-        for (int64_t i = 0; i < count; i++) {
+        FN_PARALLEL_LOOP(t, i, count, {
             real e = exp(-fabs(x[i]));
             y[i] = x[i] >= 0 ? 1 / (1 + e) : e / (1 + e);
-        }
+        });
         break;
     case FN_ACT_TANH:
-FN_PARALLEL_FOR(t)
-        for (int64_t i = 0; i < count; i++) y[i] = tanh(x[i]);
+        FN_PARALLEL_LOOP(t, i, count, { y[i] = tanh(x[i]); });
         break;
     }
 }
@@ -89,24 +85,25 @@ void FN_T(fn_activation_backward)(fn_activation_kind kind, real negative_slope, 
     int t = fn_threads_for(count, threads);
     switch (kind) {
     case FN_ACT_RELU:
-FN_PARALLEL_FOR(t)
-        for (int64_t i = 0; i < count; i++)
+        FN_PARALLEL_LOOP(t, i, count, {
             grad_x[i] = (accumulate ? grad_x[i] : 0) + (y[i] > 0 ? grad_y[i] : 0);
+        });
         break;
     case FN_ACT_LEAKY_RELU:
-FN_PARALLEL_FOR(t)
-        for (int64_t i = 0; i < count; i++)
-            grad_x[i] = (accumulate ? grad_x[i] : 0) + (x[i] > 0 ? grad_y[i] : negative_slope * grad_y[i]);
+        FN_PARALLEL_LOOP(t, i, count, {
+            real slope = x[i] > 0 ? 1 : negative_slope;
+            grad_x[i] = (accumulate ? grad_x[i] : 0) + slope * grad_y[i];
+        });
         break;
     case FN_ACT_SIGMOID:
-FN_PARALLEL_FOR(t)
-        for (int64_t i = 0; i < count; i++)
+        FN_PARALLEL_LOOP(t, i, count, {
             grad_x[i] = (accumulate ? grad_x[i] : 0) + grad_y[i] * y[i] * (1 - y[i]);
+        });
         break;
     case FN_ACT_TANH:
-FN_PARALLEL_FOR(t)
-        for (int64_t i = 0; i < count; i++)
+        FN_PARALLEL_LOOP(t, i, count, {
             grad_x[i] = (accumulate ? grad_x[i] : 0) + grad_y[i] * (1 - y[i] * y[i]);
+        });
         break;
     }
 }

@@ -81,6 +81,19 @@ int fn_get_num_threads(void) {
 
 int fn_threads_get(void) { return fn_get_num_threads(); }
 
+void fn_run_team(int parts, fn_team_fn fn, void *arg) {
+    if (parts <= 1) {
+        fn(0, 1, arg);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(parts)
+    fn(omp_get_thread_num(), omp_get_num_threads(), arg);
+#else
+    for (int id = 0; id < parts; id++) fn(id, parts, arg);
+#endif
+}
+
 int fn_has_openmp(void) {
 #ifdef _OPENMP
     return 1;

@@ -68,17 +68,33 @@ static inline int fn_threads_for(int64_t work, int max_threads) {
     return (int)t;
 }
 
-/* OpenMP pragmas through macros, so that a build without OpenMP has neither unknown-pragma
- * warnings nor unused thread counts. FN_PARALLEL_FOR(t) precedes a for loop split statically
- * over t threads; FN_PARALLEL(t) precedes a block run by a team of t threads. */
+/* Parallel loops. FN_PARALLEL_LOOP(t, i, n, body...) runs body for i in [0, n), split statically
+ * over t threads when t > 1 and as a plain loop otherwise: even with a false if-clause, entering
+ * an OpenMP region allocates a team, which a small kernel called every step must not pay. Without
+ * OpenMP it is always the plain loop (and no unknown-pragma warnings). */
 #ifdef _OPENMP
 #define FN_PRAGMA(text) _Pragma(#text)
-#define FN_PARALLEL_FOR(t) FN_PRAGMA(omp parallel for num_threads(t) schedule(static) if ((t) > 1))
-#define FN_PARALLEL(t) FN_PRAGMA(omp parallel num_threads(t) if ((t) > 1))
+#define FN_PARALLEL_LOOP(t, i, n, ...)                                                            \
+    do {                                                                                          \
+        if ((t) > 1) {                                                                            \
+            FN_PRAGMA(omp parallel for num_threads(t) schedule(static))                           \
+            for (int64_t i = 0; i < (n); i++) __VA_ARGS__                                         \
+        } else {                                                                                  \
+            for (int64_t i = 0; i < (n); i++) __VA_ARGS__                                         \
+        }                                                                                         \
+    } while (0)
 #else
-#define FN_PARALLEL_FOR(t) (void)(t);
-#define FN_PARALLEL(t) (void)(t);
+#define FN_PARALLEL_LOOP(t, i, n, ...)                                                            \
+    do {                                                                                          \
+        (void)(t);                                                                                \
+        for (int64_t i = 0; i < (n); i++) __VA_ARGS__                                             \
+    } while (0)
 #endif
+
+/* Runs fn(id, parts, arg) for id in [0, parts) on `parts` threads, or directly when parts == 1
+ * (no OpenMP region, for the reason above). */
+typedef void (*fn_team_fn)(int id, int parts, void *arg);
+void fn_run_team(int parts, fn_team_fn fn, void *arg);
 
 /* Splits [0, n) into `parts` near-equal contiguous ranges; returns range `i` in [*begin, *end). */
 static inline void fn_partition(int64_t n, int parts, int i, int64_t *begin, int64_t *end) {

@@ -75,8 +75,7 @@ void FN_T(fn_optimizer_update)(const fn_optimizer *opt, int64_t step, bool momen
         const real momentum = (real)opt->momentum, dampening = (real)opt->dampening;
         const bool nesterov = opt->nesterov != 0, first = momentum_first;
         real *buf = state;
-FN_PARALLEL_FOR(t)
-        for (int64_t i = 0; i < count; i++) {
+        FN_PARALLEL_LOOP(t, i, count, {
             real g = grads[i] + wd * params[i];
             if (momentum != 0) {
                 real b = first ? g : momentum * buf[i] + (1 - dampening) * g;
@@ -84,7 +83,7 @@ FN_PARALLEL_FOR(t)
                 g = nesterov ? g + momentum * b : b;
             }
             params[i] -= lr * g;
-        }
+        });
         return;
     }
     /* Adam and AdamW: bias corrections in double once per step, as PyTorch computes them. */
@@ -96,8 +95,7 @@ FN_PARALLEL_FOR(t)
     const bool decoupled = opt->kind == FN_OPT_ADAMW;
     const real coupled_wd = decoupled ? 0 : wd, decay = decoupled ? 1 - lr * wd : 1;
     real *m1 = state, *m2 = state + count;
-FN_PARALLEL_FOR(t)
-    for (int64_t i = 0; i < count; i++) {
+    FN_PARALLEL_LOOP(t, i, count, {
         real p = params[i] * decay;
         real g = grads[i] + coupled_wd * p;
         real m = beta1 * m1[i] + (1 - beta1) * g;
@@ -105,7 +103,7 @@ FN_PARALLEL_FOR(t)
         m1[i] = m;
         m2[i] = v;
         params[i] = p - step_size * m / (sqrt(v) / correction2_sqrt + eps);
-    }
+    });
 }
 
 #endif

@@ -55,61 +55,69 @@ fn_status fn_softmax_xent(fn_dtype dtype, const void *logits, int64_t n, int64_t
 
 #else /* templated half */
 
+typedef struct {
+    const real *logits;
+    const void *labels;
+    fn_label_type label_type;
+    real *grad;
+    int64_t n, c;
+    double loss[FN_MAX_PARTIALS];
+    int64_t correct[FN_MAX_PARTIALS];
+} FN_T(softmax_xent_job);
+
+/* Rows [begin, end) of part `id`: their summed loss and argmax hits into the job's slots. */
+static void FN_T(softmax_xent_part)(int id, int parts, void *arg) {
+    FN_T(softmax_xent_job) *job = arg;
+    const int64_t c = job->c;
+    const real inv_n = (real)(1.0 / (double)job->n);
+    int64_t begin, end;
+    fn_partition(job->n, parts, id, &begin, &end);
+    double sum = 0;
+    int64_t hits = 0;
+    for (int64_t i = begin; i < end; i++) {
+        const real *row = job->logits + i * c;
+        int64_t label = fn_label_at(job->labels, job->label_type, i);
+        real max = row[0];
+        for (int64_t j = 1; j < c; j++) max = row[j] > max ? row[j] : max;
+        /* the first maximum, as numpy's argmax; bounded, since a NaN row equals no max */
+        int64_t argmax = 0;
+        while (argmax < c - 1 && row[argmax] != max) argmax++;
+        hits += argmax == label;
+        real total = 0;
+        if (job->grad) {
+            real *g = job->grad + i * c;
+            for (int64_t j = 0; j < c; j++) {
+                g[j] = exp(row[j] - max);
+                total += g[j];
+            }
+            real scale = inv_n / total;
+            for (int64_t j = 0; j < c; j++) g[j] *= scale;
+            g[label] -= inv_n;
+        } else {
+            for (int64_t j = 0; j < c; j++) total += exp(row[j] - max);
+        }
+        sum += (double)(max + log(total) - row[label]);
+    }
+    job->loss[id] = sum;
+    job->correct[id] = hits;
+}
+
 /* logits is (n, c), labels is (n) in [0, c) (checked by the caller), grad is (n, c) or NULL.
  * Returns the mean loss; grad = (softmax(logits) - onehot(labels)) / n; *correct (if not NULL)
  * counts the rows whose first maximal logit is at the label, for the training accuracy. */
 double FN_T(fn_softmax_xent_forward_backward)(const real *logits, const void *labels,
                                               fn_label_type label_type, real *grad, int64_t n,
                                               int64_t c, int threads, int64_t *correct) {
-    double partial[FN_MAX_PARTIALS] = {0};
-    int64_t partial_correct[FN_MAX_PARTIALS] = {0};
-    int t = fn_threads_for(n * c, threads);
-    if (t > FN_MAX_PARTIALS) t = FN_MAX_PARTIALS;
-    const real inv_n = (real)(1.0 / (double)n);
-FN_PARALLEL(t)
-    {
-        int id = 0, team = 1;
-#ifdef _OPENMP
-        id = omp_get_thread_num();
-        team = omp_get_num_threads();
-#endif
-        int64_t begin, end;
-        fn_partition(n, team, id, &begin, &end);
-        double sum = 0;
-        int64_t hits = 0;
-        for (int64_t i = begin; i < end; i++) {
-            const real *row = logits + i * c;
-            int64_t label = fn_label_at(labels, label_type, i);
-            real max = row[0];
-            for (int64_t j = 1; j < c; j++) max = row[j] > max ? row[j] : max;
-            int64_t argmax = 0;
-            /* the first maximum, as numpy's argmax; bounded, since a NaN row equals no max */
-            while (argmax < c - 1 && row[argmax] != max) argmax++;
-            hits += argmax == label;
-            real total = 0;
-            if (grad) {
-                real *g = grad + i * c;
-                for (int64_t j = 0; j < c; j++) {
-                    g[j] = exp(row[j] - max);
-                    total += g[j];
-                }
-                real scale = inv_n / total;
-                for (int64_t j = 0; j < c; j++) g[j] *= scale;
-                g[label] -= inv_n;
-            } else {
-                for (int64_t j = 0; j < c; j++) total += exp(row[j] - max);
-            }
-            sum += (double)(max + log(total) - row[label]);
-        }
-        partial[id] = sum;
-        partial_correct[id] = hits;
-    }
-    /* Summed in thread order: the same thread count gives the same bits every run. */
+    FN_T(softmax_xent_job) job = {logits, labels, label_type, grad, n, c, {0}, {0}};
+    int parts = fn_threads_for(n * c, threads);
+    if (parts > FN_MAX_PARTIALS) parts = FN_MAX_PARTIALS;
+    fn_run_team(parts, FN_T(softmax_xent_part), &job);
+    /* Summed in part order: the same thread count gives the same bits every run. */
     double loss = 0;
     int64_t hits = 0;
-    for (int i = 0; i < t; i++) {
-        loss += partial[i];
-        hits += partial_correct[i];
+    for (int i = 0; i < parts; i++) {
+        loss += job.loss[i];
+        hits += job.correct[i];
     }
     if (correct) *correct = hits;
     return loss / (double)n;
