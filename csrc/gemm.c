@@ -628,40 +628,49 @@ static void FN_T(gemm_blas_call)(const fn_blas *table, bool trans_a, bool trans_
     if (table->set_threads_local) table->set_threads_local(previous_threads);
 }
 
-/* Runs the product on up to `threads` threads, each on a contiguous block of columns of C (whole
- * NR-slivers, so that only the last block has an edge), through the BLAS when `table` is given,
- * else the built-in kernel. */
+/* One product, as handed to each thread of gemm_split. */
+typedef struct {
+    const fn_blas *table; /* NULL: the built-in kernel */
+    bool trans_a, trans_b;
+    int64_t m, n, k;
+    real alpha, beta;
+    const real *a, *b;
+    real *c;
+    int64_t lda, ldb, ldc;
+} FN_T(gemm_job);
+
+/* Part `id` of `parts`: a contiguous block of columns of C, in whole NR-slivers so that only the
+ * last block has a right edge. */
+static void FN_T(gemm_part)(int id, int parts, void *arg) {
+    const FN_T(gemm_job) *job = arg;
+    int64_t first, last;
+    fn_partition((job->n + GEMM_NR - 1) / GEMM_NR, parts, id, &first, &last);
+    int64_t j0 = first * GEMM_NR, j1 = last * GEMM_NR < job->n ? last * GEMM_NR : job->n;
+    if (j1 <= j0) return;
+    const real *b_block = job->trans_b ? job->b + j0 * job->ldb : job->b + j0;
+    if (job->table) {
+        FN_T(gemm_blas_call)(job->table, job->trans_a, job->trans_b, job->m, j1 - j0, job->k,
+                             job->alpha, job->a, job->lda, b_block, job->ldb, job->beta,
+                             job->c + j0, job->ldc);
+    } else {
+        FN_T(gemm_serial)(job->trans_a, job->trans_b, job->m, j1 - j0, job->k, job->alpha,
+                          job->a, job->lda, b_block, job->ldb, job->beta, job->c + j0, job->ldc);
+    }
+}
+
+/* Runs the product on up to `threads` threads, each on its own block of columns of C, through
+ * the BLAS when `table` is given, else the built-in kernel. */
 static void FN_T(gemm_split)(const fn_blas *table, bool trans_a, bool trans_b, int64_t m,
                              int64_t n, int64_t k, real alpha, const real *a, int64_t lda,
                              const real *b, int64_t ldb, real beta, real *c, int64_t ldc,
                              int threads) {
-    int team = gemm_thread_count(m, n, k, GEMM_NR, threads);
-    int64_t column_blocks = (n + GEMM_NR - 1) / GEMM_NR;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(team) if (team > 1)
+    FN_T(gemm_job) job = {table, trans_a, trans_b, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc};
+    int parts = gemm_thread_count(m, n, k, GEMM_NR, threads);
+#ifndef _OPENMP
+    /* Without threads the parts would run one after another, each packing all of A again. */
+    parts = 1;
 #endif
-    {
-        int parts = 1, id = 0;
-#ifdef _OPENMP
-        /* The team may be smaller than asked for (nested inside another parallel region). */
-        parts = omp_get_num_threads();
-        id = omp_get_thread_num();
-#endif
-        (void)team;
-        int64_t first, last;
-        fn_partition(column_blocks, parts, id, &first, &last);
-        int64_t j0 = first * GEMM_NR, j1 = last * GEMM_NR < n ? last * GEMM_NR : n;
-        if (j1 > j0) {
-            const real *b_block = trans_b ? b + j0 * ldb : b + j0;
-            if (table) {
-                FN_T(gemm_blas_call)(table, trans_a, trans_b, m, j1 - j0, k, alpha, a, lda,
-                                     b_block, ldb, beta, c + j0, ldc);
-            } else {
-                FN_T(gemm_serial)(trans_a, trans_b, m, j1 - j0, k, alpha, a, lda, b_block, ldb,
-                                  beta, c + j0, ldc);
-            }
-        }
-    }
+    fn_run_team(parts, FN_T(gemm_part), &job);
 }
 
 /* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda/ldb/ldc:
