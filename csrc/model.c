@@ -16,9 +16,15 @@ static void set_param_pointers(fn_model *m) {
     for (int i = 0; i < m->n_nodes; i++) {
         fn_node *node = &m->nodes[i];
         for (int p = 0; p < node->n_params; p++) {
-            int64_t offset = m->params[node->param_index[p]].offset;
-            node->param[p] = (char *)m->param_arena + offset * elem;
-            node->grad[p] = (char *)m->grad_arena + offset * elem;
+            const fn_param *param = &m->params[node->param_index[p]];
+            size_t offset = (size_t)param->offset * elem;
+            if (param->is_buffer) {
+                node->param[p] = (char *)m->buffer_arena + offset;
+                node->grad[p] = NULL;
+            } else {
+                node->param[p] = (char *)m->param_arena + offset;
+                node->grad[p] = (char *)m->grad_arena + offset;
+            }
         }
     }
 }
@@ -26,6 +32,7 @@ static void set_param_pointers(fn_model *m) {
 fn_status fn_model_init_params(fn_model *m, uint64_t seed) {
     if (!m) return fn_error(FN_EINVAL, "model: NULL");
     memset(m->param_arena, 0, (size_t)m->param_total * fn_dtype_size(m->dtype));
+    memset(m->buffer_arena, 0, (size_t)m->buffer_total * fn_dtype_size(m->dtype));
     for (int i = 0; i < m->n_nodes; i++) {
         fn_node *node = &m->nodes[i];
         if (node->op->init && node->n_params) node->op->init(node, m->dtype, node->param, seed);
@@ -52,7 +59,9 @@ fn_status fn_model_create(const char *spec_json, fn_model **out) {
     size_t bytes = (size_t)m->param_total * fn_dtype_size(m->dtype);
     m->param_arena = fn_calloc(bytes);
     m->grad_arena = fn_calloc(bytes);
-    if (!m->param_arena || !m->grad_arena) {
+    m->buffer_arena = fn_calloc((size_t)m->buffer_total * fn_dtype_size(m->dtype));
+    m->training = true;
+    if (!m->param_arena || !m->grad_arena || !m->buffer_arena) {
         status = fn_error(FN_ENOMEM, "fn_model_create: cannot allocate %zu bytes of parameters",
                           bytes);
         goto fail;
@@ -74,6 +83,9 @@ void fn_model_free(fn_model *m) {
     free(m->params);
     fn_free(m->param_arena);
     fn_free(m->grad_arena);
+    fn_free(m->buffer_arena);
+    fn_free(m->saved);
+    fn_free(m->workspace);
     fn_free(m->optimizer_state);
     fn_free(m->activations);
     fn_free(m->gradients);
@@ -89,9 +101,18 @@ fn_dtype fn_model_dtype(const fn_model *m) { return m->dtype; }
 const char *fn_model_spec(const fn_model *m) { return m->spec_json; }
 int64_t fn_model_input_size(const fn_model *m) { return m->input_size; }
 int64_t fn_model_output_size(const fn_model *m) { return m->output_size; }
-int fn_model_param_count(const fn_model *m) { return m->n_params; }
+int fn_model_tensor_count(const fn_model *m) { return m->n_params; }
 int64_t fn_model_param_total(const fn_model *m) { return m->param_total; }
+int64_t fn_model_buffer_total(const fn_model *m) { return m->buffer_total; }
 void *fn_model_params(fn_model *m) { return m->param_arena; }
+void *fn_model_buffers(fn_model *m) { return m->buffer_arena; }
+void fn_model_set_training(fn_model *m, int training) {
+    m->training = training != 0;
+    m->forward_batch = 0; /* activations of the other mode cannot be backpropagated */
+}
+int fn_model_training(const fn_model *m) { return m->training; }
+uint64_t fn_model_rng_step(const fn_model *m) { return m->rng_step; }
+void fn_model_set_rng_step(fn_model *m, uint64_t step) { m->rng_step = step; }
 void *fn_model_grads(fn_model *m) { return m->grad_arena; }
 int64_t fn_model_optimizer_steps(const fn_model *m) { return m->optimizer_steps; }
 void fn_model_set_optimizer_steps(fn_model *m, int64_t steps) { m->optimizer_steps = steps; }
@@ -105,16 +126,17 @@ void *fn_model_optimizer_state(fn_model *m, int slot) {
     return (char *)m->optimizer_state + (size_t)slot * (size_t)m->param_total * fn_dtype_size(m->dtype);
 }
 
-fn_status fn_model_param_info(const fn_model *m, int i, const char **name, int *ndim,
-                              int64_t shape[4], int64_t *offset) {
-    if (!m || i < 0 || i >= m->n_params)
-        return fn_error(FN_EINVAL, "parameter index %d out of range", i);
+fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info) {
+    if (!m || !info || i < 0 || i >= m->n_params)
+        return fn_error(FN_EINVAL, "tensor index %d out of range", i);
     const fn_param *p = &m->params[i];
-    if (name) *name = p->name;
-    if (ndim) *ndim = p->shape.ndim;
-    if (shape)
-        for (int d = 0; d < 4; d++) shape[d] = d < p->shape.ndim ? p->shape.dim[d] : 1;
-    if (offset) *offset = p->offset;
+    info->name = p->name;
+    info->ndim = p->shape.ndim;
+    for (int d = 0; d < 4; d++) info->shape[d] = d < p->shape.ndim ? p->shape.dim[d] : 1;
+    info->offset = p->offset;
+    info->count = p->count;
+    info->is_buffer = p->is_buffer;
+    info->is_integer = p->is_integer;
     return FN_OK;
 }
 
@@ -122,6 +144,47 @@ fn_status fn_model_param_info(const fn_model *m, int i, const char **name, int *
  *
  * Each node's buffer is laid out for `capacity` samples; a smaller batch uses a prefix of it, so
  * the pointers only change when a larger batch arrives. */
+
+/* What nodes keep from forward to backward (op->saved), one allocation for all. */
+static fn_status plan_saved(fn_model *m, int64_t batch) {
+    size_t elem = fn_dtype_size(m->dtype), total = 0;
+    for (int i = 0; i < m->n_nodes; i++) {
+        const fn_node *node = &m->nodes[i];
+        if (node->op->saved) total += (node->op->saved(node, batch, elem) + 63) & ~(size_t)63;
+    }
+    fn_free(m->saved);
+    m->saved = fn_alloc(total);
+    if (!m->saved) return fn_error(FN_ENOMEM, "cannot allocate %zu bytes of saved state", total);
+    char *next = m->saved;
+    for (int i = 0; i < m->n_nodes; i++) {
+        fn_node *node = &m->nodes[i];
+        node->saved = NULL;
+        if (!node->op->saved) continue;
+        node->saved = next;
+        next += (node->op->saved(node, batch, elem) + 63) & ~(size_t)63;
+    }
+    return FN_OK;
+}
+
+/* Scratch shared by all nodes: the most any node asks for at this batch and thread count. Grows
+ * only, so the steady state allocates nothing. */
+static fn_status plan_workspace(fn_model *m, int64_t batch, int threads) {
+    size_t elem = fn_dtype_size(m->dtype), need = 0;
+    for (int i = 0; i < m->n_nodes; i++) {
+        const fn_node *node = &m->nodes[i];
+        if (node->op->workspace) {
+            size_t bytes = node->op->workspace(node, batch, threads, elem);
+            if (bytes > need) need = bytes;
+        }
+    }
+    if (need <= m->workspace_size) return FN_OK;
+    void *workspace = fn_alloc(need);
+    if (!workspace) return fn_error(FN_ENOMEM, "cannot allocate %zu bytes of workspace", need);
+    fn_free(m->workspace);
+    m->workspace = workspace;
+    m->workspace_size = need;
+    return FN_OK;
+}
 
 static fn_status plan_activations(fn_model *m, int64_t batch) {
     if (batch <= m->capacity && m->activations) return FN_OK;
@@ -148,6 +211,7 @@ static fn_status plan_activations(fn_model *m, int64_t batch) {
         m->nodes[i].out = next;
         next += (size_t)m->nodes[i].out_size * (size_t)batch * elem;
     }
+    FN_TRY(plan_saved(m, batch));
     for (int i = 0; i < m->n_nodes; i++) {
         fn_node *node = &m->nodes[i];
         for (int j = 0; j < node->n_inputs; j++)
@@ -212,27 +276,43 @@ static fn_status load_input(fn_model *m, const void *x, int64_t n) {
     return FN_OK;
 }
 
-static void run_forward(fn_model *m, int64_t n, bool training) {
-    fn_model_ctx ctx = {.batch = n, .threads = fn_threads_get(), .training = training};
-    for (int i = 0; i < m->n_nodes; i++) m->nodes[i].op->forward[m->dtype](&m->nodes[i], &ctx);
-    m->forward_batch = training ? n : 0;
+static fn_model_ctx make_ctx(fn_model *m, int64_t n) {
+    return (fn_model_ctx){.batch = n,
+                          .threads = fn_threads_get(),
+                          .training = m->training,
+                          .seed = m->seed,
+                          .rng_step = m->rng_step,
+                          .workspace = m->workspace,
+                          .workspace_size = m->workspace_size};
 }
 
-static void run_backward(fn_model *m, int64_t n, bool accumulate_param_grads) {
-    fn_model_ctx ctx = {.batch = n,
-                        .threads = fn_threads_get(),
-                        .training = true,
-                        .accumulate_param_grads = accumulate_param_grads};
+/* Runs every node forward; keep: the activations are for a backward of the same batch. */
+static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
+    FN_TRY(plan_workspace(m, n, fn_threads_get()));
+    fn_model_ctx ctx = make_ctx(m, n);
+    for (int i = 0; i < m->n_nodes; i++) m->nodes[i].op->forward[m->dtype](&m->nodes[i], &ctx);
+    m->forward_batch = keep ? n : 0;
+    m->forward_rng_step = m->rng_step;
+    if (m->training) m->rng_step++; /* the next forward draws new dropout masks */
+    return FN_OK;
+}
+
+static fn_status run_backward(fn_model *m, int64_t n, bool accumulate_param_grads) {
+    FN_TRY(plan_workspace(m, n, fn_threads_get()));
+    fn_model_ctx ctx = make_ctx(m, n);
+    ctx.rng_step = m->forward_rng_step; /* the masks of the forward being differentiated */
+    ctx.accumulate_param_grads = accumulate_param_grads;
     for (int i = m->n_nodes - 1; i >= 0; i--)
         m->nodes[i].op->backward[m->dtype](&m->nodes[i], &ctx);
+    return FN_OK;
 }
 
-fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int training) {
+fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int keep) {
     FN_TRY(check_batch(m, x, n, "forward"));
     FN_TRY(plan_activations(m, n));
     m->forward_batch = 0;
     FN_TRY(load_input(m, x, n));
-    run_forward(m, n, training != 0);
+    FN_TRY(run_forward(m, n, keep != 0));
     if (y)
         memcpy(y, m->nodes[m->output_node].out,
                (size_t)n * (size_t)m->output_size * fn_dtype_size(m->dtype));
@@ -243,8 +323,8 @@ fn_status fn_model_backward(fn_model *m, const void *grad_y, int64_t n, void *gr
     FN_TRY(check_batch(m, grad_y, n, "backward"));
     if (m->forward_batch != n)
         return fn_error(FN_ESTATE,
-                        "backward: needs a training forward of the same batch first (batch %lld, "
-                        "last training forward: %lld)",
+                        "backward: needs a forward that keeps activations, of the same batch and "
+                        "mode, first (batch %lld, last such forward: %lld)",
                         (long long)n, (long long)m->forward_batch);
     FN_TRY(plan_gradients(m, grad_x != NULL));
     fn_node *out = &m->nodes[m->output_node];
@@ -252,7 +332,7 @@ fn_status fn_model_backward(fn_model *m, const void *grad_y, int64_t n, void *gr
     memcpy(out->grad_out, grad_y, count * fn_dtype_size(m->dtype));
     if (fn_first_nonfinite(m->dtype, out->grad_out, (int64_t)count) >= 0)
         return fn_error(FN_EINVAL, "backward: grad_out contains NaN or Inf");
-    run_backward(m, n, true);
+    FN_TRY(run_backward(m, n, true));
     if (grad_x)
         memcpy(grad_x, m->input_grad, (size_t)n * (size_t)m->input_size * fn_dtype_size(m->dtype));
     return FN_OK;
@@ -312,7 +392,7 @@ fn_status fn_model_train_step(fn_model *m, const void *x, const void *labels,
     FN_TRY(plan_activations(m, n));
     FN_TRY(plan_gradients(m, false));
     FN_TRY(load_input(m, x, n));
-    run_forward(m, n, true);
+    FN_TRY(run_forward(m, n, true));
 
     fn_node *out = &m->nodes[m->output_node];
     int threads = fn_threads_get();
@@ -328,7 +408,7 @@ fn_status fn_model_train_step(fn_model *m, const void *x, const void *labels,
                         "train_step: the loss is %g; the weights were not updated (lower the "
                         "learning rate, or check the data)",
                         value);
-    run_backward(m, n, false);
+    FN_TRY(run_backward(m, n, false));
     fn_optimizer_update(m);
     return FN_OK;
 }

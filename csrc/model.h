@@ -33,14 +33,22 @@ typedef struct fn_model_ctx fn_model_ctx;
 struct fn_model_ctx {
     int64_t batch;
     int threads;
-    bool training;
+    bool training;               /* train mode: batch statistics, dropout active */
     bool accumulate_param_grads; /* manual backward accumulates; train_step overwrites */
+    uint64_t seed;               /* the model's seed and the count of train-mode forwards: */
+    uint64_t rng_step;           /*   dropout masks are a function of (seed, step, node, i) */
+    void *workspace;             /* scratch shared by all nodes, 64-byte aligned, of the size */
+    size_t workspace_size;       /*   the largest op->workspace asked for (per thread parts) */
 };
 
+/* What a node declares: a trainable parameter, or a buffer (state that is saved but not
+ * trained, such as batch norm's running statistics). */
 typedef struct {
-    char name[16];       /* "weight", "bias" */
+    char name[24];       /* "weight", "bias", "running_mean", "num_batches_tracked" */
     fn_shape shape;
     bool is_bias;        /* initialised as a bias; exempt from decay where a group asks */
+    bool is_buffer;      /* lives in the buffer arena: no gradient, no optimizer update */
+    bool is_integer;     /* a count kept in a real, saved as int64 (num_batches_tracked) */
 } fn_param_decl;
 
 /* An op: its spec type name, how it reads its attributes and infers its shapes, and its kernels
@@ -51,8 +59,14 @@ typedef struct fn_op {
     /* Reads the node's attributes from its spec object, checks the input shapes (node->in_shape),
      * sets node->out_shape and declares parameters (node->n_params, node->param_decl). */
     fn_status (*configure)(fn_node *node, const fn_json *spec);
-    /* Initialises the node's parameters (PyTorch's defaults), dtype-independent. */
+    /* Initialises the node's parameters and buffers (PyTorch's defaults), dtype-independent. */
     void (*init)(fn_node *node, fn_dtype dtype, void *const params[], uint64_t seed);
+    /* Optional. Bytes of scratch the node needs during one forward or backward call, for a batch
+     * and a thread count (e.g. per-thread im2col columns); shared by all nodes. */
+    size_t (*workspace)(const fn_node *node, int64_t batch, int threads, size_t elem_size);
+    /* Optional. Bytes the node keeps from a forward to its backward (e.g. batch norm's mean and
+     * inverse standard deviation), at node->saved; planned with the activations. */
+    size_t (*saved)(const fn_node *node, int64_t batch, size_t elem_size);
     void (*forward[2])(fn_node *node, const fn_model_ctx *ctx);
     void (*backward[2])(fn_node *node, const fn_model_ctx *ctx);
 } fn_op;
@@ -66,10 +80,21 @@ struct fn_node {
     fn_shape out_shape;
     int64_t out_size; /* elements per sample */
 
+    int index; /* position in the model: with the step, keys the node's random numbers */
+
     /* Op attributes, read by configure. */
     union {
         struct { int64_t in_features, out_features; bool bias; } linear;
         struct { double negative_slope; } activation;
+        struct {
+            int64_t in_channels, out_channels, groups;
+            int64_t kernel[2], stride[2], padding[2], dilation[2];
+            bool bias;
+        } conv;
+        struct { int64_t kernel[2], stride[2], padding[2]; } pool;
+        struct { int64_t channels; double eps, momentum; bool affine; } batch_norm;
+        struct { double p; } dropout;
+        struct { int64_t size; double alpha, beta, k; } lrn;
     } attr;
 
     int n_params;
@@ -82,16 +107,18 @@ struct fn_node {
     void *grad_out;                /* (batch, out_size): d loss / d out */
     void *grad_in[FN_MAX_INPUTS];  /* (batch, in_size) or NULL when not needed */
     bool grad_in_accumulate[FN_MAX_INPUTS]; /* another consumer already wrote it in backward */
-    void *param[FN_MAX_PARAMS];    /* into the parameter arena */
-    void *grad[FN_MAX_PARAMS];     /* into the gradient arena */
+    void *param[FN_MAX_PARAMS];    /* into the parameter arena, or the buffer arena */
+    void *grad[FN_MAX_PARAMS];     /* into the gradient arena; NULL for a buffer */
+    void *saved;                   /* op->saved bytes, kept from forward to backward */
 };
 
 typedef struct {
     char *name;    /* "<node>.<param>", PyTorch's state-dict name */
     fn_shape shape;
-    int64_t offset; /* elements into the arenas */
+    int64_t offset; /* elements into the parameter (and gradient) arena, or the buffer arena */
     int64_t count;
     int node;
+    bool is_buffer, is_integer;
 } fn_param;
 
 struct fn_model {
@@ -107,8 +134,10 @@ struct fn_model {
 
     int n_params;
     fn_param *params;
-    int64_t param_total;
-    void *param_arena, *grad_arena;
+    int64_t param_total, buffer_total;
+    void *param_arena, *grad_arena, *buffer_arena;
+    bool training;     /* the mode forward and train_step run in (fn_model_set_training) */
+    uint64_t rng_step; /* train-mode forwards so far: the counter of dropout's masks */
 
     fn_optimizer optimizer;
     bool has_optimizer;
@@ -123,7 +152,11 @@ struct fn_model {
     void *gradients;       /* every node's grad_out */
     void *input_copy;      /* (capacity, input_size): the validated copy of x */
     void *input_grad;      /* (capacity, input_size), allocated on first request */
-    int64_t forward_batch; /* batch of the last training forward, 0 if none */
+    void *saved;           /* every node's op->saved bytes */
+    void *workspace;       /* the largest op->workspace */
+    size_t workspace_size;
+    int64_t forward_batch; /* batch of the last forward that kept activations, 0 if none */
+    uint64_t forward_rng_step; /* rng_step of that forward, for backward's dropout masks */
     int64_t train_correct; /* argmax hits of the last train_step */
 };
 

@@ -10,38 +10,68 @@
 #define FN_META_SPEC "fastnet.spec"
 #define FN_META_VERSION "fastnet.version"
 
+/* Where tensor i lives: the parameter arena or the buffer arena. */
+static void *tensor_data(const fn_model *m, const fn_param *p) {
+    void *arena = p->is_buffer ? m->buffer_arena : m->param_arena;
+    return (char *)arena + (size_t)p->offset * fn_dtype_size(m->dtype);
+}
+
+static double real_at(fn_dtype dtype, const void *data, int64_t i) {
+    return dtype == FN_FLOAT64 ? ((const double *)data)[i] : ((const float *)data)[i];
+}
+
 fn_status fn_model_save(const fn_model *m, const char *path) {
     if (!m || !path) return fn_error(FN_EINVAL, "save: model or path is NULL");
-    fn_st_tensor *tensors = calloc(m->n_params ? (size_t)m->n_params : 1, sizeof *tensors);
-    if (!tensors) return fn_error(FN_ENOMEM, "save: out of memory");
-    size_t elem = fn_dtype_size(m->dtype);
+    /* Counts kept in reals (num_batches_tracked) are written as int64, as PyTorch has them. */
+    size_t integers = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i].is_integer) integers += (size_t)m->params[i].count;
+    fn_st_tensor *tensors = calloc(m->n_params > 0 ? (size_t)m->n_params : 1, sizeof *tensors);
+    int64_t *converted = malloc((integers ? integers : 1) * sizeof *converted);
+    if (!tensors || !converted) {
+        free(tensors);
+        free(converted);
+        return fn_error(FN_ENOMEM, "save: out of memory");
+    }
+    int64_t *next_integer = converted;
     for (int i = 0; i < m->n_params; i++) {
         const fn_param *p = &m->params[i];
         tensors[i].name = p->name;
-        tensors[i].dtype = m->dtype == FN_FLOAT64 ? FN_ST_F64 : FN_ST_F32;
         tensors[i].ndim = p->shape.ndim;
         for (int d = 0; d < p->shape.ndim; d++) tensors[i].shape[d] = p->shape.dim[d];
-        tensors[i].data = (const char *)m->param_arena + (size_t)p->offset * elem;
+        const void *data = tensor_data(m, p);
+        if (p->is_integer) {
+            for (int64_t k = 0; k < p->count; k++)
+                next_integer[k] = (int64_t)real_at(m->dtype, data, k);
+            tensors[i].dtype = FN_ST_I64;
+            tensors[i].data = next_integer;
+            next_integer += p->count;
+        } else {
+            tensors[i].dtype = m->dtype == FN_FLOAT64 ? FN_ST_F64 : FN_ST_F32;
+            tensors[i].data = data;
+        }
     }
     const char *keys[] = {FN_META_SPEC, FN_META_VERSION};
     const char *values[] = {m->spec_json, FN_VERSION_STRING};
     fn_status status = fn_safetensors_write(path, tensors, (size_t)m->n_params, keys, values, 2);
     free(tensors);
+    free(converted);
     return status;
 }
 
 /* Copies the file's tensors into the model, checking that each one exists, has the model's
- * dtype and shape and holds only finite values; and that the file holds nothing else. */
+ * dtype (int64 for counts) and shape and holds only finite values; and that the file holds
+ * nothing else. */
 static fn_status load_params(fn_model *m, const fn_safetensors *file, const char *path) {
     size_t elem = fn_dtype_size(m->dtype);
-    fn_st_dtype want = m->dtype == FN_FLOAT64 ? FN_ST_F64 : FN_ST_F32;
     for (int i = 0; i < m->n_params; i++) {
         const fn_param *p = &m->params[i];
         const fn_st_tensor *t = fn_safetensors_find(file, p->name);
         if (!t) return fn_error(FN_EFORMAT, "%s: tensor '%s' is missing", path, p->name);
+        fn_st_dtype want = p->is_integer ? FN_ST_I64 : m->dtype == FN_FLOAT64 ? FN_ST_F64 : FN_ST_F32;
         if (t->dtype != want)
-            return fn_error(FN_EFORMAT, "%s: tensor '%s' is %s, the model is %s", path, p->name,
-                            fn_st_dtype_name(t->dtype), fn_dtype_name(m->dtype));
+            return fn_error(FN_EFORMAT, "%s: tensor '%s' is %s, expected %s", path, p->name,
+                            fn_st_dtype_name(t->dtype), fn_st_dtype_name(want));
         bool same = t->ndim == p->shape.ndim;
         for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == p->shape.dim[d];
         if (!same) {
@@ -49,9 +79,21 @@ static fn_status load_params(fn_model *m, const fn_safetensors *file, const char
             return fn_error(FN_EFORMAT, "%s: tensor '%s' has %d dimensions, expected shape %s",
                             path, p->name, t->ndim, fn_shape_str(&p->shape, expected, sizeof expected));
         }
+        void *target = tensor_data(m, p);
+        if (p->is_integer) {
+            const int64_t *counts = t->data;
+            for (int64_t k = 0; k < p->count; k++) {
+                if (counts[k] < 0)
+                    return fn_error(FN_EFORMAT, "%s: tensor '%s' holds a negative count", path,
+                                    p->name);
+                if (m->dtype == FN_FLOAT64) ((double *)target)[k] = (double)counts[k];
+                else ((float *)target)[k] = (float)counts[k];
+            }
+            continue;
+        }
         if (fn_first_nonfinite(m->dtype, t->data, p->count) >= 0)
             return fn_error(FN_EFORMAT, "%s: tensor '%s' contains NaN or Inf", path, p->name);
-        memcpy((char *)m->param_arena + (size_t)p->offset * elem, t->data, (size_t)p->count * elem);
+        memcpy(target, t->data, (size_t)p->count * elem);
     }
     if (fn_safetensors_count(file) != (size_t)m->n_params) {
         for (size_t i = 0; i < fn_safetensors_count(file); i++) {

@@ -137,14 +137,15 @@ static fn_status build_node(fn_model *m, int index, const fn_json *spec) {
     return FN_OK;
 }
 
-/* Lays the declared parameters out in the arenas, each at a 64-byte boundary. */
+/* Lays the declared parameters out in the parameter arena and the buffers in the buffer arena,
+ * each at a 64-byte boundary. */
 static fn_status layout_params(fn_model *m) {
     int count = 0;
     for (int i = 0; i < m->n_nodes; i++) count += m->nodes[i].n_params;
     m->params = calloc(count ? (size_t)count : 1, sizeof *m->params);
     if (!m->params) return fn_error(FN_ENOMEM, "spec: out of memory");
     const int64_t align = 64 / (int64_t)fn_dtype_size(m->dtype);
-    int64_t offset = 0;
+    int64_t offsets[2] = {0, 0}; /* parameters, buffers */
     for (int i = 0; i < m->n_nodes; i++) {
         fn_node *node = &m->nodes[i];
         for (int p = 0; p < node->n_params; p++) {
@@ -156,16 +157,21 @@ static fn_status layout_params(fn_model *m) {
             for (int q = 0; q < m->n_params; q++)
                 if (strcmp(m->params[q].name, param->name) == 0)
                     return fn_error(FN_EINVAL, "spec: two parameters are named '%s'", param->name);
-            param->shape = node->param_decl[p].shape;
+            const fn_param_decl *decl = &node->param_decl[p];
+            int64_t *offset = &offsets[decl->is_buffer];
+            param->shape = decl->shape;
             param->count = fn_shape_size(&param->shape);
-            param->offset = offset;
+            param->offset = *offset;
             param->node = i;
+            param->is_buffer = decl->is_buffer;
+            param->is_integer = decl->is_integer;
             node->param_index[p] = m->n_params++;
-            offset += (param->count + align - 1) / align * align;
-            if (offset > ((int64_t)1 << 40)) return fn_error(FN_EINVAL, "spec: model too large");
+            *offset += (param->count + align - 1) / align * align;
+            if (*offset > ((int64_t)1 << 40)) return fn_error(FN_EINVAL, "spec: model too large");
         }
     }
-    m->param_total = offset;
+    m->param_total = offsets[0];
+    m->buffer_total = offsets[1];
     return FN_OK;
 }
 
@@ -240,6 +246,7 @@ fn_status fn_spec_build(const char *spec_json, fn_model *m) {
     }
     for (size_t i = 0; i < nodes->count; i++) {
         m->n_nodes = (int)i + 1; /* so that a failure frees what was built */
+        m->nodes[i].index = (int)i;
         if ((status = build_node(m, (int)i, &nodes->items[i]))) goto done;
     }
 

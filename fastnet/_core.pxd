@@ -61,14 +61,27 @@ cdef extern from "include/fastnet.h" nogil:
     const char *fn_model_spec(const fn_model *m)
     int64_t fn_model_input_size(const fn_model *m)
     int64_t fn_model_output_size(const fn_model *m)
-    int fn_model_param_count(const fn_model *m)
     int64_t fn_model_param_total(const fn_model *m)
+    int64_t fn_model_buffer_total(const fn_model *m)
     void *fn_model_params(fn_model *m)
     void *fn_model_grads(fn_model *m)
-    fn_status fn_model_param_info(const fn_model *m, int i, const char **name, int *ndim,
-                                  int64_t shape[4], int64_t *offset)
+    void *fn_model_buffers(fn_model *m)
+    ctypedef struct fn_tensor_info:
+        const char *name
+        int ndim
+        int64_t shape[4]
+        int64_t offset
+        int64_t count
+        int is_buffer
+        int is_integer
+    int fn_model_tensor_count(const fn_model *m)
+    fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info)
+    void fn_model_set_training(fn_model *m, int training)
+    int fn_model_training(const fn_model *m)
+    uint64_t fn_model_rng_step(const fn_model *m)
+    void fn_model_set_rng_step(fn_model *m, uint64_t step)
     fn_status fn_model_init_params(fn_model *m, uint64_t seed)
-    fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int training)
+    fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int keep)
     fn_status fn_model_backward(fn_model *m, const void *grad_y, int64_t n, void *grad_x)
     void fn_model_zero_grad(fn_model *m)
     fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt)

@@ -233,16 +233,15 @@ cdef class Model:
     def spec(self):
         return fn_model_spec(self.handle).decode("utf-8")
 
-    def param_info(self):
-        """[(name, shape, offset)] of every parameter, in arena order."""
-        cdef const char *name
-        cdef int ndim
-        cdef int64_t shape[4]
-        cdef int64_t offset
+    def tensor_info(self):
+        """[(name, shape, offset, is_buffer, is_integer)] of every parameter and buffer, in
+        state-dict order; offsets are into the parameter or the buffer arena."""
+        cdef fn_tensor_info info
         out = []
-        for i in range(fn_model_param_count(self.handle)):
-            check(fn_model_param_info(self.handle, i, &name, &ndim, shape, &offset))
-            out.append((name.decode(), tuple(shape[d] for d in range(ndim)), offset))
+        for i in range(fn_model_tensor_count(self.handle)):
+            check(fn_model_tensor_info(self.handle, i, &info))
+            out.append((info.name.decode(), tuple(info.shape[d] for d in range(info.ndim)),
+                        info.offset, bool(info.is_buffer), bool(info.is_integer)))
         return out
 
     def param_arena(self):
@@ -253,16 +252,36 @@ cdef class Model:
         return array_view(self, fn_model_grads(self.handle),
                           fn_model_param_total(self.handle), fn_model_dtype(self.handle))
 
+    def buffer_arena(self):
+        return array_view(self, fn_model_buffers(self.handle),
+                          fn_model_buffer_total(self.handle), fn_model_dtype(self.handle))
+
+    @property
+    def training(self):
+        return bool(fn_model_training(self.handle))
+
+    @training.setter
+    def training(self, bint mode):
+        fn_model_set_training(self.handle, mode)
+
+    @property
+    def rng_step(self):
+        return fn_model_rng_step(self.handle)
+
+    @rng_step.setter
+    def rng_step(self, uint64_t step):
+        fn_model_set_rng_step(self.handle, step)
+
     def init_params(self, uint64_t seed):
         check(fn_model_init_params(self.handle, seed))
 
-    def forward(self, x, bint training=False):
+    def forward(self, x, bint keep=False):
         cdef cnp.ndarray xs = as_floats(x, fn_model_dtype(self.handle), "input")
         cdef int64_t n = xs.shape[0] if xs.ndim else 0
         cdef cnp.ndarray y = np.empty((n, self.output_size), dtype=self.np_dtype)
         cdef fn_status status
         with nogil:
-            status = fn_model_forward(self.handle, xs.data, n, y.data, training)
+            status = fn_model_forward(self.handle, xs.data, n, y.data, keep)
         check(status)
         return y
 

@@ -1,4 +1,5 @@
 """Models: a Python description over a C model handle that owns parameters, buffers and state."""
+import contextlib
 import json
 from collections import OrderedDict
 
@@ -112,20 +113,30 @@ class Sequential:
         self.dtype = np.dtype(spec.get("dtype", "float32"))
         self.seed = int(spec.get("seed", 0))
         self.input_shape = tuple(spec["input_shape"])
-        self.training = True
         self._core = core
+        self.training = core.training
         self._bind()
         return self
 
     def _bind(self):
-        """Makes the numpy views of parameters and gradients."""
+        """Makes the numpy views of parameters, gradients and buffers."""
         arena, grads = self._core.param_arena(), self._core.grad_arena()
+        buffers = self._core.buffer_arena()
         self._params = OrderedDict()
-        for name, shape, offset in self._core.param_info():
+        self._buffers = OrderedDict()
+        self._integer_buffers = set()
+        self._tensor_order = []
+        for name, shape, offset, is_buffer, is_integer in self._core.tensor_info():
             count = int(np.prod(shape))
-            self._params[name] = Parameter(
-                name, arena[offset:offset + count].reshape(shape),
-                grads[offset:offset + count].reshape(shape), self)
+            self._tensor_order.append(name)
+            if is_buffer:
+                self._buffers[name] = buffers[offset:offset + count].reshape(shape)
+                if is_integer:
+                    self._integer_buffers.add(name)
+            else:
+                self._params[name] = Parameter(
+                    name, arena[offset:offset + count].reshape(shape),
+                    grads[offset:offset + count].reshape(shape), self)
         self._optimizer = None
         self._optimizer_version = -1
         self._layer_names = [f"{layer!r} (layer {i})" for i, layer in enumerate(self.layers)]
@@ -142,9 +153,23 @@ class Sequential:
     def num_parameters(self):
         return sum(p.data.size for p in self._params.values())
 
+    def buffers(self):
+        """Named buffers (state that is saved but not trained, such as batch norm's running
+        statistics) as numpy views."""
+        return OrderedDict(self._buffers)
+
     def state_dict(self):
-        """Parameters as an ordered dict of numpy copies under PyTorch's names (``0.weight``)."""
-        return OrderedDict((name, p.data.copy()) for name, p in self._params.items())
+        """Parameters and buffers as an ordered dict of numpy copies under PyTorch's names
+        (``0.weight``, ``1.running_mean``); counts such as ``num_batches_tracked`` are int64."""
+        out = OrderedDict()
+        for name in self._tensor_order:
+            if name in self._params:
+                out[name] = self._params[name].data.copy()
+            elif name in self._integer_buffers:
+                out[name] = self._buffers[name].astype(np.int64)
+            else:
+                out[name] = self._buffers[name].copy()
+        return out
 
     def load_state_dict(self, state_dict, strict=True):
         """Copies parameters in from a mapping of names to arrays (numpy, or anything
@@ -154,28 +179,30 @@ class Sequential:
         state dict leaves the model unchanged. With ``strict``, missing and unexpected names are
         errors.
         """
+        targets = {name: p.data for name, p in self._params.items()}
+        targets.update(self._buffers)
         arrays = {}
         for name, value in state_dict.items():
-            if name not in self._params:
+            if name not in targets:
                 if strict:
                     raise KeyError(f"unexpected parameter {name!r}; the model has "
-                                   f"{list(self._params)}")
+                                   f"{self._tensor_order}")
                 continue
-            param = self._params[name]
+            target = targets[name]
             array = np.asarray(value)
-            if array.shape != param.shape:
-                raise ValueError(f"parameter {name!r}: expected shape {param.shape}, "
+            if array.shape != target.shape:
+                raise ValueError(f"parameter {name!r}: expected shape {target.shape}, "
                                  f"got {array.shape}")
             if array.dtype.kind not in "fiu":
                 raise TypeError(f"parameter {name!r}: expected a numeric array, got {array.dtype}")
             if not np.all(np.isfinite(array)):
                 raise ValueError(f"parameter {name!r} contains NaN or Inf")
             arrays[name] = array
-        missing = [name for name in self._params if name not in arrays]
+        missing = [name for name in targets if name not in arrays]
         if strict and missing:
             raise KeyError(f"missing parameters: {missing}")
         for name, array in arrays.items():
-            self._params[name].data[...] = array
+            targets[name][...] = array
 
     def zero_grad(self):
         """Sets every gradient to zero (``backward`` accumulates)."""
@@ -184,10 +211,14 @@ class Sequential:
     # ------------------------------------------------------------------ modes
 
     def train(self, mode=True):
+        """Train mode (the default): batch norm uses batch statistics and updates its running
+        ones, dropout is active. Returns the model."""
         self.training = bool(mode)
+        self._core.training = self.training
         return self
 
     def eval(self):
+        """Eval mode: batch norm uses its running statistics, dropout is the identity."""
         return self.train(False)
 
     # ------------------------------------------------------------------ computation
@@ -206,17 +237,30 @@ class Sequential:
         return x
 
     def __call__(self, x):
-        """Inference: the output (logits) for a batch ``x`` of shape ``(N, *input_shape)``."""
+        """The output (logits) for a batch ``x`` of shape ``(N, *input_shape)``, in the current
+        mode (call :meth:`eval` first for inference with batch norm or dropout)."""
         return self._core.forward(self._check_input(x), False)
 
     def predict(self, x, batch_size=1024):
-        """Class predictions (argmax of the logits), computed in batches."""
+        """Class predictions (argmax of the logits), computed in batches in eval mode (the
+        model's mode is restored afterwards)."""
         x = self._check_input(x)
-        return np.concatenate([self(x[i:i + batch_size]).argmax(axis=1)
-                               for i in range(0, len(x), batch_size)])
+        with self.mode(training=False):
+            return np.concatenate([self(x[i:i + batch_size]).argmax(axis=1)
+                                   for i in range(0, len(x), batch_size)])
+
+    @contextlib.contextmanager
+    def mode(self, training):
+        """Context manager running the model in train (True) or eval (False) mode."""
+        before = self.training
+        self.train(training)
+        try:
+            yield self
+        finally:
+            self.train(before)
 
     def forward(self, x):
-        """Training-mode forward that keeps what :meth:`backward` needs; returns the output."""
+        """Forward in the current mode that keeps what :meth:`backward` needs; the output."""
         return self._core.forward(self._check_input(x), True)
 
     def backward(self, grad_out):

@@ -121,6 +121,7 @@ class Trainer:
         batches = (n + batch_size - 1) // batch_size
         bar = tqdm(total=epochs * batches, disable=not self.progress, unit="batch",
                    dynamic_ncols=True)
+        self.model.train()
         try:
             for epoch in range(1, epochs + 1):
                 started = time.perf_counter()
@@ -161,12 +162,13 @@ class Trainer:
         """``{"loss": mean loss, "accuracy": fraction correct}`` of the model on ``data``."""
         data = self._check_data(data, "data")
         loss_sum, correct = 0.0, 0
-        for start in range(0, len(data), batch_size):
-            xb = data.x[start:start + batch_size]
-            yb = data.y[start:start + batch_size]
-            loss, hits = self.loss.evaluate(self.model(xb), yb)
-            loss_sum += loss * len(xb)
-            correct += hits
+        with self.model.mode(training=False):
+            for start in range(0, len(data), batch_size):
+                xb = data.x[start:start + batch_size]
+                yb = data.y[start:start + batch_size]
+                loss, hits = self.loss.evaluate(self.model(xb), yb)
+                loss_sum += loss * len(xb)
+                correct += hits
         return {"loss": loss_sum / len(data), "accuracy": correct / len(data)}
 
     def _write_metrics(self, record):

@@ -278,7 +278,7 @@ def test_empty_batch_and_backward_before_forward():
     model = mlp()
     with pytest.raises(ValueError, match="empty"):
         model(np.zeros((0, 64), np.float32))
-    with pytest.raises(RuntimeError, match="training forward"):
+    with pytest.raises(RuntimeError, match="forward that keeps activations"):
         model.backward(np.zeros((2, 10), np.float32))
 
 

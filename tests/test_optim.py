@@ -517,9 +517,9 @@ def test_state_dict_holds_the_documented_state():
     assert state["hyper"]["lr"] == 0.01 and state["hyper"]["weight_decay"] == 0.1
     first, second = state["state"]
     # The state slots are laid out as the parameter arena (which may pad between parameters).
-    info = model._core.param_info()
+    info = [t for t in model._core.tensor_info() if not t[3]]  # parameters, not buffers
     assert len(info) == len(ref.m)
-    for (name, shape, offset), m, v in zip(info, ref.m, ref.v):
+    for (name, shape, offset, _, _), m, v in zip(info, ref.m, ref.v):
         count = int(np.prod(shape))
         np.testing.assert_allclose(first[offset:offset + count], m.ravel(), rtol=1e-13,
                                    err_msg=name)

@@ -149,22 +149,44 @@ FN_API const char *fn_model_spec(const fn_model *m);
 FN_API int64_t fn_model_input_size(const fn_model *m);
 FN_API int64_t fn_model_output_size(const fn_model *m);
 
-/* Parameters live in one flat arena, gradients in another at the same offsets. */
-FN_API int fn_model_param_count(const fn_model *m);
-FN_API int64_t fn_model_param_total(const fn_model *m); /* elements in the arena */
+/* Parameters live in one flat arena, gradients in another at the same offsets; buffers (state
+ * that is saved but not trained, like batch norm's running statistics) in a third. */
+FN_API int64_t fn_model_param_total(const fn_model *m);  /* elements in the parameter arena */
+FN_API int64_t fn_model_buffer_total(const fn_model *m); /* elements in the buffer arena */
 FN_API void *fn_model_params(fn_model *m);
 FN_API void *fn_model_grads(fn_model *m);
-/* Name (PyTorch's, e.g. "0.weight"), shape and arena offset (in elements) of parameter i. */
-FN_API fn_status fn_model_param_info(const fn_model *m, int i, const char **name, int *ndim,
-                                     int64_t shape[4], int64_t *offset);
+FN_API void *fn_model_buffers(fn_model *m);
+
+/* The model's named tensors, parameters and buffers, in state-dict order. */
+typedef struct {
+    const char *name;  /* PyTorch's state-dict name, e.g. "0.weight", "1.running_mean" */
+    int ndim;
+    int64_t shape[4];  /* unused dimensions are 1 */
+    int64_t offset;    /* elements into the parameter arena, or the buffer arena */
+    int64_t count;
+    int is_buffer;     /* in the buffer arena (no gradient, not trained) */
+    int is_integer;    /* a count (num_batches_tracked): saved as int64 */
+} fn_tensor_info;
+FN_API int fn_model_tensor_count(const fn_model *m);
+FN_API fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info);
+
+/* Train mode (the default) uses batch statistics in batch norm and applies dropout; eval mode
+ * uses the running statistics and no dropout. Forward, backward and train_step run in the
+ * current mode. */
+FN_API void fn_model_set_training(fn_model *m, int training);
+FN_API int fn_model_training(const fn_model *m);
+/* Train-mode forwards so far: with the seed it determines dropout's masks (checkpointed). */
+FN_API uint64_t fn_model_rng_step(const fn_model *m);
+FN_API void fn_model_set_rng_step(fn_model *m, uint64_t step);
+
 /* Re-initialises every parameter from `seed` (PyTorch's default initialisation). */
 FN_API fn_status fn_model_init_params(fn_model *m, uint64_t seed);
 
-/* Inference or the forward half of a manual step: x (n, input_size) -> y (n, output_size), a
- * caller buffer (may be NULL when only the activations for backward are wanted). training != 0
- * keeps what backward needs. Rejects NaN/Inf in x. */
-FN_API fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int training);
-/* Backward from d loss / d output (n, output_size) after a training forward of the same n.
+/* Inference or the forward half of a manual step, in the current mode: x (n, input_size) ->
+ * y (n, output_size), a caller buffer (may be NULL when only the activations for backward are
+ * wanted). keep != 0 keeps what backward needs. Rejects NaN/Inf in x. */
+FN_API fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int keep);
+/* Backward from d loss / d output (n, output_size) after a keeping forward of the same n.
  * Accumulates parameter gradients into the gradient arena; grad_x (n, input_size) receives
  * d loss / d x unless NULL. */
 FN_API fn_status fn_model_backward(fn_model *m, const void *grad_y, int64_t n, void *grad_x);
