@@ -21,10 +21,10 @@ static fn_status activation_configure(fn_node *node, const fn_json *spec) {
     return FN_OK;
 }
 
-static void activation_forward_f32(fn_node *node, const fn_model_ctx *ctx);
-static void activation_forward_f64(fn_node *node, const fn_model_ctx *ctx);
-static void activation_backward_f32(fn_node *node, const fn_model_ctx *ctx);
-static void activation_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status activation_forward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status activation_forward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status activation_backward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status activation_backward_f64(fn_node *node, const fn_model_ctx *ctx);
 
 #define FN_ACTIVATION_OP(op_name, type_name)                                                     \
     const fn_op op_name = {                                                                      \
@@ -108,21 +108,23 @@ void FN_T(fn_activation_backward)(fn_activation_kind kind, real negative_slope, 
     }
 }
 
-static void FN_T(activation_forward)(fn_node *node, const fn_model_ctx *ctx) {
+static fn_status FN_T(activation_forward)(fn_node *node, const fn_model_ctx *ctx) {
     FN_T(fn_activation_forward)(fn_activation_kind_of(node->op),
                                 (real)node->attr.activation.negative_slope,
                                 (const real *)node->in[0], (real *)node->out,
                                 ctx->batch * node->out_size, ctx->threads);
+    return FN_OK;
 }
 
-static void FN_T(activation_backward)(fn_node *node, const fn_model_ctx *ctx) {
-    if (!node->grad_in[0]) return;
+static fn_status FN_T(activation_backward)(fn_node *node, const fn_model_ctx *ctx) {
+    if (!node->grad_in[0]) return FN_OK;
     FN_T(fn_activation_backward)(fn_activation_kind_of(node->op),
                                  (real)node->attr.activation.negative_slope,
                                  (const real *)node->in[0], (const real *)node->out,
                                  (const real *)node->grad_out, (real *)node->grad_in[0],
                                  node->grad_in_accumulate[0],
                                  ctx->batch * node->out_size, ctx->threads);
+    return FN_OK;
 }
 
 #endif

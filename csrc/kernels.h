@@ -18,6 +18,9 @@ typedef enum { FN_ACT_RELU, FN_ACT_LEAKY_RELU, FN_ACT_SIGMOID, FN_ACT_TANH } fn_
     void fn_gemm_builtin##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
                             real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
                             real beta, real *c, int64_t ldc, int threads);                       \
+    /* copy.c */                                                                                 \
+    void fn_copy_or_add##S(real *dst, const real *src, int64_t count, bool accumulate,           \
+                           int threads);                                                         \
     /* linear.c */                                                                               \
     void fn_linear_forward##S(const real *x, const real *weight, const real *bias, real *y,      \
                               int64_t n, int64_t in, int64_t out, int threads);                  \
@@ -25,6 +28,15 @@ typedef enum { FN_ACT_RELU, FN_ACT_LEAKY_RELU, FN_ACT_SIGMOID, FN_ACT_TANH } fn_
                                real *grad_x, real grad_x_beta, real *grad_weight,                \
                                real *grad_bias, real grad_param_beta, int64_t n, int64_t in,     \
                                int64_t out, int threads);                                        \
+    /* im2col.c: x (c, h, w) <-> col (c*kh*kw, out_h*out_w); pairs are (h, w) */                 \
+    void fn_im2col##S(const real *x, int64_t channels, int64_t height, int64_t width,            \
+                      const int64_t kernel[2], const int64_t stride[2],                          \
+                      const int64_t padding[2], const int64_t dilation[2], real *col,            \
+                      int threads);                                                              \
+    void fn_col2im##S(const real *col, int64_t channels, int64_t height, int64_t width,          \
+                      const int64_t kernel[2], const int64_t stride[2],                          \
+                      const int64_t padding[2], const int64_t dilation[2], real *x,              \
+                      bool accumulate, int threads);                                             \
     /* activation.c */                                                                           \
     void fn_activation_forward##S(fn_activation_kind kind, real negative_slope, const real *x,   \
                                   real *y, int64_t count, int threads);                          \

@@ -46,10 +46,10 @@ static void linear_init(fn_node *node, fn_dtype dtype, void *const params[], uin
     }
 }
 
-static void linear_forward_f32(fn_node *node, const fn_model_ctx *ctx);
-static void linear_forward_f64(fn_node *node, const fn_model_ctx *ctx);
-static void linear_backward_f32(fn_node *node, const fn_model_ctx *ctx);
-static void linear_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status linear_forward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status linear_forward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status linear_backward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status linear_backward_f64(fn_node *node, const fn_model_ctx *ctx);
 
 const fn_op fn_op_linear = {
     .type = "linear",
@@ -101,14 +101,15 @@ void FN_T(fn_linear_backward)(const real *x, const real *weight, const real *gra
                       in, threads);
 }
 
-static void FN_T(linear_forward)(fn_node *node, const fn_model_ctx *ctx) {
+static fn_status FN_T(linear_forward)(fn_node *node, const fn_model_ctx *ctx) {
     FN_T(fn_linear_forward)((const real *)node->in[0], (const real *)node->param[0],
                             node->attr.linear.bias ? (const real *)node->param[1] : NULL,
                             (real *)node->out, ctx->batch, node->attr.linear.in_features,
                             node->attr.linear.out_features, ctx->threads);
+    return FN_OK;
 }
 
-static void FN_T(linear_backward)(fn_node *node, const fn_model_ctx *ctx) {
+static fn_status FN_T(linear_backward)(fn_node *node, const fn_model_ctx *ctx) {
     FN_T(fn_linear_backward)((const real *)node->in[0], (const real *)node->param[0],
                              (const real *)node->grad_out, (real *)node->grad_in[0],
                              node->grad_in_accumulate[0] ? 1 : 0, (real *)node->grad[0],
@@ -116,6 +117,7 @@ static void FN_T(linear_backward)(fn_node *node, const fn_model_ctx *ctx) {
                              ctx->accumulate_param_grads ? 1 : 0, ctx->batch,
                              node->attr.linear.in_features, node->attr.linear.out_features,
                              ctx->threads);
+    return FN_OK;
 }
 
 #endif

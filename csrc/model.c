@@ -290,7 +290,9 @@ static fn_model_ctx make_ctx(fn_model *m, int64_t n) {
 static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
     FN_TRY(plan_workspace(m, n, fn_threads_get()));
     fn_model_ctx ctx = make_ctx(m, n);
-    for (int i = 0; i < m->n_nodes; i++) m->nodes[i].op->forward[m->dtype](&m->nodes[i], &ctx);
+    m->forward_batch = 0;
+    for (int i = 0; i < m->n_nodes; i++)
+        FN_TRY(m->nodes[i].op->forward[m->dtype](&m->nodes[i], &ctx));
     m->forward_batch = keep ? n : 0;
     m->forward_rng_step = m->rng_step;
     if (m->training) m->rng_step++; /* the next forward draws new dropout masks */
@@ -303,7 +305,7 @@ static fn_status run_backward(fn_model *m, int64_t n, bool accumulate_param_grad
     ctx.rng_step = m->forward_rng_step; /* the masks of the forward being differentiated */
     ctx.accumulate_param_grads = accumulate_param_grads;
     for (int i = m->n_nodes - 1; i >= 0; i--)
-        m->nodes[i].op->backward[m->dtype](&m->nodes[i], &ctx);
+        FN_TRY(m->nodes[i].op->backward[m->dtype](&m->nodes[i], &ctx));
     return FN_OK;
 }
 

@@ -67,8 +67,10 @@ typedef struct fn_op {
     /* Optional. Bytes the node keeps from a forward to its backward (e.g. batch norm's mean and
      * inverse standard deviation), at node->saved; planned with the activations. */
     size_t (*saved)(const fn_node *node, int64_t batch, size_t elem_size);
-    void (*forward[2])(fn_node *node, const fn_model_ctx *ctx);
-    void (*backward[2])(fn_node *node, const fn_model_ctx *ctx);
+    /* Kernels run by the runtime; they fail (with fn_error) only on what the spec could not
+     * rule out, such as batch norm training on one value per channel. */
+    fn_status (*forward[2])(fn_node *node, const fn_model_ctx *ctx);
+    fn_status (*backward[2])(fn_node *node, const fn_model_ctx *ctx);
 } fn_op;
 
 struct fn_node {

@@ -18,10 +18,15 @@
 #define FN_SPEC_MAX_NODES 100000
 #define FN_SPEC_MAX_NAME 200
 
-extern const fn_op fn_op_linear, fn_op_relu, fn_op_leaky_relu, fn_op_sigmoid, fn_op_tanh;
+extern const fn_op fn_op_linear, fn_op_relu, fn_op_leaky_relu, fn_op_sigmoid, fn_op_tanh,
+    fn_op_conv2d, fn_op_max_pool2d, fn_op_avg_pool2d, fn_op_global_avg_pool2d, fn_op_batch_norm,
+    fn_op_dropout, fn_op_local_response_norm, fn_op_flatten, fn_op_add, fn_op_concat;
 
 static const fn_op *const fn_ops[] = {
-    &fn_op_linear, &fn_op_relu, &fn_op_leaky_relu, &fn_op_sigmoid, &fn_op_tanh,
+    &fn_op_linear,     &fn_op_relu,       &fn_op_leaky_relu,      &fn_op_sigmoid,
+    &fn_op_tanh,       &fn_op_conv2d,     &fn_op_max_pool2d,      &fn_op_avg_pool2d,
+    &fn_op_global_avg_pool2d, &fn_op_batch_norm, &fn_op_dropout,  &fn_op_local_response_norm,
+    &fn_op_flatten,    &fn_op_add,        &fn_op_concat,
 };
 
 const fn_op *fn_op_find(const char *type) {

@@ -9,7 +9,9 @@ from fastnet import _blas, _core
 from fastnet import optim
 from fastnet.data import Dataset, Splits, load_data, load_digits
 from fastnet.io import load, save
-from fastnet.layers import LeakyReLU, Linear, ReLU, Sigmoid, Tanh
+from fastnet.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat,
+                            Conv2d, Dropout, Flatten, LeakyReLU, Linear, LocalResponseNorm,
+                            MaxPool2d, ReLU, Residual, Sigmoid, Tanh)
 from fastnet.losses import CrossEntropyLoss
 from fastnet.model import Parameter, Sequential
 from fastnet.train import History, Trainer
@@ -41,7 +43,9 @@ _core.set_num_threads(_available_cpus())
 _blas.install()
 
 __all__ = [
-    "Sequential", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "CrossEntropyLoss",
+    "Sequential", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Conv2d", "MaxPool2d",
+    "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm1d", "BatchNorm2d", "Dropout",
+    "LocalResponseNorm", "Residual", "Concat", "fold_batchnorm", "CrossEntropyLoss",
     "Parameter", "optim", "Trainer", "History", "Dataset", "Splits", "load_digits", "load_data",
     "save", "load", "set_num_threads", "get_num_threads",
 ]

@@ -1,44 +1,93 @@
-"""Layers: declarative descriptions that compile to nodes of the C model spec.
+"""Layers: declarative descriptions that compile to nodes of the C model's graph.
 
-A layer holds its hyper-parameters only; its parameters live in the model's arena once the layer
-is part of a model (see :class:`fastnet.Sequential`). Names and layouts follow PyTorch
-(``Linear.weight`` is ``(out_features, in_features)``).
+A layer holds its hyper-parameters only; its parameters live in the model's arenas once the layer
+is part of a model (see :class:`fastnet.Sequential`). Arguments, names and layouts follow PyTorch
+(``Linear.weight`` is ``(out_features, in_features)``, ``Conv2d.weight`` is
+``(out, in/groups, kh, kw)``, batch norm has ``running_mean``, ``running_var`` and
+``num_batches_tracked``), so weights move between the two with no conversion.
+
+Containers (:class:`Sequential`, :class:`Residual`, :class:`Concat`) nest; a child's tensors are
+named by its path, PyTorch-style: ``3.main.0.weight`` is the weight of the first layer of the main
+path of the residual block at position 3.
 """
 import numbers
 
 
 class Layer:
-    """Base class: ``op`` is the C op's name, ``attributes()`` its spec fields."""
+    """Base class of the layers that are one node of the C graph: ``op`` is the C op's name,
+    ``attributes()`` its spec fields (and the constructor's keyword arguments)."""
 
     op = None
 
     def attributes(self):
         return {}
 
-    def spec(self, name, inputs=None):
-        node = {"name": name, "op": self.op}
+    def compile(self, name, inputs, graph):
+        """Appends this layer's node(s) to ``graph`` (a :class:`Graph`) reading ``inputs`` (node
+        names); returns the name of the node that holds the output."""
+        node = {"name": name, "op": self.op, "inputs": list(inputs)}
         node.update(self.attributes())
-        if inputs is not None:
-            node["inputs"] = list(inputs)
-        return node
+        graph.add(self, name, node)
+        return name
 
-    def output_shape(self, input_shape):
-        """The per-sample output shape for a per-sample input shape (elementwise by default)."""
-        return tuple(input_shape)
+    def config(self):
+        """A JSON-able description from which :func:`layer_from_config` rebuilds the layer."""
+        return {"type": type(self).__name__, **self.attributes()}
 
     def input_shape(self):
         """The per-sample input shape this layer fixes, or None if it takes any."""
         return None
+
+    def children(self):
+        return []
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.attributes().items())
         return f"{type(self).__name__}({args})"
 
 
+class Graph:
+    """What compiling a layer tree produces: the node list of the spec, and each layer's name."""
+
+    def __init__(self):
+        self.nodes = []
+        self.names = {}  # id(layer) -> node name (the prefix of its tensors)
+
+    def add(self, layer, name, node=None):
+        self.names[id(layer)] = name
+        if node is not None:
+            self.nodes.append(node)
+
+
 def _positive_int(value, what):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _pair(value, what, minimum=1):
+    """An int or a pair of ints, as PyTorch takes kernel sizes, strides and paddings."""
+    pair = (value, value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) \
+        else tuple(value) if isinstance(value, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum
+            for v in pair):
+        raise ValueError(f"{what} must be an integer >= {minimum} or a pair of them, got "
+                         f"{value!r}")
+    return [int(pair[0]), int(pair[1])]
+
+
+def _number(value, what, low=None, high=None, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    if (low is not None and value < low) or (
+            high is not None and (value >= high if high_open else value > high)):
+        raise ValueError(f"{what} must be in [{low}, {high}{')' if high_open else ']'}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------- fully connected
 
 
 class Linear(Layer):
@@ -73,12 +122,12 @@ class Linear(Layer):
     def input_shape(self):
         return (self.in_features,)
 
-    def output_shape(self, input_shape):
-        return (self.out_features,)
-
     def __repr__(self):
         extra = "" if self.bias else ", bias=False"
         return f"Linear({self.in_features}, {self.out_features}{extra})"
+
+
+# ---------------------------------------------------------------------------- activations
 
 
 class ReLU(Layer):
@@ -100,9 +149,7 @@ class LeakyReLU(Layer):
     op = "leaky_relu"
 
     def __init__(self, negative_slope=0.01):
-        if not isinstance(negative_slope, numbers.Real) or negative_slope != negative_slope:
-            raise ValueError(f"LeakyReLU negative_slope must be a number, got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = _number(negative_slope, "LeakyReLU negative_slope")
 
     def attributes(self):
         return {"negative_slope": self.negative_slope}
@@ -120,14 +167,302 @@ class Tanh(Layer):
     op = "tanh"
 
 
-#: Layer classes by C op name, to rebuild a model from its spec.
-LAYERS_BY_OP = {cls.op: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh)}
+# ---------------------------------------------------------------------------- convolution
 
 
-def layer_from_spec(node):
-    """The layer described by one node of a model spec."""
-    cls = LAYERS_BY_OP.get(node.get("op"))
+class Conv2d(Layer):
+    """2-D convolution over ``(N, C, H, W)`` inputs, as PyTorch's ``nn.Conv2d``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, dilation : int or (int, int)
+    groups : int
+        Channels are split into this many groups convolved separately (``groups ==
+        in_channels`` is a depthwise convolution).
+    bias : bool
+
+    Examples
+    --------
+    >>> import fastnet as fn
+    >>> model = fn.Sequential(fn.Conv2d(1, 8, 3, padding=1), fn.ReLU(), input_shape=(1, 8, 8))
+    >>> model.state_dict()["0.weight"].shape
+    (8, 1, 3, 3)
+    """
+
+    op = "conv2d"
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True):
+        self.in_channels = _positive_int(in_channels, "Conv2d in_channels")
+        self.out_channels = _positive_int(out_channels, "Conv2d out_channels")
+        self.kernel_size = _pair(kernel_size, "Conv2d kernel_size")
+        self.stride = _pair(stride, "Conv2d stride")
+        self.padding = _pair(padding, "Conv2d padding", minimum=0)
+        self.dilation = _pair(dilation, "Conv2d dilation")
+        self.groups = _positive_int(groups, "Conv2d groups")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"Conv2d channels ({self.in_channels}, {self.out_channels}) must be "
+                             f"divisible by groups={self.groups}")
+        self.bias = bool(bias)
+
+    def attributes(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": self.kernel_size, "stride": self.stride,
+                "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
+                "bias": self.bias}
+
+    def __repr__(self):
+        kernel = self.kernel_size[0] if self.kernel_size[0] == self.kernel_size[1] \
+            else tuple(self.kernel_size)
+        text = f"Conv2d({self.in_channels}, {self.out_channels}, {kernel}"
+        for name, default in (("stride", [1, 1]), ("padding", [0, 0]), ("dilation", [1, 1])):
+            value = getattr(self, name)
+            if value != default:
+                text += f", {name}={value[0] if value[0] == value[1] else tuple(value)}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        return text + ("" if self.bias else ", bias=False") + ")"
+
+
+class _Pool2d(Layer):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        name = type(self).__name__
+        self.kernel_size = _pair(kernel_size, f"{name} kernel_size")
+        self.stride = _pair(stride if stride is not None else kernel_size, f"{name} stride")
+        self.padding = _pair(padding, f"{name} padding", minimum=0)
+        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{name} padding {self.padding} must be at most half the kernel "
+                             f"{self.kernel_size}")
+
+    def attributes(self):
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+
+class MaxPool2d(_Pool2d):
+    """Maximum over windows of ``(N, C, H, W)`` inputs (``stride`` defaults to the kernel)."""
+
+    op = "max_pool2d"
+
+
+class AvgPool2d(_Pool2d):
+    """Average over windows, counting zero padding in the divisor (PyTorch's default)."""
+
+    op = "avg_pool2d"
+
+
+class AdaptiveAvgPool2d(Layer):
+    """Global average pooling: ``(N, C, H, W)`` to ``(N, C, 1, 1)``. Only ``output_size=1``."""
+
+    op = "global_avg_pool2d"
+
+    def __init__(self, output_size=1):
+        if output_size not in (1, (1, 1), [1, 1]):
+            raise ValueError(f"AdaptiveAvgPool2d supports output_size=1 (global average "
+                             f"pooling), got {output_size!r}")
+        self.output_size = 1
+
+    def config(self):
+        return {"type": "AdaptiveAvgPool2d", "output_size": 1}
+
+    def __repr__(self):
+        return "AdaptiveAvgPool2d(1)"
+
+
+class Flatten(Layer):
+    """``(N, C, H, W)`` to ``(N, C*H*W)``."""
+
+    op = "flatten"
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+
+class _BatchNorm(Layer):
+    op = "batch_norm"
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
+        name = type(self).__name__
+        self.num_features = _positive_int(num_features, f"{name} num_features")
+        self.eps = _number(eps, f"{name} eps", low=0)
+        if self.eps <= 0:
+            raise ValueError(f"{name} eps must be positive, got {eps!r}")
+        self.momentum = _number(momentum, f"{name} momentum", 0, 1)
+        self.affine = bool(affine)
+
+    def attributes(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "affine": self.affine}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.num_features})"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of ``(N, C)`` inputs over the batch, per feature.
+
+    In train mode, normalises with the batch's mean and (biased) variance and updates
+    ``running_mean`` / ``running_var`` (unbiased) with ``momentum``; in eval mode uses them.
+    """
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of ``(N, C, H, W)`` inputs over batch and space, per channel."""
+
+
+class Dropout(Layer):
+    """Inverted dropout: in train mode zeroes each element with probability ``p`` and scales the
+    rest by ``1 / (1 - p)``; the identity in eval mode. Masks come from a counter-based RNG keyed
+    by the model's seed, the step and the element, so they do not depend on the thread count.
+    """
+
+    op = "dropout"
+
+    def __init__(self, p=0.5):
+        self.p = _number(p, "Dropout p", 0, 1, high_open=True)
+
+    def attributes(self):
+        return {"p": self.p}
+
+
+class LocalResponseNorm(Layer):
+    """AlexNet's normalisation across ``size`` neighbouring channels:
+    ``b_c = a_c / (k + alpha / size * sum a_c'^2) ** beta``."""
+
+    op = "local_response_norm"
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        self.size = _positive_int(size, "LocalResponseNorm size")
+        self.alpha = _number(alpha, "LocalResponseNorm alpha")
+        self.beta = _number(beta, "LocalResponseNorm beta")
+        self.k = _number(k, "LocalResponseNorm k")
+
+    def attributes(self):
+        return {"size": self.size, "alpha": self.alpha, "beta": self.beta, "k": self.k}
+
+
+# ---------------------------------------------------------------------------- containers
+
+
+def _as_layer(item, what):
+    from fastnet.model import Sequential, adopt
+
+    if isinstance(item, (list, tuple)):
+        item = Sequential(*item)
+    if not isinstance(item, Layer):
+        raise TypeError(f"{what} is not a fastnet layer: {item!r}")
+    adopt(item)
+    return item
+
+
+class Residual(Layer):
+    """A residual connection: ``main(x) + shortcut(x)``, with ``shortcut`` the identity when None.
+
+    Follow it with an activation for the classic post-activation block.
+
+    Examples
+    --------
+    >>> import fastnet as fn
+    >>> block = fn.Residual(fn.Sequential(fn.Conv2d(16, 16, 3, padding=1), fn.BatchNorm2d(16),
+    ...                                   fn.ReLU(), fn.Conv2d(16, 16, 3, padding=1),
+    ...                                   fn.BatchNorm2d(16)))
+    >>> model = fn.Sequential(block, fn.ReLU(), input_shape=(16, 8, 8))
+    >>> "0.main.0.weight" in model.state_dict()
+    True
+    """
+
+    op = "add"
+
+    def __init__(self, main, shortcut=None):
+        self.main = _as_layer(main, "Residual main")
+        self.shortcut = None if shortcut is None else _as_layer(shortcut, "Residual shortcut")
+
+    def compile(self, name, inputs, graph):
+        main = self.main.compile(f"{name}.main", inputs, graph)
+        short = list(inputs) if self.shortcut is None else \
+            [self.shortcut.compile(f"{name}.shortcut", inputs, graph)]
+        graph.add(self, name, {"name": name, "op": "add", "inputs": [main] + short})
+        return name
+
+    def config(self):
+        return {"type": "Residual", "main": self.main.config(),
+                "shortcut": None if self.shortcut is None else self.shortcut.config()}
+
+    def children(self):
+        return [self.main] + ([self.shortcut] if self.shortcut is not None else [])
+
+    def input_shape(self):
+        return self.main.input_shape()
+
+    def __repr__(self):
+        text = f"Residual({self.main!r}"
+        return text + (f", shortcut={self.shortcut!r})" if self.shortcut is not None else ")")
+
+
+class Concat(Layer):
+    """Parallel branches on one input, concatenated along channels (Inception).
+
+    Examples
+    --------
+    >>> import fastnet as fn
+    >>> block = fn.Concat(fn.Conv2d(8, 4, 1), fn.Sequential(fn.Conv2d(8, 4, 3, padding=1)))
+    >>> model = fn.Sequential(block, input_shape=(8, 5, 5))
+    >>> model(__import__("numpy").zeros((1, 8, 5, 5), "float32")).shape
+    (1, 8, 5, 5)
+    """
+
+    op = "concat"
+
+    def __init__(self, *branches):
+        if len(branches) < 2:
+            raise ValueError("Concat needs at least two branches")
+        self.branches = [_as_layer(b, f"Concat branch {i}") for i, b in enumerate(branches)]
+
+    def compile(self, name, inputs, graph):
+        outputs = [b.compile(f"{name}.{i}", inputs, graph) for i, b in enumerate(self.branches)]
+        graph.add(self, name, {"name": name, "op": "concat", "inputs": outputs})
+        return name
+
+    def config(self):
+        return {"type": "Concat", "branches": [b.config() for b in self.branches]}
+
+    def children(self):
+        return list(self.branches)
+
+    def input_shape(self):
+        return None
+
+    def __repr__(self):
+        return "Concat(" + ", ".join(repr(b) for b in self.branches) + ")"
+
+
+#: Layer classes by name, to rebuild a layer tree from its config.
+LAYER_TYPES = {cls.__name__: cls for cls in (
+    Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
+    Flatten, BatchNorm1d, BatchNorm2d, Dropout, LocalResponseNorm)}
+
+
+def layer_from_config(config):
+    """The layer (or container) described by ``config`` (see :meth:`Layer.config`)."""
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"a layer description needs a 'type', got {config!r}")
+    kind = config["type"]
+    args = {k: v for k, v in config.items() if k != "type"}
+    if kind == "Sequential":
+        from fastnet.model import Sequential
+
+        return Sequential(*[layer_from_config(c) for c in args.get("layers", [])])
+    if kind == "Residual":
+        shortcut = args.get("shortcut")
+        return Residual(layer_from_config(args["main"]),
+                        None if shortcut is None else layer_from_config(shortcut))
+    if kind == "Concat":
+        return Concat(*[layer_from_config(c) for c in args["branches"]])
+    cls = LAYER_TYPES.get(kind)
     if cls is None:
-        raise ValueError(f"unknown layer op {node.get('op')!r} in node {node.get('name')!r}")
-    attributes = {k: v for k, v in node.items() if k not in ("name", "op", "inputs")}
-    return cls(**attributes)
+        known = ", ".join(sorted(list(LAYER_TYPES) + ["Sequential", "Residual", "Concat"]))
+        raise ValueError(f"unknown layer type {kind!r} (known: {known})")
+    try:
+        return cls(**args)
+    except TypeError as error:
+        raise ValueError(f"{kind}: {error}") from None

@@ -1,12 +1,13 @@
 """Models: a Python description over a C model handle that owns parameters, buffers and state."""
 import contextlib
 import json
+import numbers
 from collections import OrderedDict
 
 import numpy as np
 
 from fastnet import _core
-from fastnet.layers import Layer, layer_from_spec
+from fastnet.layers import Graph, Layer, layer_from_config
 
 SPEC_FORMAT = "fastnet.model"
 SPEC_VERSION = 1
@@ -21,6 +22,42 @@ def _dtype_name(dtype):
     if name not in DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return name
+
+
+def adopt(layer):
+    """A Sequential placed inside another model is only a description there: drop the C model it
+    built for itself (it would rebuild one if used on its own again)."""
+    if isinstance(layer, Sequential):
+        layer._handle = None
+        for name in Sequential._BOUND:
+            layer.__dict__.pop(name, None)
+
+
+def first_leaf(layer):
+    """The first layer that is one node (not a container) in a layer tree."""
+    while layer.children():
+        layer = layer.children()[0]
+    return layer
+
+
+def layers_from_spec(spec):
+    """The layer list of a spec: its ``layers`` tree if Python wrote it, else one layer per node
+    of a plain chain (a spec written by hand or by a C program)."""
+    if "layers" in spec:
+        return [layer_from_config(c) for c in spec["layers"]]
+    from fastnet.layers import LAYER_TYPES
+
+    by_op = {cls.op: cls for cls in LAYER_TYPES.values()}
+    by_op["batch_norm"] = LAYER_TYPES["BatchNorm2d"]
+    layers, previous = [], "input"
+    for node in spec["nodes"]:
+        if node.get("inputs", [previous]) != [previous] or node.get("op") not in by_op:
+            raise ValueError("this model's spec is a graph that fastnet.Sequential cannot "
+                             "describe; use fastnet._core.Model for it")
+        attributes = {k: v for k, v in node.items() if k not in ("name", "op", "inputs")}
+        layers.append(by_op[node["op"]](**attributes))
+        previous = node["name"]
+    return layers
 
 
 class Parameter:
@@ -40,7 +77,7 @@ class Parameter:
         return f"Parameter({self.name!r}, shape={self.data.shape}, dtype={self.data.dtype})"
 
 
-class Sequential:
+class Sequential(Layer):
     """A stack of layers, each feeding the next, trained and run by the C core.
 
     Parameters
@@ -75,45 +112,105 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: item {i} is not a fastnet layer: {layer!r}")
+            adopt(layer)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**53:
             raise ValueError(f"seed must be an integer in [0, 2**53), got {seed!r}")
         self.layers = list(layers)
         self.dtype = np.dtype(DTYPES[_dtype_name(dtype)])
         self.seed = int(seed)
         if input_shape is None:
-            input_shape = self.layers[0].input_shape()
-            if input_shape is None:
-                raise ValueError(
-                    f"Sequential: the first layer {self.layers[0]!r} does not fix the input "
-                    "shape; pass input_shape=(features,)")
-        self.input_shape = tuple(int(d) for d in input_shape)
+            input_shape = self.input_shape_from_layers()
+        elif isinstance(input_shape, numbers.Integral):
+            input_shape = (input_shape,)
+        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        if self.input_shape is not None and (
+                not 1 <= len(self.input_shape) <= 3 or min(self.input_shape) < 1):
+            raise ValueError(f"input_shape must be 1 to 3 positive sizes, got {input_shape!r}")
         self.training = True
-        self._core = _core.Model(json.dumps(self.spec()))
-        self._bind()
+        self._handle = None
+        # Built now when the input shape is known; a Sequential nested in another model (the
+        # main path of a Residual, say) is only a description and is never built itself.
+        if self.input_shape is not None:
+            self._build()
+
+    # ------------------------------------------------------------------ as a layer
+
+    def input_shape_from_layers(self):
+        return self.layers[0].input_shape()
+
+    def compile(self, name, inputs, graph):
+        graph.add(self, name)
+        prefix = f"{name}." if name else ""
+        for i, layer in enumerate(self.layers):
+            inputs = [layer.compile(f"{prefix}{i}", inputs, graph)]
+        return inputs[0]
+
+    def config(self):
+        return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
+
+    def children(self):
+        return list(self.layers)
 
     # ------------------------------------------------------------------ construction
 
+    def compiled(self):
+        """The layer tree compiled: a :class:`fastnet.layers.Graph` (nodes and layer names)."""
+        graph = Graph()
+        self.compile("", ["input"], graph)
+        return graph
+
     def spec(self):
-        """The model spec (a JSON-able dict) that the C core builds the model from."""
+        """The model spec (a JSON-able dict) that the C core builds the model from: the graph's
+        nodes, and the layer tree (``layers``) from which Python rebuilds this object."""
+        if self.input_shape is None:
+            raise ValueError(self._needs_input_shape())
         return {
             "format": SPEC_FORMAT,
             "version": SPEC_VERSION,
             "dtype": self.dtype.name,
             "seed": self.seed,
             "input_shape": list(self.input_shape),
-            "nodes": [layer.spec(str(i)) for i, layer in enumerate(self.layers)],
+            "nodes": self.compiled().nodes,
+            "layers": self.config()["layers"],
         }
+
+    def _needs_input_shape(self):
+        return (f"Sequential starting with {first_leaf(self)!r} needs input_shape=(C, H, W) or "
+                "(features,) to be built as a model")
+
+    def _build(self):
+        self._handle = _core.Model(json.dumps(self.spec()))
+        self._bind()
+
+    @property
+    def _core(self):
+        if self._handle is None:
+            if self.input_shape is None:
+                raise ValueError(self._needs_input_shape())
+            self._build()
+        return self._handle
+
+    _BOUND = ("_params", "_buffers", "_integer_buffers", "_tensor_order", "_first_layer",
+              "_optimizer", "_optimizer_version")
+
+    def __getattr__(self, name):
+        # What _bind sets exists once the C model is built: build it on first use (or raise the
+        # error that says what is missing).
+        if name in Sequential._BOUND and "_handle" in self.__dict__:
+            self._core  # noqa: B018
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def _from_core(cls, core):
         """Wraps a C model (e.g. loaded from a file), rebuilding the layers from its spec."""
         spec = json.loads(core.spec)
         self = cls.__new__(cls)
-        self.layers = [layer_from_spec(node) for node in spec["nodes"]]
+        self.layers = layers_from_spec(spec)
         self.dtype = np.dtype(spec.get("dtype", "float32"))
         self.seed = int(spec.get("seed", 0))
         self.input_shape = tuple(spec["input_shape"])
-        self._core = core
+        self._handle = core
         self.training = core.training
         self._bind()
         return self
@@ -139,7 +236,7 @@ class Sequential:
                     grads[offset:offset + count].reshape(shape), self)
         self._optimizer = None
         self._optimizer_version = -1
-        self._layer_names = [f"{layer!r} (layer {i})" for i, layer in enumerate(self.layers)]
+        self._first_layer = f"{first_leaf(self)!r} (layer {self.compiled().names[id(first_leaf(self))]})"
 
     # ------------------------------------------------------------------ parameters
 
@@ -214,7 +311,8 @@ class Sequential:
         """Train mode (the default): batch norm uses batch statistics and updates its running
         ones, dropout is active. Returns the model."""
         self.training = bool(mode)
-        self._core.training = self.training
+        if self._handle is not None:
+            self._handle.training = self.training
         return self
 
     def eval(self):
@@ -230,7 +328,7 @@ class Sequential:
             shape = x.shape
         if len(shape) < 1 or tuple(shape[1:]) != self.input_shape:
             expected = ", ".join(["N"] + [str(d) for d in self.input_shape])
-            raise ValueError(f"{self._layer_names[0]} expects input ({expected}), got "
+            raise ValueError(f"{self._first_layer} expects input ({expected}), got "
                              f"{tuple(shape)}")
         if shape[0] == 0:
             raise ValueError("the batch is empty (0 samples)")
@@ -304,6 +402,11 @@ class Sequential:
         return self._core.train_correct
 
     def __repr__(self):
-        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
-        return "Sequential(\n" + "\n".join(lines) + f"\n)  # {self.dtype.name}, " \
-            f"{self.num_parameters():,} parameters"
+        lines = []
+        for i, layer in enumerate(self.layers):
+            text = repr(layer).replace("\n", "\n  ")
+            lines.append(f"  ({i}): {text}")
+        text = "Sequential(\n" + "\n".join(lines) + "\n)"
+        if self._handle is not None:
+            text += f"  # {self.dtype.name}, {self.num_parameters():,} parameters"
+        return text

@@ -1,0 +1,64 @@
+/* add.c — the sum of several inputs of one shape: the join of a residual connection. */
+#ifndef FN_TEMPLATE_PASS
+#include "kernels.h"
+#include "model.h"
+
+static fn_status add_configure(fn_node *node, const fn_json *spec) {
+    (void)spec;
+    for (int j = 1; j < node->n_inputs; j++) {
+        const fn_shape *a = &node->in_shape[0], *b = &node->in_shape[j];
+        bool same = a->ndim == b->ndim;
+        for (int d = 0; same && d < a->ndim; d++) same = a->dim[d] == b->dim[d];
+        if (!same) {
+            char sa[64], sb[64];
+            return fn_error(FN_EINVAL,
+                            "node '%s': add needs inputs of one shape, got %s and %s (a residual "
+                            "block whose main path changes the shape needs a shortcut that "
+                            "does too)",
+                            node->name, fn_shape_str(a, sa, sizeof sa), fn_shape_str(b, sb, sizeof sb));
+        }
+    }
+    node->out_shape = node->in_shape[0];
+    return FN_OK;
+}
+
+static fn_status add_forward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status add_forward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status add_backward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status add_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+
+const fn_op fn_op_add = {
+    .type = "add",
+    .min_inputs = 2,
+    .max_inputs = FN_MAX_INPUTS,
+    .configure = add_configure,
+    .forward = {add_forward_f32, add_forward_f64},
+    .backward = {add_backward_f32, add_backward_f64},
+};
+
+#define FN_TEMPLATE_FILE "add.c"
+#include "template.h"
+
+#else /* templated half */
+
+/* inputs are k arrays of (n, size); y (n, size) is their sum. */
+static fn_status FN_T(add_forward)(fn_node *node, const fn_model_ctx *ctx) {
+    int64_t count = ctx->batch * node->out_size;
+    real *y = node->out;
+    FN_T(fn_copy_or_add)(y, node->in[0], count, false, ctx->threads);
+    for (int j = 1; j < node->n_inputs; j++)
+        FN_T(fn_copy_or_add)(y, node->in[j], count, true, ctx->threads);
+    return FN_OK;
+}
+
+/* Every input's gradient is the output's. */
+static fn_status FN_T(add_backward)(fn_node *node, const fn_model_ctx *ctx) {
+    int64_t count = ctx->batch * node->out_size;
+    for (int j = 0; j < node->n_inputs; j++)
+        if (node->grad_in[j])
+            FN_T(fn_copy_or_add)(node->grad_in[j], node->grad_out, count,
+                                 node->grad_in_accumulate[j], ctx->threads);
+    return FN_OK;
+}
+
+#endif
