@@ -8,6 +8,7 @@ import os as _os
 from fastnet import _blas, _core
 from fastnet import optim
 from fastnet.data import Dataset, Splits, load_data, load_digits
+from fastnet.fold import fold_batchnorm
 from fastnet.io import load, save
 from fastnet.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat,
                             Conv2d, Dropout, Flatten, LeakyReLU, Linear, LocalResponseNorm,

@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 DESCRIPTION = """\
 fastnet trains neural networks on CPUs.
 
@@ -26,6 +28,16 @@ def _hidden_sizes(text):
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError("hidden sizes must be positive")
     return sizes
+
+
+def _shape(text):
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 1,28,28, got {text!r}") from None
+    if not 1 <= len(shape) <= 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 to 3 positive sizes, got {text!r}")
+    return shape
 
 
 def _positive_int(text):
@@ -62,8 +74,13 @@ def build_parser():
                        help="dataset: an .npz with arrays x and y (or x_train, y_train, ...), a "
                             "directory of MNIST IDX files, or an IDX images file "
                             "(default: the bundled digits)")
-    train.add_argument("--model", default="mlp", choices=["mlp"],
-                       help="architecture (default: mlp)")
+    train.add_argument("--model", default="mlp", metavar="MODEL",
+                       help="mlp (default), cnn (a small CNN), resnet (a small residual network "
+                            "with batch norm), or a model description file (.json or .toml; "
+                            "see the README)")
+    train.add_argument("--input-shape", type=_shape, default=None, metavar="C,H,W",
+                       help="per-sample shape the data is reshaped to for image models "
+                            "(default: one channel of a square image, e.g. 1,8,8 for the digits)")
     train.add_argument("--hidden", type=_hidden_sizes, default=[128, 128], metavar="SIZES",
                        help="hidden layer sizes of the MLP, comma-separated (default: 128,128)")
     train.add_argument("--epochs", type=_positive_int, default=40, help="passes over the "
@@ -92,16 +109,34 @@ def build_parser():
     return parser
 
 
-def build_model(args, num_features, num_classes):
-    import fastnet as fn
+def image_shape(num_features):
+    """One channel of a square image with this many pixels, or None."""
+    side = int(round(num_features ** 0.5))
+    return (1, side, side) if side * side == num_features else None
 
-    sizes = [num_features] + list(args.hidden) + [num_classes]
-    layers = []
-    for i in range(len(sizes) - 1):
-        layers.append(fn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(fn.ReLU())
-    return fn.Sequential(*layers, dtype=args.dtype, seed=args.seed)
+
+def build_model(args, sample_shape, num_classes):
+    """The model --model names, and the per-sample shape to feed it."""
+    from fastnet import zoo
+
+    options = dict(dtype=args.dtype, seed=args.seed)
+    num_features = int(np.prod(sample_shape))
+    if args.model in zoo.ARCHITECTURES:
+        builder, images = zoo.ARCHITECTURES[args.model]
+        if not images:
+            return zoo.mlp(num_features, num_classes, args.hidden, **options), (num_features,)
+        shape = args.input_shape or (sample_shape if len(sample_shape) == 3
+                                     else image_shape(num_features))
+        if shape is None or len(shape) != 3:
+            raise ValueError(f"--model {args.model} needs image inputs: pass --input-shape C,H,W "
+                             f"for samples of {num_features} values")
+        return builder(shape, num_classes, **options), shape
+    if not os.path.splitext(args.model)[1].lower() in (".json", ".toml"):
+        raise ValueError(f"--model must be mlp, cnn, resnet or a .json/.toml description file, "
+                         f"got {args.model!r}")
+    description = zoo.read_description(args.model)
+    shape = args.input_shape or description.get("input_shape") or (num_features,)
+    return zoo.from_description(description, input_shape=shape, **options), tuple(shape)
 
 
 def build_optimizer(args, model):
@@ -121,17 +156,19 @@ def command_train(args):
     if args.threads:
         fn.set_num_threads(args.threads)
     splits = fn.load_data(args.data, dtype=args.dtype, seed=args.seed)
-    train = splits.train
-    model = build_model(args, train.num_features, train.num_classes)
+    model, shape = build_model(args, splits.train.x.shape[1:], splits.train.num_classes)
+    if int(np.prod(shape)) != splits.train.num_features:
+        raise ValueError(f"the model takes samples of shape {shape}, the data has "
+                         f"{splits.train.num_features} values per sample")
     optimizer = build_optimizer(args, model)
     metrics_path = None
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         metrics_path = os.path.join(args.out, "metrics.jsonl")
         open(metrics_path, "w").close()
-    flatten = lambda ds: None if ds is None else fn.Dataset(  # noqa: E731
-        ds.x.reshape(len(ds), -1), ds.y)
-    train, val, test = flatten(splits.train), flatten(splits.val), flatten(splits.test)
+    reshape = lambda ds: None if ds is None else fn.Dataset(  # noqa: E731
+        ds.x.reshape((len(ds),) + tuple(shape)), ds.y, num_classes=ds.num_classes)
+    train, val, test = reshape(splits.train), reshape(splits.val), reshape(splits.test)
     if not args.quiet:
         print(f"fastnet {fn.__version__}: {len(train)} training samples, {train.num_features} "
               f"features, {train.num_classes} classes; {fn.get_num_threads()} threads",
