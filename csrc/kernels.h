@@ -43,6 +43,48 @@ typedef enum { FN_ACT_RELU, FN_ACT_LEAKY_RELU, FN_ACT_SIGMOID, FN_ACT_TANH } fn_
     void fn_activation_backward##S(fn_activation_kind kind, real negative_slope, const real *x,  \
                                    const real *y, const real *grad_y, real *grad_x,              \
                                    bool accumulate, int64_t count, int threads);                 \
+    /* pool.c: x (n, c, h, w) <-> y (n, c, oh, ow); pairs are (h, w) */                          \
+    void fn_max_pool2d_forward##S(const real *x, real *y, int64_t n, int64_t c, int64_t h,       \
+                                  int64_t w, const int64_t kernel[2], const int64_t stride[2],   \
+                                  const int64_t padding[2], int threads);                        \
+    void fn_max_pool2d_backward##S(const real *x, const real *grad_y, real *grad_x,              \
+                                   bool accumulate, int64_t n, int64_t c, int64_t h, int64_t w,  \
+                                   const int64_t kernel[2], const int64_t stride[2],             \
+                                   const int64_t padding[2], int threads);                       \
+    void fn_avg_pool2d_forward##S(const real *x, real *y, int64_t n, int64_t c, int64_t h,       \
+                                  int64_t w, const int64_t kernel[2], const int64_t stride[2],   \
+                                  const int64_t padding[2], int threads);                        \
+    void fn_avg_pool2d_backward##S(const real *grad_y, real *grad_x, bool accumulate, int64_t n, \
+                                   int64_t c, int64_t h, int64_t w, const int64_t kernel[2],     \
+                                   const int64_t stride[2], const int64_t padding[2],            \
+                                   int threads);                                                 \
+    void fn_global_avg_pool2d_forward##S(const real *x, real *y, int64_t planes, int64_t area,   \
+                                         int threads);                                           \
+    void fn_global_avg_pool2d_backward##S(const real *grad_y, real *grad_x, bool accumulate,     \
+                                          int64_t planes, int64_t area, int threads);            \
+    /* batchnorm.c: x (n, c, spatial); per-channel statistics in double */                       \
+    void fn_batch_norm_forward##S(const real *x, real *y, const real *gamma, const real *beta,   \
+                                  real *running_mean, real *running_var, bool training,          \
+                                  double momentum, double eps, double *mean, double *invstd,     \
+                                  int64_t n, int64_t c, int64_t spatial, int threads);           \
+    void fn_batch_norm_backward##S(const real *x, const real *grad_y, const real *gamma,         \
+                                   const double *mean, const double *invstd, bool training,      \
+                                   real *grad_x, bool accumulate, real *grad_gamma,              \
+                                   real *grad_beta, bool accumulate_params, double *scratch,     \
+                                   int64_t n, int64_t c, int64_t spatial, int threads);          \
+    /* dropout.c: the mask is a function of (seed, stream, element index) */                     \
+    void fn_dropout_forward##S(const real *x, real *y, double p, uint64_t seed, uint64_t stream, \
+                               int64_t count, int threads);                                      \
+    void fn_dropout_backward##S(const real *grad_y, real *grad_x, bool accumulate, double p,     \
+                                uint64_t seed, uint64_t stream, int64_t count, int threads);     \
+    /* lrn.c: x (n, c, spatial), normalised across channels */                                   \
+    void fn_lrn_forward##S(const real *x, real *y, real *inv_d, int64_t n, int64_t c,            \
+                           int64_t spatial, int64_t size, double alpha, double beta, double k,   \
+                           int threads);                                                         \
+    void fn_lrn_backward##S(const real *x, const real *y, const real *inv_d, const real *grad_y, \
+                            real *grad_x, bool accumulate, int64_t n, int64_t c,                 \
+                            int64_t spatial, int64_t size, double alpha, double beta,            \
+                            int threads);                                                        \
     /* optim.c */                                                                                \
     void fn_optimizer_update##S(const fn_optimizer *opt, int64_t step, bool momentum_first,      \
                                 real *params, const real *grads, real *state, int64_t count,     \

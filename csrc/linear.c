@@ -30,8 +30,9 @@ static fn_status linear_configure(fn_node *node, const fn_json *spec) {
     node->attr.linear.bias = bias != 0;
     node->out_shape = (fn_shape){1, {out_features}};
     node->n_params = bias ? 2 : 1;
-    node->param_decl[0] = (fn_param_decl){"weight", {2, {out_features, in_features}}, false};
-    if (bias) node->param_decl[1] = (fn_param_decl){"bias", {1, {out_features}}, true};
+    node->param_decl[0] = (fn_param_decl){.name = "weight", .shape = {2, {out_features, in_features}}};
+    if (bias)
+        node->param_decl[1] = (fn_param_decl){.name = "bias", .shape = {1, {out_features}}, .is_bias = true};
     return FN_OK;
 }
 

@@ -126,6 +126,19 @@ void *fn_model_optimizer_state(fn_model *m, int slot) {
     return (char *)m->optimizer_state + (size_t)slot * (size_t)m->param_total * fn_dtype_size(m->dtype);
 }
 
+int fn_model_node_count(const fn_model *m) { return m->n_nodes; }
+
+fn_status fn_model_node_info(const fn_model *m, int i, fn_node_info *info) {
+    if (!m || !info || i < 0 || i >= m->n_nodes)
+        return fn_error(FN_EINVAL, "node index %d out of range", i);
+    const fn_node *node = &m->nodes[i];
+    info->name = node->name;
+    info->op = node->op->type;
+    info->ndim = node->out_shape.ndim;
+    for (int d = 0; d < 4; d++) info->shape[d] = d < node->out_shape.ndim ? node->out_shape.dim[d] : 1;
+    return FN_OK;
+}
+
 fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info) {
     if (!m || !info || i < 0 || i >= m->n_params)
         return fn_error(FN_EINVAL, "tensor index %d out of range", i);

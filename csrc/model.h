@@ -13,7 +13,7 @@
 #include "json.h"
 
 #define FN_MAX_INPUTS 8  /* a concatenation of more branches is split into several nodes */
-#define FN_MAX_PARAMS 4  /* weight, bias, and room for batch norm's four tensors */
+#define FN_MAX_PARAMS 5  /* batch norm: weight, bias, running_mean, running_var, num_batches_tracked */
 #define FN_MAX_DIMS 4    /* per-sample dimensions (C, H, W) plus one spare */
 #define FN_MODEL_INPUT (-1) /* a node input that is the model's input */
 

@@ -74,6 +74,13 @@ cdef extern from "include/fastnet.h" nogil:
         int64_t count
         int is_buffer
         int is_integer
+    ctypedef struct fn_node_info:
+        const char *name
+        const char *op
+        int ndim
+        int64_t shape[4]
+    int fn_model_node_count(const fn_model *m)
+    fn_status fn_model_node_info(const fn_model *m, int i, fn_node_info *info)
     int fn_model_tensor_count(const fn_model *m)
     fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info)
     void fn_model_set_training(fn_model *m, int training)

@@ -233,6 +233,16 @@ cdef class Model:
     def spec(self):
         return fn_model_spec(self.handle).decode("utf-8")
 
+    def node_info(self):
+        """[(name, op, per-sample output shape)] of the graph's nodes in execution order."""
+        cdef fn_node_info info
+        out = []
+        for i in range(fn_model_node_count(self.handle)):
+            check(fn_model_node_info(self.handle, i, &info))
+            out.append((info.name.decode(), info.op.decode(),
+                        tuple(info.shape[d] for d in range(info.ndim))))
+        return out
+
     def tensor_info(self):
         """[(name, shape, offset, is_buffer, is_integer)] of every parameter and buffer, in
         state-dict order; offsets are into the parameter or the buffer arena."""

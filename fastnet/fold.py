@@ -21,25 +21,30 @@ def _copy_layer(layer, **changes):
     return type(layer)(**config)
 
 
+def _fold_sequence(layers, sources):
+    """Copies of a Sequential's layers with each (Conv2d|Linear, BatchNorm) pair merged."""
+    children, i = [], 0
+    while i < len(layers):
+        child = layers[i]
+        following = layers[i + 1] if i + 1 < len(layers) else None
+        out_channels = getattr(child, "out_channels", getattr(child, "out_features", None))
+        if isinstance(child, _FOLDABLE) and isinstance(following, _BATCH_NORMS) and \
+                following.num_features == out_channels:
+            folded = _copy_layer(child, bias=True)
+            sources[id(folded)] = (child, following)
+            children.append(folded)
+            i += 2
+            continue
+        children.append(_fold_tree(child, sources))
+        i += 1
+    return children
+
+
 def _fold_tree(layer, sources):
     """A copy of the layer tree with (Conv2d|Linear, BatchNorm) pairs inside each Sequential
     merged. ``sources`` maps id(new layer) -> (old layer, old batch norm or None)."""
     if isinstance(layer, Sequential):
-        children, i = [], 0
-        while i < len(layer.layers):
-            child = layer.layers[i]
-            following = layer.layers[i + 1] if i + 1 < len(layer.layers) else None
-            out_channels = getattr(child, "out_channels", getattr(child, "out_features", None))
-            if isinstance(child, _FOLDABLE) and isinstance(following, _BATCH_NORMS) and \
-                    following.num_features == out_channels:
-                folded = _copy_layer(child, bias=True)
-                sources[id(folded)] = (child, following)
-                children.append(folded)
-                i += 2
-                continue
-            children.append(_fold_tree(child, sources))
-            i += 1
-        copy = Sequential(*children)
+        copy = Sequential(*_fold_sequence(layer.layers, sources))
         sources[id(copy)] = (layer, None)
         return copy
     if isinstance(layer, Residual):
@@ -75,9 +80,8 @@ def fold_batchnorm(model):
     if not isinstance(model, Sequential):
         raise TypeError(f"fold_batchnorm expects a fastnet model, got {type(model).__name__}")
     sources = {}
-    layers = [_fold_tree(layer, sources) for layer in model.layers]
-    folded = Sequential(*layers, dtype=model.dtype.name, seed=model.seed,
-                        input_shape=model.input_shape)
+    folded = Sequential(*_fold_sequence(model.layers, sources), dtype=model.dtype.name,
+                        seed=model.seed, input_shape=model.input_shape)
     old_names = model.compiled().names
     new_graph = folded.compiled()
     old_state = model.state_dict()

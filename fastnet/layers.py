@@ -34,7 +34,7 @@ class Layer:
         """A JSON-able description from which :func:`layer_from_config` rebuilds the layer."""
         return {"type": type(self).__name__, **self.attributes()}
 
-    def input_shape(self):
+    def fixed_input_shape(self):
         """The per-sample input shape this layer fixes, or None if it takes any."""
         return None
 
@@ -119,7 +119,7 @@ class Linear(Layer):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias}
 
-    def input_shape(self):
+    def fixed_input_shape(self):
         return (self.in_features,)
 
     def __repr__(self):
@@ -391,8 +391,8 @@ class Residual(Layer):
     def children(self):
         return [self.main] + ([self.shortcut] if self.shortcut is not None else [])
 
-    def input_shape(self):
-        return self.main.input_shape()
+    def fixed_input_shape(self):
+        return self.main.fixed_input_shape()
 
     def __repr__(self):
         text = f"Residual({self.main!r}"
@@ -429,7 +429,7 @@ class Concat(Layer):
     def children(self):
         return list(self.branches)
 
-    def input_shape(self):
+    def fixed_input_shape(self):
         return None
 
     def __repr__(self):

@@ -136,7 +136,10 @@ class Sequential(Layer):
     # ------------------------------------------------------------------ as a layer
 
     def input_shape_from_layers(self):
-        return self.layers[0].input_shape()
+        return self.layers[0].fixed_input_shape()
+
+    def fixed_input_shape(self):
+        return self.input_shape
 
     def compile(self, name, inputs, graph):
         graph.add(self, name)
@@ -395,6 +398,37 @@ class Sequential(Layer):
         if self._optimizer is not optimizer or self._optimizer_version != optimizer._version:
             optimizer._configure()
         return self._core.train_step(self._check_input(x), y)
+
+    def forward_flops(self):
+        """Floating-point operations of one sample's forward pass in the linear and convolution
+        layers (2 per multiply-add; the other layers are memory-bound and not counted). A
+        training step costs about three times this."""
+        nodes = {node["name"]: node for node in self.compiled().nodes}
+        total = 0
+        for name, op, shape in self._core.node_info():
+            node = nodes[name]
+            if op == "linear":
+                total += 2 * node["in_features"] * node["out_features"]
+            elif op == "conv2d":
+                kh, kw = node["kernel_size"]
+                total += 2 * node["in_channels"] // node["groups"] * kh * kw * int(np.prod(shape))
+        return total
+
+    def summary(self):
+        """A table of the graph's nodes: name, op, per-sample output shape, parameter count."""
+        counts = {}
+        for name, p in self._params.items():
+            node = name.rsplit(".", 1)[0]
+            counts[node] = counts.get(node, 0) + p.data.size
+        rows = [("node", "op", "output", "parameters")]
+        for name, op, shape in self._core.node_info():
+            rows.append((name, op, "x".join(map(str, shape)), f"{counts.get(name, 0):,}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                           for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+        lines.append(f"total: {self.num_parameters():,} parameters, "
+                     f"{self.forward_flops() / 1e6:.2f} MFLOP per sample forward")
+        return "\n".join(lines)
 
     @property
     def last_train_correct(self):

@@ -170,6 +170,16 @@ typedef struct {
 FN_API int fn_model_tensor_count(const fn_model *m);
 FN_API fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info);
 
+/* The graph's nodes in execution order: name, op type and per-sample output shape. */
+typedef struct {
+    const char *name;
+    const char *op;
+    int ndim;
+    int64_t shape[4]; /* unused dimensions are 1 */
+} fn_node_info;
+FN_API int fn_model_node_count(const fn_model *m);
+FN_API fn_status fn_model_node_info(const fn_model *m, int i, fn_node_info *info);
+
 /* Train mode (the default) uses batch statistics in batch norm and applies dropout; eval mode
  * uses the running statistics and no dropout. Forward, backward and train_step run in the
  * current mode. */

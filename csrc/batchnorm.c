@@ -1,0 +1,364 @@
+/* batchnorm.c — batch normalisation (PyTorch's BatchNorm1d on (N, C) or (N, C, L), BatchNorm2d on
+ * (N, C, H, W)).
+ *
+ * Every channel is normalised over its M = N * spatial values:
+ *     y = (x - mean) * invstd * weight + bias,   invstd = 1 / sqrt(var + eps)
+ * with the batch's mean and biased variance in train mode, and the running statistics in eval
+ * mode. Train mode also updates the running statistics, with the unbiased variance as PyTorch
+ * does, and counts the batch in num_batches_tracked.
+ *
+ * Work is split over channels. Each thread walks its channel range sample by sample, so that the
+ * inner loop runs along contiguous memory both for a large spatial size and for (N, C) inputs
+ * (where a channel's values are C apart); a channel's sums are taken in the same order whatever
+ * the split, so results do not depend on the thread count.
+ */
+#ifndef FN_TEMPLATE_PASS
+#include "kernels.h"
+#include "model.h"
+
+/* weight, bias (when affine), running_mean, running_var, num_batches_tracked */
+#define BN_TENSORS(affine) ((affine) ? 5 : 3)
+
+static fn_status batch_norm_configure(fn_node *node, const fn_json *spec) {
+    int64_t channels;
+    double eps, momentum;
+    int affine;
+    FN_TRY(fn_json_get_int(spec, "num_features", 1, 0, &channels, node->name));
+    FN_TRY(fn_json_get_number(spec, "eps", 0, 1e-5, &eps, node->name));
+    /* PyTorch's momentum=None (a cumulative average of the batch statistics) is kept as -1. */
+    const fn_json *given = fn_json_get(spec, "momentum");
+    if (given && given->type == FN_JSON_NULL) momentum = -1;
+    else FN_TRY(fn_json_get_number(spec, "momentum", 0, 0.1, &momentum, node->name));
+    FN_TRY(fn_json_get_bool(spec, "affine", 0, 1, &affine, node->name));
+    if (channels < 1 || channels > INT32_MAX)
+        return fn_error(FN_EINVAL,
+                        "node '%s': batch_norm needs num_features in [1, 2^31), got %lld",
+                        node->name, (long long)channels);
+    if (!(eps >= 0))
+        return fn_error(FN_EINVAL, "node '%s': batch_norm needs eps >= 0, got %g", node->name, eps);
+    if (momentum != -1 && !(momentum >= 0 && momentum <= 1))
+        return fn_error(FN_EINVAL,
+                        "node '%s': batch_norm needs momentum in [0, 1] (or null for a cumulative "
+                        "average), got %g",
+                        node->name, momentum);
+    const fn_shape *in = &node->in_shape[0];
+    char buf[64];
+    if (in->ndim < 1 || in->ndim > 3)
+        return fn_error(FN_EINVAL,
+                        "node '%s': batch_norm expects a (C), (C, L) or (C, H, W) input per "
+                        "sample, but its input has shape %s",
+                        node->name, fn_shape_str(in, buf, sizeof buf));
+    if (in->dim[0] != channels)
+        return fn_error(FN_EINVAL,
+                        "node '%s': batch_norm with num_features=%lld expects %lld channels (the "
+                        "first dimension), but its input has shape %s",
+                        node->name, (long long)channels, (long long)channels,
+                        fn_shape_str(in, buf, sizeof buf));
+    _Static_assert(BN_TENSORS(1) <= FN_MAX_PARAMS, "a node must hold batch norm's tensors");
+    node->attr.batch_norm.channels = channels;
+    node->attr.batch_norm.eps = eps;
+    node->attr.batch_norm.momentum = momentum;
+    node->attr.batch_norm.affine = affine != 0;
+    node->out_shape = *in;
+
+    const fn_shape vector = {1, {channels}}, scalar = {0, {0}};
+    fn_param_decl *decl = node->param_decl;
+    int p = 0;
+    if (affine) {
+        decl[p++] = (fn_param_decl){"weight", vector, false, false, false};
+        decl[p++] = (fn_param_decl){"bias", vector, true, false, false};
+    }
+    decl[p++] = (fn_param_decl){"running_mean", vector, false, true, false};
+    decl[p++] = (fn_param_decl){"running_var", vector, false, true, false};
+    decl[p++] = (fn_param_decl){"num_batches_tracked", scalar, false, true, true};
+    node->n_params = p;
+    return FN_OK;
+}
+
+/* PyTorch's reset_parameters and reset_running_stats: weight 1, bias 0, running_mean 0,
+ * running_var 1, no batches seen. */
+static void batch_norm_init(fn_node *node, fn_dtype dtype, void *const params[], uint64_t seed) {
+    (void)seed;
+    int64_t c = node->attr.batch_norm.channels;
+    int p = 0;
+    if (node->attr.batch_norm.affine) {
+        fn_fill_constant(dtype, params[p++], c, 1.0);
+        fn_fill_constant(dtype, params[p++], c, 0.0);
+    }
+    fn_fill_constant(dtype, params[p++], c, 0.0);
+    fn_fill_constant(dtype, params[p++], c, 1.0);
+    fn_fill_constant(dtype, params[p++], 1, 0.0);
+}
+
+/* The mean and inverse standard deviation used by forward (batch or running), per channel, in
+ * double whatever the dtype: backward normalises x again from them. */
+static size_t batch_norm_saved(const fn_node *node, int64_t batch, size_t elem_size) {
+    (void)batch, (void)elem_size;
+    return 2 * (size_t)node->attr.batch_norm.channels * sizeof(double);
+}
+
+/* Backward's two per-channel sums, sum(dy) and sum(dy * xhat). */
+static size_t batch_norm_workspace(const fn_node *node, int64_t batch, int threads,
+                                   size_t elem_size) {
+    (void)batch, (void)threads, (void)elem_size;
+    return 2 * (size_t)node->attr.batch_norm.channels * sizeof(double);
+}
+
+/* Training on one value per channel gives a zero variance and no usable statistics; PyTorch
+ * refuses it with this message. */
+static fn_status single_value_error(const fn_node *node, int64_t batch) {
+    const fn_shape *in = &node->in_shape[0];
+    fn_shape full = {in->ndim + 1, {batch}};
+    for (int d = 0; d < in->ndim; d++) full.dim[d + 1] = in->dim[d];
+    char buf[80];
+    return fn_error(FN_EINVAL,
+                    "node '%s': batch_norm expected more than 1 value per channel when training, "
+                    "got input of size %s",
+                    node->name, fn_shape_str(&full, buf, sizeof buf));
+}
+
+static fn_status batch_norm_forward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status batch_norm_forward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status batch_norm_backward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status batch_norm_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+
+const fn_op fn_op_batch_norm = {
+    .type = "batch_norm",
+    .min_inputs = 1,
+    .max_inputs = 1,
+    .configure = batch_norm_configure,
+    .init = batch_norm_init,
+    .workspace = batch_norm_workspace,
+    .saved = batch_norm_saved,
+    .forward = {batch_norm_forward_f32, batch_norm_forward_f64},
+    .backward = {batch_norm_backward_f32, batch_norm_backward_f64},
+};
+
+#define FN_TEMPLATE_FILE "batchnorm.c"
+#include "template.h"
+
+#else /* templated half */
+
+/* The two sums of one row of `count` values, d = x - shift:
+ *     dy == NULL:  *s1 += sum(d),  *s2 += sum(d^2)          (forward's statistics)
+ *     otherwise:   *s1 += sum(dy), *s2 += sum(dy * d)       (backward's)
+ * in double, over 8 independent partial sums: one running sum would wait on the latency of each
+ * addition, and a floating-point sum is not the compiler's to reorder. The order depends on
+ * `count` alone, so not on the thread count. */
+static inline void FN_T(bn_sums)(const real *x, const real *dy, int64_t count, double shift,
+                                 double *s1, double *s2) {
+    double a = 0, b = 0;
+    int64_t s = 0;
+    if (count >= 16) { /* a (N, C) input has rows of one value: no lanes to set up for it */
+        double la[8] = {0}, lb[8] = {0};
+        if (dy)
+            for (; s + 8 <= count; s += 8)
+                for (int l = 0; l < 8; l++) {
+                    la[l] += dy[s + l];
+                    lb[l] += dy[s + l] * ((double)x[s + l] - shift);
+                }
+        else
+            for (; s + 8 <= count; s += 8)
+                for (int l = 0; l < 8; l++) {
+                    double d = (double)x[s + l] - shift;
+                    la[l] += d;
+                    lb[l] += d * d;
+                }
+        for (int l = 0; l < 8; l++) {
+            a += la[l];
+            b += lb[l];
+        }
+    }
+    for (; s < count; s++) {
+        double d = (double)x[s] - shift;
+        a += dy ? dy[s] : d;
+        b += dy ? dy[s] * d : d * d;
+    }
+    *s1 += a;
+    *s2 += b;
+}
+
+typedef struct {
+    const real *x;
+    real *y;
+    const real *gamma, *beta;
+    real *running_mean, *running_var;
+    bool training;
+    double momentum, eps;
+    double *mean, *invstd;
+    int64_t n, c, spatial;
+} FN_T(bn_forward_args);
+
+static void FN_T(bn_forward_part)(int id, int parts, void *arg) {
+    const FN_T(bn_forward_args) *a = arg;
+    int64_t c0, c1, C = a->c, S = a->spatial, N = a->n;
+    fn_partition(C, parts, id, &c0, &c1);
+    double *mean = a->mean, *invstd = a->invstd;
+    if (a->training) {
+        /* Statistics pass. Sums of d = x - x[0, c, 0] rather than of x: shifting by a value of
+         * the channel keeps sum(d^2) - sum(d)^2 / M free of cancellation when the mean is large
+         * next to the standard deviation, in one pass. mean and invstd hold the two sums. */
+        double M = (double)(N * S);
+        for (int64_t c = c0; c < c1; c++) mean[c] = invstd[c] = 0;
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t c = c0; c < c1; c++)
+                FN_T(bn_sums)(a->x + (i * C + c) * S, NULL, S, a->x[c * S], &mean[c], &invstd[c]);
+        double keep = 1 - a->momentum, unbias = M / (M - 1);
+        for (int64_t c = c0; c < c1; c++) {
+            double s1 = mean[c], s2 = invstd[c];
+            double var = (s2 - s1 * s1 / M) / M;
+            if (var < 0) var = 0; /* rounding */
+            mean[c] = (double)a->x[c * S] + s1 / M;
+            invstd[c] = 1 / sqrt(var + a->eps);
+            a->running_mean[c] = (real)(keep * a->running_mean[c] + a->momentum * mean[c]);
+            a->running_var[c] = (real)(keep * a->running_var[c] + a->momentum * var * unbias);
+        }
+    } else {
+        for (int64_t c = c0; c < c1; c++) {
+            mean[c] = a->running_mean[c];
+            invstd[c] = 1 / sqrt((double)a->running_var[c] + a->eps);
+        }
+    }
+    /* Normalise pass. */
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t c = c0; c < c1; c++) {
+            const real *row = a->x + (i * C + c) * S;
+            real *out = a->y + (i * C + c) * S;
+            real scale = (real)(invstd[c] * (a->gamma ? a->gamma[c] : 1));
+            real m = (real)mean[c], shift = a->beta ? a->beta[c] : 0;
+            for (int64_t s = 0; s < S; s++) out[s] = (row[s] - m) * scale + shift;
+        }
+}
+
+/* x and y are (n, c, spatial); gamma, beta are (c) or NULL (no affine); running_mean and
+ * running_var are (c), updated in training with factor `momentum`; mean and invstd are (c)
+ * outputs: the statistics used (the batch's in training, the running ones otherwise).
+ * Training needs n * spatial > 1. */
+void FN_T(fn_batch_norm_forward)(const real *x, real *y, const real *gamma, const real *beta,
+                                 real *running_mean, real *running_var, bool training,
+                                 double momentum, double eps, double *mean, double *invstd,
+                                 int64_t n, int64_t c, int64_t spatial, int threads) {
+    FN_T(bn_forward_args) args = {.x = x, .y = y, .gamma = gamma, .beta = beta,
+                                  .running_mean = running_mean, .running_var = running_var,
+                                  .training = training, .momentum = momentum, .eps = eps,
+                                  .mean = mean, .invstd = invstd, .n = n, .c = c,
+                                  .spatial = spatial};
+    int parts = fn_threads_for(2 * n * c * spatial, threads);
+    fn_run_team(parts < c ? parts : (int)c, FN_T(bn_forward_part), &args);
+}
+
+typedef struct {
+    const real *x, *grad_y, *gamma;
+    const double *mean, *invstd;
+    bool training;
+    real *grad_x;
+    bool accumulate;
+    real *grad_gamma, *grad_beta;
+    bool accumulate_params;
+    double *sum_dy, *sum_dy_xhat;
+    int64_t n, c, spatial;
+} FN_T(bn_backward_args);
+
+static void FN_T(bn_backward_part)(int id, int parts, void *arg) {
+    const FN_T(bn_backward_args) *a = arg;
+    int64_t c0, c1, C = a->c, S = a->spatial, N = a->n;
+    fn_partition(C, parts, id, &c0, &c1);
+    const double *mean = a->mean, *invstd = a->invstd;
+    double *sum_dy = a->sum_dy, *sum_dy_xhat = a->sum_dy_xhat;
+    double M = (double)(N * S);
+    /* In training every x moved the batch statistics, so dx needs both sums; in eval mode only
+     * the parameter gradients do. */
+    bool sums = a->grad_gamma || (a->training && a->grad_x);
+    if (sums) {
+        for (int64_t c = c0; c < c1; c++) sum_dy[c] = sum_dy_xhat[c] = 0;
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t c = c0; c < c1; c++)
+                FN_T(bn_sums)(a->x + (i * C + c) * S, a->grad_y + (i * C + c) * S, S, mean[c],
+                              &sum_dy[c], &sum_dy_xhat[c]);
+        /* That was sum(dy * (x - mean)); xhat = (x - mean) * invstd. */
+        for (int64_t c = c0; c < c1; c++) sum_dy_xhat[c] *= invstd[c];
+    }
+    if (a->grad_gamma)
+        for (int64_t c = c0; c < c1; c++) {
+            a->grad_gamma[c] = (real)((a->accumulate_params ? a->grad_gamma[c] : 0) +
+                                      sum_dy_xhat[c]);
+            a->grad_beta[c] = (real)((a->accumulate_params ? a->grad_beta[c] : 0) + sum_dy[c]);
+        }
+    if (!a->grad_x) return;
+    /* dx = gamma * invstd * (dy - sum(dy) / M - xhat * sum(dy * xhat) / M) in training,
+     * gamma * invstd * dy in eval mode; as k_dy * dy + k_x * (x - mean) + k_0 per channel. */
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t c = c0; c < c1; c++) {
+            const real *row = a->x + (i * C + c) * S, *gy = a->grad_y + (i * C + c) * S;
+            real *gx = a->grad_x + (i * C + c) * S;
+            double g = invstd[c] * (a->gamma ? a->gamma[c] : 1);
+            real k_dy = (real)g, k_x = 0, k_0 = 0, m = (real)mean[c];
+            if (a->training) {
+                k_x = (real)(-g * invstd[c] * sum_dy_xhat[c] / M);
+                k_0 = (real)(-g * sum_dy[c] / M);
+            }
+            if (a->accumulate)
+                for (int64_t s = 0; s < S; s++) gx[s] += k_dy * gy[s] + k_x * (row[s] - m) + k_0;
+            else
+                for (int64_t s = 0; s < S; s++) gx[s] = k_dy * gy[s] + k_x * (row[s] - m) + k_0;
+        }
+}
+
+/* x, grad_y and grad_x are (n, c, spatial); gamma is (c) or NULL; mean and invstd are (c), as
+ * forward left them; training selects the formula of the mode forward ran in. grad_x (or NULL)
+ * is overwritten, or added to with accumulate; grad_gamma and grad_beta (c), both or neither,
+ * likewise with accumulate_params. scratch holds 2 * c doubles. */
+void FN_T(fn_batch_norm_backward)(const real *x, const real *grad_y, const real *gamma,
+                                  const double *mean, const double *invstd, bool training,
+                                  real *grad_x, bool accumulate, real *grad_gamma,
+                                  real *grad_beta, bool accumulate_params, double *scratch,
+                                  int64_t n, int64_t c, int64_t spatial, int threads) {
+    if (!grad_x && !grad_gamma) return;
+    FN_T(bn_backward_args) args = {.x = x, .grad_y = grad_y, .gamma = gamma, .mean = mean,
+                                   .invstd = invstd, .training = training, .grad_x = grad_x,
+                                   .accumulate = accumulate, .grad_gamma = grad_gamma,
+                                   .grad_beta = grad_beta,
+                                   .accumulate_params = accumulate_params, .sum_dy = scratch,
+                                   .sum_dy_xhat = scratch + c, .n = n, .c = c,
+                                   .spatial = spatial};
+    int parts = fn_threads_for(2 * n * c * spatial, threads);
+    fn_run_team(parts < c ? parts : (int)c, FN_T(bn_backward_part), &args);
+}
+
+static fn_status FN_T(batch_norm_forward)(fn_node *node, const fn_model_ctx *ctx) {
+    int64_t c = node->attr.batch_norm.channels, spatial = node->out_size / c;
+    if (ctx->training && ctx->batch * spatial == 1) return single_value_error(node, ctx->batch);
+    bool affine = node->attr.batch_norm.affine;
+    int b = affine ? 2 : 0; /* the buffers follow weight and bias */
+    double momentum = node->attr.batch_norm.momentum;
+    if (ctx->training) {
+        real *tracked = (real *)node->param[b + 2];
+        *tracked += 1;
+        if (momentum < 0) momentum = 1 / (double)*tracked; /* cumulative average */
+    }
+    double *mean = (double *)node->saved;
+    FN_T(fn_batch_norm_forward)((const real *)node->in[0], (real *)node->out,
+                                affine ? (const real *)node->param[0] : NULL,
+                                affine ? (const real *)node->param[1] : NULL,
+                                (real *)node->param[b], (real *)node->param[b + 1], ctx->training,
+                                momentum, node->attr.batch_norm.eps, mean, mean + c, ctx->batch,
+                                c, spatial, ctx->threads);
+    return FN_OK;
+}
+
+static fn_status FN_T(batch_norm_backward)(fn_node *node, const fn_model_ctx *ctx) {
+    int64_t c = node->attr.batch_norm.channels, spatial = node->out_size / c;
+    bool affine = node->attr.batch_norm.affine;
+    const double *mean = (const double *)node->saved;
+    FN_T(fn_batch_norm_backward)((const real *)node->in[0], (const real *)node->grad_out,
+                                 affine ? (const real *)node->param[0] : NULL, mean, mean + c,
+                                 ctx->training, (real *)node->grad_in[0],
+                                 node->grad_in_accumulate[0],
+                                 affine ? (real *)node->grad[0] : NULL,
+                                 affine ? (real *)node->grad[1] : NULL,
+                                 ctx->accumulate_param_grads, (double *)ctx->workspace,
+                                 ctx->batch, c, spatial, ctx->threads);
+    return FN_OK;
+}
+
+#endif

@@ -1,0 +1,440 @@
+/* conv2d.c — 2-D convolution with PyTorch's nn.Conv2d semantics: input (N, C, H, W), weight
+ * (out_channels, in_channels / groups, kh, kw), optional bias (out_channels); stride, zero
+ * padding, dilation and groups.
+ *
+ * Each image and group is one GEMM, Y[g] (out/g, P) = W[g] (out/g, K) @ col (K, P), where col is
+ * the group's channels unrolled by fn_im2col: K = in/g * kh * kw rows, P = out_h * out_w columns.
+ * Threads take whole images, each with its own column buffer in the workspace and single-threaded
+ * GEMMs: every GEMM stays as large as the layer allows, and the columns are still in the thread's
+ * cache when its GEMM reads them. A batch smaller than the thread count (inference on one image)
+ * runs image after image instead, with im2col and the GEMM split over the threads.
+ *
+ * Backward recomputes the columns rather than keeping them from forward: they are kh * kw times
+ * the input's size, more memory than the rest of a network's activations. The weight and bias
+ * gradients are sums over images; each thread sums its own images into a private partial (thread
+ * 0 directly into the gradient) and the partials are added in thread order at the end, so the
+ * result depends on the thread count but never on scheduling.
+ */
+#ifndef FN_TEMPLATE_PASS
+#include "kernels.h"
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Sizes a spec may ask for are bounded like shapes (spec.c): far beyond any real layer, and small
+ * enough that products of a few of them cannot overflow int64. */
+#define CONV_MAX_ELEMENTS ((double)((int64_t)1 << 40))
+
+/* Reads `key` as a list of two integers [h, w] into out; when absent (or null) and not required,
+ * both are default_value. */
+static fn_status conv_get_pair(const fn_json *spec, const char *key, int required,
+                               int64_t default_value, int64_t out[2], const char *node_name) {
+    const fn_json *value = fn_json_get(spec, key);
+    if (!value || value->type == FN_JSON_NULL) {
+        if (required) return fn_error(FN_EINVAL, "node '%s': missing \"%s\"", node_name, key);
+        out[0] = out[1] = default_value;
+        return FN_OK;
+    }
+    int64_t pair[2];
+    if (value->type != FN_JSON_ARRAY || value->count != 2 ||
+        !fn_json_to_int64(&value->items[0], &pair[0]) ||
+        !fn_json_to_int64(&value->items[1], &pair[1]))
+        return fn_error(FN_EINVAL, "node '%s': \"%s\" must be a list of two integers [h, w]",
+                        node_name, key);
+    out[0] = pair[0];
+    out[1] = pair[1];
+    return FN_OK;
+}
+
+/* Checks that both values of a pair are in [low, 2^31). */
+static fn_status conv_check_pair(const fn_node *node, const char *layer, const char *key,
+                                 const int64_t pair[2], int64_t low) {
+    for (int d = 0; d < 2; d++)
+        if (pair[d] < low || pair[d] > INT32_MAX)
+            return fn_error(FN_EINVAL, "node '%s': %s needs %s in [%lld, 2^31), got [%lld, %lld]",
+                            node->name, layer, key, (long long)low, (long long)pair[0],
+                            (long long)pair[1]);
+    return FN_OK;
+}
+
+static fn_status conv_configure(fn_node *node, const fn_json *spec) {
+    int64_t in_channels, out_channels, groups;
+    int64_t kernel[2], stride[2], padding[2], dilation[2];
+    int bias;
+    FN_TRY(fn_json_get_int(spec, "in_channels", 1, 0, &in_channels, node->name));
+    FN_TRY(fn_json_get_int(spec, "out_channels", 1, 0, &out_channels, node->name));
+    FN_TRY(conv_get_pair(spec, "kernel_size", 1, 0, kernel, node->name));
+    FN_TRY(conv_get_pair(spec, "stride", 0, 1, stride, node->name));
+    FN_TRY(conv_get_pair(spec, "padding", 0, 0, padding, node->name));
+    FN_TRY(conv_get_pair(spec, "dilation", 0, 1, dilation, node->name));
+    FN_TRY(fn_json_get_int(spec, "groups", 0, 1, &groups, node->name));
+    FN_TRY(fn_json_get_bool(spec, "bias", 0, 1, &bias, node->name));
+
+    /* The layer as PyTorch prints it, for messages. */
+    char layer[160];
+    snprintf(layer, sizeof layer, "Conv2d(%lld, %lld, kernel_size=(%lld, %lld))",
+             (long long)in_channels, (long long)out_channels, (long long)kernel[0],
+             (long long)kernel[1]);
+    if (in_channels < 1 || out_channels < 1 || in_channels > INT32_MAX ||
+        out_channels > INT32_MAX)
+        return fn_error(FN_EINVAL, "node '%s': %s needs channel counts in [1, 2^31)", node->name,
+                        layer);
+    if (groups < 1 || groups > INT32_MAX || in_channels % groups || out_channels % groups)
+        return fn_error(FN_EINVAL,
+                        "node '%s': %s with groups=%lld: groups must be positive and divide both "
+                        "in_channels and out_channels",
+                        node->name, layer, (long long)groups);
+    FN_TRY(conv_check_pair(node, layer, "kernel_size", kernel, 1));
+    FN_TRY(conv_check_pair(node, layer, "stride", stride, 1));
+    FN_TRY(conv_check_pair(node, layer, "padding", padding, 0));
+    FN_TRY(conv_check_pair(node, layer, "dilation", dilation, 1));
+
+    const fn_shape *in = &node->in_shape[0];
+    char shape[64];
+    if (in->ndim != 3 || in->dim[0] != in_channels)
+        return fn_error(FN_EINVAL,
+                        "node '%s': %s expects input of shape (%lld, H, W) per sample, but its "
+                        "input has shape %s",
+                        node->name, layer, (long long)in_channels,
+                        fn_shape_str(in, shape, sizeof shape));
+    int64_t out_hw[2];
+    for (int d = 0; d < 2; d++) {
+        /* Every operand is below 2^31, so none of this overflows. */
+        int64_t padded = in->dim[1 + d] + 2 * padding[d];
+        int64_t extent = dilation[d] * (kernel[d] - 1) + 1; /* the dilated kernel's span */
+        if (padded < extent)
+            return fn_error(FN_EINVAL,
+                            "node '%s': %s: input of shape %s is too small: its %s padded to "
+                            "%lld is less than the (dilated) kernel's extent %lld",
+                            node->name, layer, fn_shape_str(in, shape, sizeof shape),
+                            d == 0 ? "height" : "width", (long long)padded, (long long)extent);
+        out_hw[d] = (padded - extent) / stride[d] + 1;
+    }
+    double k = (double)(in_channels / groups) * (double)kernel[0] * (double)kernel[1];
+    double plane = (double)out_hw[0] * (double)out_hw[1];
+    if ((double)out_channels * plane > CONV_MAX_ELEMENTS || k * plane > CONV_MAX_ELEMENTS ||
+        (double)out_channels * k > CONV_MAX_ELEMENTS)
+        return fn_error(FN_EINVAL, "node '%s': %s on input %s is too large", node->name, layer,
+                        fn_shape_str(in, shape, sizeof shape));
+
+    node->attr.conv.in_channels = in_channels;
+    node->attr.conv.out_channels = out_channels;
+    node->attr.conv.groups = groups;
+    node->attr.conv.bias = bias != 0;
+    for (int d = 0; d < 2; d++) {
+        node->attr.conv.kernel[d] = kernel[d];
+        node->attr.conv.stride[d] = stride[d];
+        node->attr.conv.padding[d] = padding[d];
+        node->attr.conv.dilation[d] = dilation[d];
+    }
+    node->out_shape = (fn_shape){3, {out_channels, out_hw[0], out_hw[1]}};
+    node->n_params = bias ? 2 : 1;
+    node->param_decl[0] = (fn_param_decl){
+        .name = "weight",
+        .shape = {4, {out_channels, in_channels / groups, kernel[0], kernel[1]}}};
+    if (bias)
+        node->param_decl[1] =
+            (fn_param_decl){.name = "bias", .shape = {1, {out_channels}}, .is_bias = true};
+    return FN_OK;
+}
+
+/* PyTorch's default: kaiming_uniform(a=sqrt(5)) on the weight, which is U(-1/sqrt(fan_in),
+ * 1/sqrt(fan_in)) with fan_in = in_channels / groups * kh * kw, and the same bound for the bias. */
+static void conv_init(fn_node *node, fn_dtype dtype, void *const params[], uint64_t seed) {
+    const fn_shape *w = &node->param_decl[0].shape;
+    int64_t fan_in = w->dim[1] * w->dim[2] * w->dim[3];
+    double bound = 1.0 / sqrt((double)fan_in);
+    for (int p = 0; p < node->n_params; p++) {
+        int64_t count = p == 0 ? w->dim[0] * fan_in : w->dim[0];
+        fn_fill_uniform(dtype, params[p], count, -bound, bound, seed, fn_param_stream(node, p));
+    }
+}
+
+/* The sizes every kernel of a node works with, from its attributes and shapes. */
+typedef struct {
+    int64_t channels, height, width;        /* input, per sample */
+    int64_t out_channels, out_h, out_w;     /* output, per sample */
+    int64_t groups, group_in, group_out;    /* channels per group, in and out */
+    int64_t k;                              /* rows of the column matrix: group_in * kh * kw */
+    int64_t plane;                          /* its columns: out_h * out_w */
+    /* 1x1, stride 1, no padding: each group's input planes are its column matrix already. */
+    bool pointwise;
+} conv_geometry;
+
+static conv_geometry conv_geometry_of(const fn_node *node) {
+    conv_geometry g;
+    g.channels = node->in_shape[0].dim[0];
+    g.height = node->in_shape[0].dim[1];
+    g.width = node->in_shape[0].dim[2];
+    g.out_channels = node->out_shape.dim[0];
+    g.out_h = node->out_shape.dim[1];
+    g.out_w = node->out_shape.dim[2];
+    g.groups = node->attr.conv.groups;
+    g.group_in = g.channels / g.groups;
+    g.group_out = g.out_channels / g.groups;
+    g.k = g.group_in * node->attr.conv.kernel[0] * node->attr.conv.kernel[1];
+    g.plane = g.out_h * g.out_w;
+    /* Dilation does not matter for a 1x1 kernel. */
+    g.pointwise = node->attr.conv.kernel[0] == 1 && node->attr.conv.kernel[1] == 1 &&
+                  node->attr.conv.stride[0] == 1 && node->attr.conv.stride[1] == 1 &&
+                  node->attr.conv.padding[0] == 0 && node->attr.conv.padding[1] == 0;
+    return g;
+}
+
+/* How a batch is shared: `parts` threads take whole images with single-threaded kernels, or, for
+ * a batch smaller than the thread count, one part runs kernels on `inner_threads` threads. Each
+ * part has a workspace slice of `slice_bytes`: its column buffer (col_bytes), then its partial
+ * weight and bias gradients (used by parts 1 and up). */
+typedef struct {
+    int parts, inner_threads;
+    size_t col_bytes, slice_bytes;
+} conv_plan;
+
+static size_t conv_round64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
+
+static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads,
+                              size_t elem_size) {
+    conv_plan plan;
+    /* Multiply-adds of one pass, in double: the product can pass 2^63 for absurd (valid) sizes.
+     * Below FN_PARALLEL_GRAIN per thread, a thread costs more to wake than it saves. */
+    double work = (double)batch * (double)g->out_channels * (double)g->k * (double)g->plane;
+    int useful = work / FN_PARALLEL_GRAIN >= threads ? threads
+                 : work < FN_PARALLEL_GRAIN         ? 1
+                                                    : (int)(work / FN_PARALLEL_GRAIN);
+    if (batch >= useful) {
+        plan.parts = useful;
+        plan.inner_threads = 1;
+    } else {
+        plan.parts = 1;
+        plan.inner_threads = threads;
+    }
+    plan.col_bytes = g->pointwise ? 0 : conv_round64((size_t)(g->k * g->plane) * elem_size);
+    size_t partial = plan.parts > 1 ? (size_t)(g->out_channels * g->k + g->out_channels) : 0;
+    plan.slice_bytes = plan.col_bytes + conv_round64(partial * elem_size);
+    return plan;
+}
+
+/* Per-part column buffers and (for backward) weight and bias gradient partials. */
+static size_t conv_workspace(const fn_node *node, int64_t batch, int threads, size_t elem_size) {
+    conv_geometry g = conv_geometry_of(node);
+    conv_plan plan = conv_plan_of(&g, batch, threads, elem_size);
+    return (size_t)plan.parts * plan.slice_bytes;
+}
+
+static fn_status conv_check_workspace(const fn_node *node, const fn_model_ctx *ctx,
+                                      const conv_plan *plan) {
+    if ((size_t)plan->parts * plan->slice_bytes > ctx->workspace_size)
+        return fn_error(FN_ESTATE, "node '%s': workspace of %zu bytes planned, %zu needed",
+                        node->name, ctx->workspace_size, (size_t)plan->parts * plan->slice_bytes);
+    return FN_OK;
+}
+
+static fn_status conv_forward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status conv_forward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status conv_backward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status conv_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+
+const fn_op fn_op_conv2d = {
+    .type = "conv2d",
+    .min_inputs = 1,
+    .max_inputs = 1,
+    .configure = conv_configure,
+    .init = conv_init,
+    .workspace = conv_workspace,
+    .forward = {conv_forward_f32, conv_forward_f64},
+    .backward = {conv_backward_f32, conv_backward_f64},
+};
+
+#define FN_TEMPLATE_FILE "conv2d.c"
+#include "template.h"
+
+#else /* templated half */
+
+/* One forward or backward pass, as handed to each part. */
+typedef struct {
+    const fn_node *node;
+    conv_geometry g;
+    conv_plan plan;
+    int64_t batch;
+    const real *x, *weight, *bias, *grad_y;
+    real *y, *grad_x, *grad_weight, *grad_bias;
+    bool grad_x_accumulate, grad_param_accumulate;
+    char *workspace;
+    int parts_run; /* backward: the parts the team really ran, set by part 0 */
+} FN_T(conv_job);
+
+/* The column matrix (k, plane) of group `group` of one image x (channels, height, width): the
+ * image's own planes when pointwise, else fn_im2col into col. */
+static const real *FN_T(conv_columns)(const FN_T(conv_job) *job, const real *x, int64_t group,
+                                      real *col) {
+    const conv_geometry *g = &job->g;
+    const real *planes = x + group * g->group_in * g->height * g->width;
+    if (g->pointwise) return planes;
+    FN_T(fn_im2col)(planes, g->group_in, g->height, g->width, job->node->attr.conv.kernel,
+                    job->node->attr.conv.stride, job->node->attr.conv.padding,
+                    job->node->attr.conv.dilation, col, job->plan.inner_threads);
+    return col;
+}
+
+/* Part `id` of `parts`: its share of the images of x (batch, channels, height, width) ->
+ * y (batch, out_channels, out_h, out_w) = weight (out_channels, k) per group @ columns + bias. */
+static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
+    const FN_T(conv_job) *job = arg;
+    const conv_geometry *g = &job->g;
+    int64_t first, end;
+    fn_partition(job->batch, parts, id, &first, &end);
+    real *col = (real *)(job->workspace + (size_t)id * job->plan.slice_bytes);
+    for (int64_t n = first; n < end; n++) {
+        const real *x = job->x + n * g->channels * g->height * g->width;
+        real *y = job->y + n * g->out_channels * g->plane;
+        for (int64_t group = 0; group < g->groups; group++) {
+            const real *columns = FN_T(conv_columns)(job, x, group, col);
+            real *y_group = y + group * g->group_out * g->plane; /* (group_out, plane) */
+            real beta = 0;
+            if (job->bias) {
+                /* Seeding y with the bias lets the GEMM add the product in its own pass. */
+                for (int64_t o = 0; o < g->group_out; o++) {
+                    real b = job->bias[group * g->group_out + o];
+                    real *row = y_group + o * g->plane;
+                    for (int64_t p = 0; p < g->plane; p++) row[p] = b;
+                }
+                beta = 1;
+            }
+            FN_T(fn_gemm)(false, false, g->group_out, g->plane, g->k, 1,
+                          job->weight + group * g->group_out * g->k, g->k, columns, g->plane, beta,
+                          y_group, g->plane, job->plan.inner_threads);
+        }
+    }
+}
+
+/* Part `id` of `parts`, for its share of the images, with x and grad_y as in forward:
+ *   weight gradient (out_channels, k) += grad_y per group (group_out, plane) @ columns^T, and bias
+ *     gradient (out_channels) += grad_y summed over the plane, into the gradient itself for part
+ *     0 (overwriting it unless grad_param_accumulate) and into the part's partial for the others;
+ *   grad_x (batch, channels, height, width), if not NULL, = or += col2im(weight^T @ grad_y) per
+ *     group. */
+static void FN_T(conv_backward_part)(int id, int parts, void *arg) {
+    FN_T(conv_job) *job = arg;
+    const conv_geometry *g = &job->g;
+    if (id == 0) job->parts_run = parts;
+    int64_t first, end;
+    fn_partition(job->batch, parts, id, &first, &end);
+    char *slice = job->workspace + (size_t)id * job->plan.slice_bytes;
+    real *col = (real *)slice;
+    real *grad_weight = job->grad_weight, *grad_bias = job->grad_bias;
+    bool add = job->grad_param_accumulate;
+    if (id > 0) {
+        grad_weight = (real *)(slice + job->plan.col_bytes);
+        grad_bias = job->grad_bias ? grad_weight + g->out_channels * g->k : NULL;
+        add = false;
+    }
+    if (first == end && !add) { /* no images: the part still contributes its zeros */
+        for (int64_t i = 0; i < g->out_channels * g->k; i++) grad_weight[i] = 0;
+        if (grad_bias)
+            for (int64_t o = 0; o < g->out_channels; o++) grad_bias[o] = 0;
+    }
+    const int64_t image_size = g->channels * g->height * g->width;
+    const int64_t group_size = g->group_in * g->height * g->width;
+    const int inner = job->plan.inner_threads;
+    for (int64_t n = first; n < end; n++) {
+        const real *x = job->x + n * image_size;
+        const real *grad_y = job->grad_y + n * g->out_channels * g->plane;
+        for (int64_t group = 0; group < g->groups; group++) {
+            const real *columns = FN_T(conv_columns)(job, x, group, col);
+            const real *grad_y_group = grad_y + group * g->group_out * g->plane;
+            const real *weight_group = job->weight + group * g->group_out * g->k;
+            FN_T(fn_gemm)(false, true, g->group_out, g->k, g->plane, 1, grad_y_group, g->plane,
+                          columns, g->plane, add ? 1 : 0, grad_weight + group * g->group_out * g->k,
+                          g->k, inner);
+            if (grad_bias) {
+                for (int64_t o = 0; o < g->group_out; o++) {
+                    const real *row = grad_y_group + o * g->plane;
+                    real sum = 0;
+                    for (int64_t p = 0; p < g->plane; p++) sum += row[p];
+                    real *b = &grad_bias[group * g->group_out + o];
+                    *b = add ? *b + sum : sum;
+                }
+            }
+            if (!job->grad_x) continue;
+            real *grad_x = job->grad_x + n * image_size + group * group_size;
+            if (g->pointwise) {
+                /* The column gradient is the input gradient itself. */
+                FN_T(fn_gemm)(true, false, g->group_in, g->plane, g->group_out, 1, weight_group,
+                              g->k, grad_y_group, g->plane, job->grad_x_accumulate ? 1 : 0,
+                              grad_x, g->plane, inner);
+            } else {
+                /* The columns of this group are no longer needed: their buffer takes the column
+                 * gradient (k, plane). */
+                FN_T(fn_gemm)(true, false, g->k, g->plane, g->group_out, 1, weight_group, g->k,
+                              grad_y_group, g->plane, 0, col, g->plane, inner);
+                FN_T(fn_col2im)(col, g->group_in, g->height, g->width, job->node->attr.conv.kernel,
+                                job->node->attr.conv.stride, job->node->attr.conv.padding,
+                                job->node->attr.conv.dilation, grad_x, job->grad_x_accumulate,
+                                inner);
+            }
+        }
+        add = true; /* later images add to what the first one wrote */
+    }
+}
+
+static FN_T(conv_job) FN_T(conv_job_of)(fn_node *node, const fn_model_ctx *ctx) {
+    FN_T(conv_job) job;
+    memset(&job, 0, sizeof job);
+    job.node = node;
+    job.g = conv_geometry_of(node);
+    job.plan = conv_plan_of(&job.g, ctx->batch, ctx->threads, sizeof(real));
+    job.batch = ctx->batch;
+    job.x = (const real *)node->in[0];
+    job.weight = (const real *)node->param[0];
+    job.workspace = ctx->workspace;
+    return job;
+}
+
+static fn_status FN_T(conv_forward)(fn_node *node, const fn_model_ctx *ctx) {
+    FN_T(conv_job) job = FN_T(conv_job_of)(node, ctx);
+    FN_TRY(conv_check_workspace(node, ctx, &job.plan));
+    job.bias = node->attr.conv.bias ? (const real *)node->param[1] : NULL;
+    job.y = (real *)node->out;
+    fn_run_team(job.plan.parts, FN_T(conv_forward_part), &job);
+    return FN_OK;
+}
+
+static fn_status FN_T(conv_backward)(fn_node *node, const fn_model_ctx *ctx) {
+    FN_T(conv_job) job = FN_T(conv_job_of)(node, ctx);
+    FN_TRY(conv_check_workspace(node, ctx, &job.plan));
+    job.grad_y = (const real *)node->grad_out;
+    job.grad_x = (real *)node->grad_in[0];
+    job.grad_x_accumulate = node->grad_in_accumulate[0];
+    job.grad_weight = (real *)node->grad[0];
+    job.grad_bias = node->attr.conv.bias ? (real *)node->grad[1] : NULL;
+    job.grad_param_accumulate = ctx->accumulate_param_grads;
+    job.parts_run = 1;
+    fn_run_team(job.plan.parts, FN_T(conv_backward_part), &job);
+
+    /* Adds the partials of parts 1 and up to part 0's sums, element by element in part order.
+     * A slice holds the weight partial followed by the bias partial, read here as one array of
+     * `count` elements. */
+    const conv_geometry *g = &job.g;
+    const int parts = job.parts_run;
+    if (parts < 2) return FN_OK;
+    const int64_t weight_count = g->out_channels * g->k;
+    const int64_t count = weight_count + (job.grad_bias ? g->out_channels : 0);
+    const char *partials = job.workspace + job.plan.col_bytes;
+    const size_t stride = job.plan.slice_bytes;
+    real *grad_weight = job.grad_weight, *grad_bias = job.grad_bias;
+    int t = fn_threads_for(count * (parts - 1), ctx->threads);
+    FN_PARALLEL_LOOP(t, i, count, {
+        real sum = i < weight_count ? grad_weight[i] : grad_bias[i - weight_count];
+        for (int p = 1; p < parts; p++) sum += ((const real *)(partials + (size_t)p * stride))[i];
+        if (i < weight_count) {
+            grad_weight[i] = sum;
+        } else {
+            grad_bias[i - weight_count] = sum;
+        }
+    });
+    return FN_OK;
+}
+
+#endif /* FN_TEMPLATE_PASS */

@@ -1,0 +1,436 @@
+/* pool.c — 2-D pooling: max_pool2d, avg_pool2d (PyTorch's MaxPool2d, AvgPool2d) and
+ * global_avg_pool2d (AdaptiveAvgPool2d(1)).
+ *
+ * The windowed pools share one shape rule (floor mode):
+ *     out = (in + 2 * padding - kernel) / stride + 1
+ * and PyTorch's limit padding <= kernel / 2, which guarantees that every window overlaps the
+ * input. With that limit and floor mode no window reaches past the padded border, so avg_pool2d's
+ * divisor (count_include_pad=True) is always kernel_h * kernel_w.
+ *
+ * Each (sample, channel) plane is independent and is handled whole by one thread, so the results,
+ * including the overlapping scatter of the backward passes, do not depend on the thread count.
+ */
+#ifndef FN_TEMPLATE_PASS
+#include "kernels.h"
+#include "model.h"
+
+/* Reads a pair attribute given as an integer (both dimensions) or a list of two integers; an
+ * absent or null attribute gives `fallback`, or fails when there is none. */
+static fn_status read_pair(const fn_node *node, const fn_json *spec, const char *key,
+                           const int64_t *fallback, int64_t out[2]) {
+    const fn_json *value = fn_json_get(spec, key);
+    if (!value || value->type == FN_JSON_NULL) {
+        if (!fallback)
+            return fn_error(FN_EINVAL, "node '%s': %s needs \"%s\"", node->name, node->op->type,
+                            key);
+        out[0] = fallback[0];
+        out[1] = fallback[1];
+        return FN_OK;
+    }
+    if (fn_json_to_int64(value, &out[0])) {
+        out[1] = out[0];
+        return FN_OK;
+    }
+    if (value->type == FN_JSON_ARRAY && value->count == 2 &&
+        fn_json_to_int64(&value->items[0], &out[0]) && fn_json_to_int64(&value->items[1], &out[1]))
+        return FN_OK;
+    return fn_error(FN_EINVAL, "node '%s': %s \"%s\" must be an integer or a list of 2 integers",
+                    node->name, node->op->type, key);
+}
+
+static fn_status check_image_input(const fn_node *node) {
+    if (node->in_shape[0].ndim != 3) {
+        char buf[64];
+        return fn_error(FN_EINVAL,
+                        "node '%s': %s expects a (C, H, W) input per sample, but its input has "
+                        "shape %s",
+                        node->name, node->op->type,
+                        fn_shape_str(&node->in_shape[0], buf, sizeof buf));
+    }
+    return FN_OK;
+}
+
+/* Output size along one dimension (floor mode); configure made sure it is at least 1. */
+static inline int64_t pool_out(int64_t in, int64_t kernel, int64_t stride, int64_t padding) {
+    return (in + 2 * padding - kernel) / stride + 1;
+}
+
+/* The input rows [*r0, *r1) under output row i. Never empty: padding <= kernel / 2. */
+static inline void pool_rows(int64_t i, int64_t h, int64_t kernel, int64_t stride,
+                             int64_t padding, int64_t *r0, int64_t *r1) {
+    int64_t start = i * stride - padding;
+    *r0 = start > 0 ? start : 0;
+    *r1 = start + kernel < h ? start + kernel : h;
+}
+
+/* The outputs [*lo, *hi) (of ow) whose window column b, input column j * stride - padding + b,
+ * lies inside [0, w). */
+static inline void pool_columns(int64_t b, int64_t w, int64_t ow, int64_t stride,
+                                int64_t padding, int64_t *lo, int64_t *hi) {
+    int64_t first = padding - b, last = w - 1 + padding - b;
+    *lo = first > 0 ? (first + stride - 1) / stride : 0;
+    *hi = last < 0 ? 0 : last / stride + 1;
+    if (*hi > ow) *hi = ow;
+    if (*lo > *hi) *lo = *hi;
+}
+
+static fn_status pool_configure(fn_node *node, const fn_json *spec) {
+    FN_TRY(check_image_input(node));
+    int64_t *kernel = node->attr.pool.kernel, *stride = node->attr.pool.stride,
+            *padding = node->attr.pool.padding;
+    const int64_t none[2] = {0, 0};
+    const char *type = node->op->type;
+    FN_TRY(read_pair(node, spec, "kernel_size", NULL, kernel));
+    if (kernel[0] < 1 || kernel[1] < 1 || kernel[0] > INT32_MAX || kernel[1] > INT32_MAX)
+        return fn_error(FN_EINVAL,
+                        "node '%s': %s needs \"kernel_size\" in [1, 2^31), got (%lld, %lld)",
+                        node->name, type, (long long)kernel[0], (long long)kernel[1]);
+    FN_TRY(read_pair(node, spec, "stride", kernel, stride)); /* PyTorch: stride=None is kernel */
+    FN_TRY(read_pair(node, spec, "padding", none, padding));
+    if (stride[0] < 1 || stride[1] < 1 || stride[0] > INT32_MAX || stride[1] > INT32_MAX)
+        return fn_error(FN_EINVAL, "node '%s': %s needs \"stride\" in [1, 2^31), got (%lld, %lld)",
+                        node->name, type, (long long)stride[0], (long long)stride[1]);
+    if (padding[0] < 0 || padding[1] < 0 || padding[0] > kernel[0] / 2 ||
+        padding[1] > kernel[1] / 2)
+        return fn_error(FN_EINVAL,
+                        "node '%s': %s padding (%lld, %lld) must be non-negative and at most half "
+                        "the kernel size (%lld, %lld)",
+                        node->name, type, (long long)padding[0], (long long)padding[1],
+                        (long long)kernel[0], (long long)kernel[1]);
+    const fn_shape *in = &node->in_shape[0];
+    int64_t out[2];
+    for (int d = 0; d < 2; d++) {
+        int64_t padded = in->dim[1 + d] + 2 * padding[d];
+        if (padded < kernel[d]) {
+            char buf[64];
+            return fn_error(FN_EINVAL,
+                            "node '%s': %s kernel (%lld, %lld) with padding (%lld, %lld) is "
+                            "larger than its input %s: the output would be empty",
+                            node->name, type, (long long)kernel[0], (long long)kernel[1],
+                            (long long)padding[0], (long long)padding[1],
+                            fn_shape_str(in, buf, sizeof buf));
+        }
+        out[d] = pool_out(in->dim[1 + d], kernel[d], stride[d], padding[d]);
+    }
+    node->out_shape = (fn_shape){3, {in->dim[0], out[0], out[1]}};
+    node->n_params = 0;
+    return FN_OK;
+}
+
+static fn_status global_avg_pool_configure(fn_node *node, const fn_json *spec) {
+    (void)spec;
+    FN_TRY(check_image_input(node));
+    node->out_shape = (fn_shape){3, {node->in_shape[0].dim[0], 1, 1}};
+    node->n_params = 0;
+    return FN_OK;
+}
+
+static fn_status max_pool_forward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status max_pool_forward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status max_pool_backward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status max_pool_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status avg_pool_forward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status avg_pool_forward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status avg_pool_backward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status avg_pool_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status global_avg_pool_forward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status global_avg_pool_forward_f64(fn_node *node, const fn_model_ctx *ctx);
+static fn_status global_avg_pool_backward_f32(fn_node *node, const fn_model_ctx *ctx);
+static fn_status global_avg_pool_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+
+const fn_op fn_op_max_pool2d = {
+    .type = "max_pool2d",
+    .min_inputs = 1,
+    .max_inputs = 1,
+    .configure = pool_configure,
+    .forward = {max_pool_forward_f32, max_pool_forward_f64},
+    .backward = {max_pool_backward_f32, max_pool_backward_f64},
+};
+
+const fn_op fn_op_avg_pool2d = {
+    .type = "avg_pool2d",
+    .min_inputs = 1,
+    .max_inputs = 1,
+    .configure = pool_configure,
+    .forward = {avg_pool_forward_f32, avg_pool_forward_f64},
+    .backward = {avg_pool_backward_f32, avg_pool_backward_f64},
+};
+
+const fn_op fn_op_global_avg_pool2d = {
+    .type = "global_avg_pool2d",
+    .min_inputs = 1,
+    .max_inputs = 1,
+    .configure = global_avg_pool_configure,
+    .forward = {global_avg_pool_forward_f32, global_avg_pool_forward_f64},
+    .backward = {global_avg_pool_backward_f32, global_avg_pool_backward_f64},
+};
+
+/* Whether v replaces best as a window's maximum: when it is larger, or when it is the first NaN
+ * (a NaN counts as the maximum, so that it propagates as in PyTorch). A select, not a branch:
+ * on real data the outcome is a coin flip, and the loops below vectorise. */
+#define FN_POOL_TAKES(v, best) ((v) > (best) || ((v) != (v) && (best) == (best)))
+
+/* Outputs handled together by max pool's backward, whose running maxima live on the stack. */
+#define FN_POOL_BLOCK 256
+
+#define FN_TEMPLATE_FILE "pool.c"
+#include "template.h"
+
+#else /* templated half */
+
+/* The loops below run, for one output row, over the window's input rows r, then its columns b,
+ * then all the outputs j whose column b lies inside the input (pool_columns): a strided pass
+ * along contiguous rows that vectorises, where a loop over each output's own window would not.
+ * Each output still meets its window's elements in row-major order, so "first maximum" keeps
+ * its meaning. */
+
+/* One (h, w) plane to its (oh, ow) maximum. */
+static void FN_T(max_pool_plane)(const real *plane, real *out, int64_t h, int64_t w, int64_t oh,
+                                 int64_t ow, const int64_t kernel[2], const int64_t stride[2],
+                                 const int64_t padding[2]) {
+    for (int64_t i = 0; i < oh; i++) {
+        int64_t h0, h1;
+        pool_rows(i, h, kernel[0], stride[0], padding[0], &h0, &h1);
+        real *o = out + i * ow;
+        for (int64_t j = 0; j < ow; j++) o[j] = -INFINITY;
+        for (int64_t r = h0; r < h1; r++)
+            for (int64_t b = 0; b < kernel[1]; b++) {
+                int64_t lo, hi, shift = b - padding[1];
+                pool_columns(b, w, ow, stride[1], padding[1], &lo, &hi);
+                const real *row = plane + r * w;
+                for (int64_t j = lo; j < hi; j++) {
+                    real v = row[j * stride[1] + shift];
+                    o[j] = FN_POOL_TAKES(v, o[j]) ? v : o[j];
+                }
+            }
+    }
+}
+
+/* One plane of max pool's backward: each output's gradient is added at the first maximal
+ * element of its window. */
+static void FN_T(max_pool_backward_plane)(const real *plane, const real *grad_y, real *grad_x,
+                                          int64_t h, int64_t w, int64_t oh, int64_t ow,
+                                          const int64_t kernel[2], const int64_t stride[2],
+                                          const int64_t padding[2]) {
+    real best[FN_POOL_BLOCK];
+    int64_t where[FN_POOL_BLOCK];
+    for (int64_t i = 0; i < oh; i++) {
+        int64_t h0, h1;
+        pool_rows(i, h, kernel[0], stride[0], padding[0], &h0, &h1);
+        for (int64_t j0 = 0; j0 < ow; j0 += FN_POOL_BLOCK) {
+            int64_t j1 = ow - j0 < FN_POOL_BLOCK ? ow : j0 + FN_POOL_BLOCK;
+            /* Start from the window's first element (a window is never empty), so that an
+             * index is set even when every value is -inf. */
+            for (int64_t j = j0; j < j1; j++) {
+                int64_t col = j * stride[1] - padding[1];
+                where[j - j0] = h0 * w + (col > 0 ? col : 0);
+                best[j - j0] = plane[where[j - j0]];
+            }
+            for (int64_t r = h0; r < h1; r++)
+                for (int64_t b = 0; b < kernel[1]; b++) {
+                    int64_t lo, hi, shift = b - padding[1];
+                    pool_columns(b, w, ow, stride[1], padding[1], &lo, &hi);
+                    lo = lo > j0 ? lo : j0;
+                    hi = hi < j1 ? hi : j1;
+                    const real *row = plane + r * w;
+                    for (int64_t j = lo; j < hi; j++) {
+                        int64_t at = j * stride[1] + shift;
+                        bool take = FN_POOL_TAKES(row[at], best[j - j0]);
+                        best[j - j0] = take ? row[at] : best[j - j0];
+                        where[j - j0] = take ? r * w + at : where[j - j0];
+                    }
+                }
+            /* In order: overlapping windows may share their maximum. */
+            for (int64_t j = j0; j < j1; j++) grad_x[where[j - j0]] += grad_y[i * ow + j];
+        }
+    }
+}
+
+/* x is (n, c, h, w), y is (n, c, oh, ow) with oh, ow from the floor-mode rule. */
+void FN_T(fn_max_pool2d_forward)(const real *x, real *y, int64_t n, int64_t c, int64_t h,
+                                 int64_t w, const int64_t kernel[2], const int64_t stride[2],
+                                 const int64_t padding[2], int threads) {
+    int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
+    int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
+    int t = fn_threads_for(n * c * oh * ow * kernel[0] * kernel[1], threads);
+    FN_PARALLEL_LOOP(t, p, n * c, {
+        FN_T(max_pool_plane)(x + p * h * w, y + p * oh * ow, h, w, oh, ow, kernel, stride,
+                             padding);
+    });
+}
+
+/* x and grad_x are (n, c, h, w), grad_y is (n, c, oh, ow). Each output's gradient goes to the
+ * first maximal element of its window, found again from x (forward saves nothing). grad_x is
+ * overwritten, or added to with accumulate. */
+void FN_T(fn_max_pool2d_backward)(const real *x, const real *grad_y, real *grad_x,
+                                  bool accumulate, int64_t n, int64_t c, int64_t h, int64_t w,
+                                  const int64_t kernel[2], const int64_t stride[2],
+                                  const int64_t padding[2], int threads) {
+    int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
+    int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
+    int t = fn_threads_for(n * c * oh * ow * kernel[0] * kernel[1], threads);
+    FN_PARALLEL_LOOP(t, p, n * c, {
+        real *gx = grad_x + p * h * w;
+        /* Gradients are summed into the plane (windows may overlap): clear it first unless
+         * another consumer's gradient is already there. */
+        if (!accumulate)
+            for (int64_t i = 0; i < h * w; i++) gx[i] = 0;
+        FN_T(max_pool_backward_plane)(x + p * h * w, grad_y + p * oh * ow, gx, h, w, oh, ow,
+                                      kernel, stride, padding);
+    });
+}
+
+/* x is (n, c, h, w), y is (n, c, oh, ow): the window's sum (padding counts as zeros) over
+ * kernel_h * kernel_w. */
+void FN_T(fn_avg_pool2d_forward)(const real *x, real *y, int64_t n, int64_t c, int64_t h,
+                                 int64_t w, const int64_t kernel[2], const int64_t stride[2],
+                                 const int64_t padding[2], int threads) {
+    int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
+    int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
+    real inv_area = (real)(1.0 / (double)(kernel[0] * kernel[1]));
+    int t = fn_threads_for(n * c * oh * ow * kernel[0] * kernel[1], threads);
+    FN_PARALLEL_LOOP(t, p, n * c, {
+        const real *plane = x + p * h * w;
+        for (int64_t i = 0; i < oh; i++) {
+            int64_t h0, h1;
+            pool_rows(i, h, kernel[0], stride[0], padding[0], &h0, &h1);
+            real *o = y + (p * oh + i) * ow;
+            for (int64_t j = 0; j < ow; j++) o[j] = 0;
+            for (int64_t r = h0; r < h1; r++)
+                for (int64_t b = 0; b < kernel[1]; b++) {
+                    int64_t lo, hi, shift = b - padding[1];
+                    pool_columns(b, w, ow, stride[1], padding[1], &lo, &hi);
+                    const real *row = plane + r * w;
+                    for (int64_t j = lo; j < hi; j++) o[j] += row[j * stride[1] + shift];
+                }
+            for (int64_t j = 0; j < ow; j++) o[j] *= inv_area;
+        }
+    });
+}
+
+/* grad_y is (n, c, oh, ow), grad_x is (n, c, h, w): each output's gradient over
+ * kernel_h * kernel_w, added to the window's elements inside the input. grad_x is overwritten,
+ * or added to with accumulate. */
+void FN_T(fn_avg_pool2d_backward)(const real *grad_y, real *grad_x, bool accumulate, int64_t n,
+                                  int64_t c, int64_t h, int64_t w, const int64_t kernel[2],
+                                  const int64_t stride[2], const int64_t padding[2],
+                                  int threads) {
+    int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
+    int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
+    real inv_area = (real)(1.0 / (double)(kernel[0] * kernel[1]));
+    int t = fn_threads_for(n * c * oh * ow * kernel[0] * kernel[1], threads);
+    FN_PARALLEL_LOOP(t, p, n * c, {
+        real *gx = grad_x + p * h * w;
+        /* Overlapping windows sum into the plane; see max pool. */
+        if (!accumulate)
+            for (int64_t i = 0; i < h * w; i++) gx[i] = 0;
+        for (int64_t i = 0; i < oh; i++) {
+            int64_t h0, h1;
+            pool_rows(i, h, kernel[0], stride[0], padding[0], &h0, &h1);
+            const real *g = grad_y + (p * oh + i) * ow;
+            for (int64_t r = h0; r < h1; r++)
+                for (int64_t b = 0; b < kernel[1]; b++) {
+                    int64_t lo, hi, shift = b - padding[1];
+                    pool_columns(b, w, ow, stride[1], padding[1], &lo, &hi);
+                    real *row = gx + r * w;
+                    /* Distinct j write distinct columns, so this pass vectorises too. */
+                    for (int64_t j = lo; j < hi; j++) row[j * stride[1] + shift] += g[j] * inv_area;
+                }
+        }
+    });
+}
+
+/* The sum of a row of `count` values in double, over 8 independent partial sums: one running
+ * sum would wait on each addition's latency, and reordering a floating-point sum is not the
+ * compiler's to do. The order is fixed by `count` alone. */
+static inline double FN_T(pool_row_sum)(const real *row, int64_t count) {
+    double lane[8] = {0}, sum = 0;
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8)
+        for (int l = 0; l < 8; l++) lane[l] += row[i + l];
+    for (; i < count; i++) sum += row[i];
+    for (int l = 0; l < 8; l++) sum += lane[l];
+    return sum;
+}
+
+/* x is (planes, area), y is (planes): the mean of each plane, summed in double. */
+void FN_T(fn_global_avg_pool2d_forward)(const real *x, real *y, int64_t planes, int64_t area,
+                                        int threads) {
+    int t = fn_threads_for(planes * area, threads);
+    double inv_area = 1.0 / (double)area;
+    FN_PARALLEL_LOOP(t, p, planes, {
+        y[p] = (real)(FN_T(pool_row_sum)(x + p * area, area) * inv_area);
+    });
+}
+
+/* grad_y is (planes), grad_x is (planes, area) = grad_y / area broadcast over each plane;
+ * overwritten, or added to with accumulate. */
+void FN_T(fn_global_avg_pool2d_backward)(const real *grad_y, real *grad_x, bool accumulate,
+                                         int64_t planes, int64_t area, int threads) {
+    int t = fn_threads_for(planes * area, threads);
+    real inv_area = (real)(1.0 / (double)area);
+    FN_PARALLEL_LOOP(t, p, planes, {
+        real g = grad_y[p] * inv_area;
+        real *gx = grad_x + p * area;
+        if (accumulate)
+            for (int64_t i = 0; i < area; i++) gx[i] += g;
+        else
+            for (int64_t i = 0; i < area; i++) gx[i] = g;
+    });
+}
+
+static fn_status FN_T(max_pool_forward)(fn_node *node, const fn_model_ctx *ctx) {
+    const fn_shape *in = &node->in_shape[0];
+    FN_T(fn_max_pool2d_forward)((const real *)node->in[0], (real *)node->out, ctx->batch,
+                                in->dim[0], in->dim[1], in->dim[2], node->attr.pool.kernel,
+                                node->attr.pool.stride, node->attr.pool.padding, ctx->threads);
+    return FN_OK;
+}
+
+static fn_status FN_T(max_pool_backward)(fn_node *node, const fn_model_ctx *ctx) {
+    if (!node->grad_in[0]) return FN_OK;
+    const fn_shape *in = &node->in_shape[0];
+    FN_T(fn_max_pool2d_backward)((const real *)node->in[0], (const real *)node->grad_out,
+                                 (real *)node->grad_in[0], node->grad_in_accumulate[0],
+                                 ctx->batch, in->dim[0], in->dim[1], in->dim[2],
+                                 node->attr.pool.kernel, node->attr.pool.stride,
+                                 node->attr.pool.padding, ctx->threads);
+    return FN_OK;
+}
+
+static fn_status FN_T(avg_pool_forward)(fn_node *node, const fn_model_ctx *ctx) {
+    const fn_shape *in = &node->in_shape[0];
+    FN_T(fn_avg_pool2d_forward)((const real *)node->in[0], (real *)node->out, ctx->batch,
+                                in->dim[0], in->dim[1], in->dim[2], node->attr.pool.kernel,
+                                node->attr.pool.stride, node->attr.pool.padding, ctx->threads);
+    return FN_OK;
+}
+
+static fn_status FN_T(avg_pool_backward)(fn_node *node, const fn_model_ctx *ctx) {
+    if (!node->grad_in[0]) return FN_OK;
+    const fn_shape *in = &node->in_shape[0];
+    FN_T(fn_avg_pool2d_backward)((const real *)node->grad_out, (real *)node->grad_in[0],
+                                 node->grad_in_accumulate[0], ctx->batch, in->dim[0], in->dim[1],
+                                 in->dim[2], node->attr.pool.kernel, node->attr.pool.stride,
+                                 node->attr.pool.padding, ctx->threads);
+    return FN_OK;
+}
+
+static fn_status FN_T(global_avg_pool_forward)(fn_node *node, const fn_model_ctx *ctx) {
+    const fn_shape *in = &node->in_shape[0];
+    FN_T(fn_global_avg_pool2d_forward)((const real *)node->in[0], (real *)node->out,
+                                       ctx->batch * in->dim[0], in->dim[1] * in->dim[2],
+                                       ctx->threads);
+    return FN_OK;
+}
+
+static fn_status FN_T(global_avg_pool_backward)(fn_node *node, const fn_model_ctx *ctx) {
+    if (!node->grad_in[0]) return FN_OK;
+    const fn_shape *in = &node->in_shape[0];
+    FN_T(fn_global_avg_pool2d_backward)((const real *)node->grad_out, (real *)node->grad_in[0],
+                                        node->grad_in_accumulate[0], ctx->batch * in->dim[0],
+                                        in->dim[1] * in->dim[2], ctx->threads);
+    return FN_OK;
+}
+
+#endif

@@ -1,0 +1,476 @@
+"""The conv2d op (csrc/conv2d.c, csrc/im2col.c) against a plain numpy convolution.
+
+Models are built from raw specs through fastnet._core.Model, so that these tests exercise the C op
+alone. The reference convolves a zero-padded input one kernel tap at a time: for tap (i, j) the
+strided, dilated slice of the padded input under that tap is an (N, C/g, H_out, W_out) array, and
+each tap contributes a tensor contraction of it with weight[:, :, i, j]. Its gradients are the
+same contractions turned around, which is independent of im2col and of the GEMM.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+import fastnet
+from fastnet import _core
+
+# Geometries: (C, H, W, out_channels, kernel, stride, padding, dilation, groups).
+GEOMETRIES = {
+    "3x3": (3, 8, 8, 4, (3, 3), (1, 1), (0, 0), (1, 1), 1),
+    "3x3_pad": (3, 7, 9, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "stride2": (4, 9, 9, 6, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    "stride_hw": (2, 11, 10, 3, (3, 3), (2, 3), (0, 1), (1, 1), 1),
+    "pad_gt_1": (2, 5, 6, 3, (3, 3), (1, 1), (2, 3), (1, 1), 1),
+    "dilation": (3, 10, 9, 4, (3, 3), (1, 1), (2, 1), (2, 3), 1),
+    "nonsquare": (3, 9, 11, 4, (2, 5), (1, 2), (1, 2), (1, 1), 1),
+    "kernel_1x5": (2, 6, 12, 3, (1, 5), (1, 1), (0, 2), (1, 1), 1),
+    "odd": (5, 13, 7, 7, (3, 3), (3, 2), (1, 0), (1, 1), 1),
+    "pointwise": (6, 5, 7, 4, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    "pointwise_stride2": (6, 9, 7, 4, (1, 1), (2, 2), (0, 0), (1, 1), 1),
+    "pointwise_padded": (3, 4, 5, 2, (1, 1), (1, 1), (1, 1), (1, 1), 1),
+    "groups2": (4, 8, 7, 6, (3, 3), (1, 1), (1, 1), (1, 1), 2),
+    "groups_pointwise": (6, 5, 5, 9, (1, 1), (1, 1), (0, 0), (1, 1), 3),
+    "depthwise": (4, 9, 8, 4, (3, 3), (1, 1), (1, 1), (1, 1), 4),
+    "depthwise_multiplier": (3, 8, 8, 6, (3, 3), (2, 2), (1, 1), (1, 1), 3),
+    "kernel_fills_input": (2, 5, 4, 3, (5, 4), (1, 1), (0, 0), (1, 1), 1),
+    "one_output": (2, 4, 4, 3, (3, 3), (5, 5), (0, 0), (1, 1), 1),
+    "padding_beyond_kernel": (2, 3, 3, 2, (3, 3), (1, 1), (4, 3), (1, 1), 1),
+    # Padded planes past im2col's 32 KB stack buffer take its bounded path: both dtypes here,
+    # float64 only in the second.
+    "large_plane": (1, 100, 90, 2, (3, 2), (2, 3), (2, 1), (2, 3), 1),
+    "plane_64": (2, 64, 64, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+}
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    previous = fastnet.get_num_threads()
+    fastnet.set_num_threads(request.param)
+    yield request.param
+    fastnet.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    previous = fastnet.get_num_threads()
+    yield
+    fastnet.set_num_threads(previous)
+
+
+def conv_spec(C, H, W, out_channels, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+              groups=1, bias=True, dtype="float64", seed=0):
+    return {
+        "format": "fastnet.model", "version": 1, "dtype": dtype, "seed": seed,
+        "input_shape": [C, H, W],
+        "nodes": [{"name": "0", "op": "conv2d", "in_channels": C, "out_channels": out_channels,
+                   "kernel_size": list(kernel), "stride": list(stride),
+                   "padding": list(padding), "dilation": list(dilation), "groups": groups,
+                   "bias": bias}],
+    }
+
+
+def make_model(geometry, bias=True, dtype="float64", seed=0):
+    C, H, W, O, kernel, stride, padding, dilation, groups = geometry
+    return _core.Model(json.dumps(conv_spec(C, H, W, O, kernel, stride, padding, dilation, groups,
+                                            bias, dtype, seed)))
+
+
+def tensor(model, arena, name):
+    """A view of one parameter's slice of a flat arena, in its shape."""
+    for tensor_name, shape, offset, _, _ in model.tensor_info():
+        if tensor_name == name:
+            return arena[offset:offset + int(np.prod(shape))].reshape(shape)
+    raise KeyError(name)
+
+
+def out_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def taps(x, weight, stride, padding, dilation, groups):
+    """Yields (group, i, j, slice of the padded input under tap (i, j) for the group's channels,
+    output channel range) for the reference; x is (N, C, H, W)."""
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    Ho = out_size(H, kh, sh, ph, dh)
+    Wo = out_size(W, kw, sw, pw, dw)
+    Og = O // groups
+    for g in range(groups):
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + sh * (Ho - 1) + 1, sh)
+                cols = slice(j * dw, j * dw + sw * (Wo - 1) + 1, sw)
+                yield g, i, j, (slice(None), slice(g * Cg, (g + 1) * Cg), rows, cols), \
+                    slice(g * Og, (g + 1) * Og)
+
+
+def reference_forward(x, weight, bias, stride, padding, dilation, groups):
+    x = x.astype(np.float64)
+    weight = weight.astype(np.float64)
+    (ph, pw) = padding
+    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    y = None
+    for g, i, j, window, outs in taps(x, weight, stride, padding, dilation, groups):
+        part = np.einsum("nchw,oc->nohw", padded[window], weight[outs, :, i, j])
+        if y is None:
+            N, _, Ho, Wo = part.shape
+            y = np.zeros((N, weight.shape[0], Ho, Wo))
+        y[:, outs] += part
+    if bias is not None:
+        y += bias.astype(np.float64)[None, :, None, None]
+    return y
+
+
+def reference_backward(x, weight, grad_y, stride, padding, dilation, groups):
+    """(grad_x, grad_weight, grad_bias) of sum(grad_y * conv(x))."""
+    x = x.astype(np.float64)
+    weight = weight.astype(np.float64)
+    grad_y = grad_y.astype(np.float64)
+    (ph, pw) = padding
+    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    grad_padded = np.zeros_like(padded)
+    grad_weight = np.zeros_like(weight)
+    for g, i, j, window, outs in taps(x, weight, stride, padding, dilation, groups):
+        grad_weight[outs, :, i, j] += np.einsum("nohw,nchw->oc", grad_y[:, outs], padded[window])
+        grad_padded[window] += np.einsum("nohw,oc->nchw", grad_y[:, outs], weight[outs, :, i, j])
+    H, W = x.shape[2:]
+    grad_x = grad_padded[:, :, ph:ph + H, pw:pw + W]
+    return grad_x, grad_weight, grad_y.sum(axis=(0, 2, 3))
+
+
+def random_params(model, rng):
+    """Draws fresh parameters (the init is tested separately) and returns (weight, bias|None)."""
+    params = model.param_arena()
+    params[:] = rng.uniform(-1, 1, size=params.shape)
+    names = [info[0] for info in model.tensor_info()]
+    weight = tensor(model, params, "0.weight")
+    bias = tensor(model, params, "0.bias") if "0.bias" in names else None
+    return weight, bias
+
+
+def run(model, x, grad_y):
+    """forward (kept) then backward from zeroed gradients: (y, grad_x, grad_weight, grad_bias)."""
+    y = model.forward(x, keep=True)
+    model.zero_grad()
+    grad_x = model.backward(grad_y.reshape(len(grad_y), -1), True)
+    grads = model.grad_arena()
+    names = [info[0] for info in model.tensor_info()]
+    grad_bias = tensor(model, grads, "0.bias").copy() if "0.bias" in names else None
+    return y, grad_x, tensor(model, grads, "0.weight").copy(), grad_bias
+
+
+def tolerance(dtype):
+    return dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------- forward
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_forward_matches_reference(name, dtype, bias, threads):
+    geometry = GEOMETRIES[name]
+    C, H, W, O, kernel, stride, padding, dilation, groups = geometry
+    model = make_model(geometry, bias, dtype)
+    rng = np.random.default_rng(1)
+    weight, b = random_params(model, rng)
+    x = rng.standard_normal((3, C, H, W)).astype(dtype)
+    y = model.forward(x)
+    expected = reference_forward(x, weight, b, stride, padding, dilation, groups)
+    assert y.shape == (3, expected[0].size)
+    np.testing.assert_allclose(y.reshape(expected.shape), expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_forward_batch_of_one(dtype, threads):
+    # A batch smaller than the thread count runs the GEMM and im2col split over threads instead.
+    geometry = (8, 20, 18, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    model = make_model(geometry, True, dtype)
+    rng = np.random.default_rng(2)
+    weight, b = random_params(model, rng)
+    x = rng.standard_normal((1, 8, 20, 18)).astype(dtype)
+    expected = reference_forward(x, weight, b, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(model.forward(x).reshape(expected.shape), expected,
+                               **tolerance(dtype))
+
+
+def test_output_shape_and_parameters():
+    model = make_model((3, 32, 30, 16, (5, 3), (2, 1), (2, 0), (1, 2), 1))
+    info = {name: shape for name, shape, _, _, _ in model.tensor_info()}
+    assert info == {"0.weight": (16, 3, 5, 3), "0.bias": (16,)}
+    # (32 + 4 - 4 - 1) // 2 + 1 = 16 rows, (30 - 4 - 1) // 1 + 1 = 26 columns
+    assert model.output_size == 16 * 16 * 26
+    grouped = make_model((6, 8, 8, 4, (3, 3), (1, 1), (0, 0), (1, 1), 2), bias=False)
+    assert [(n, s) for n, s, _, _, _ in grouped.tensor_info()] == [("0.weight", (4, 3, 3, 3))]
+
+
+def test_defaults_of_optional_attributes():
+    spec = conv_spec(3, 6, 6, 2, (3, 3))
+    for key in ("stride", "padding", "dilation", "groups", "bias"):
+        del spec["nodes"][0][key]
+    model = _core.Model(json.dumps(spec))
+    assert model.output_size == 2 * 4 * 4
+    assert [name for name, _, _, _, _ in model.tensor_info()] == ["0.weight", "0.bias"]
+
+
+def test_init_is_pytorch_default():
+    # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, fan_in = C/groups * kh * kw.
+    model = make_model((8, 10, 10, 64, (3, 3), (1, 1), (1, 1), (1, 1), 2), seed=3)
+    bound = 1 / np.sqrt(4 * 9)
+    params = model.param_arena()
+    for name in ("0.weight", "0.bias"):
+        values = tensor(model, params, name)
+        assert np.all(np.abs(values) <= bound), name
+        assert np.abs(values).max() > 0.8 * bound, name
+    weight = tensor(model, params, "0.weight")
+    assert abs(weight.mean()) < 0.05 * bound
+    assert abs(weight.std() - bound / np.sqrt(3)) < 0.05 * bound
+    # Deterministic for a seed, different for another.
+    again = make_model((8, 10, 10, 64, (3, 3), (1, 1), (1, 1), (1, 1), 2), seed=3)
+    np.testing.assert_array_equal(again.param_arena(), params)
+    other = make_model((8, 10, 10, 64, (3, 3), (1, 1), (1, 1), (1, 1), 2), seed=4)
+    assert not np.array_equal(other.param_arena(), params)
+
+
+# ---------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_gradients_match_reference(name, dtype, bias, threads):
+    geometry = GEOMETRIES[name]
+    C, H, W, O, kernel, stride, padding, dilation, groups = geometry
+    model = make_model(geometry, bias, dtype)
+    rng = np.random.default_rng(4)
+    weight, _ = random_params(model, rng)
+    x = rng.standard_normal((3, C, H, W)).astype(dtype)
+    y_shape = (3, O, out_size(H, kernel[0], stride[0], padding[0], dilation[0]),
+               out_size(W, kernel[1], stride[1], padding[1], dilation[1]))
+    grad_y = rng.standard_normal(y_shape).astype(dtype)
+    _, grad_x, grad_weight, grad_bias = run(model, x, grad_y)
+    expected_x, expected_weight, expected_bias = reference_backward(
+        x, weight, grad_y, stride, padding, dilation, groups)
+    tol = tolerance(dtype)
+    np.testing.assert_allclose(grad_x.reshape(x.shape), expected_x, **tol)
+    np.testing.assert_allclose(grad_weight, expected_weight, **tol)
+    if bias:
+        np.testing.assert_allclose(grad_bias, expected_bias, **tol)
+    else:
+        assert grad_bias is None
+
+
+def central_difference(f, array, h=1e-6):
+    """d f() / d array by central differences, perturbing `array` in place (restored after)."""
+    grad = np.zeros(array.shape)
+    flat = array.reshape(-1)
+    assert np.shares_memory(flat, array)
+    for i in range(flat.size):
+        original = flat[i]
+        flat[i] = original + h
+        up = f()
+        flat[i] = original - h
+        down = f()
+        flat[i] = original
+        grad.reshape(-1)[i] = (up - down) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("name", ["3x3_pad", "stride_hw", "dilation", "groups2", "depthwise",
+                                  "pointwise", "pointwise_stride2"])
+def test_gradients_match_finite_differences(name, threads):
+    # float64: the loss sum(grad_y * y) is linear in each argument, so the central difference is
+    # exact up to rounding, far below the tolerance.
+    geometry = GEOMETRIES[name]
+    C, H, W = geometry[:3]
+    model = make_model(geometry)
+    rng = np.random.default_rng(5)
+    random_params(model, rng)
+    x = rng.standard_normal((2, C, H, W))
+    grad_y = rng.standard_normal((2, model.output_size))
+
+    def loss():
+        return float(np.sum(model.forward(x) * grad_y))
+
+    model.forward(x, keep=True)
+    model.zero_grad()
+    grad_x = model.backward(grad_y, True)
+    grads = model.grad_arena()
+    params = model.param_arena()
+    np.testing.assert_allclose(grad_x.reshape(x.shape), central_difference(loss, x),
+                               rtol=1e-6, atol=1e-7)
+    for name in ("0.weight", "0.bias"):
+        numeric = central_difference(loss, tensor(model, params, name))
+        np.testing.assert_allclose(tensor(model, grads, name), numeric, rtol=1e-6, atol=1e-7,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["3x3_pad", "pointwise", "groups2"])
+def test_parameter_gradients_accumulate(name, threads):
+    # Two backward calls without zero_grad add up; the input gradient is returned fresh each time.
+    geometry = GEOMETRIES[name]
+    C, H, W = geometry[:3]
+    model = make_model(geometry)
+    rng = np.random.default_rng(6)
+    random_params(model, rng)
+    x = rng.standard_normal((4, C, H, W))
+    grad_y = rng.standard_normal((4, model.output_size))
+    model.forward(x, keep=True)
+    model.zero_grad()
+    first_x = model.backward(grad_y, True)
+    first = model.grad_arena().copy()
+    second_x = model.backward(grad_y, True)
+    np.testing.assert_allclose(model.grad_arena(), 2 * first, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(second_x, first_x)
+
+
+def test_input_gradient_accumulates_over_consumers(threads):
+    # The model input feeds two convolutions (a padded 3x3 and a 1x1 shortcut, as in a residual
+    # block); the second one visited in backward must add to the input gradient, not overwrite it.
+    spec = {
+        "format": "fastnet.model", "version": 1, "dtype": "float64", "seed": 0,
+        "input_shape": [4, 9, 9],
+        "nodes": [
+            {"name": "a", "op": "conv2d", "inputs": ["input"], "in_channels": 4,
+             "out_channels": 6, "kernel_size": [3, 3], "stride": [2, 2], "padding": [1, 1]},
+            {"name": "b", "op": "conv2d", "inputs": ["input"], "in_channels": 4,
+             "out_channels": 6, "kernel_size": [1, 1], "stride": [2, 2]},
+            {"name": "c", "op": "conv2d", "inputs": ["input"], "in_channels": 4,
+             "out_channels": 6, "kernel_size": [3, 3], "stride": [2, 2], "padding": [1, 1],
+             "groups": 2, "bias": False},
+            {"name": "sum", "op": "add", "inputs": ["a", "b", "c"]},
+        ],
+    }
+    model = _core.Model(json.dumps(spec))
+    rng = np.random.default_rng(7)
+    params = model.param_arena()
+    params[:] = rng.uniform(-1, 1, size=params.shape)
+    x = rng.standard_normal((3, 4, 9, 9))
+    grad_y = rng.standard_normal((3, 6, 5, 5))
+    model.forward(x, keep=True)
+    model.zero_grad()
+    grad_x = model.backward(grad_y.reshape(3, -1), True).reshape(x.shape)
+    expected = np.zeros_like(x)
+    for name, stride, padding, groups in (("a", (2, 2), (1, 1), 1), ("b", (2, 2), (0, 0), 1),
+                                          ("c", (2, 2), (1, 1), 2)):
+        weight = tensor(model, params, name + ".weight")
+        expected += reference_backward(x, weight, grad_y, stride, padding, (1, 1), groups)[0]
+    np.testing.assert_allclose(grad_x, expected, rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch", [1, 3, 16])
+@pytest.mark.parametrize("name", ["3x3_pad_large", "stride2_large", "pointwise_large",
+                                  "depthwise_large"])
+def test_one_and_two_threads_agree(name, batch, dtype):
+    # Large enough that two threads are used: over images for batch >= 2, inside the GEMM for 1.
+    geometry = {
+        "3x3_pad_large": (8, 16, 16, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+        "stride2_large": (16, 17, 15, 32, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+        "pointwise_large": (16, 16, 16, 32, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+        "depthwise_large": (16, 16, 16, 16, (3, 3), (1, 1), (1, 1), (1, 1), 16),
+    }[name]
+    rng = np.random.default_rng(8)
+    C, H, W = geometry[:3]
+    x = rng.standard_normal((batch, C, H, W)).astype(dtype)
+    results = []
+    for n in (1, 2):
+        fastnet.set_num_threads(n)
+        model = make_model(geometry, True, dtype)
+        random_params(model, np.random.default_rng(9))
+        grad_y = np.random.default_rng(10).standard_normal((batch, model.output_size))
+        y, grad_x, grad_weight, grad_bias = run(model, x, grad_y.astype(dtype))
+        # A second, accumulating backward: partials must add to what is there.
+        model.backward(grad_y.astype(dtype), True)
+        results.append((y, grad_x, grad_weight, grad_bias, model.grad_arena().copy()))
+    tol = tolerance(dtype)
+    for one, two, what in zip(*results, ("y", "grad_x", "grad_weight", "grad_bias", "grads")):
+        np.testing.assert_allclose(two, one, err_msg=what, **tol)
+    # And both against the reference.
+    C, H, W, O, kernel, stride, padding, dilation, groups = geometry
+    weight, _ = random_params(make_model(geometry, True, dtype), np.random.default_rng(9))
+    y_shape = (batch, O, out_size(H, kernel[0], stride[0], padding[0], dilation[0]),
+               out_size(W, kernel[1], stride[1], padding[1], dilation[1]))
+    expected = reference_backward(x, weight, grad_y.reshape(y_shape).astype(dtype), stride,
+                                  padding, dilation, groups)
+    for got, want, what in zip(results[1][1:4], expected, ("grad_x", "grad_weight", "grad_bias")):
+        np.testing.assert_allclose(got.reshape(want.shape), want, err_msg=what, **tol)
+
+
+def test_two_threads_are_deterministic():
+    fastnet.set_num_threads(2)
+    geometry = (8, 16, 16, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((7, 8, 16, 16)).astype(np.float32)
+    grad_y = rng.standard_normal((7, 16 * 16 * 16)).astype(np.float32)
+    outputs = []
+    for _ in range(3):
+        model = make_model(geometry, True, "float32")
+        outputs.append(run(model, x, grad_y))
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def error_of(spec):
+    with pytest.raises(ValueError) as info:
+        _core.Model(json.dumps(spec))
+    return str(info.value)
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    spec = conv_spec(3, 8, 8, 4, (3, 3))
+    spec["nodes"][0]["in_channels"] = 1
+    message = error_of(spec)
+    assert "'0'" in message and "(1, H, W)" in message and "(3, 8, 8)" in message, message
+
+
+def test_input_without_channels_is_an_error():
+    spec = conv_spec(3, 8, 8, 4, (3, 3))
+    spec["input_shape"] = [64]
+    spec["nodes"][0]["in_channels"] = 64
+    message = error_of(spec)
+    assert "(64, H, W)" in message and "(64)" in message, message
+
+
+@pytest.mark.parametrize("kernel,padding,dilation", [((5, 3), (0, 0), (1, 1)),
+                                                    ((3, 3), (0, 0), (1, 3)),
+                                                    ((7, 1), (1, 0), (1, 1))])
+def test_too_small_input_is_a_clear_error(kernel, padding, dilation):
+    message = error_of(conv_spec(2, 4, 6, 3, kernel, padding=padding, dilation=dilation))
+    assert "'0'" in message and "too small" in message and "(2, 4, 6)" in message, message
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"groups": 2}, "groups"),
+    ({"groups": 0}, "groups"),
+    ({"out_channels": 0}, "channel"),
+    ({"kernel_size": [3]}, "kernel_size"),
+    ({"kernel_size": 3}, "kernel_size"),
+    ({"kernel_size": [0, 3]}, "kernel_size"),
+    ({"stride": [1, 0]}, "stride"),
+    ({"padding": [-1, 0]}, "padding"),
+    ({"dilation": [0, 1]}, "dilation"),
+    ({"stride": [1.5, 1]}, "stride"),
+    ({"bias": 1}, "bias"),
+])
+def test_invalid_attributes_are_clear_errors(change, words):
+    spec = conv_spec(3, 8, 8, 4, (3, 3))
+    spec["nodes"][0].update(change)
+    message = error_of(spec)
+    assert words in message and "0" in message, message
+
+
+def test_missing_kernel_size_is_an_error():
+    spec = conv_spec(3, 8, 8, 4, (3, 3))
+    del spec["nodes"][0]["kernel_size"]
+    assert "kernel_size" in error_of(spec)
