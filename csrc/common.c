@@ -2,6 +2,7 @@
 #include "internal.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,8 +28,13 @@ const char *fn_dtype_name(fn_dtype d) { return d == FN_FLOAT64 ? "float64" : "fl
 
 /* ---------------------------------------------------------------- memory */
 
+static _Atomic uint64_t fn_allocation_counter;
+
+uint64_t fn_allocations(void) { return fn_allocation_counter; }
+
 void *fn_alloc(size_t bytes) {
     void *p = NULL;
+    fn_allocation_counter++;
     /* Round up: aligned_alloc wants a multiple of the alignment, and kernels may read whole
      * vectors at the tail of a row. */
     size_t rounded = (bytes + 63) & ~(size_t)63;

@@ -97,6 +97,11 @@ def version():
     return fn_version().decode()
 
 
+def allocations():
+    """Buffers the C core has allocated so far (constant in a steady-state training loop)."""
+    return fn_allocations()
+
+
 def set_num_threads(int n):
     fn_set_num_threads(n)
 

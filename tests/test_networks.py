@@ -188,6 +188,32 @@ def test_benchmark_networks_train(name):
     assert losses[-1] < losses[0]  # the same batch four times: the loss must fall
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_steady_state_training_allocates_nothing(threads):
+    """Buffers are planned when a batch size first appears; later steps of that size (and
+    smaller ones) allocate nothing in the C core."""
+    from fastnet import _blas, _core
+
+    if _blas.source == "builtin":
+        pytest.skip("the built-in GEMM allocates its packing buffers per call")
+    before_threads = fn.get_num_threads()
+    fn.set_num_threads(threads)
+    try:
+        model = small_resnet()
+        opt = fn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        rng = np.random.default_rng(0)
+        x = rng.random((8, 2, 6, 6), dtype=np.float32)
+        y = rng.integers(0, 3, 8)
+        model.train_step(x, y, fn.CrossEntropyLoss(), opt)
+        count = _core.allocations()
+        for _ in range(5):
+            model.train_step(x, y, fn.CrossEntropyLoss(), opt)
+        model.train_step(x[:5], y[:5], fn.CrossEntropyLoss(), opt)
+        assert _core.allocations() == count
+    finally:
+        fn.set_num_threads(before_threads)
+
+
 def test_resnet8_has_the_benchmark_shape():
     model = zoo.resnet((3, 32, 32), 10)
     shapes = [shape for _, op, shape in model._core.node_info() if op == "conv2d"]
