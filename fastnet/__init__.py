@@ -15,6 +15,7 @@ from fastnet.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm
                             MaxPool2d, ReLU, Residual, Sigmoid, Tanh)
 from fastnet.losses import CrossEntropyLoss
 from fastnet.model import Parameter, Sequential
+from fastnet.onnx import export_onnx
 from fastnet.train import History, Trainer
 
 __version__ = _core.version()
