@@ -14,6 +14,7 @@ import pytest
 
 import fastnet
 from fastnet import _core
+from gradcheck import central_difference
 
 # Geometries: (C, H, W, out_channels, kernel, stride, padding, dilation, groups).
 GEOMETRIES = {
@@ -41,14 +42,6 @@ GEOMETRIES = {
     "large_plane": (1, 100, 90, 2, (3, 2), (2, 3), (2, 1), (2, 3), 1),
     "plane_64": (2, 64, 64, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1),
 }
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    previous = fastnet.get_num_threads()
-    fastnet.set_num_threads(request.param)
-    yield request.param
-    fastnet.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)
@@ -261,22 +254,6 @@ def test_gradients_match_reference(name, dtype, bias, threads):
         np.testing.assert_allclose(grad_bias, expected_bias, **tol)
     else:
         assert grad_bias is None
-
-
-def central_difference(f, array, h=1e-6):
-    """d f() / d array by central differences, perturbing `array` in place (restored after)."""
-    grad = np.zeros(array.shape)
-    flat = array.reshape(-1)
-    assert np.shares_memory(flat, array)
-    for i in range(flat.size):
-        original = flat[i]
-        flat[i] = original + h
-        up = f()
-        flat[i] = original - h
-        down = f()
-        flat[i] = original
-        grad.reshape(-1)[i] = (up - down) / (2 * h)
-    return grad
 
 
 @pytest.mark.parametrize("name", ["3x3_pad", "stride_hw", "dilation", "groups2", "depthwise",

@@ -11,46 +11,7 @@ import numpy as np
 import pytest
 
 import fastnet as fn
-
-H = 1e-6
-RTOL = 1e-6
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    previous = fn.get_num_threads()
-    fn.set_num_threads(request.param)
-    yield request.param
-    fn.set_num_threads(previous)
-
-
-def central_difference(f, array, h=H):
-    """d f() / d array by central differences, perturbing `array` in place (restored after)."""
-    grad = np.zeros(array.shape)
-    flat = array.reshape(-1)  # a view: array is C-contiguous
-    assert np.shares_memory(flat, array)
-    for i in range(flat.size):
-        original = flat[i]
-        flat[i] = original + h
-        up = f()
-        flat[i] = original - h
-        down = f()
-        flat[i] = original
-        grad.reshape(-1)[i] = (up - down) / (2 * h)
-    return grad
-
-
-def assert_gradient_close(analytic, numeric, what, rtol=RTOL):
-    """Relative error of the whole gradient and of each element, against its norm."""
-    analytic = np.asarray(analytic, dtype=np.float64)
-    assert analytic.shape == numeric.shape, (what, analytic.shape, numeric.shape)
-    assert np.all(np.isfinite(analytic)), what
-    scale = max(np.linalg.norm(numeric), np.linalg.norm(analytic))
-    assert scale > 0, f"{what}: the gradient is identically zero; the check would prove nothing"
-    error = np.linalg.norm(analytic - numeric) / scale
-    assert error < rtol, f"{what}: relative error {error:.3g}"
-    # Elementwise too, so that a single wrong entry cannot hide in the norm of a large tensor.
-    np.testing.assert_allclose(analytic, numeric, rtol=10 * rtol, atol=rtol * scale, err_msg=what)
+from gradcheck import assert_gradient_close, central_difference
 
 
 def away_from_zero(rng, shape, low=0.05, high=2.0):

@@ -23,15 +23,6 @@ SHAPES = [(1, 1), (3, 7), (2, 1), (1, 9), (17, 33), (257, 129), (257, 257), (513
 LABEL_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    previous = fn.get_num_threads()
-    fn.set_num_threads(request.param)
-    assert fn.get_num_threads() == request.param
-    yield request.param
-    fn.set_num_threads(previous)
-
-
 def eps_of(dtype):
     return float(np.finfo(dtype).eps)
 

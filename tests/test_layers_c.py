@@ -2,8 +2,8 @@
 local_response_norm, driven through raw specs (fastnet._core.Model), against plain numpy
 references written from PyTorch's definitions.
 
-Gradients are checked against central finite differences in float64 (see test_gradients.py for
-the choice of step and tolerance); forwards in both dtypes; thread independence on inputs large
+Gradients are checked against central finite differences in float64 (see gradcheck.py for the
+choice of step and tolerance); forwards in both dtypes; thread independence on inputs large
 enough that the kernels really use two threads.
 """
 
@@ -14,20 +14,11 @@ import pytest
 
 import fastnet
 from fastnet import _core
+from gradcheck import assert_gradient_close, central_difference
 
-H = 1e-6
-RTOL = 1e-6
 DTYPES = ["float32", "float64"]
 # float32 results against a float64 reference.
 TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-12, atol=1e-12)}
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    previous = fastnet.get_num_threads()
-    fastnet.set_num_threads(request.param)
-    yield request.param
-    fastnet.set_num_threads(previous)
 
 
 def spec_of(input_shape, nodes, dtype="float64", seed=0):
@@ -61,31 +52,6 @@ def run(model, x, shape):
     return y.reshape((x.shape[0],) + tuple(shape))
 
 
-def central_difference(f, array, h=H):
-    grad = np.zeros(array.shape)
-    flat = array.reshape(-1)
-    assert np.shares_memory(flat, array)
-    for i in range(flat.size):
-        original = flat[i]
-        flat[i] = original + h
-        up = f()
-        flat[i] = original - h
-        down = f()
-        flat[i] = original
-        grad.reshape(-1)[i] = (up - down) / (2 * h)
-    return grad
-
-
-def assert_gradient_close(analytic, numeric, what, rtol=RTOL):
-    analytic = np.asarray(analytic, dtype=np.float64).reshape(numeric.shape)
-    assert np.all(np.isfinite(analytic)), what
-    scale = max(np.linalg.norm(numeric), np.linalg.norm(analytic))
-    assert scale > 0, f"{what}: the gradient is identically zero; the check would prove nothing"
-    error = np.linalg.norm(analytic - numeric) / scale
-    assert error < rtol, f"{what}: relative error {error:.3g}"
-    np.testing.assert_allclose(analytic, numeric, rtol=10 * rtol, atol=rtol * scale, err_msg=what)
-
-
 def check_gradients(model, x, rng, params=()):
     """d/dx and d/d(params) of L = sum(model(x) * R) for a random R, against finite differences
     (float64 models only)."""
@@ -100,10 +66,11 @@ def check_gradients(model, x, rng, params=()):
     model.forward(x, keep=True)
     grad_x = model.backward(projection, True)
     analytic = {name: tensor(model, name, grad=True).copy() for name in params}
-    assert_gradient_close(grad_x, central_difference(objective, x), "input gradient")
+    assert_gradient_close(grad_x, central_difference(objective, x), "input gradient",
+                          reshape=True)
     for name in params:
         assert_gradient_close(analytic[name], central_difference(objective, tensor(model, name)),
-                              name)
+                              name, reshape=True)
 
 
 def distinct_values(rng, shape):
@@ -628,7 +595,7 @@ def test_dropout_gradient_finite_differences():
     model.rng_step = step
     model.forward(x, keep=True)
     grad = model.backward(projection, True)
-    assert_gradient_close(grad, central_difference(objective, x), "input gradient")
+    assert_gradient_close(grad, central_difference(objective, x), "input gradient", reshape=True)
 
 
 @pytest.mark.parametrize("p, message", [

@@ -22,7 +22,7 @@ def digits():
 
 
 @pytest.fixture
-def threads():
+def restore_threads():
     """Restores the thread count a test changes."""
     before = fn.get_num_threads()
     yield
@@ -67,7 +67,7 @@ def test_same_seed_gives_bitwise_identical_training():
     assert not np.array_equal(a["0.weight"], c["0.weight"])
 
 
-def test_one_and_two_threads_agree(threads):
+def test_one_and_two_threads_agree(restore_threads):
     fn.set_num_threads(1)
     one = train_weights(seed=0)
     fn.set_num_threads(2)
@@ -77,7 +77,7 @@ def test_one_and_two_threads_agree(threads):
         np.testing.assert_allclose(one[name], two[name], rtol=1e-4, atol=1e-5)
 
 
-def test_large_layers_one_and_two_threads_agree(threads):
+def test_large_layers_one_and_two_threads_agree(restore_threads):
     """Big enough that GEMM and elementwise kernels really split the work."""
     rng = np.random.default_rng(0)
     x = rng.random((128, 784), dtype=np.float32)

@@ -8,6 +8,7 @@ import pytest
 import fastnet as fn
 from fastnet import zoo
 from fastnet.cli import main
+from gradcheck import difference_at
 
 
 def small_resnet(dtype="float32", seed=0):
@@ -27,24 +28,12 @@ def central_difference_check(model, x, eps=1e-6):
     grad_x = model.backward(r).reshape(x.shape)
     worst = 0.0
     for index in [tuple(rng.integers(0, s) for s in x.shape) for _ in range(8)]:
-        saved = x[index]
-        x[index] = saved + eps
-        up = objective()
-        x[index] = saved - eps
-        down = objective()
-        x[index] = saved
-        numeric = (up - down) / (2 * eps)
+        numeric = difference_at(objective, x, index, eps)
         worst = max(worst, abs(numeric - grad_x[index]) / max(1e-6, abs(numeric)))
     for p in model.parameters():
         flat, grad = p.data.reshape(-1), p.grad.reshape(-1)
         for i in rng.integers(0, flat.size, 4):
-            saved = flat[i]
-            flat[i] = saved + eps
-            up = objective()
-            flat[i] = saved - eps
-            down = objective()
-            flat[i] = saved
-            numeric = (up - down) / (2 * eps)
+            numeric = difference_at(objective, flat, i, eps)
             worst = max(worst, abs(numeric - grad[i]) / max(1e-6, abs(numeric)))
     return worst
 

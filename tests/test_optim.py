@@ -15,14 +15,6 @@ import fastnet as fn
 STEPS = 12
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    previous = fn.get_num_threads()
-    fn.set_num_threads(request.param)
-    yield request.param
-    fn.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------------------ numpy references
 
 
