@@ -24,6 +24,8 @@ const char *fn_last_error(void) { return fn_error_message; }
 
 const char *fn_version(void) { return FN_VERSION_STRING; }
 
+int fn_version_number(void) { return FN_VERSION_NUMBER; }
+
 const char *fn_dtype_name(fn_dtype d) { return d == FN_FLOAT64 ? "float64" : "float32"; }
 
 /* ---------------------------------------------------------------- memory */
@@ -60,7 +62,9 @@ bool fn_mul_size(size_t a, size_t b, size_t *out) {
 
 /* ---------------------------------------------------------------- threads */
 
-static int fn_thread_count = 0; /* 0: not chosen yet, use the processors we may run on */
+/* 0: not chosen yet, use the processors we may run on. Atomic: models used from several threads
+ * at once all read it, and the first read also writes it. */
+static _Atomic int fn_thread_count = 0;
 
 static int fn_default_threads(void) {
 #ifdef _OPENMP
@@ -81,8 +85,12 @@ void fn_set_num_threads(int n) {
 }
 
 int fn_get_num_threads(void) {
-    if (fn_thread_count < 1) fn_thread_count = fn_default_threads();
-    return fn_thread_count;
+    int n = fn_thread_count;
+    if (n < 1) {
+        n = fn_default_threads();
+        fn_thread_count = n;
+    }
+    return n;
 }
 
 int fn_threads_get(void) { return fn_get_num_threads(); }

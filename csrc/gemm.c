@@ -20,8 +20,36 @@
  *
  * One table for the whole process, meant to be installed at start-up, before GEMMs run on other
  * threads. Each GEMM reads a copy of it once, so the gemm and set_threads_local it calls always come
- * from the same table. */
+ * from the same table.
+ *
+ * A library built with FN_WITH_LINKED_BLAS (make FN_BLAS=openblas) is linked against a BLAS and
+ * starts with its table: the table's initial value is the linked functions' addresses, which the
+ * loader fills in, so it is in place before any code of the library runs, in a shared or a static
+ * build, without a constructor or a once-flag on the GEMM path. */
+#ifdef FN_WITH_LINKED_BLAS
+/* The Fortran ABI of every BLAS (the hidden lengths of the character arguments are ignored by
+ * C implementations such as OpenBLAS, and are not passed here, as fn_sgemm_fn says). */
+void sgemm_(const char *transa, const char *transb, const int *m, const int *n, const int *k,
+            const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
+            const float *beta, float *c, const int *ldc);
+void dgemm_(const char *transa, const char *transb, const int *m, const int *n, const int *k,
+            const double *alpha, const double *a, const int *lda, const double *b, const int *ldb,
+            const double *beta, double *c, const int *ldc);
+/* Weak: OpenBLAS has it from 0.3.27 on; with an older OpenBLAS, or another BLAS, its address is
+ * NULL and the BLAS keeps its own threading. */
+int openblas_set_num_threads_local(int num_threads) __attribute__((weak));
+#define GEMM_LINKED_BLAS {sgemm_, dgemm_, openblas_set_num_threads_local}
+static fn_blas gemm_blas_table = GEMM_LINKED_BLAS;
+
+int fn_use_linked_blas(void) {
+    gemm_blas_table = (fn_blas)GEMM_LINKED_BLAS;
+    return 1;
+}
+#else
 static fn_blas gemm_blas_table;
+
+int fn_use_linked_blas(void) { return 0; }
+#endif
 
 void fn_set_blas(const fn_blas *table) {
     if (table) {

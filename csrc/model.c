@@ -2,6 +2,7 @@
 #include "kernels.h"
 #include "model.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,7 +56,16 @@ fn_status fn_model_create(const char *spec_json, fn_model **out) {
         goto fail;
     }
     memcpy(m->spec_json, spec_json, length + 1);
-    if ((status = fn_spec_build(spec_json, m))) goto fail;
+    if ((status = fn_spec_build(spec_json, m))) {
+        /* A spec that is not JSON at all is a bad argument like any other bad spec: FN_EFORMAT
+         * is kept for files (fn_model_load says which file). */
+        if (status == FN_EFORMAT) {
+            char message[512];
+            snprintf(message, sizeof message, "%s", fn_last_error());
+            status = fn_error(FN_EINVAL, "spec: %s", message);
+        }
+        goto fail;
+    }
     size_t bytes = (size_t)m->param_total * fn_dtype_size(m->dtype);
     m->param_arena = fn_calloc(bytes);
     m->grad_arena = fn_calloc(bytes);
@@ -332,6 +342,42 @@ fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int k
         memcpy(y, m->nodes[m->output_node].out,
                (size_t)n * (size_t)m->output_size * fn_dtype_size(m->dtype));
     return FN_OK;
+}
+
+/* Predictions run in chunks of at most this many samples (or the batch the model has already
+ * planned for, if larger): inference over a whole data set then needs no more activation memory
+ * than a training batch of this size. */
+#define FN_PREDICT_CHUNK 1024
+
+fn_status fn_model_predict(fn_model *m, const void *x, int64_t n, void *y) {
+    FN_TRY(check_batch(m, x, n, "predict"));
+    if (!y) return fn_error(FN_EINVAL, "predict: output buffer is NULL");
+    if (n > INT64_MAX / m->input_size || n > INT64_MAX / m->output_size)
+        return fn_error(FN_EINVAL, "predict: a batch of %lld samples is too large", (long long)n);
+    /* Checked whole first, so that a bad sample late in x leaves y untouched. */
+    int64_t bad = fn_first_nonfinite(m->dtype, x, n * m->input_size);
+    if (bad >= 0)
+        return fn_error(FN_EINVAL, "predict: input contains NaN or Inf: sample %lld, feature %lld",
+                        (long long)(bad / m->input_size), (long long)(bad % m->input_size));
+    int64_t chunk = m->capacity > FN_PREDICT_CHUNK ? m->capacity : FN_PREDICT_CHUNK;
+    if (chunk > n) chunk = n;
+    FN_TRY(plan_activations(m, chunk));
+    bool was_training = m->training;
+    m->training = false;
+    size_t elem = fn_dtype_size(m->dtype);
+    fn_status status = FN_OK;
+    for (int64_t start = 0; start < n && status == FN_OK; start += chunk) {
+        int64_t rows = n - start < chunk ? n - start : chunk;
+        memcpy(m->input_copy, (const char *)x + (size_t)start * (size_t)m->input_size * elem,
+               (size_t)rows * (size_t)m->input_size * elem);
+        status = run_forward(m, rows, false);
+        if (status == FN_OK)
+            memcpy((char *)y + (size_t)start * (size_t)m->output_size * elem,
+                   m->nodes[m->output_node].out, (size_t)rows * (size_t)m->output_size * elem);
+    }
+    m->training = was_training;
+    m->forward_batch = 0; /* the activations are this prediction's, not a training forward's */
+    return status;
 }
 
 fn_status fn_model_backward(fn_model *m, const void *grad_y, int64_t n, void *grad_x) {

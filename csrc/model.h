@@ -143,6 +143,7 @@ struct fn_model {
 
     fn_optimizer optimizer;
     bool has_optimizer;
+    fn_schedule schedule; /* the learning rate of each update (all zero: constant) */
     int64_t optimizer_steps;
     bool momentum_started; /* SGD's buffer holds a value (see fn_model_momentum_started) */
     int optimizer_slots;
@@ -179,6 +180,8 @@ uint64_t fn_param_stream(const fn_node *node, int p);
 /* optim.c */
 int fn_optimizer_slots(fn_optimizer_kind kind);
 fn_status fn_optimizer_check(const fn_optimizer *opt);
+/* The learning rate of update `step` (from 0) of an already checked schedule. */
+double fn_schedule_compute_lr(const fn_schedule *schedule, double base_lr, int64_t step);
 void fn_optimizer_update(fn_model *m);
 
 #endif /* FASTNET_MODEL_H */

@@ -44,18 +44,130 @@ fn_status fn_optimizer_check(const fn_optimizer *opt) {
     return FN_OK;
 }
 
+/* ---------------------------------------------------------------- learning-rate schedules */
+
+static const char *schedule_name(fn_schedule_kind kind) {
+    switch (kind) {
+    case FN_SCHEDULE_CONSTANT: return "constant";
+    case FN_SCHEDULE_STEP: return "step";
+    case FN_SCHEDULE_EXPONENTIAL: return "exponential";
+    case FN_SCHEDULE_INVERSE_TIME: return "inverse-time";
+    case FN_SCHEDULE_COSINE: return "cosine";
+    }
+    return "unknown";
+}
+
+/* Every field is checked: those the kind uses against their ranges, the others against 0, so that
+ * a schedule meant as another kind (say a step_size given to an exponential schedule) is refused
+ * instead of running with part of what its author wrote ignored. */
+static fn_status schedule_check(const fn_schedule *s) {
+    if (!s) return fn_error(FN_EINVAL, "schedule: NULL");
+    if ((unsigned)s->kind > FN_SCHEDULE_COSINE)
+        return fn_error(FN_EINVAL, "schedule: unknown kind %d", (int)s->kind);
+    const char *name = schedule_name(s->kind);
+    bool step = s->kind == FN_SCHEDULE_STEP, cosine = s->kind == FN_SCHEDULE_COSINE;
+    bool uses_gamma = step || s->kind == FN_SCHEDULE_EXPONENTIAL;
+    bool uses_decay = s->kind == FN_SCHEDULE_INVERSE_TIME;
+    if (s->warmup_steps < 0)
+        return fn_error(FN_EINVAL, "%s schedule: warmup_steps must be >= 0, got %lld", name,
+                        (long long)s->warmup_steps);
+    if (step && s->step_size < 1)
+        return fn_error(FN_EINVAL, "%s schedule: step_size must be >= 1, got %lld", name,
+                        (long long)s->step_size);
+    /* Comparisons written so that NaN fails them. */
+    if (uses_gamma && !(s->gamma > 0 && s->gamma <= 1))
+        return fn_error(FN_EINVAL, "%s schedule: gamma must be in (0, 1], got %g", name, s->gamma);
+    if (uses_decay && !(s->decay >= 0 && isfinite(s->decay)))
+        return fn_error(FN_EINVAL, "%s schedule: decay must be a finite number >= 0, got %g", name,
+                        s->decay);
+    if (cosine && s->total_steps < 1)
+        return fn_error(FN_EINVAL, "%s schedule: total_steps must be >= 1, got %lld", name,
+                        (long long)s->total_steps);
+    if (cosine && !(s->min_lr >= 0 && isfinite(s->min_lr)))
+        return fn_error(FN_EINVAL, "%s schedule: min_lr must be a finite number >= 0, got %g",
+                        name, s->min_lr);
+    const struct {
+        const char *field;
+        bool used;
+        double value;
+    } fields[] = {{"step_size", step, (double)s->step_size},
+                  {"gamma", uses_gamma, s->gamma},
+                  {"decay", uses_decay, s->decay},
+                  {"total_steps", cosine, (double)s->total_steps},
+                  {"min_lr", cosine, s->min_lr}};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (!fields[i].used && fields[i].value != 0) /* NaN too */
+            return fn_error(FN_EINVAL, "%s schedule: %s is not used and must be 0, got %g", name,
+                            fields[i].field, fields[i].value);
+    return FN_OK;
+}
+
+double fn_schedule_compute_lr(const fn_schedule *s, double base_lr, int64_t step) {
+    if (step < 0) step = 0; /* a step counter set below 0 counts as the first update */
+    if (step < s->warmup_steps) return base_lr * ((double)(step + 1) / (double)s->warmup_steps);
+    int64_t since = step - s->warmup_steps;
+    switch (s->kind) {
+    case FN_SCHEDULE_CONSTANT: break;
+    case FN_SCHEDULE_STEP: return base_lr * pow(s->gamma, (double)(since / s->step_size));
+    case FN_SCHEDULE_EXPONENTIAL: return base_lr * pow(s->gamma, (double)since);
+    case FN_SCHEDULE_INVERSE_TIME: return base_lr / (1.0 + s->decay * (double)since);
+    case FN_SCHEDULE_COSINE: {
+        const double pi = 3.14159265358979323846;
+        int64_t done = since < s->total_steps ? since : s->total_steps;
+        double progress = (double)done / (double)s->total_steps;
+        return s->min_lr + (base_lr - s->min_lr) * (1.0 + cos(pi * progress)) / 2.0;
+    }
+    }
+    return base_lr; /* constant: exactly the optimizer's lr, as without a schedule */
+}
+
+fn_status fn_schedule_lr(const fn_schedule *schedule, double base_lr, int64_t step, double *lr) {
+    if (!lr) return fn_error(FN_EINVAL, "schedule_lr: lr is NULL");
+    FN_TRY(schedule_check(schedule));
+    if (!(base_lr >= 0) || !isfinite(base_lr))
+        return fn_error(FN_EINVAL, "schedule_lr: base_lr must be a finite number >= 0, got %g",
+                        base_lr);
+    if (step < 0)
+        return fn_error(FN_EINVAL, "schedule_lr: step must be >= 0, got %lld", (long long)step);
+    *lr = fn_schedule_compute_lr(schedule, base_lr, step);
+    return FN_OK;
+}
+
+fn_status fn_model_set_schedule(fn_model *m, const fn_schedule *schedule) {
+    if (!m) return fn_error(FN_EINVAL, "set_schedule: model is NULL");
+    FN_TRY(schedule_check(schedule));
+    m->schedule = *schedule;
+    return FN_OK;
+}
+
+fn_status fn_model_get_schedule(const fn_model *m, fn_schedule *schedule) {
+    if (!m || !schedule) return fn_error(FN_EINVAL, "get_schedule: model or schedule is NULL");
+    *schedule = m->schedule;
+    return FN_OK;
+}
+
+double fn_model_current_lr(const fn_model *m) {
+    if (!m || !m->has_optimizer) return 0;
+    return fn_schedule_compute_lr(&m->schedule, m->optimizer.lr, m->optimizer_steps);
+}
+
+/* ---------------------------------------------------------------- the update */
+
 void fn_optimizer_update(fn_model *m) {
     int threads = fn_threads_get();
+    /* The schedule's update t counts from 0: the steps taken before this one. */
+    fn_optimizer scheduled = m->optimizer;
+    scheduled.lr = fn_schedule_compute_lr(&m->schedule, m->optimizer.lr, m->optimizer_steps);
     m->optimizer_steps++;
     /* PyTorch starts the momentum buffer as the gradient at the first update that uses momentum,
      * which need not be the first update (momentum can be switched on later). */
     bool momentum_first = !m->momentum_started;
     if (m->optimizer.kind == FN_OPT_SGD && m->optimizer.momentum != 0) m->momentum_started = true;
     if (m->dtype == FN_FLOAT64)
-        fn_optimizer_update_f64(&m->optimizer, m->optimizer_steps, momentum_first, m->param_arena,
+        fn_optimizer_update_f64(&scheduled, m->optimizer_steps, momentum_first, m->param_arena,
                                 m->grad_arena, m->optimizer_state, m->param_total, threads);
     else
-        fn_optimizer_update_f32(&m->optimizer, m->optimizer_steps, momentum_first, m->param_arena,
+        fn_optimizer_update_f32(&scheduled, m->optimizer_steps, momentum_first, m->param_arena,
                                 m->grad_arena, m->optimizer_state, m->param_total, threads);
 }
 

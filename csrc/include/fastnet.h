@@ -3,7 +3,11 @@
  * A model is an opaque handle built from a JSON spec (the same spec the Python package writes).
  * Every function that can fail returns an fn_status; on failure fn_last_error() returns a message
  * for the calling thread. Nothing in the library prints, exits or aborts. Distinct models may be
- * used from distinct threads; one model must not be used from two threads at once.
+ * used from distinct threads at the same time; one model must not be used from two threads at
+ * once. The process-wide settings (fn_set_num_threads, fn_set_blas) are meant to be made at
+ * start-up, before other threads use the library.
+ *
+ * The reference, with a complete example program, is docs/c-api.md.
  *
  * Arrays are C-contiguous, row-major, in the model's dtype (float or double), batch first.
  */
@@ -29,6 +33,8 @@ extern "C" {
 #define FN_VERSION_MINOR 1
 #define FN_VERSION_PATCH 0
 #define FN_VERSION_STRING "0.1.0"
+/* MAJOR * 10000 + MINOR * 100 + PATCH, for comparisons in #if and against fn_version_number(). */
+#define FN_VERSION_NUMBER (FN_VERSION_MAJOR * 10000 + FN_VERSION_MINOR * 100 + FN_VERSION_PATCH)
 
 typedef enum {
     FN_OK = 0,
@@ -53,8 +59,11 @@ FN_API const char *fn_last_error(void);
 /* How many buffers the library has allocated so far: a training loop's steady state adds none
  * (its buffers are planned when a batch size first appears), which tests check with this. */
 FN_API uint64_t fn_allocations(void);
-/* "MAJOR.MINOR.PATCH" of the library actually linked. */
+/* "MAJOR.MINOR.PATCH" of the library actually linked (FN_VERSION_STRING is the header's). */
 FN_API const char *fn_version(void);
+/* FN_VERSION_NUMBER of the library actually linked: a program built against one header and run
+ * with another library can tell (structs may change between minor versions before 1.0). */
+FN_API int fn_version_number(void);
 
 /* ------------------------------------------------------------------ threads */
 
@@ -91,6 +100,12 @@ typedef struct {
 FN_API void fn_set_blas(const fn_blas *table);
 /* 1 if a BLAS table is installed for `dtype`. */
 FN_API int fn_blas_installed(fn_dtype dtype);
+/* A library built with a BLAS linked in (make FN_BLAS=openblas, which defines
+ * FN_WITH_LINKED_BLAS) starts with that BLAS's table installed: its sgemm_ and dgemm_, and
+ * openblas_set_num_threads_local when the OpenBLAS has it (0.3.27 and later). Nothing needs to be
+ * called for that. fn_use_linked_blas() installs that table again (after fn_set_blas replaced it)
+ * and returns 1; in a library built without a linked BLAS it changes nothing and returns 0. */
+FN_API int fn_use_linked_blas(void);
 
 /* Row-major GEMM: C = alpha * op(A) @ op(B) + beta * C, op(X) = X or X^T when trans_x is nonzero.
  * A is (M, K) after op, B is (K, N) after op, C is (M, N); lda/ldb/ldc are row strides.
@@ -143,6 +158,7 @@ typedef struct fn_model fn_model;
 /* Builds a model from its JSON spec (see docs in the README) and initialises its parameters from
  * the spec's seed. */
 FN_API fn_status fn_model_create(const char *spec_json, fn_model **out);
+/* Frees the model and everything it owns; NULL is accepted. */
 FN_API void fn_model_free(fn_model *m);
 
 FN_API fn_dtype fn_model_dtype(const fn_model *m);
@@ -172,6 +188,18 @@ typedef struct {
 } fn_tensor_info;
 FN_API int fn_model_tensor_count(const fn_model *m);
 FN_API fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info);
+/* The info of the tensor called `name`; FN_EINVAL if the model has none of that name. */
+FN_API fn_status fn_model_find_tensor(const fn_model *m, const char *name, fn_tensor_info *info);
+/* Copies the tensor called `name` (a parameter or a buffer, in the model's dtype, row-major in
+ * its shape) to dst, which holds `count` elements: count must be the tensor's element count.
+ * Counts kept in reals (num_batches_tracked) are copied as reals of the model's dtype. */
+FN_API fn_status fn_model_get_tensor(const fn_model *m, const char *name, void *dst,
+                                     int64_t count);
+/* Overwrites the tensor called `name` with `count` elements from src (the model's dtype).
+ * Refuses, changing nothing, a wrong count, NaN or Inf, and for a count tensor anything but a
+ * whole number >= 0. The optimizer's state for the tensor is kept. */
+FN_API fn_status fn_model_set_tensor(fn_model *m, const char *name, const void *src,
+                                     int64_t count);
 
 /* The graph's nodes in execution order: name, op type and per-sample output shape. */
 typedef struct {
@@ -199,6 +227,11 @@ FN_API fn_status fn_model_init_params(fn_model *m, uint64_t seed);
  * y (n, output_size), a caller buffer (may be NULL when only the activations for backward are
  * wanted). keep != 0 keeps what backward needs. Rejects NaN/Inf in x. */
 FN_API fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int keep);
+/* Inference: x (n, input_size) -> y (n, output_size), a caller buffer, in eval mode whatever the
+ * model's mode (which is left as it was), keeping no activations: a backward must follow a new
+ * keeping forward. Draws no dropout masks (fn_model_rng_step is unchanged). Large batches run in
+ * chunks of a bounded size. Rejects NaN/Inf in x, writing nothing to y. */
+FN_API fn_status fn_model_predict(fn_model *m, const void *x, int64_t n, void *y);
 /* Backward from d loss / d output (n, output_size) after a keeping forward of the same n.
  * Accumulates parameter gradients into the gradient arena; grad_x (n, input_size) receives
  * d loss / d x unless NULL. */
@@ -210,8 +243,9 @@ FN_API void fn_model_zero_grad(fn_model *m);
 FN_API fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt);
 /* Zeroes the optimizer state and its step counters, as for a newly created optimizer. */
 FN_API void fn_model_reset_optimizer(fn_model *m);
-/* One optimizer update from the current gradients. */
+/* One optimizer update from the current gradients, at the learning rate of the schedule. */
 FN_API fn_status fn_model_step(fn_model *m);
+
 /* Steps taken by the optimizer; its state arena (state_count slots of param_total elements:
  * SGD momentum buffer; Adam/AdamW first and second moments). */
 FN_API int64_t fn_model_optimizer_steps(const fn_model *m);
@@ -222,6 +256,53 @@ FN_API int fn_model_momentum_started(const fn_model *m);
 FN_API void fn_model_set_momentum_started(fn_model *m, int started);
 FN_API int fn_model_optimizer_state_count(const fn_model *m);
 FN_API void *fn_model_optimizer_state(fn_model *m, int slot);
+
+/* Learning-rate schedules. Update t (counted from 0 by the optimizer's step counter,
+ * fn_model_optimizer_steps, so fn_model_reset_optimizer and fn_model_set_optimizer_steps move it
+ * too) uses lr_t = base_lr * factor, with base_lr the optimizer's lr. With W = warmup_steps
+ * updates of linear warm-up, and s = t - W the updates since the warm-up ended:
+ *
+ *   t < W (any kind)          factor = (t + 1) / W          (base_lr / W rising to base_lr)
+ *   FN_SCHEDULE_CONSTANT      factor = 1
+ *   FN_SCHEDULE_STEP          factor = gamma ^ floor(s / step_size)
+ *   FN_SCHEDULE_EXPONENTIAL   factor = gamma ^ s
+ *   FN_SCHEDULE_INVERSE_TIME  factor = 1 / (1 + decay * s)
+ *   FN_SCHEDULE_COSINE        lr_t = min_lr + (base_lr - min_lr) * (1 + cos(pi * c / T)) / 2
+ *                             with T = total_steps and c = min(s, T): from base_lr down to
+ *                             min_lr over total_steps updates, then min_lr
+ *
+ * Fields: step_size >= 1 (STEP); 0 < gamma <= 1 (STEP, EXPONENTIAL); decay >= 0 (INVERSE_TIME);
+ * total_steps >= 1 and 0 <= min_lr (COSINE); warmup_steps >= 0 (every kind). A field the kind
+ * does not use must be 0, so that a schedule of the wrong kind is refused rather than silently
+ * different. The schedule belongs to the model (not to its file) and survives
+ * fn_model_set_optimizer; a new model's is constant without warm-up, which leaves lr as it is. */
+typedef enum {
+    FN_SCHEDULE_CONSTANT = 0,
+    FN_SCHEDULE_STEP,
+    FN_SCHEDULE_EXPONENTIAL,
+    FN_SCHEDULE_INVERSE_TIME,
+    FN_SCHEDULE_COSINE
+} fn_schedule_kind;
+typedef struct {
+    fn_schedule_kind kind;
+    int64_t step_size;   /* STEP: updates between two multiplications by gamma */
+    double gamma;        /* STEP, EXPONENTIAL: the factor per step_size updates, or per update */
+    double decay;        /* INVERSE_TIME */
+    int64_t total_steps; /* COSINE: updates from base_lr down to min_lr */
+    double min_lr;       /* COSINE: the floor */
+    int64_t warmup_steps; /* updates of linear warm-up before the schedule starts; 0 for none */
+} fn_schedule;
+
+/* Checks and sets the model's schedule; on failure the previous one stays. */
+FN_API fn_status fn_model_set_schedule(fn_model *m, const fn_schedule *schedule);
+/* The model's schedule. */
+FN_API fn_status fn_model_get_schedule(const fn_model *m, fn_schedule *schedule);
+/* The learning rate the next update will use; 0 if no optimizer is set. */
+FN_API double fn_model_current_lr(const fn_model *m);
+/* The learning rate of a schedule at update `step` from base_lr (what fn_model_current_lr uses),
+ * checking the schedule, base_lr >= 0 and step >= 0 first. */
+FN_API fn_status fn_schedule_lr(const fn_schedule *schedule, double base_lr, int64_t step,
+                                double *lr);
 
 /* One whole training step in one call: forward, loss, backward, optimizer update.
  * x (n, input_size), labels (n) in [0, output_size). *loss receives the mean loss. A non-finite

@@ -402,11 +402,31 @@ static void test_invalid_arguments(void) {
 /* ---------------------------------------------------------------- the BLAS path */
 
 static void test_blas_table(void) {
-    /* No BLAS that uses the 32-bit-int Fortran ABI is linked into this test, so the real-BLAS
-     * check is skipped; the reference gemm above exercises the same call path. */
+#ifdef FN_WITH_LINKED_BLAS
+    /* make FN_BLAS=openblas: the library starts with the linked BLAS, whose results are checked
+     * here on the same cases, before the reference gemm below replaces it. */
+    printf("system BLAS: linked, checked, then replaced by the reference gemm of this test\n");
+    check(fn_blas_installed(FN_FLOAT32) && fn_blas_installed(FN_FLOAT64),
+          "the linked BLAS is installed at start");
+    int64_t linked_shapes[][3] = {{1, 1, 1}, {3, 7, 5}, {97, 129, 65}, {11, 33, 17}};
+    for (int d = 0; d < 2; d++)
+        for (size_t s = 0; s < sizeof linked_shapes / sizeof linked_shapes[0]; s++)
+            run_shape((fn_dtype)d, linked_shapes[s][0], linked_shapes[s][1], linked_shapes[s][2],
+                      true);
+    fn_set_blas(NULL);
+    check(fn_use_linked_blas() == 1 && fn_blas_installed(FN_FLOAT32),
+          "fn_use_linked_blas reinstalls the linked BLAS");
+    fn_set_blas(NULL);
+#else
+    /* No BLAS that uses the 32-bit-int Fortran ABI is linked into this test (make FN_BLAS=openblas
+     * links one), so the real-BLAS check is skipped; the reference gemm above exercises the same
+     * call path. */
     printf("system BLAS: not linked, using the reference column-major gemm of this test\n");
     check(!fn_blas_installed(FN_FLOAT32) && !fn_blas_installed(FN_FLOAT64),
           "no BLAS installed at start");
+    check(fn_use_linked_blas() == 0 && !fn_blas_installed(FN_FLOAT32),
+          "fn_use_linked_blas does nothing without a linked BLAS");
+#endif
 
     fn_blas table = {reference_sgemm, reference_dgemm, fake_set_threads_local};
     fn_set_blas(&table);
