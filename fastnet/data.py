@@ -9,6 +9,13 @@ Everything here needs only numpy.  The main pieces are:
   :func:`load_npz`, :func:`load_mnist_dir` or :func:`load_idx`.
 * :func:`read_idx` -- a validating reader for the IDX format used by MNIST.
 * :func:`iterate_batches` -- reproducible mini-batch index generation.
+* :class:`Standardizer` and :class:`MinMaxScaler` -- per-feature (or
+  per-channel) scaling whose statistics come from the training data only;
+  :func:`scale_splits` fits one on ``splits.train`` and applies it to every
+  split.
+* :class:`ClassBalancedSampler` -- draws sample indices so that every class
+  is equally likely, for imbalanced data (see also
+  :class:`fastnet.augment.BatchLoader`).
 
 Integer inputs are always converted to floats in ``[0, 1]`` when loaded
 (see :func:`scale_inputs`); floating inputs are kept as they are.
@@ -36,6 +43,10 @@ __all__ = [
     "load_mnist_dir",
     "load_data",
     "iterate_batches",
+    "Standardizer",
+    "MinMaxScaler",
+    "scale_splits",
+    "ClassBalancedSampler",
 ]
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -1007,3 +1018,633 @@ def iterate_batches(n, batch_size, shuffle=True, seed=0, epoch=0) -> Iterator[np
     else:
         order = np.arange(n, dtype=np.intp)
     return (order[start:start + batch_size] for start in range(0, n, batch_size))
+
+
+# --------------------------------------------------------------------------
+# Feature scaling fitted on the training split
+# --------------------------------------------------------------------------
+
+_SCALE_PER = ("feature", "channel")
+
+
+def _check_per(per) -> str:
+    if not isinstance(per, str) or per not in _SCALE_PER:
+        raise ValueError(f"per must be 'feature' or 'channel', got {per!r}")
+    return per
+
+
+def _real(value, name: str) -> float:
+    """Return ``value`` as a finite ``float`` after checking that it is a real number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+class _Scaler:
+    """What :class:`Standardizer` and :class:`MinMaxScaler` share.
+
+    A subclass sets ``_STATISTICS`` (the names of its fitted arrays, as they
+    appear in the state dict), implements ``_fit_statistics(x, axes)`` returning
+    them as float64 arrays, ``_forward(out, stats)`` and ``_backward(out,
+    stats)``, which work in place on a copy of the input whose statistics were
+    cast to its dtype, and ``_config()`` / ``_set_config(state)`` for the
+    hyper-parameters kept in the state dict.
+    """
+
+    _STATISTICS: tuple = ()
+
+    def __init__(self, per: str):
+        self.per = _check_per(per)
+        self._stats: Optional[dict] = None
+
+    # -- shapes ------------------------------------------------------------
+
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` (or :meth:`load_state_dict`) has run."""
+        return self._stats is not None
+
+    def _check_input(self, x, action: str) -> np.ndarray:
+        name = type(self).__name__
+        x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(
+                f"{name}.{action} needs floating-point x, got dtype {x.dtype}; convert integer data "
+                f"first, e.g. with fastnet.data.scale_inputs(x) or x.astype(np.float32)")
+        minimum_ndim = 3 if self.per == "channel" else 2
+        if x.ndim < minimum_ndim:
+            if self.per == "channel":
+                raise ValueError(
+                    f"{name}(per='channel').{action} needs images of shape (N, C, H, W) (at least 3 "
+                    f"dimensions, channels on axis 1), got shape {x.shape}; use per='feature' for "
+                    f"flat inputs")
+            raise ValueError(
+                f"{name}.{action} needs x of shape (N, features...) with samples on the first axis, "
+                f"got shape {x.shape}; reshape a single feature column with x.reshape(-1, 1)")
+        _check_finite(x, f"x passed to {name}.{action}")
+        return x
+
+    def _axes(self, x: np.ndarray) -> tuple:
+        """The axes the statistics reduce over."""
+        if self.per == "channel":
+            return (0,) + tuple(range(2, x.ndim))
+        return (0,)
+
+    def _broadcast(self, x: np.ndarray, action: str) -> dict:
+        """The fitted statistics, cast to ``x.dtype`` and shaped to broadcast against ``x``."""
+        name = type(self).__name__
+        if self._stats is None:
+            raise RuntimeError(f"{name} is not fitted yet; call fit(x) on the training inputs first")
+        first = self._stats[self._STATISTICS[0]]
+        if self.per == "channel":
+            if x.shape[1] != first.shape[0]:
+                raise ValueError(
+                    f"{name}.{action} got {x.shape[1]} channel(s) (x of shape {x.shape}) but was fitted "
+                    f"on {first.shape[0]}")
+            shape = (1, first.shape[0]) + (1,) * (x.ndim - 2)
+        else:
+            if x.shape[1:] != first.shape:
+                raise ValueError(
+                    f"{name}.{action} got samples of shape {x.shape[1:]} (x of shape {x.shape}) but was "
+                    f"fitted on samples of shape {first.shape}")
+            shape = (1,) + first.shape
+        return {key: value.astype(x.dtype).reshape(shape) for key, value in self._stats.items()}
+
+    # -- public API --------------------------------------------------------
+
+    def fit(self, x):
+        """Compute the statistics of ``x`` (the training inputs).
+
+        Parameters
+        ----------
+        x : array_like of floating dtype, shape (N, ...)
+            Samples on the first axis; (N, C, ...) with ``per="channel"``.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not floating.
+        ValueError
+            If ``x`` has no samples, too few dimensions, or holds NaN or Inf.
+        """
+        x = self._check_input(x, "fit")
+        if x.shape[0] < 1:
+            raise ValueError(f"{type(self).__name__}.fit needs at least 1 sample, got x of shape {x.shape}")
+        self._stats = self._fit_statistics(x, self._axes(x))
+        return self
+
+    def transform(self, x) -> np.ndarray:
+        """Scale ``x`` with the fitted statistics.
+
+        Parameters
+        ----------
+        x : array_like of floating dtype
+            Samples of the shape seen by :meth:`fit` (with ``per="channel"``,
+            the same number of channels; the other sizes may differ).
+
+        Returns
+        -------
+        numpy.ndarray
+            A new array of the dtype and shape of ``x``; ``x`` is not modified.
+
+        Raises
+        ------
+        RuntimeError
+            If the scaler is not fitted.
+        TypeError, ValueError
+            If ``x`` is not floating, holds NaN or Inf, or its shape does not
+            match the fitted statistics.
+        """
+        x = self._check_input(x, "transform")
+        stats = self._broadcast(x, "transform")
+        out = np.array(x, copy=True)
+        self._forward(out, stats)
+        return out
+
+    def fit_transform(self, x) -> np.ndarray:
+        """Fit on ``x`` and return ``x`` scaled: ``fit(x).transform(x)``."""
+        return self.fit(x).transform(x)
+
+    def inverse_transform(self, x) -> np.ndarray:
+        """Undo :meth:`transform`: map scaled values back to the original units.
+
+        Parameters
+        ----------
+        x : array_like of floating dtype
+            Scaled values, shaped as for :meth:`transform`.
+
+        Returns
+        -------
+        numpy.ndarray
+            A new array of the dtype and shape of ``x``.
+        """
+        x = self._check_input(x, "inverse_transform")
+        stats = self._broadcast(x, "inverse_transform")
+        out = np.array(x, copy=True)
+        self._backward(out, stats)
+        return out
+
+    def state_dict(self) -> dict:
+        """The configuration and fitted statistics (copies), for :meth:`load_state_dict`.
+
+        Raises
+        ------
+        RuntimeError
+            If the scaler is not fitted.
+        """
+        if self._stats is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet; there is no state to save")
+        state = {"type": type(self).__name__, "per": self.per}
+        state.update(self._config())
+        state.update({key: value.copy() for key, value in self._stats.items()})
+        return state
+
+    def load_state_dict(self, state) -> None:
+        """Restore what :meth:`state_dict` returned (configuration included).
+
+        Parameters
+        ----------
+        state : dict
+            The output of :meth:`state_dict` of a scaler of the same class.
+
+        Raises
+        ------
+        ValueError
+            If ``state`` is for another class, lacks an entry, or holds
+            statistics of inconsistent shapes or non-finite values.
+        """
+        name = type(self).__name__
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from {name}.state_dict(), got {type(state).__name__}")
+        if state.get("type") != name:
+            raise ValueError(f"state is for {state.get('type')!r}, not {name!r}")
+        missing = [key for key in ("per",) + self._STATISTICS if key not in state]
+        if missing:
+            raise ValueError(f"state for {name} lacks the entr{'y' if len(missing) == 1 else 'ies'} "
+                             f"{', '.join(missing)}")
+        per = _check_per(state["per"])
+        stats = {key: np.array(state[key], dtype=np.float64) for key in self._STATISTICS}
+        shapes = {key: value.shape for key, value in stats.items()}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"state for {name} holds statistics of different shapes: {shapes}")
+        if per == "channel" and stats[self._STATISTICS[0]].ndim != 1:
+            raise ValueError(f"per-channel statistics must be 1-D, got shapes {shapes}")
+        for key, value in stats.items():
+            if not np.isfinite(value).all():
+                raise ValueError(f"state for {name} holds non-finite values in {key!r}")
+        self._validate_statistics(stats)
+        self._set_config(state)
+        self.per = per
+        self._stats = stats
+
+    def _validate_statistics(self, stats: dict) -> None:
+        """Subclass hook: check loaded statistics."""
+
+
+class Standardizer(_Scaler):
+    """Scale inputs to zero mean and unit variance with statistics of the training data.
+
+    :meth:`fit` computes the mean and the (population, ``ddof=0``) standard
+    deviation of each feature -- or of each channel of (N, C, H, W) images --
+    and :meth:`transform` returns ``(x - mean) / std``.  Fit on the training
+    split only and transform the others with the same statistics, so nothing
+    about the validation or test data leaks into training (see
+    :func:`scale_splits`).  Statistics are computed in float64; the output keeps
+    the dtype of the input (float32 stays float32).
+
+    A feature whose standard deviation is at most ``eps`` (a constant feature)
+    is only centred -- divided by 1 instead of by (almost) zero -- so it maps
+    to 0 on the training data and never to Inf.
+
+    Parameters
+    ----------
+    eps : float, default 1e-8
+        Standard deviations ``<= eps`` count as zero.
+    per : {"feature", "channel"}, default "feature"
+        ``"feature"``: one mean and deviation per input value (statistics of
+        shape ``x.shape[1:]``).  ``"channel"``: one per channel of inputs of
+        shape (N, C, ...) (statistics of shape (C,)), as image normalisation
+        usually does.
+
+    Attributes
+    ----------
+    mean_ : numpy.ndarray of float64 or None
+        Fitted means (``None`` before :meth:`fit`).
+    std_ : numpy.ndarray of float64 or None
+        Fitted standard deviations.
+    scale_ : numpy.ndarray of float64 or None
+        The divisors actually used: ``std_`` with values ``<= eps`` replaced by 1.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``eps`` is not a non-negative finite number or ``per`` is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[1.0, 5.0], [3.0, 5.0]], dtype=np.float32)
+    >>> scaler = Standardizer().fit(x)
+    >>> scaler.mean_.tolist(), scaler.std_.tolist()
+    ([2.0, 5.0], [1.0, 0.0])
+    >>> scaled = scaler.transform(x)
+    >>> scaled.tolist(), scaled.dtype
+    ([[-1.0, 0.0], [1.0, 0.0]], dtype('float32'))
+    >>> scaler.inverse_transform(scaled).tolist()
+    [[1.0, 5.0], [3.0, 5.0]]
+
+    Per-channel statistics of images:
+
+    >>> images = np.stack([np.zeros((2, 2)), np.full((2, 2), 4.0)])[None]  # (1, 2, 2, 2)
+    >>> Standardizer(per="channel").fit(images).mean_.tolist()
+    [0.0, 4.0]
+    """
+
+    _STATISTICS = ("mean", "std")
+
+    def __init__(self, eps=1e-8, per="feature"):
+        super().__init__(per)
+        self.eps = self._check_eps(eps)
+
+    @staticmethod
+    def _check_eps(eps) -> float:
+        eps = _real(eps, "eps")
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        return eps
+
+    def _config(self) -> dict:
+        return {"eps": self.eps}
+
+    def _set_config(self, state) -> None:
+        self.eps = self._check_eps(state.get("eps", self.eps))
+
+    def _validate_statistics(self, stats: dict) -> None:
+        if (stats["std"] < 0).any():
+            raise ValueError("state for Standardizer holds negative standard deviations in 'std'")
+
+    def _fit_statistics(self, x, axes) -> dict:
+        mean = x.mean(axis=axes, dtype=np.float64)
+        std = x.std(axis=axes, dtype=np.float64)
+        return {"mean": mean, "std": std}
+
+    def _scale(self, std: np.ndarray) -> np.ndarray:
+        return np.where(std > self.eps, std, np.ones_like(std))
+
+    def _broadcast(self, x, action):
+        stats = super()._broadcast(x, action)
+        # The divisor is derived in float64 and then cast, so that constant features never divide by 0.
+        stats["scale"] = self._scale(self._stats["std"]).astype(x.dtype).reshape(stats["std"].shape)
+        return stats
+
+    def _forward(self, out, stats) -> None:
+        out -= stats["mean"]
+        out /= stats["scale"]
+
+    def _backward(self, out, stats) -> None:
+        out *= stats["scale"]
+        out += stats["mean"]
+
+    @property
+    def mean_(self) -> Optional[np.ndarray]:
+        """Fitted means, float64 (``None`` before :meth:`fit`)."""
+        return None if self._stats is None else self._stats["mean"]
+
+    @property
+    def std_(self) -> Optional[np.ndarray]:
+        """Fitted standard deviations (``ddof=0``), float64."""
+        return None if self._stats is None else self._stats["std"]
+
+    @property
+    def scale_(self) -> Optional[np.ndarray]:
+        """The divisors used: ``std_`` with values ``<= eps`` replaced by 1."""
+        return None if self._stats is None else self._scale(self._stats["std"])
+
+    def __repr__(self) -> str:
+        return f"Standardizer(eps={self.eps!r}, per={self.per!r})"
+
+
+class MinMaxScaler(_Scaler):
+    """Scale each feature linearly so the training data spans ``feature_range``.
+
+    :meth:`fit` records the minimum and maximum of each feature -- or of each
+    channel of (N, C, H, W) images -- and :meth:`transform` returns
+    ``(x - min) / (max - min) * (high - low) + low``.  The training data then
+    lies in ``[low, high]``; other splits transformed with the same statistics
+    may fall outside it.  Fit on the training split only (see
+    :func:`scale_splits`).  The output keeps the dtype of the input.
+
+    A constant feature (``max == min``) is divided by 1 instead of 0: it maps
+    to ``low`` on the training data and never to Inf.
+
+    Parameters
+    ----------
+    feature_range : (float, float), default (0, 1)
+        ``(low, high)`` with ``low < high``.
+    per : {"feature", "channel"}, default "feature"
+        One minimum and maximum per input value, or per channel of inputs of
+        shape (N, C, ...).
+
+    Attributes
+    ----------
+    data_min_, data_max_ : numpy.ndarray of float64 or None
+        Fitted minima and maxima (``None`` before :meth:`fit`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``feature_range`` is not two finite numbers with ``low < high`` or
+        ``per`` is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> train = np.array([[0.0, 10.0], [2.0, 30.0]])
+    >>> scaler = MinMaxScaler().fit(train)
+    >>> scaler.transform(train).tolist()
+    [[0.0, 0.0], [1.0, 1.0]]
+    >>> scaler.transform(np.array([[1.0, 40.0]])).tolist()  # outside the training range
+    [[0.5, 1.5]]
+    >>> MinMaxScaler(feature_range=(-1, 1)).fit_transform(train).tolist()
+    [[-1.0, -1.0], [1.0, 1.0]]
+    """
+
+    _STATISTICS = ("data_min", "data_max")
+
+    def __init__(self, feature_range=(0, 1), per="feature"):
+        super().__init__(per)
+        self.feature_range = self._check_range(feature_range)
+
+    @staticmethod
+    def _check_range(feature_range) -> tuple:
+        if isinstance(feature_range, (str, bytes)) or not hasattr(feature_range, "__len__") \
+                or len(feature_range) != 2:
+            raise TypeError(f"feature_range must be a pair (low, high), got {feature_range!r}")
+        low = _real(feature_range[0], "feature_range[0]")
+        high = _real(feature_range[1], "feature_range[1]")
+        if not low < high:
+            raise ValueError(f"feature_range must have low < high, got ({low}, {high})")
+        return (low, high)
+
+    def _config(self) -> dict:
+        return {"feature_range": self.feature_range}
+
+    def _set_config(self, state) -> None:
+        self.feature_range = self._check_range(state.get("feature_range", self.feature_range))
+
+    def _validate_statistics(self, stats: dict) -> None:
+        if (stats["data_max"] < stats["data_min"]).any():
+            raise ValueError("state for MinMaxScaler holds 'data_max' values below 'data_min'")
+
+    def _fit_statistics(self, x, axes) -> dict:
+        return {"data_min": x.min(axis=axes).astype(np.float64),
+                "data_max": x.max(axis=axes).astype(np.float64)}
+
+    def _factor(self) -> np.ndarray:
+        """``(high - low) / (max - min)`` with a zero range replaced by 1, float64."""
+        low, high = self.feature_range
+        data_range = self._stats["data_max"] - self._stats["data_min"]
+        return (high - low) / np.where(data_range > 0, data_range, np.ones_like(data_range))
+
+    def _broadcast(self, x, action):
+        stats = super()._broadcast(x, action)
+        stats["factor"] = self._factor().astype(x.dtype).reshape(stats["data_min"].shape)
+        return stats
+
+    def _forward(self, out, stats) -> None:
+        out -= stats["data_min"]
+        out *= stats["factor"]
+        out += out.dtype.type(self.feature_range[0])
+
+    def _backward(self, out, stats) -> None:
+        out -= out.dtype.type(self.feature_range[0])
+        out /= stats["factor"]
+        out += stats["data_min"]
+
+    @property
+    def data_min_(self) -> Optional[np.ndarray]:
+        """Fitted minima, float64 (``None`` before :meth:`fit`)."""
+        return None if self._stats is None else self._stats["data_min"]
+
+    @property
+    def data_max_(self) -> Optional[np.ndarray]:
+        """Fitted maxima, float64 (``None`` before :meth:`fit`)."""
+        return None if self._stats is None else self._stats["data_max"]
+
+    def __repr__(self) -> str:
+        return f"MinMaxScaler(feature_range={self.feature_range!r}, per={self.per!r})"
+
+
+def scale_splits(splits, scaler) -> tuple:
+    """Fit ``scaler`` on the training inputs and apply it to every split.
+
+    Only ``splits.train.x`` is passed to ``scaler.fit``; the validation and
+    test inputs are transformed with the training statistics, so nothing about
+    them influences training.  Labels and ``num_classes`` are kept.
+
+    Parameters
+    ----------
+    splits : Splits
+        The datasets; ``val`` and ``test`` may be ``None``.
+    scaler : Standardizer or MinMaxScaler
+        Any object with ``fit(x)`` and ``transform(x)`` methods.  It is
+        (re)fitted in place.
+
+    Returns
+    -------
+    scaled : Splits
+        New datasets with scaled inputs (the given ones are not modified).
+    scaler
+        The fitted scaler, to transform future inputs the same way (for
+        example at prediction time) or to save with ``state_dict()``.
+
+    Raises
+    ------
+    TypeError
+        If ``splits`` is not a :class:`Splits` or ``scaler`` lacks ``fit`` or
+        ``transform``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> train = Dataset(np.array([[0.0], [2.0]]), np.array([0, 1]))
+    >>> test = Dataset(np.array([[4.0]]), np.array([1]))
+    >>> scaled, scaler = scale_splits(Splits(train, None, test), Standardizer())
+    >>> scaler.mean_.tolist(), scaled.train.x.ravel().tolist(), scaled.test.x.ravel().tolist()
+    ([1.0], [-1.0, 1.0], [3.0])
+    >>> scaled.val is None
+    True
+    """
+    if not isinstance(splits, Splits):
+        raise TypeError(f"splits must be a fastnet.data.Splits, got {type(splits).__name__}")
+    for method in ("fit", "transform"):
+        if not callable(getattr(scaler, method, None)):
+            raise TypeError(
+                f"scaler must have fit(x) and transform(x) methods (e.g. Standardizer() or "
+                f"MinMaxScaler()), got {type(scaler).__name__} without {method}()")
+    scaler.fit(splits.train.x)
+    scaled = [None if ds is None else Dataset(scaler.transform(ds.x), ds.y, num_classes=ds.num_classes)
+              for ds in splits]
+    return Splits(*scaled), scaler
+
+
+# --------------------------------------------------------------------------
+# Class-balanced sampling
+# --------------------------------------------------------------------------
+
+def _check_generator(rng, name: str = "rng") -> np.random.Generator:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"{name} must be a numpy.random.Generator (e.g. numpy.random.default_rng(0)), "
+            f"got {type(rng).__name__}")
+    return rng
+
+
+class ClassBalancedSampler:
+    """Draw sample indices so that every class is equally likely.
+
+    Each sample is weighted by ``1 / count(its class)``, so each class present
+    in ``labels`` carries the same total weight: a draw picks each class with
+    probability ``1 / (number of classes present)`` and, within the class,
+    each sample uniformly.  This is what a weighted random sampler with
+    class-balance weights does; it lets a model see rare classes as often as
+    common ones.  Classes absent from ``labels`` are never drawn.
+
+    Pass it to :class:`fastnet.augment.BatchLoader` as ``sampler=`` to use it
+    for the epoch order, or call :meth:`sample` yourself.
+
+    Parameters
+    ----------
+    labels : array_like of int, shape (N,), or Dataset
+        Class labels (``>= 0``) of the samples; a :class:`Dataset` gives its ``y``.
+    num_samples : int, optional
+        Indices drawn per epoch; defaults to ``N``.
+    replacement : bool, default True
+        Draw with replacement (a sample may appear several times).  Without
+        replacement each index appears at most once, rare classes are
+        exhausted first, and ``num_samples`` may not exceed ``N``.
+
+    Attributes
+    ----------
+    weights : numpy.ndarray of float64, shape (N,)
+        ``1 / count(class of sample)``.
+    num_samples : int
+        Indices per epoch (also ``len(sampler)``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If the labels are not a non-empty 1-D array of non-negative integers,
+        or ``num_samples`` is not a positive integer (at most ``N`` without
+        replacement).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.array([0] * 90 + [1] * 10)
+    >>> sampler = ClassBalancedSampler(labels)
+    >>> sampler.weights[[0, 95]].tolist()
+    [0.011111111111111112, 0.1]
+    >>> drawn = labels[sampler.sample(np.random.default_rng(0))]
+    >>> len(drawn), 35 < int((drawn == 1).sum()) < 65
+    (100, True)
+    """
+
+    def __init__(self, labels, num_samples=None, replacement=True):
+        if isinstance(labels, Dataset):
+            labels = labels.y
+        labels = np.asarray(labels)
+        _check_labels(labels, "labels")
+        if labels.shape[0] < 1:
+            raise ValueError("labels must hold at least 1 label, got an empty array")
+        if not isinstance(replacement, (bool, np.bool_)):
+            raise TypeError(f"replacement must be True or False, got {replacement!r}")
+        n = labels.shape[0]
+        num_samples = n if num_samples is None else _require_int(num_samples, "num_samples", minimum=1)
+        if not replacement and num_samples > n:
+            raise ValueError(
+                f"num_samples must be <= the number of labels ({n}) when replacement=False, "
+                f"got {num_samples}")
+        counts = np.bincount(labels)
+        self._labels = labels
+        self._weights = 1.0 / counts[labels]
+        self._probabilities = self._weights / self._weights.sum()
+        self.num_samples = num_samples
+        self.replacement = bool(replacement)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Per-sample weights ``1 / count(class)`` (a copy)."""
+        return self._weights.copy()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def sample(self, rng) -> np.ndarray:
+        """Draw one epoch's indices.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The source of randomness; the same state gives the same indices.
+
+        Returns
+        -------
+        numpy.ndarray of numpy.intp, shape (num_samples,)
+            Indices into ``labels``.
+        """
+        rng = _check_generator(rng)
+        indices = rng.choice(self._labels.shape[0], size=self.num_samples, replace=self.replacement,
+                             p=self._probabilities)
+        return indices.astype(np.intp, copy=False)
+
+    def __repr__(self) -> str:
+        return (f"ClassBalancedSampler(num_labels={self._labels.shape[0]}, num_samples={self.num_samples}, "
+                f"replacement={self.replacement})")
