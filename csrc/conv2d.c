@@ -123,6 +123,17 @@ static fn_status conv_configure(fn_node *node, const fn_json *spec) {
     node->attr.conv.out_channels = out_channels;
     node->attr.conv.groups = groups;
     node->attr.conv.bias = bias != 0;
+    /* PyTorch's fans of an (out, in / groups, kh, kw) weight: dims 1 and 0, each times the
+     * kernel's area (the groups divide fan_in only). */
+    int64_t area = kernel[0] * kernel[1];
+    FN_TRY(fn_init_parse(spec, "init", false, in_channels / groups * area, out_channels * area,
+                         &node->attr.conv.weight_init, node->name));
+    const fn_json *bias_init = fn_json_get(spec, "bias_init");
+    if (!bias && bias_init && bias_init->type != FN_JSON_NULL)
+        return fn_error(FN_EINVAL, "node '%s': bias_init is given but %s has no bias", node->name,
+                        layer);
+    FN_TRY(fn_init_parse(spec, "bias_init", true, in_channels / groups * area,
+                         out_channels * area, &node->attr.conv.bias_init, node->name));
     for (int d = 0; d < 2; d++) {
         node->attr.conv.kernel[d] = kernel[d];
         node->attr.conv.stride[d] = stride[d];
@@ -140,16 +151,15 @@ static fn_status conv_configure(fn_node *node, const fn_json *spec) {
     return FN_OK;
 }
 
-/* PyTorch's default: kaiming_uniform(a=sqrt(5)) on the weight, which is U(-1/sqrt(fan_in),
- * 1/sqrt(fan_in)) with fan_in = in_channels / groups * kh * kw, and the same bound for the bias. */
+/* From the distributions configure resolved ("init", "bias_init"; PyTorch's default without
+ * them). */
 static void conv_init(fn_node *node, fn_dtype dtype, void *const params[], uint64_t seed) {
-    const fn_shape *w = &node->param_decl[0].shape;
-    int64_t fan_in = w->dim[1] * w->dim[2] * w->dim[3];
-    double bound = 1.0 / sqrt((double)fan_in);
-    for (int p = 0; p < node->n_params; p++) {
-        int64_t count = p == 0 ? w->dim[0] * fan_in : w->dim[0];
-        fn_fill_uniform(dtype, params[p], count, -bound, bound, seed, fn_param_stream(node, p));
-    }
+    int64_t count = fn_shape_size(&node->param_decl[0].shape);
+    fn_fill_dist(&node->attr.conv.weight_init, dtype, params[0], count, seed,
+                 fn_param_stream(node, 0));
+    if (node->attr.conv.bias)
+        fn_fill_dist(&node->attr.conv.bias_init, dtype, params[1], node->attr.conv.out_channels,
+                     seed, fn_param_stream(node, 1));
 }
 
 /* The sizes every kernel of a node works with, from its attributes and shapes. */

@@ -167,5 +167,12 @@ static inline uint64_t fn_rng_bits(uint64_t seed, uint64_t stream, uint64_t coun
 static inline double fn_rng_uniform(uint64_t seed, uint64_t stream, uint64_t counter) {
     return (double)(fn_rng_bits(seed, stream, counter) >> 11) * 0x1.0p-53;
 }
+/* Standard normal double: Box-Muller on the uniforms at counters 2i and 2i + 1, keeping the cosine
+ * branch only, so that value i is still a pure function of (seed, stream, i). 1 - u lies in
+ * (0, 1], so the logarithm is finite; the tails reach about 8.6 standard deviations. */
+static inline double fn_rng_normal(uint64_t seed, uint64_t stream, uint64_t i) {
+    double u1 = fn_rng_uniform(seed, stream, 2 * i), u2 = fn_rng_uniform(seed, stream, 2 * i + 1);
+    return sqrt(-2 * log(1 - u1)) * cos(6.283185307179586476925286766559 * u2);
+}
 
 #endif /* FASTNET_INTERNAL_H */

@@ -8,7 +8,27 @@
 
 #include "internal.h"
 
-typedef enum { FN_ACT_RELU, FN_ACT_LEAKY_RELU, FN_ACT_SIGMOID, FN_ACT_TANH } fn_activation_kind;
+typedef enum {
+    FN_ACT_RELU,
+    FN_ACT_LEAKY_RELU,
+    FN_ACT_SIGMOID,
+    FN_ACT_TANH,
+    FN_ACT_ELU,
+    FN_ACT_GELU,      /* exact, with erf */
+    FN_ACT_GELU_TANH, /* approximate="tanh" */
+    FN_ACT_SILU,
+    FN_ACT_SOFTPLUS,
+} fn_activation_kind;
+
+/* The hyper-parameters of the elementwise activations (each reads its own). */
+typedef struct {
+    double negative_slope; /* LeakyReLU */
+    double alpha;          /* ELU */
+    double beta, threshold; /* Softplus */
+} fn_activation_params;
+
+struct fn_update_args; /* model.h */
+#define FN_NORM_BLOCK 8192 /* elements per partial sum of fn_grad_sum_squares */
 
 #define FN_KERNELS(real, S)                                                                      \
     /* gemm.c: row-major C = alpha*op(A)@op(B) + beta*C through the BLAS table or built-in */   \
@@ -38,11 +58,30 @@ typedef enum { FN_ACT_RELU, FN_ACT_LEAKY_RELU, FN_ACT_SIGMOID, FN_ACT_TANH } fn_
                       const int64_t padding[2], const int64_t dilation[2], real *x,              \
                       bool accumulate, int threads);                                             \
     /* activation.c */                                                                           \
-    void fn_activation_forward##S(fn_activation_kind kind, real negative_slope, const real *x,   \
-                                  real *y, int64_t count, int threads);                          \
-    void fn_activation_backward##S(fn_activation_kind kind, real negative_slope, const real *x,  \
-                                   const real *y, const real *grad_y, real *grad_x,              \
-                                   bool accumulate, int64_t count, int threads);                 \
+    void fn_activation_forward##S(fn_activation_kind kind, const fn_activation_params *params,   \
+                                  const real *x, real *y, int64_t count, int threads);           \
+    void fn_activation_backward##S(fn_activation_kind kind, const fn_activation_params *params,  \
+                                   const real *x, const real *y, const real *grad_y,             \
+                                   real *grad_x, bool accumulate, int64_t count, int threads);   \
+    /* prelu.c: x, y (n, c, spatial); weight (c), or (1) shared by every channel */              \
+    void fn_prelu_forward##S(const real *x, const real *weight, bool shared, real *y, int64_t n, \
+                             int64_t c, int64_t spatial, int threads);                           \
+    void fn_prelu_backward##S(const real *x, const real *weight, bool shared,                    \
+                              const real *grad_y, real *grad_x, bool accumulate,                 \
+                              real *grad_weight, bool accumulate_weight, double *row_sums,       \
+                              int64_t n, int64_t c, int64_t spatial, int threads);               \
+    /* maxout.c: x (n, groups * pieces, spatial) -> y (n, groups, spatial) */                    \
+    void fn_maxout_forward##S(const real *x, real *y, int64_t n, int64_t groups, int64_t pieces, \
+                              int64_t spatial, int threads);                                     \
+    void fn_maxout_backward##S(const real *x, const real *grad_y, real *grad_x, bool accumulate, \
+                               int64_t n, int64_t groups, int64_t pieces, int64_t spatial,       \
+                               int threads);                                                     \
+    /* softmax.c: x, y (n, c, spatial), normalised over c */                                     \
+    void fn_softmax_forward##S(const real *x, real *y, bool take_log, int64_t n, int64_t c,      \
+                               int64_t spatial, int threads);                                    \
+    void fn_softmax_backward##S(const real *y, const real *grad_y, real *grad_x, bool take_log,  \
+                                bool accumulate, int64_t n, int64_t c, int64_t spatial,          \
+                                int threads);                                                    \
     /* pool.c: x (n, c, h, w) <-> y (n, c, oh, ow); pairs are (h, w) */                          \
     void fn_max_pool2d_forward##S(const real *x, real *y, int64_t n, int64_t c, int64_t h,       \
                                   int64_t w, const int64_t kernel[2], const int64_t stride[2],   \
@@ -86,17 +125,40 @@ typedef enum { FN_ACT_RELU, FN_ACT_LEAKY_RELU, FN_ACT_SIGMOID, FN_ACT_TANH } fn_
                             int64_t spatial, int64_t size, double alpha, double beta,            \
                             int threads);                                                        \
     /* optim.c */                                                                                \
-    void fn_optimizer_update##S(const fn_optimizer *opt, int64_t step, bool momentum_first,      \
-                                real *params, const real *grads, real *state, int64_t count,     \
-                                int threads);                                                    \
-    /* softmax_xent.c */                                                                         \
-    double fn_softmax_xent_forward_backward##S(const real *logits, const void *labels,           \
-                                               fn_label_type label_type, real *grad, int64_t n,  \
-                                               int64_t c, int threads, int64_t *correct);
+    void fn_optimizer_update##S(const struct fn_update_args *args, int threads);                \
+    /* the sum of squares of grads (count), in double, in blocks of FN_NORM_BLOCK (one per       \
+     * entry of blocks) summed in order: the same bits for any thread count */                   \
+    double fn_grad_sum_squares##S(const real *grads, int64_t count, double *blocks,              \
+                                  int threads);                                                  \
+    /* losses: outputs, targets and grad (n, c); arguments checked by fn_loss_check; each     \
+     * returns the loss and writes d loss / d outputs unless grad is NULL */                     \
+    double fn_cross_entropy_forward_backward##S(const real *logits, const fn_targets *targets,   \
+                                                const fn_loss *loss, double norm, real *grad,    \
+                                                int64_t n, int64_t c, int threads,               \
+                                                int64_t *correct);                               \
+    double fn_distillation_forward_backward##S(const real *student, const fn_targets *targets,   \
+                                               const fn_loss *loss, real *grad, int64_t n,       \
+                                               int64_t c, int threads, int64_t *correct);        \
+    double fn_regression_loss_forward_backward##S(const real *outputs,                           \
+                                                  const fn_targets *targets,                     \
+                                                  const fn_loss *loss, real *grad, int64_t n,    \
+                                                  int64_t c, int threads);                       \
+    double fn_bce_with_logits_forward_backward##S(const real *logits, const fn_targets *targets,  \
+                                                  const fn_loss *loss, real *grad, int64_t n,    \
+                                                  int64_t c, int threads);
 
-/* Checks that every label is in [0, classes), naming the first that is not. */
+/* loss.c. Checks that every label is in [0, classes), naming the first that is not. */
 fn_status fn_labels_check(const void *labels, fn_label_type label_type, int64_t n,
                           int64_t classes);
+/* Checks a loss and its targets for outputs (n, c) of `dtype`; *norm receives the divisor of the
+ * summed loss (n, n * c, or the summed class weights of the labels). */
+fn_status fn_loss_check(fn_dtype dtype, const fn_loss *loss, const fn_targets *targets, int64_t n,
+                        int64_t c, double *norm);
+/* Runs a checked loss on up to `threads` threads: returns its value, writes grad unless NULL and
+ * the argmax hits to *correct unless NULL. */
+double fn_loss_run(fn_dtype dtype, const void *outputs, int64_t n, int64_t c,
+                   const fn_targets *targets, const fn_loss *loss, double norm, void *grad,
+                   int threads, int64_t *correct);
 
 FN_KERNELS(float, _f32)
 FN_KERNELS(double, _f64)

@@ -28,6 +28,15 @@ static fn_status linear_configure(fn_node *node, const fn_json *spec) {
     node->attr.linear.in_features = in_features;
     node->attr.linear.out_features = out_features;
     node->attr.linear.bias = bias != 0;
+    /* PyTorch's fans of an (out, in) weight: fan_in = in, fan_out = out. */
+    FN_TRY(fn_init_parse(spec, "init", false, in_features, out_features,
+                         &node->attr.linear.weight_init, node->name));
+    const fn_json *bias_init = fn_json_get(spec, "bias_init");
+    if (!bias && bias_init && bias_init->type != FN_JSON_NULL)
+        return fn_error(FN_EINVAL, "node '%s': bias_init is given but the layer has no bias",
+                        node->name);
+    FN_TRY(fn_init_parse(spec, "bias_init", true, in_features, out_features,
+                         &node->attr.linear.bias_init, node->name));
     node->out_shape = (fn_shape){1, {out_features}};
     node->n_params = bias ? 2 : 1;
     node->param_decl[0] = (fn_param_decl){.name = "weight", .shape = {2, {out_features, in_features}}};
@@ -36,15 +45,15 @@ static fn_status linear_configure(fn_node *node, const fn_json *spec) {
     return FN_OK;
 }
 
-/* PyTorch's default: kaiming_uniform(a=sqrt(5)) on the weight, which is U(-1/sqrt(in), 1/sqrt(in)),
- * and the same bound for the bias. */
+/* From the distributions configure resolved ("init", "bias_init"; PyTorch's default without
+ * them). */
 static void linear_init(fn_node *node, fn_dtype dtype, void *const params[], uint64_t seed) {
     int64_t in = node->attr.linear.in_features, out = node->attr.linear.out_features;
-    double bound = 1.0 / sqrt((double)in);
-    for (int p = 0; p < node->n_params; p++) {
-        int64_t count = p == 0 ? out * in : out;
-        fn_fill_uniform(dtype, params[p], count, -bound, bound, seed, fn_param_stream(node, p));
-    }
+    fn_fill_dist(&node->attr.linear.weight_init, dtype, params[0], out * in, seed,
+                 fn_param_stream(node, 0));
+    if (node->attr.linear.bias)
+        fn_fill_dist(&node->attr.linear.bias_init, dtype, params[1], out, seed,
+                     fn_param_stream(node, 1));
 }
 
 static fn_status linear_forward_f32(fn_node *node, const fn_model_ctx *ctx);

@@ -96,7 +96,7 @@ void fn_model_free(fn_model *m) {
     fn_free(m->buffer_arena);
     fn_free(m->saved);
     fn_free(m->workspace);
-    fn_free(m->optimizer_state);
+    fn_optimizer_free(m);
     fn_free(m->activations);
     fn_free(m->gradients);
     fn_free(m->input_copy);
@@ -160,6 +160,7 @@ fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info) {
     info->count = p->count;
     info->is_buffer = p->is_buffer;
     info->is_integer = p->is_integer;
+    info->is_bias = fn_param_is_bias(m, i);
     return FN_OK;
 }
 
@@ -403,66 +404,26 @@ void fn_model_zero_grad(fn_model *m) {
     memset(m->grad_arena, 0, (size_t)m->param_total * fn_dtype_size(m->dtype));
 }
 
-/* ---------------------------------------------------------------- optimizer */
-
-fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt) {
-    if (!m) return fn_error(FN_EINVAL, "set_optimizer: model is NULL");
-    FN_TRY(fn_optimizer_check(opt));
-    if (!m->has_optimizer || opt->kind != m->optimizer.kind) {
-        int slots = fn_optimizer_slots(opt->kind);
-        void *state = fn_calloc((size_t)slots * (size_t)m->param_total * fn_dtype_size(m->dtype));
-        if (!state) return fn_error(FN_ENOMEM, "set_optimizer: cannot allocate its state");
-        fn_free(m->optimizer_state);
-        m->optimizer_state = state;
-        m->optimizer_slots = slots;
-        m->optimizer_steps = 0;
-        m->momentum_started = false;
-    }
-    m->optimizer = *opt;
-    m->has_optimizer = true;
-    return FN_OK;
-}
-
-void fn_model_reset_optimizer(fn_model *m) {
-    if (m->optimizer_state)
-        memset(m->optimizer_state, 0,
-               (size_t)m->optimizer_slots * (size_t)m->param_total * fn_dtype_size(m->dtype));
-    m->optimizer_steps = 0;
-    m->momentum_started = false;
-}
-
-fn_status fn_model_step(fn_model *m) {
-    if (!m) return fn_error(FN_EINVAL, "step: model is NULL");
-    if (!m->has_optimizer)
-        return fn_error(FN_ESTATE, "step: no optimizer is set (fn_model_set_optimizer)");
-    fn_optimizer_update(m);
-    return FN_OK;
-}
-
 /* ---------------------------------------------------------------- the fused training step */
 
-fn_status fn_model_train_step(fn_model *m, const void *x, const void *labels,
-                              fn_label_type label_type, int64_t n, const fn_loss *loss,
-                              double *loss_out) {
+fn_status fn_model_train_step_targets(fn_model *m, const void *x, int64_t n,
+                                      const fn_targets *targets, const fn_loss *loss,
+                                      double *loss_out) {
     FN_TRY(check_batch(m, x, n, "train_step"));
-    if (!loss || loss->kind != FN_LOSS_CROSS_ENTROPY)
+    if (!loss || (unsigned)loss->kind > FN_LOSS_DISTILLATION)
         return fn_error(FN_EINVAL, "train_step: unknown loss");
     if (!m->has_optimizer)
         return fn_error(FN_ESTATE, "train_step: no optimizer is set (fn_model_set_optimizer)");
-    FN_TRY(fn_labels_check(labels, label_type, n, m->output_size));
+    double norm;
+    FN_TRY(fn_loss_check(m->dtype, loss, targets, n, m->output_size, &norm));
     FN_TRY(plan_activations(m, n));
     FN_TRY(plan_gradients(m, false));
     FN_TRY(load_input(m, x, n));
     FN_TRY(run_forward(m, n, true));
 
     fn_node *out = &m->nodes[m->output_node];
-    int threads = fn_threads_get();
-    double value =
-        m->dtype == FN_FLOAT64
-            ? fn_softmax_xent_forward_backward_f64(out->out, labels, label_type, out->grad_out, n,
-                                                   m->output_size, threads, &m->train_correct)
-            : fn_softmax_xent_forward_backward_f32(out->out, labels, label_type, out->grad_out, n,
-                                                   m->output_size, threads, &m->train_correct);
+    double value = fn_loss_run(m->dtype, out->out, n, m->output_size, targets, loss, norm,
+                               out->grad_out, fn_threads_get(), &m->train_correct);
     if (loss_out) *loss_out = value;
     if (!isfinite(value))
         return fn_error(FN_ENUMERIC,
@@ -470,6 +431,12 @@ fn_status fn_model_train_step(fn_model *m, const void *x, const void *labels,
                         "learning rate, or check the data)",
                         value);
     FN_TRY(run_backward(m, n, false));
-    fn_optimizer_update(m);
-    return FN_OK;
+    return fn_optimizer_update(m, "train_step");
+}
+
+fn_status fn_model_train_step(fn_model *m, const void *x, const void *labels,
+                              fn_label_type label_type, int64_t n, const fn_loss *loss,
+                              double *loss_out) {
+    fn_targets targets = {.labels = labels, .label_type = label_type};
+    return fn_model_train_step_targets(m, x, n, &targets, loss, loss_out);
 }

@@ -29,6 +29,14 @@ const char *fn_shape_str(const fn_shape *s, char *buf, size_t size);
 typedef struct fn_node fn_node;
 typedef struct fn_model_ctx fn_model_ctx;
 
+/* A parameter's initial distribution, resolved by configure from an "init" attribute and the
+ * tensor's fans (init.c), so that op->init, which sees no spec, only draws from it. */
+typedef enum { FN_INIT_UNIFORM, FN_INIT_NORMAL, FN_INIT_CONSTANT } fn_init_kind;
+typedef struct {
+    fn_init_kind kind;
+    double a, b; /* uniform: [a, b); normal: mean a, standard deviation b; constant: a */
+} fn_init_dist;
+
 /* What the kernels of one node see at run time. */
 struct fn_model_ctx {
     int64_t batch;
@@ -86,17 +94,27 @@ struct fn_node {
 
     /* Op attributes, read by configure. */
     union {
-        struct { int64_t in_features, out_features; bool bias; } linear;
-        struct { double negative_slope; } activation;
+        struct {
+            int64_t in_features, out_features;
+            bool bias;
+            fn_init_dist weight_init, bias_init;
+        } linear;
+        /* kind: an fn_activation_kind (kernels.h); negative_slope: LeakyReLU; alpha: ELU;
+         * beta, threshold: Softplus */
+        struct { int kind; double negative_slope, alpha, beta, threshold; } activation;
         struct {
             int64_t in_channels, out_channels, groups;
             int64_t kernel[2], stride[2], padding[2], dilation[2];
             bool bias;
+            fn_init_dist weight_init, bias_init;
         } conv;
         struct { int64_t kernel[2], stride[2], padding[2]; } pool;
         struct { int64_t channels; double eps, momentum; bool affine; } batch_norm;
         struct { double p; } dropout;
         struct { int64_t size; double alpha, beta, k; } lrn;
+        struct { int64_t channels, num_parameters, spatial; double init; } prelu;
+        struct { int64_t pieces, groups, spatial; } maxout; /* (groups * pieces, spatial) in */
+        struct { int64_t channels, spatial; } softmax;      /* softmax and log_softmax */
     } attr;
 
     int n_params;
@@ -148,6 +166,18 @@ struct fn_model {
     bool momentum_started; /* SGD's buffer holds a value (see fn_model_momentum_started) */
     int optimizer_slots;
     void *optimizer_state; /* optimizer_slots * param_total elements */
+    /* Parameter groups and what the update needs besides (optim.c); allocated with the first
+     * optimizer or groups, freed by fn_optimizer_free. */
+    int n_groups;                    /* 0: one group of the optimizer's lr and weight_decay */
+    int group_capacity;              /* entries allocated in groups and group_steps */
+    fn_param_group *groups;
+    struct fn_group_step *group_steps; /* per group: the coefficients of the running update */
+    struct fn_optim_segment *segments; /* the parameter tensors in arena order */
+    int n_segments;
+    int64_t segment_work;            /* elements over all segments (the arena less padding) */
+    double *norm_blocks;             /* per block of the gradient arena: its sum of squares */
+    double last_grad_norm;           /* of the last update, when has_grad_norm */
+    bool has_grad_norm;
 
     /* Buffers planned for up to `capacity` samples; the last forward's batch and mode. */
     int64_t capacity;
@@ -173,15 +203,68 @@ fn_status fn_spec_build(const char *spec_json, fn_model *m);
 void fn_fill_uniform(fn_dtype dtype, void *dst, int64_t count, double low, double high,
                      uint64_t seed, uint64_t stream);
 void fn_fill_constant(fn_dtype dtype, void *dst, int64_t count, double value);
+void fn_fill_normal(fn_dtype dtype, void *dst, int64_t count, double mean, double std,
+                    uint64_t seed, uint64_t stream);
+void fn_fill_dist(const fn_init_dist *dist, fn_dtype dtype, void *dst, int64_t count,
+                  uint64_t seed, uint64_t stream);
+/* Reads the attribute `key` ("init" or "bias_init") of a node's spec, a scheme name or an object
+ * {"scheme": name, parameters...}, into a distribution for a tensor with these fans (PyTorch's
+ * _calculate_fan_in_and_fan_out). Absent or null is "default": PyTorch's reset_parameters,
+ * U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias alike. A bias takes only default, zeros,
+ * ones, constant, uniform and normal. */
+fn_status fn_init_parse(const fn_json *spec, const char *key, bool is_bias, int64_t fan_in,
+                        int64_t fan_out, fn_init_dist *out, const char *node_name);
 /* The RNG stream of a node's parameter p: a hash of its name, so that adding a node elsewhere in
  * the graph does not change this parameter's initial values. */
 uint64_t fn_param_stream(const fn_node *node, int p);
 
 /* optim.c */
-int fn_optimizer_slots(fn_optimizer_kind kind);
+
+/* A parameter tensor as the update walks it: where it is, its rows for max-norm, its group. */
+typedef struct fn_optim_segment {
+    int64_t offset, count; /* elements into the parameter arena */
+    int64_t row;           /* elements per row for max-norm (count / dim 0); 0: exempt */
+    int64_t work_start;    /* elements of the segments before it (the threads split this range) */
+    int tensor;            /* index into m->params */
+    int group;
+} fn_optim_segment;
+
+/* One group's coefficients for one update, computed in double once per update. */
+typedef struct fn_group_step {
+    double lr;         /* after the schedule */
+    double step_size;  /* the step's factor: lr; Adam lr / (1 - b1^t); Adagrad's decayed lr */
+    double decay;      /* 1 - lr*wd with decoupled decay, else 1 */
+    double coupled_wd; /* wd with coupled decay, else 0 */
+    double l1, max_norm;
+} fn_group_step;
+
+/* Everything one update reads, for the templated kernels. */
+typedef struct fn_update_args {
+    const fn_optimizer *opt;
+    bool momentum_first;     /* SGD: the buffer is empty and starts as the gradient */
+    double grad_scale;       /* clipping by norm: the factor of every gradient (1: none) */
+    double clip_value;       /* clipping by value (0: none) */
+    double correction2_sqrt; /* Adam: sqrt(1 - b2^t) */
+    const fn_group_step *groups;
+    const fn_optim_segment *segments;
+    int n_segments;
+    int64_t work;            /* elements over all segments */
+    void *params;
+    const void *grads;
+    void *state;             /* slots of `stride` elements */
+    int64_t stride;
+} fn_update_args;
+
+int fn_optimizer_slots(const fn_optimizer *opt);
 fn_status fn_optimizer_check(const fn_optimizer *opt);
+/* Whether parameter tensor `param` (an index into m->params) was declared as a bias. */
+bool fn_param_is_bias(const fn_model *m, int param);
+/* Frees what the optimizer and the groups hold (fn_model_free). */
+void fn_optimizer_free(fn_model *m);
 /* The learning rate of update `step` (from 0) of an already checked schedule. */
 double fn_schedule_compute_lr(const fn_schedule *schedule, double base_lr, int64_t step);
-void fn_optimizer_update(fn_model *m);
+/* One update; `what` names the caller in errors. FN_ENUMERIC, changing nothing, for a non-finite
+ * gradient norm when clipping by norm. */
+fn_status fn_optimizer_update(fn_model *m, const char *what);
 
 #endif /* FASTNET_MODEL_H */

@@ -1,46 +1,106 @@
-/* optim.c — optimizer updates, fused over the flat parameter arena.
+/* optim.c — optimizers, fused over the flat parameter arena: SGD, Adagrad, RMSProp, Adam, AdamW,
+ * with parameter groups, L1/L2 penalties, max-norm, and gradient clipping.
  *
  * One pass reads each parameter, its gradient and its state once, whatever the number of layers:
- * the update is memory-bound, so the pass count is what matters. The arithmetic follows the update
- * rules as PyTorch documents them (see fn_optimizer in fastnet.h), in the same order of operations.
+ * the update is memory-bound, so the pass count is what matters. Clipping by norm adds one read of
+ * the gradients before it (the norm must be known, and finite, before anything changes). The
+ * arithmetic follows the update rules as PyTorch documents them (see fn_optimizer in fastnet.h),
+ * in the same order of operations; the per-update scalars (scheduled rates, bias corrections) are
+ * computed once per group in double.
+ *
+ * The pass walks the parameter tensors ("segments"), each with its group's coefficients; the
+ * threads split the segments' elements into contiguous ranges, a range never splitting a row
+ * that max-norm rescales. Every element's arithmetic, each row norm and the gradient norm (fixed
+ * blocks summed in order) are the same whatever the thread count, so the weights are too.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
 #include "model.h"
 
-int fn_optimizer_slots(fn_optimizer_kind kind) {
+#include <stdlib.h>
+#include <string.h>
+
+static const char *optimizer_name(fn_optimizer_kind kind) {
     switch (kind) {
-    case FN_OPT_SGD: return 1; /* momentum buffer (unused when momentum == 0) */
+    case FN_OPT_SGD: return "SGD";
+    case FN_OPT_ADAM: return "Adam";
+    case FN_OPT_ADAMW: return "AdamW";
+    case FN_OPT_ADAGRAD: return "Adagrad";
+    case FN_OPT_RMSPROP: return "RMSProp";
+    }
+    return "optimizer";
+}
+
+int fn_optimizer_slots(const fn_optimizer *opt) {
+    switch (opt->kind) {
+    case FN_OPT_SGD: return 1;     /* momentum buffer (unused when momentum == 0) */
+    case FN_OPT_ADAGRAD: return 1; /* sum of squared gradients */
+    case FN_OPT_RMSPROP:           /* square_avg, momentum_buffer, grad_avg */
+        return opt->centered ? 3 : opt->momentum > 0 ? 2 : 1;
     case FN_OPT_ADAM:
-    case FN_OPT_ADAMW: return 2; /* first and second moments */
+    case FN_OPT_ADAMW: return opt->amsgrad ? 3 : 2; /* exp_avg, exp_avg_sq, max_exp_avg_sq */
     }
     return 0;
 }
 
+/* Comparisons are written as !(x >= 0) so that NaN fails them too. */
+static bool finite_nonnegative(double x) { return x >= 0 && isfinite(x); }
+
 fn_status fn_optimizer_check(const fn_optimizer *opt) {
     if (!opt) return fn_error(FN_EINVAL, "optimizer: NULL");
-    if ((unsigned)opt->kind > FN_OPT_ADAMW)
+    if ((unsigned)opt->kind > FN_OPT_RMSPROP)
         return fn_error(FN_EINVAL, "optimizer: unknown kind %d", (int)opt->kind);
-    /* Written as !(x >= 0) so that NaN fails too. */
-    if (!(opt->lr >= 0) || !isfinite(opt->lr))
-        return fn_error(FN_EINVAL, "optimizer: lr must be a finite number >= 0, got %g", opt->lr);
-    if (!(opt->weight_decay >= 0) || !isfinite(opt->weight_decay))
-        return fn_error(FN_EINVAL, "optimizer: weight_decay must be >= 0, got %g",
+    const char *name = optimizer_name(opt->kind);
+    if (!finite_nonnegative(opt->lr))
+        return fn_error(FN_EINVAL, "%s: lr must be a finite number >= 0, got %g", name, opt->lr);
+    if (!finite_nonnegative(opt->weight_decay))
+        return fn_error(FN_EINVAL, "%s: weight_decay must be a finite number >= 0, got %g", name,
                         opt->weight_decay);
-    if (opt->kind == FN_OPT_SGD) {
-        if (!(opt->momentum >= 0) || !isfinite(opt->momentum))
-            return fn_error(FN_EINVAL, "SGD: momentum must be >= 0, got %g", opt->momentum);
+    if (!(opt->clip_grad_norm >= 0))
+        return fn_error(FN_EINVAL,
+                        "%s: clip_grad_norm must be >= 0 (0: off, INFINITY: only measure the "
+                        "norm), got %g",
+                        name, opt->clip_grad_norm);
+    if (!finite_nonnegative(opt->clip_grad_value))
+        return fn_error(FN_EINVAL,
+                        "%s: clip_grad_value must be a finite number >= 0 (0: off), got %g", name,
+                        opt->clip_grad_value);
+    switch (opt->kind) {
+    case FN_OPT_SGD:
+        if (!finite_nonnegative(opt->momentum))
+            return fn_error(FN_EINVAL, "SGD: momentum must be a finite number >= 0, got %g",
+                            opt->momentum);
         if (!(opt->dampening >= 0 && opt->dampening <= 1))
             return fn_error(FN_EINVAL, "SGD: dampening must be in [0, 1], got %g", opt->dampening);
         if (opt->nesterov && (opt->momentum <= 0 || opt->dampening != 0))
             return fn_error(FN_EINVAL, "SGD: Nesterov momentum needs momentum > 0 and dampening 0");
-    } else {
+        break;
+    case FN_OPT_ADAM:
+    case FN_OPT_ADAMW:
         if (!(opt->beta1 >= 0 && opt->beta1 < 1) || !(opt->beta2 >= 0 && opt->beta2 < 1))
-            return fn_error(FN_EINVAL, "Adam: betas must be in [0, 1), got (%g, %g)", opt->beta1,
-                            opt->beta2);
-        if (!(opt->eps >= 0) || !isfinite(opt->eps))
-            return fn_error(FN_EINVAL, "Adam: eps must be >= 0, got %g", opt->eps);
+            return fn_error(FN_EINVAL, "%s: betas must be in [0, 1), got (%g, %g)", name,
+                            opt->beta1, opt->beta2);
+        break;
+    case FN_OPT_ADAGRAD:
+        if (!finite_nonnegative(opt->lr_decay))
+            return fn_error(FN_EINVAL, "Adagrad: lr_decay must be a finite number >= 0, got %g",
+                            opt->lr_decay);
+        if (!finite_nonnegative(opt->initial_accumulator_value))
+            return fn_error(FN_EINVAL,
+                            "Adagrad: initial_accumulator_value must be a finite number >= 0, "
+                            "got %g",
+                            opt->initial_accumulator_value);
+        break;
+    case FN_OPT_RMSPROP:
+        if (!(opt->alpha >= 0 && opt->alpha <= 1))
+            return fn_error(FN_EINVAL, "RMSProp: alpha must be in [0, 1], got %g", opt->alpha);
+        if (!finite_nonnegative(opt->momentum))
+            return fn_error(FN_EINVAL, "RMSProp: momentum must be a finite number >= 0, got %g",
+                            opt->momentum);
+        break;
     }
+    if (opt->kind != FN_OPT_SGD && !finite_nonnegative(opt->eps))
+        return fn_error(FN_EINVAL, "%s: eps must be a finite number >= 0, got %g", name, opt->eps);
     return FN_OK;
 }
 
@@ -146,29 +206,282 @@ fn_status fn_model_get_schedule(const fn_model *m, fn_schedule *schedule) {
     return FN_OK;
 }
 
-double fn_model_current_lr(const fn_model *m) {
-    if (!m || !m->has_optimizer) return 0;
-    return fn_schedule_compute_lr(&m->schedule, m->optimizer.lr, m->optimizer_steps);
+/* ---------------------------------------------------------------- tensors, groups, state */
+
+bool fn_param_is_bias(const fn_model *m, int param) {
+    const fn_node *node = &m->nodes[m->params[param].node];
+    for (int p = 0; p < node->n_params; p++)
+        if (node->param_index[p] == param) return node->param_decl[p].is_bias;
+    return false;
+}
+
+void fn_optimizer_free(fn_model *m) {
+    fn_free(m->optimizer_state);
+    free(m->groups);
+    free(m->group_steps);
+    free(m->segments);
+    free(m->norm_blocks);
+    m->optimizer_state = NULL;
+    m->groups = NULL;
+    m->group_steps = NULL;
+    m->segments = NULL;
+    m->norm_blocks = NULL;
+}
+
+/* The segment table, the norm's blocks and one group's coefficients: made once per model, when
+ * an optimizer or groups are first set. */
+static fn_status prepare(fn_model *m) {
+    if (m->segments) return FN_OK;
+    int n = 0;
+    for (int i = 0; i < m->n_params; i++) n += !m->params[i].is_buffer && m->params[i].count > 0;
+    int64_t blocks = (m->param_total + FN_NORM_BLOCK - 1) / FN_NORM_BLOCK;
+    fn_optim_segment *segments = calloc(n ? (size_t)n : 1, sizeof *segments);
+    double *norm_blocks = malloc((blocks ? (size_t)blocks : 1) * sizeof *norm_blocks);
+    fn_group_step *steps = m->group_steps ? m->group_steps : calloc(1, sizeof *steps);
+    if (!segments || !norm_blocks || !steps) {
+        free(segments);
+        free(norm_blocks);
+        if (steps != m->group_steps) free(steps);
+        return fn_error(FN_ENOMEM, "optimizer: out of memory");
+    }
+    int64_t work = 0;
+    for (int i = 0, s = 0; i < m->n_params; i++) {
+        const fn_param *p = &m->params[i];
+        if (p->is_buffer || p->count == 0) continue;
+        bool rows = p->shape.ndim >= 2 && !fn_param_is_bias(m, i);
+        segments[s++] = (fn_optim_segment){.offset = p->offset,
+                                           .count = p->count,
+                                           .row = rows ? p->count / p->shape.dim[0] : 0,
+                                           .work_start = work,
+                                           .tensor = i,
+                                           .group = 0};
+        work += p->count;
+    }
+    m->segments = segments;
+    m->n_segments = n;
+    m->segment_work = work;
+    m->norm_blocks = norm_blocks;
+    m->group_steps = steps; /* one entry, for the update without groups */
+    return FN_OK;
+}
+
+/* Writes `value` to every element of state slot `slot`. */
+static void fill_slot(fn_model *m, int slot, double value) {
+    if (m->dtype == FN_FLOAT64) {
+        double *s = (double *)m->optimizer_state + (size_t)slot * (size_t)m->param_total;
+        for (int64_t i = 0; i < m->param_total; i++) s[i] = value;
+    } else {
+        float *s = (float *)m->optimizer_state + (size_t)slot * (size_t)m->param_total;
+        for (int64_t i = 0; i < m->param_total; i++) s[i] = (float)value;
+    }
+}
+
+/* The state a new optimizer starts from: zeros, and Adagrad's sums at their initial value. */
+static void initial_state(fn_model *m) {
+    if (m->optimizer_state)
+        memset(m->optimizer_state, 0,
+               (size_t)m->optimizer_slots * (size_t)m->param_total * fn_dtype_size(m->dtype));
+    if (m->optimizer.kind == FN_OPT_ADAGRAD && m->optimizer.initial_accumulator_value != 0)
+        fill_slot(m, 0, m->optimizer.initial_accumulator_value);
+    m->optimizer_steps = 0;
+    m->momentum_started = false;
+    m->has_grad_norm = false;
+}
+
+fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt) {
+    if (!m) return fn_error(FN_EINVAL, "set_optimizer: model is NULL");
+    FN_TRY(fn_optimizer_check(opt));
+    FN_TRY(prepare(m));
+    int slots = fn_optimizer_slots(opt);
+    bool fresh = !m->has_optimizer || opt->kind != m->optimizer.kind;
+    if (fresh || slots != m->optimizer_slots) {
+        size_t slot_bytes = (size_t)m->param_total * fn_dtype_size(m->dtype);
+        void *state = fn_calloc((size_t)slots * slot_bytes);
+        if (!state) return fn_error(FN_ENOMEM, "set_optimizer: cannot allocate its state");
+        if (!fresh) /* the same optimizer with a slot more or less: keep those it shares */
+            memcpy(state, m->optimizer_state,
+                   (size_t)(slots < m->optimizer_slots ? slots : m->optimizer_slots) * slot_bytes);
+        fn_free(m->optimizer_state);
+        m->optimizer_state = state;
+        m->optimizer_slots = slots;
+    }
+    m->optimizer = *opt;
+    m->has_optimizer = true;
+    if (fresh) initial_state(m);
+    return FN_OK;
+}
+
+void fn_model_reset_optimizer(fn_model *m) {
+    if (!m) return;
+    initial_state(m);
+}
+
+static fn_status check_group(const fn_param_group *g, int i) {
+    const struct {
+        const char *field;
+        double value;
+    } fields[] = {{"lr", g->lr}, {"weight_decay", g->weight_decay}, {"l1", g->l1},
+                  {"max_norm", g->max_norm}};
+    for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++)
+        if (!finite_nonnegative(fields[f].value))
+            return fn_error(FN_EINVAL,
+                            "set_param_groups: group %d: %s must be a finite number >= 0, got %g",
+                            i, fields[f].field, fields[f].value);
+    return FN_OK;
+}
+
+fn_status fn_model_set_param_groups(fn_model *m, const fn_param_group *groups, int n_groups,
+                                    const int *group_of_tensor) {
+    if (!m) return fn_error(FN_EINVAL, "set_param_groups: model is NULL");
+    if (n_groups < 0)
+        return fn_error(FN_EINVAL, "set_param_groups: n_groups must be >= 0, got %d", n_groups);
+    if (n_groups > 0 && !groups)
+        return fn_error(FN_EINVAL, "set_param_groups: groups is NULL with n_groups %d", n_groups);
+    if (n_groups > 1 && !group_of_tensor)
+        return fn_error(FN_EINVAL,
+                        "set_param_groups: group_of_tensor is NULL with %d groups (it may be "
+                        "NULL with one group only)",
+                        n_groups);
+    for (int g = 0; g < n_groups; g++) FN_TRY(check_group(&groups[g], g));
+    if (n_groups > 0 && group_of_tensor)
+        for (int i = 0; i < m->n_params; i++) {
+            if (m->params[i].is_buffer) continue;
+            int g = group_of_tensor[i];
+            if (g < 0 || g >= n_groups)
+                return fn_error(FN_EINVAL,
+                                "set_param_groups: tensor %d ('%s') is given group %d; the groups "
+                                "are 0 to %d",
+                                i, m->params[i].name, g, n_groups - 1);
+        }
+    FN_TRY(prepare(m));
+    if (n_groups > m->group_capacity) {
+        fn_param_group *new_groups = malloc((size_t)n_groups * sizeof *new_groups);
+        fn_group_step *new_steps = calloc((size_t)n_groups, sizeof *new_steps);
+        if (!new_groups || !new_steps) {
+            free(new_groups);
+            free(new_steps);
+            return fn_error(FN_ENOMEM, "set_param_groups: out of memory");
+        }
+        free(m->groups);
+        free(m->group_steps);
+        m->groups = new_groups;
+        m->group_steps = new_steps;
+        m->group_capacity = n_groups;
+    }
+    if (n_groups > 0) memcpy(m->groups, groups, (size_t)n_groups * sizeof *groups);
+    m->n_groups = n_groups;
+    for (int s = 0; s < m->n_segments; s++) {
+        fn_optim_segment *segment = &m->segments[s];
+        segment->group = n_groups > 0 && group_of_tensor ? group_of_tensor[segment->tensor] : 0;
+    }
+    return FN_OK;
+}
+
+int fn_model_param_group_count(const fn_model *m) { return m ? m->n_groups : 0; }
+
+fn_status fn_model_get_param_group(const fn_model *m, int group, fn_param_group *out) {
+    if (!m || !out) return fn_error(FN_EINVAL, "get_param_group: model or out is NULL");
+    if (group < 0 || group >= m->n_groups)
+        return fn_error(FN_EINVAL, "get_param_group: group %d out of range (the model has %d)",
+                        group, m->n_groups);
+    *out = m->groups[group];
+    return FN_OK;
+}
+
+double fn_model_group_lr(const fn_model *m, int group) {
+    if (!m || !m->has_optimizer || group < 0) return 0;
+    if (group >= (m->n_groups > 0 ? m->n_groups : 1)) return 0;
+    double lr = m->n_groups > 0 ? m->groups[group].lr : m->optimizer.lr;
+    return fn_schedule_compute_lr(&m->schedule, lr, m->optimizer_steps);
+}
+
+double fn_model_current_lr(const fn_model *m) { return fn_model_group_lr(m, 0); }
+
+double fn_model_last_grad_norm(const fn_model *m) {
+    return m && m->has_grad_norm ? m->last_grad_norm : -1;
 }
 
 /* ---------------------------------------------------------------- the update */
 
-void fn_optimizer_update(fn_model *m) {
+fn_status fn_optimizer_update(fn_model *m, const char *what) {
+    const fn_optimizer *opt = &m->optimizer;
     int threads = fn_threads_get();
-    /* The schedule's update t counts from 0: the steps taken before this one. */
-    fn_optimizer scheduled = m->optimizer;
-    scheduled.lr = fn_schedule_compute_lr(&m->schedule, m->optimizer.lr, m->optimizer_steps);
-    m->optimizer_steps++;
-    /* PyTorch starts the momentum buffer as the gradient at the first update that uses momentum,
-     * which need not be the first update (momentum can be switched on later). */
+    double grad_scale = 1;
+    m->has_grad_norm = false;
+    if (opt->clip_grad_norm > 0) {
+        double sum = m->dtype == FN_FLOAT64
+                         ? fn_grad_sum_squares_f64(m->grad_arena, m->param_total, m->norm_blocks,
+                                                   threads)
+                         : fn_grad_sum_squares_f32(m->grad_arena, m->param_total, m->norm_blocks,
+                                                   threads);
+        double norm = sqrt(sum);
+        m->last_grad_norm = norm;
+        m->has_grad_norm = true;
+        if (!isfinite(norm))
+            return fn_error(FN_ENUMERIC,
+                            "%s: the gradient norm is %g; the weights were not updated (lower the "
+                            "learning rate, or check the data)",
+                            what, norm);
+        /* PyTorch's clip_grad_norm_: the factor min(1, max_norm / (norm + 1e-6)). */
+        double factor = opt->clip_grad_norm / (norm + 1e-6);
+        if (factor < 1) grad_scale = factor;
+    }
+
+    /* The schedule's update t counts from 0 (the steps before this one); the bias corrections
+     * and Adagrad's decay count this update from 1. */
+    int64_t before = m->optimizer_steps, t = before + 1;
+    bool decoupled = opt->kind == FN_OPT_ADAMW || opt->decoupled_weight_decay;
+    double correction1 = 1.0 - pow(opt->beta1, (double)t);
+    double correction2 = 1.0 - pow(opt->beta2, (double)t);
+    int n_groups = m->n_groups > 0 ? m->n_groups : 1;
+    for (int g = 0; g < n_groups; g++) {
+        fn_param_group group = {.lr = opt->lr, .weight_decay = opt->weight_decay};
+        if (m->n_groups > 0) group = m->groups[g];
+        double lr = fn_schedule_compute_lr(&m->schedule, group.lr, before);
+        fn_group_step *step = &m->group_steps[g];
+        step->lr = lr;
+        step->decay = decoupled ? 1.0 - lr * group.weight_decay : 1.0;
+        step->coupled_wd = decoupled ? 0.0 : group.weight_decay;
+        step->l1 = group.l1;
+        step->max_norm = group.max_norm;
+        switch (opt->kind) {
+        case FN_OPT_ADAM:
+        case FN_OPT_ADAMW: step->step_size = lr / correction1; break;
+        case FN_OPT_ADAGRAD: step->step_size = lr / (1.0 + (double)(t - 1) * opt->lr_decay); break;
+        default: step->step_size = lr;
+        }
+    }
+    m->optimizer_steps = t;
+    /* PyTorch starts SGD's momentum buffer as the gradient at the first update that uses
+     * momentum, which need not be the first update (momentum can be switched on later). */
     bool momentum_first = !m->momentum_started;
-    if (m->optimizer.kind == FN_OPT_SGD && m->optimizer.momentum != 0) m->momentum_started = true;
+    if (opt->kind == FN_OPT_SGD && opt->momentum != 0) m->momentum_started = true;
+
+    fn_update_args args = {.opt = opt,
+                           .momentum_first = momentum_first,
+                           .grad_scale = grad_scale,
+                           .clip_value = opt->clip_grad_value,
+                           .correction2_sqrt = sqrt(correction2),
+                           .groups = m->group_steps,
+                           .segments = m->segments,
+                           .n_segments = m->n_segments,
+                           .work = m->segment_work,
+                           .params = m->param_arena,
+                           .grads = m->grad_arena,
+                           .state = m->optimizer_state,
+                           .stride = m->param_total};
     if (m->dtype == FN_FLOAT64)
-        fn_optimizer_update_f64(&scheduled, m->optimizer_steps, momentum_first, m->param_arena,
-                                m->grad_arena, m->optimizer_state, m->param_total, threads);
+        fn_optimizer_update_f64(&args, threads);
     else
-        fn_optimizer_update_f32(&scheduled, m->optimizer_steps, momentum_first, m->param_arena,
-                                m->grad_arena, m->optimizer_state, m->param_total, threads);
+        fn_optimizer_update_f32(&args, threads);
+    return FN_OK;
+}
+
+fn_status fn_model_step(fn_model *m) {
+    if (!m) return fn_error(FN_EINVAL, "step: model is NULL");
+    if (!m->has_optimizer)
+        return fn_error(FN_ESTATE, "step: no optimizer is set (fn_model_set_optimizer)");
+    return fn_optimizer_update(m, "step");
 }
 
 #define FN_TEMPLATE_FILE "optim.c"
@@ -176,46 +489,257 @@ void fn_optimizer_update(fn_model *m) {
 
 #else /* templated half */
 
-/* params, grads are (count); state is (slots, count); step counts from 1 (this update);
- * momentum_first: SGD's buffer is empty and starts as the gradient. */
-void FN_T(fn_optimizer_update)(const fn_optimizer *opt, int64_t step, bool momentum_first,
-                               real *params, const real *grads, real *state, int64_t count,
-                               int threads) {
-    const real lr = (real)opt->lr, wd = (real)opt->weight_decay;
-    int t = fn_threads_for(count, threads);
-    if (opt->kind == FN_OPT_SGD) {
-        const real momentum = (real)opt->momentum, dampening = (real)opt->dampening;
-        const bool nesterov = opt->nesterov != 0, first = momentum_first;
-        real *buf = state;
-        FN_PARALLEL_LOOP(t, i, count, {
-            real g = grads[i] + wd * params[i];
-            if (momentum != 0) {
-                real b = first ? g : momentum * buf[i] + (1 - dampening) * g;
-                buf[i] = b;
-                g = nesterov ? g + momentum * b : b;
-            }
-            params[i] -= lr * g;
-        });
-        return;
+/* The sum of squares of x[0, n) in double, as eight interleaved partial sums added in a fixed
+ * order: the same bits on every call, and still vectorised. */
+static double FN_T(sum_squares)(const real *x, int64_t n) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += (double)x[i + j] * (double)x[i + j];
+    for (int j = 0; i < n; i++, j++) acc[j] += (double)x[i] * (double)x[i];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+typedef struct {
+    const real *grads;
+    int64_t count;
+    double *blocks;
+} FN_T(norm_job);
+
+static void FN_T(norm_part)(int id, int parts, void *arg) {
+    const FN_T(norm_job) *job = arg;
+    int64_t n_blocks = (job->count + FN_NORM_BLOCK - 1) / FN_NORM_BLOCK, begin, end;
+    fn_partition(n_blocks, parts, id, &begin, &end);
+    for (int64_t b = begin; b < end; b++) {
+        int64_t lo = b * FN_NORM_BLOCK;
+        int64_t hi = job->count - lo < FN_NORM_BLOCK ? job->count : lo + FN_NORM_BLOCK;
+        job->blocks[b] = FN_T(sum_squares)(job->grads + lo, hi - lo);
     }
-    /* Adam and AdamW: bias corrections in double once per step, as PyTorch computes them. */
-    const real beta1 = (real)opt->beta1, beta2 = (real)opt->beta2, eps = (real)opt->eps;
-    const double correction1 = 1.0 - pow(opt->beta1, (double)step);
-    const double correction2 = 1.0 - pow(opt->beta2, (double)step);
-    const real step_size = (real)(opt->lr / correction1);
-    const real correction2_sqrt = (real)sqrt(correction2);
-    const bool decoupled = opt->kind == FN_OPT_ADAMW;
-    const real coupled_wd = decoupled ? 0 : wd, decay = decoupled ? 1 - lr * wd : 1;
-    real *m1 = state, *m2 = state + count;
-    FN_PARALLEL_LOOP(t, i, count, {
-        real p = params[i] * decay;
-        real g = grads[i] + coupled_wd * p;
+}
+
+double FN_T(fn_grad_sum_squares)(const real *grads, int64_t count, double *blocks, int threads) {
+    int64_t n_blocks = (count + FN_NORM_BLOCK - 1) / FN_NORM_BLOCK;
+    if (n_blocks == 0) return 0;
+    FN_T(norm_job) job = {grads, count, blocks};
+    int parts = fn_threads_for(count, threads);
+    if (parts > n_blocks) parts = (int)n_blocks;
+    fn_run_team(parts, FN_T(norm_part), &job);
+    double total = 0;
+    for (int64_t b = 0; b < n_blocks; b++) total += blocks[b];
+    return total;
+}
+
+/* The update's loops are written once, with the flags that change their structure (momentum on or
+ * off, amsgrad, centered) as arguments that are constants at each call: every combination becomes
+ * its own branch-free loop, which the compiler vectorises. */
+#ifndef FN_OPTIM_INLINE
+#if defined(__GNUC__)
+#define FN_OPTIM_INLINE static inline __attribute__((always_inline))
+#else
+#define FN_OPTIM_INLINE static inline
+#endif
+#endif
+
+/* What every kind does first: the gradient clipped (by the global norm's factor, then to
+ * [-clip, clip], clip = INFINITY when off: a NaN stays NaN, as in torch.clamp), plus the coupled L2
+ * and the L1 penalty from the parameter p before the update. Off is 1, INFINITY and 0, which
+ * leave g as it is, so the expression has no branch; without any of them (extra false) it is
+ * only g + wd*p. */
+typedef struct {
+    real scale, clip, wd, l1, decay;
+} FN_T(grad_terms);
+
+FN_OPTIM_INLINE real FN_T(effective_grad)(const FN_T(grad_terms) *t, real g, real p,
+                                          bool extra) {
+    if (!extra) return g + t->wd * p; /* no clipping and no L1: the common case, kept lean */
+    g *= t->scale;
+    g = g < -t->clip ? -t->clip : g > t->clip ? t->clip : g;
+    real l1 = p > 0 ? t->l1 : p < 0 ? -t->l1 : 0; /* l1 * sign(p) */
+    return g + t->wd * p + l1;
+}
+
+FN_OPTIM_INLINE void FN_T(sgd_loop)(const FN_T(grad_terms) *t, real *restrict params,
+                                    const real *restrict grads, real *restrict buf, int64_t n,
+                                    real lr, real momentum, real dampening, bool nesterov,
+                                    bool first, bool has_momentum, bool extra) {
+    for (int64_t i = 0; i < n; i++) {
+        real p = params[i], g = FN_T(effective_grad)(t, grads[i], p, extra);
+        if (has_momentum) {
+            real b = first ? g : momentum * buf[i] + (1 - dampening) * g;
+            buf[i] = b;
+            g = nesterov ? g + momentum * b : b;
+        }
+        params[i] = p * t->decay - lr * g;
+    }
+}
+
+FN_OPTIM_INLINE void FN_T(adagrad_loop)(const FN_T(grad_terms) *t, real *restrict params,
+                                        const real *restrict grads, real *restrict sum,
+                                        int64_t n, real step_size, real eps, bool extra) {
+    for (int64_t i = 0; i < n; i++) {
+        real p = params[i], g = FN_T(effective_grad)(t, grads[i], p, extra);
+        real s = sum[i] + g * g;
+        sum[i] = s;
+        params[i] = p * t->decay - step_size * (g / (sqrt(s) + eps));
+    }
+}
+
+FN_OPTIM_INLINE void FN_T(rmsprop_loop)(const FN_T(grad_terms) *t, real *restrict params,
+                                        const real *restrict grads, real *restrict square_avg,
+                                        real *restrict buf, real *restrict grad_avg, int64_t n,
+                                        real lr, real alpha, real momentum, real eps,
+                                        bool centered, bool has_momentum, bool extra) {
+    for (int64_t i = 0; i < n; i++) {
+        real p = params[i], g = FN_T(effective_grad)(t, grads[i], p, extra);
+        real v = alpha * square_avg[i] + (1 - alpha) * g * g;
+        square_avg[i] = v;
+        if (centered) {
+            real mean = alpha * grad_avg[i] + (1 - alpha) * g;
+            grad_avg[i] = mean;
+            v -= mean * mean;
+        }
+        real d = sqrt(v) + eps;
+        if (has_momentum) {
+            real b = momentum * buf[i] + g / d;
+            buf[i] = b;
+            params[i] = p * t->decay - lr * b;
+        } else {
+            params[i] = p * t->decay - lr * (g / d);
+        }
+    }
+}
+
+FN_OPTIM_INLINE void FN_T(adam_loop)(const FN_T(grad_terms) *t, real *restrict params,
+                                     const real *restrict grads, real *restrict m1,
+                                     real *restrict m2, real *restrict vmax, int64_t n,
+                                     real step_size, real beta1, real beta2,
+                                     real correction2_sqrt, real eps, bool amsgrad,
+                                     bool extra) {
+    for (int64_t i = 0; i < n; i++) {
+        real p = params[i], g = FN_T(effective_grad)(t, grads[i], p, extra);
         real m = beta1 * m1[i] + (1 - beta1) * g;
         real v = beta2 * m2[i] + (1 - beta2) * g * g;
         m1[i] = m;
         m2[i] = v;
-        params[i] = p - step_size * m / (sqrt(v) / correction2_sqrt + eps);
-    });
+        if (amsgrad) {
+            v = vmax[i] > v ? vmax[i] : v;
+            vmax[i] = v;
+        }
+        params[i] = p * t->decay - step_size * (m / (sqrt(v) / correction2_sqrt + eps));
+    }
+}
+
+/* Updates the arena's elements [lo, hi), all of one group. */
+static void FN_T(update_range)(const fn_update_args *a, const fn_group_step *gs, int64_t lo,
+                               int64_t hi) {
+    const fn_optimizer *opt = a->opt;
+    real *params = (real *)a->params + lo;
+    const real *grads = (const real *)a->grads + lo;
+    const int slots = fn_optimizer_slots(opt);
+    real *s0 = (real *)a->state + lo;
+    real *s1 = slots > 1 ? s0 + a->stride : NULL, *s2 = slots > 2 ? s0 + 2 * a->stride : NULL;
+    const int64_t n = hi - lo;
+    const FN_T(grad_terms) t = {.scale = (real)a->grad_scale,
+                                .clip = a->clip_value > 0 ? (real)a->clip_value : (real)INFINITY,
+                                .wd = (real)gs->coupled_wd,
+                                .l1 = (real)gs->l1,
+                                .decay = (real)gs->decay};
+    const real lr = (real)gs->lr, step_size = (real)gs->step_size, eps = (real)opt->eps;
+    const real momentum = (real)opt->momentum;
+    /* Each loop twice: with the clipping and L1 terms, and without. */
+    const bool extra = a->grad_scale != 1 || a->clip_value > 0 || gs->l1 != 0;
+#define FN_LOOP(loop, ...)                                                                        \
+    do {                                                                                          \
+        if (extra)                                                                                \
+            loop(__VA_ARGS__, true);                                                              \
+        else                                                                                      \
+            loop(__VA_ARGS__, false);                                                             \
+    } while (0)
+    switch (opt->kind) {
+    case FN_OPT_SGD: {
+        const real dampening = (real)opt->dampening;
+        const bool nesterov = opt->nesterov != 0, first = a->momentum_first;
+        if (opt->momentum != 0)
+            FN_LOOP(FN_T(sgd_loop), &t, params, grads, s0, n, lr, momentum, dampening, nesterov,
+                    first, true);
+        else
+            FN_LOOP(FN_T(sgd_loop), &t, params, grads, s0, n, lr, momentum, dampening, false,
+                    false, false);
+        break;
+    }
+    case FN_OPT_ADAGRAD:
+        FN_LOOP(FN_T(adagrad_loop), &t, params, grads, s0, n, step_size, eps);
+        break;
+    case FN_OPT_RMSPROP: {
+        const real alpha = (real)opt->alpha;
+        /* Slot 1 exists when momentum > 0 or centered, slot 2 when centered. */
+        if (opt->centered && opt->momentum > 0)
+            FN_LOOP(FN_T(rmsprop_loop), &t, params, grads, s0, s1, s2, n, lr, alpha, momentum,
+                    eps, true, true);
+        else if (opt->centered)
+            FN_LOOP(FN_T(rmsprop_loop), &t, params, grads, s0, s1, s2, n, lr, alpha, momentum,
+                    eps, true, false);
+        else if (opt->momentum > 0)
+            FN_LOOP(FN_T(rmsprop_loop), &t, params, grads, s0, s1, NULL, n, lr, alpha, momentum,
+                    eps, false, true);
+        else
+            FN_LOOP(FN_T(rmsprop_loop), &t, params, grads, s0, NULL, NULL, n, lr, alpha,
+                    momentum, eps, false, false);
+        break;
+    }
+    case FN_OPT_ADAM:
+    case FN_OPT_ADAMW: {
+        const real beta1 = (real)opt->beta1, beta2 = (real)opt->beta2;
+        const real correction2_sqrt = (real)a->correction2_sqrt;
+        if (opt->amsgrad)
+            FN_LOOP(FN_T(adam_loop), &t, params, grads, s0, s1, s2, n, step_size, beta1, beta2,
+                    correction2_sqrt, eps, true);
+        else
+            FN_LOOP(FN_T(adam_loop), &t, params, grads, s0, s1, NULL, n, step_size, beta1,
+                    beta2, correction2_sqrt, eps, false);
+        break;
+    }
+    }
+#undef FN_LOOP
+}
+
+/* Rescales x (n) to L2 norm max_norm if its norm exceeds it. */
+static void FN_T(max_norm_row)(real *x, int64_t n, double max_norm) {
+    double norm = sqrt(FN_T(sum_squares)(x, n));
+    if (!(norm > max_norm)) return;
+    const real factor = (real)(max_norm / norm);
+    for (int64_t i = 0; i < n; i++) x[i] *= factor;
+}
+
+/* Thread `id` of `parts`: the segments' elements in its share of [0, work); in a segment under
+ * max-norm, the rows that start in that share (a row is never split between threads). */
+static void FN_T(update_part)(int id, int parts, void *arg) {
+    const fn_update_args *a = arg;
+    int64_t begin, end;
+    fn_partition(a->work, parts, id, &begin, &end);
+    for (int s = 0; s < a->n_segments; s++) {
+        const fn_optim_segment *seg = &a->segments[s];
+        if (seg->work_start >= end) break;
+        int64_t lo = begin - seg->work_start, hi = end - seg->work_start;
+        if (lo < 0) lo = 0;
+        if (hi > seg->count) hi = seg->count;
+        if (lo >= hi) continue;
+        const fn_group_step *gs = &a->groups[seg->group];
+        if (gs->max_norm > 0 && seg->row > 0) {
+            int64_t row = seg->row;
+            for (int64_t r = (lo + row - 1) / row; r * row < hi; r++) {
+                int64_t start = seg->offset + r * row;
+                FN_T(update_range)(a, gs, start, start + row);
+                FN_T(max_norm_row)((real *)a->params + start, row, gs->max_norm);
+            }
+        } else {
+            FN_T(update_range)(a, gs, seg->offset + lo, seg->offset + hi);
+        }
+    }
+}
+
+void FN_T(fn_optimizer_update)(const fn_update_args *a, int threads) {
+    fn_run_team(fn_threads_for(a->work, threads), FN_T(update_part), (void *)a);
 }
 
 #endif

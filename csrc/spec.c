@@ -21,12 +21,16 @@
 extern const fn_op fn_op_linear, fn_op_relu, fn_op_leaky_relu, fn_op_sigmoid, fn_op_tanh,
     fn_op_conv2d, fn_op_max_pool2d, fn_op_avg_pool2d, fn_op_global_avg_pool2d, fn_op_batch_norm,
     fn_op_dropout, fn_op_local_response_norm, fn_op_flatten, fn_op_add, fn_op_concat;
+extern const fn_op fn_op_prelu, fn_op_elu, fn_op_gelu, fn_op_silu, fn_op_softplus, fn_op_maxout,
+    fn_op_softmax, fn_op_log_softmax;
 
 static const fn_op *const fn_ops[] = {
     &fn_op_linear,     &fn_op_relu,       &fn_op_leaky_relu,      &fn_op_sigmoid,
     &fn_op_tanh,       &fn_op_conv2d,     &fn_op_max_pool2d,      &fn_op_avg_pool2d,
     &fn_op_global_avg_pool2d, &fn_op_batch_norm, &fn_op_dropout,  &fn_op_local_response_norm,
     &fn_op_flatten,    &fn_op_add,        &fn_op_concat,
+    &fn_op_prelu,      &fn_op_elu,        &fn_op_gelu,            &fn_op_silu,
+    &fn_op_softplus,   &fn_op_maxout,     &fn_op_softmax,         &fn_op_log_softmax,
 };
 
 const fn_op *fn_op_find(const char *type) {
@@ -36,7 +40,7 @@ const fn_op *fn_op_find(const char *type) {
 }
 
 static fn_status unknown_op_error(const char *node_name, const char *type) {
-    char known[256] = "";
+    char known[512] = "";
     for (size_t i = 0; i < sizeof fn_ops / sizeof fn_ops[0]; i++) {
         strncat(known, i ? ", " : "", sizeof known - strlen(known) - 1);
         strncat(known, fn_ops[i]->type, sizeof known - strlen(known) - 1);

@@ -14,14 +14,16 @@ import os as _os
 _os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 from fastnet import _blas, _core  # noqa: E402
-from fastnet import optim  # noqa: E402
+from fastnet import init, optim  # noqa: E402
 from fastnet.data import Dataset, Splits, load_data, load_digits
 from fastnet.fold import fold_batchnorm
 from fastnet.io import load, save
-from fastnet.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat,
-                            Conv2d, Dropout, Flatten, LeakyReLU, Linear, LocalResponseNorm,
-                            MaxPool2d, ReLU, Residual, Sigmoid, Tanh)
-from fastnet.losses import CrossEntropyLoss
+from fastnet.layers import (ELU, GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d,
+                            Concat, Conv2d, Dropout, Flatten, LeakyReLU, Linear,
+                            LocalResponseNorm, LogSoftmax, Maxout, MaxPool2d, PReLU, ReLU,
+                            Residual, Sigmoid, SiLU, Softmax, Softplus, Tanh)
+from fastnet.losses import (BCEWithLogitsLoss, CrossEntropyLoss, DistillationLoss, HuberLoss,
+                            L1Loss, Loss, MSELoss)
 from fastnet.model import Parameter, Sequential
 from fastnet.onnx import export_onnx
 from fastnet.train import History, Trainer
@@ -56,6 +58,8 @@ __all__ = [
     "Sequential", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Conv2d", "MaxPool2d",
     "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm1d", "BatchNorm2d", "Dropout",
     "LocalResponseNorm", "Residual", "Concat", "fold_batchnorm", "CrossEntropyLoss",
+    "PReLU", "ELU", "GELU", "SiLU", "Softplus", "Maxout", "Softmax", "LogSoftmax", "init",
+    "DistillationLoss", "MSELoss", "L1Loss", "HuberLoss", "BCEWithLogitsLoss", "Loss",
     "Parameter", "optim", "Trainer", "History", "Dataset", "Splits", "load_digits", "load_data",
     "save", "load", "set_num_threads", "get_num_threads",
 ]

@@ -39,17 +39,38 @@ cdef extern from "include/fastnet.h" nogil:
                               int64_t ldb, double beta, void *c, int64_t ldc, int threads)
 
     ctypedef enum fn_optimizer_kind:
-        FN_OPT_SGD, FN_OPT_ADAM, FN_OPT_ADAMW
+        FN_OPT_SGD, FN_OPT_ADAM, FN_OPT_ADAMW, FN_OPT_ADAGRAD, FN_OPT_RMSPROP
     ctypedef struct fn_optimizer:
         fn_optimizer_kind kind
         double lr, momentum, dampening
         int nesterov
         double beta1, beta2, eps, weight_decay
+        int amsgrad
+        double lr_decay, initial_accumulator_value, alpha
+        int centered, decoupled_weight_decay
+        double clip_grad_norm, clip_grad_value
+    ctypedef struct fn_param_group:
+        double lr, weight_decay, l1, max_norm
     ctypedef enum fn_loss_kind:
-        FN_LOSS_CROSS_ENTROPY
+        FN_LOSS_CROSS_ENTROPY, FN_LOSS_MSE, FN_LOSS_L1, FN_LOSS_HUBER, FN_LOSS_BCE_WITH_LOGITS,
+        FN_LOSS_DISTILLATION
     ctypedef struct fn_loss:
         fn_loss_kind kind
+        double label_smoothing
+        const double *weight
+        int64_t weight_count
+        double temperature, alpha, delta
+        const double *pos_weight
+        int64_t pos_weight_count
+    ctypedef struct fn_targets:
+        const void *labels
+        fn_label_type label_type
+        const void *values
+        const void *teacher
 
+    fn_status fn_loss_forward_backward(fn_dtype dtype, const void *outputs, int64_t n, int64_t c,
+                                       const fn_targets *targets, const fn_loss *loss,
+                                       double *value, void *grad, int64_t *correct)
     fn_status fn_softmax_xent(fn_dtype dtype, const void *logits, int64_t n, int64_t c,
                               const void *labels, fn_label_type label_type, double *loss,
                               void *grad, int64_t *correct)
@@ -75,6 +96,7 @@ cdef extern from "include/fastnet.h" nogil:
         int64_t count
         int is_buffer
         int is_integer
+        int is_bias
     ctypedef struct fn_node_info:
         const char *name
         const char *op
@@ -94,6 +116,12 @@ cdef extern from "include/fastnet.h" nogil:
     void fn_model_zero_grad(fn_model *m)
     fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt)
     fn_status fn_model_step(fn_model *m)
+    fn_status fn_model_set_param_groups(fn_model *m, const fn_param_group *groups, int n_groups,
+                                        const int *group_of_tensor)
+    int fn_model_param_group_count(const fn_model *m)
+    fn_status fn_model_get_param_group(const fn_model *m, int group, fn_param_group *out)
+    double fn_model_group_lr(const fn_model *m, int group)
+    double fn_model_last_grad_norm(const fn_model *m)
     void fn_model_reset_optimizer(fn_model *m)
     int fn_model_momentum_started(const fn_model *m)
     void fn_model_set_momentum_started(fn_model *m, int started)
@@ -104,6 +132,9 @@ cdef extern from "include/fastnet.h" nogil:
     fn_status fn_model_train_step(fn_model *m, const void *x, const void *labels,
                                   fn_label_type label_type, int64_t n, const fn_loss *loss,
                                   double *loss_out)
+    fn_status fn_model_train_step_targets(fn_model *m, const void *x, int64_t n,
+                                          const fn_targets *targets, const fn_loss *loss,
+                                          double *loss_out)
     int64_t fn_model_train_correct(const fn_model *m)
     fn_status fn_model_save(const fn_model *m, const char *path)
     fn_status fn_model_load(const char *path, fn_model **out)

@@ -2,6 +2,7 @@
 # the GIL around every C call, and turns a C status into a Python exception carrying C's message.
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
+from libc.stdlib cimport free, malloc
 
 import numpy as np
 
@@ -16,6 +17,8 @@ FLOAT64 = 1
 OPT_SGD = 0
 OPT_ADAM = 1
 OPT_ADAMW = 2
+OPT_ADAGRAD = 3
+OPT_RMSPROP = 4
 
 
 cdef int raise_status(fn_status status) except -1:
@@ -182,6 +185,101 @@ def softmax_cross_entropy(logits, labels, bint want_grad=True):
     return loss, grad, correct
 
 
+LOSS_CROSS_ENTROPY = 0
+LOSS_MSE = 1
+LOSS_L1 = 2
+LOSS_HUBER = 3
+LOSS_BCE_WITH_LOGITS = 4
+LOSS_DISTILLATION = 5
+
+
+cdef class LossCall:
+    """A loss description and its targets as C reads them; holds the arrays they point into."""
+    cdef fn_loss loss
+    cdef fn_targets targets
+    cdef list arrays
+
+
+cdef const void *target_array(LossCall call, object array, fn_dtype dtype, int64_t n, int64_t c,
+                              str what) except? NULL:
+    if array is None:
+        return NULL
+    cdef cnp.ndarray a = as_floats(array, dtype, what)
+    if a.ndim != 2 or a.shape[0] != n or a.shape[1] != c:
+        raise ValueError(f"{what} must have shape ({n}, {c}) to match the outputs, got "
+                         f"{np.shape(a)}")
+    call.arrays.append(a)
+    return <const void *>a.data
+
+
+cdef const double *weight_array(LossCall call, object weights, int64_t *count,
+                                str what) except? NULL:
+    count[0] = 0
+    if weights is None:
+        return NULL
+    cdef cnp.ndarray w = np.ascontiguousarray(weights, dtype=np.float64)
+    if w.ndim != 1:
+        raise ValueError(f"{what} must be 1-D (one entry per class), got shape {np.shape(w)}")
+    call.arrays.append(w)
+    count[0] = w.shape[0]
+    return <const double *>w.data
+
+
+cdef LossCall make_loss_call(dict spec, fn_dtype dtype, int64_t n, int64_t c, object labels,
+                             object values, object teacher):
+    """spec: {"kind": LOSS_*, and the loss's hyper-parameters by their fn_loss field names}."""
+    cdef LossCall call = LossCall()
+    call.arrays = []
+    unknown = set(spec) - {"kind", "label_smoothing", "weight", "temperature", "alpha", "delta",
+                           "pos_weight"}
+    if unknown:
+        raise TypeError(f"unknown loss fields {sorted(unknown)}")
+    cdef int kind = spec["kind"]
+    call.loss.kind = <fn_loss_kind>kind
+    call.loss.label_smoothing = spec.get("label_smoothing", 0.0)
+    call.loss.temperature = spec.get("temperature", 0.0)
+    call.loss.alpha = spec.get("alpha", 0.0)
+    call.loss.delta = spec.get("delta", 0.0)
+    call.loss.weight = weight_array(call, spec.get("weight"), &call.loss.weight_count, "weight")
+    call.loss.pos_weight = weight_array(call, spec.get("pos_weight"),
+                                        &call.loss.pos_weight_count, "pos_weight")
+    cdef cnp.ndarray y
+    call.targets.labels = NULL
+    call.targets.label_type = FN_LABEL_I64
+    if labels is not None:
+        y = as_labels(labels, n)
+        call.targets.label_type = label_type_of(y)
+        call.targets.labels = <const void *>y.data
+        call.arrays.append(y)
+    call.targets.values = target_array(call, values, dtype, n, c, "targets")
+    call.targets.teacher = target_array(call, teacher, dtype, n, c, "teacher logits")
+    return call
+
+
+def loss_forward_backward(outputs, dict spec, labels=None, values=None, teacher=None,
+                          bint want_grad=True):
+    """(loss, d loss / d outputs or None, correct) of the loss described by `spec` (see
+    make_loss_call) on outputs (N, C): labels (N,) of any integer dtype, values (N, C) float
+    targets, teacher (N, C) teacher logits, as the loss takes them."""
+    cdef cnp.ndarray z = np.asarray(outputs)
+    cdef fn_dtype dtype = FN_FLOAT64 if z.dtype == np.float64 else FN_FLOAT32
+    z = as_floats(z, dtype, "outputs")
+    if z.ndim != 2:
+        raise ValueError(f"outputs must be 2-D (batch, classes), got shape {np.shape(z)}")
+    cdef int64_t n = z.shape[0], c = z.shape[1]
+    cdef LossCall call = make_loss_call(spec, dtype, n, c, labels, values, teacher)
+    cdef cnp.ndarray grad = np.empty_like(z) if want_grad else None
+    cdef void *grad_data = grad.data if want_grad else NULL
+    cdef double value = 0
+    cdef int64_t correct = 0
+    cdef fn_status status
+    with nogil:
+        status = fn_loss_forward_backward(dtype, z.data, n, c, &call.targets, &call.loss, &value,
+                                          grad_data, &correct)
+    check(status)
+    return value, grad, correct
+
+
 # ---------------------------------------------------------------------------- models
 
 
@@ -259,6 +357,16 @@ cdef class Model:
                         info.offset, bool(info.is_buffer), bool(info.is_integer)))
         return out
 
+    def bias_tensors(self):
+        """Names of the parameters declared as biases (Linear, Conv2d and batch norm biases)."""
+        cdef fn_tensor_info info
+        out = []
+        for i in range(fn_model_tensor_count(self.handle)):
+            check(fn_model_tensor_info(self.handle, i, &info))
+            if info.is_bias:
+                out.append(info.name.decode())
+        return out
+
     def param_arena(self):
         return array_view(self, fn_model_params(self.handle),
                           fn_model_param_total(self.handle), fn_model_dtype(self.handle))
@@ -319,7 +427,11 @@ cdef class Model:
 
     def set_optimizer(self, int kind, double lr, double momentum=0, double dampening=0,
                       bint nesterov=False, double beta1=0.9, double beta2=0.999, double eps=1e-8,
-                      double weight_decay=0):
+                      double weight_decay=0, bint amsgrad=False, double lr_decay=0,
+                      double initial_accumulator_value=0, double alpha=0.99, bint centered=False,
+                      bint decoupled_weight_decay=False, double clip_grad_norm=0,
+                      double clip_grad_value=0):
+        """Sets the optimizer (fn_optimizer's fields; clip_* 0: off)."""
         cdef fn_optimizer opt
         opt.kind = <fn_optimizer_kind>kind
         opt.lr = lr
@@ -330,7 +442,59 @@ cdef class Model:
         opt.beta2 = beta2
         opt.eps = eps
         opt.weight_decay = weight_decay
+        opt.amsgrad = amsgrad
+        opt.lr_decay = lr_decay
+        opt.initial_accumulator_value = initial_accumulator_value
+        opt.alpha = alpha
+        opt.centered = centered
+        opt.decoupled_weight_decay = decoupled_weight_decay
+        opt.clip_grad_norm = clip_grad_norm
+        opt.clip_grad_value = clip_grad_value
         check(fn_model_set_optimizer(self.handle, &opt))
+
+    def set_param_groups(self, groups, group_of_tensor=None):
+        """Sets parameter groups: groups is a list of (lr, weight_decay, l1, max_norm) (max_norm 0:
+        none); group_of_tensor the group of each tensor of tensor_info (entries of buffers are
+        ignored), or None with one group. An empty list removes the groups."""
+        cdef int n = len(groups)
+        cdef cnp.ndarray index
+        cdef const int *index_data = NULL
+        if group_of_tensor is not None:
+            index = np.ascontiguousarray(group_of_tensor, dtype=np.intc)
+            if index.ndim != 1 or index.shape[0] != fn_model_tensor_count(self.handle):
+                raise ValueError(f"group_of_tensor must have {fn_model_tensor_count(self.handle)} "
+                                 f"entries (one per tensor), got shape {np.shape(index)}")
+            index_data = <const int *>index.data
+        cdef fn_param_group *table = <fn_param_group *>malloc(max(n, 1) * sizeof(fn_param_group))
+        if table == NULL:
+            raise MemoryError("set_param_groups: out of memory")
+        try:
+            for g, (lr, weight_decay, l1, max_norm) in enumerate(groups):
+                table[g].lr = lr
+                table[g].weight_decay = weight_decay
+                table[g].l1 = l1
+                table[g].max_norm = max_norm
+            check(fn_model_set_param_groups(self.handle, table, n, index_data))
+        finally:
+            free(table)
+
+    def param_groups(self):
+        """[(lr, weight_decay, l1, max_norm)] of the groups set in C."""
+        cdef fn_param_group group
+        out = []
+        for g in range(fn_model_param_group_count(self.handle)):
+            check(fn_model_get_param_group(self.handle, g, &group))
+            out.append((group.lr, group.weight_decay, group.l1, group.max_norm))
+        return out
+
+    def group_lr(self, int group=0):
+        """The learning rate of `group` at the next update (after the C schedule)."""
+        return fn_model_group_lr(self.handle, group)
+
+    @property
+    def last_grad_norm(self):
+        """The gradient norm before clipping of the last update; -1 if it did not compute it."""
+        return fn_model_last_grad_norm(self.handle)
 
     def reset_optimizer(self):
         """Zeroes the optimizer state and counters (a new optimizer starts from nothing)."""
@@ -359,24 +523,26 @@ cdef class Model:
         fn_model_set_optimizer_steps(self.handle, steps)
 
     def optimizer_state(self):
-        """Views of the optimizer's state slots (momentum; or Adam's two moments)."""
+        """Views of the optimizer's state slots (see fn_model_optimizer_state for their order)."""
         return [array_view(self, fn_model_optimizer_state(self.handle, s),
                            fn_model_param_total(self.handle), fn_model_dtype(self.handle))
                 for s in range(fn_model_optimizer_state_count(self.handle))]
 
-    def train_step(self, x, labels):
-        """One fused step (forward, softmax cross-entropy, backward, update); the mean loss."""
+    def train_step(self, x, labels=None, dict loss=None, values=None, teacher=None):
+        """One fused step (forward, loss, backward, update); the loss before the update.
+
+        loss is a spec as for loss_forward_backward (None: the plain cross-entropy); labels,
+        values and teacher are the targets the loss takes."""
         cdef cnp.ndarray xs = as_floats(x, fn_model_dtype(self.handle), "input")
         cdef int64_t n = xs.shape[0] if xs.ndim else 0
-        cdef cnp.ndarray y = as_labels(labels, n)
-        cdef fn_label_type label_type = label_type_of(y)
-        cdef fn_loss loss
-        loss.kind = FN_LOSS_CROSS_ENTROPY
+        cdef LossCall call = make_loss_call(loss if loss is not None else {"kind": 0},
+                                            fn_model_dtype(self.handle), n, self.output_size,
+                                            labels, values, teacher)
         cdef double value = 0
         cdef fn_status status
         with nogil:
-            status = fn_model_train_step(self.handle, xs.data, y.data, label_type, n, &loss,
-                                         &value)
+            status = fn_model_train_step_targets(self.handle, xs.data, n, &call.targets,
+                                                 &call.loss, &value)
         check(status)
         return value
 

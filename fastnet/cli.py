@@ -94,6 +94,39 @@ def build_parser():
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     train.add_argument("--weight-decay", type=float, default=0.0,
                        help="L2 weight decay (decoupled for adamw; default 0)")
+    train.add_argument("--schedule", default="constant", metavar="NAME[:K=V,...]",
+                       help="learning-rate schedule: constant, step, multistep, exponential, "
+                            "inverse_time, cosine or plateau, with its arguments, e.g. "
+                            "step:step_size=10,gamma=0.5 or cosine:T_max=40 (default: constant; "
+                            "cosine's T_max defaults to the epochs, or the steps with "
+                            "--schedule-interval step)")
+    train.add_argument("--schedule-interval", default="epoch", choices=["epoch", "step"],
+                       help="step the schedule after every epoch (default) or every update")
+    train.add_argument("--warmup", type=int, default=0, metavar="N",
+                       help="linear learning-rate warm-up over N epochs (or steps)")
+    train.add_argument("--loss", default="ce", choices=["ce", "mse", "l1", "huber", "bce"],
+                       help="cross-entropy (default), or MSE, L1, Huber or binary cross-entropy "
+                            "with logits on one-hot targets")
+    train.add_argument("--label-smoothing", type=float, default=0.0,
+                       help="cross-entropy label smoothing (default 0)")
+    train.add_argument("--teacher", metavar="MODEL_FILE",
+                       help="distil from this trained model (a .safetensors file from fastnet): "
+                            "the loss becomes the distillation loss")
+    train.add_argument("--temperature", type=_positive_float, default=4.0,
+                       help="distillation temperature T (default 4)")
+    train.add_argument("--alpha", type=float, default=0.9,
+                       help="distillation weight of the softened teacher term (default 0.9)")
+    train.add_argument("--scale", default="none", choices=["none", "standard", "minmax"],
+                       help="input scaling fitted on the training split only (default: none)")
+    train.add_argument("--augment", default=None, metavar="T[:ARG],...",
+                       help="image augmentation of training batches, e.g. crop:2,flip,noise:0.05 "
+                            "(random crop with 2 pixels of padding, horizontal flip, Gaussian "
+                            "noise of std 0.05), prepared in a background thread")
+    train.add_argument("--balanced", action="store_true",
+                       help="draw training samples class-balanced (for imbalanced data)")
+    train.add_argument("--recipe", metavar="FILE",
+                       help="a JSON or TOML file of these options (names with underscores, e.g. "
+                            "batch_size = 32); options given on the command line win")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--seed", type=int, default=0,
                        help="seeds initialisation and shuffling (default 0)")
@@ -150,6 +183,112 @@ def build_optimizer(args, model):
     return cls(model.parameters(), lr=lr, weight_decay=args.weight_decay)
 
 
+def parse_settings(text, what):
+    """'name:key=value,key=value' -> (name, {key: value}) with numbers converted."""
+    name, _, rest = text.partition(":")
+    settings = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{what}: expected key=value in {text!r}, got {item!r}")
+        settings[key.strip()] = _number_or_text(value.strip())
+    return name.strip(), settings
+
+
+def _number_or_text(value):
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            pass
+    if "/" in value:  # milestones=10/20/30
+        return [_number_or_text(v) for v in value.split("/")]
+    return value
+
+
+def build_schedule(args, optimizer, steps_per_epoch):
+    """The --schedule (with --warmup) as a fastnet.schedules object, or None for constant."""
+    from fastnet.schedules import make_schedule
+
+    if isinstance(args.schedule, dict):
+        settings = dict(args.schedule)
+        name = settings.pop("name", "constant")
+    else:
+        name, settings = parse_settings(args.schedule, "--schedule")
+    if name == "constant" and not args.warmup:
+        return None
+    units = args.epochs * (steps_per_epoch if args.schedule_interval == "step" else 1)
+    if name == "cosine":
+        settings.setdefault("T_max", max(1, units - args.warmup))
+    if name == "plateau":
+        return make_schedule(name, optimizer, **settings)
+    return make_schedule(name, optimizer, interval=args.schedule_interval,
+                         warmup=args.warmup or None, **settings)
+
+
+def build_loss(args):
+    """The loss --loss (or --teacher) asks for, and the teacher model if distilling."""
+    import fastnet as fn
+
+    if args.teacher:
+        teacher = fn.load(args.teacher)
+        return fn.DistillationLoss(temperature=args.temperature, alpha=args.alpha), teacher
+    losses = {"ce": lambda: fn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
+              "mse": fn.MSELoss, "l1": fn.L1Loss, "huber": fn.HuberLoss,
+              "bce": fn.BCEWithLogitsLoss}
+    return losses[args.loss](), None
+
+
+def build_transform(spec, input_shape):
+    """--augment 'crop:2,flip,noise:0.05' as a fastnet.augment.Compose, or None."""
+    if not spec:
+        return None
+    from fastnet import augment
+
+    steps = []
+    for item in spec.split(",") if isinstance(spec, str) else spec:
+        name, _, value = item.partition(":")
+        if name in ("crop", "flip") and len(input_shape) != 3:
+            raise ValueError(f"--augment {name} needs image inputs (C, H, W); the model takes "
+                             f"{input_shape}")
+        if name == "crop":
+            steps.append(augment.RandomCrop(tuple(input_shape[1:]), padding=int(value or 4)))
+        elif name == "flip":
+            steps.append(augment.RandomHorizontalFlip(float(value or 0.5)))
+        elif name == "noise":
+            steps.append(augment.GaussianNoise(float(value or 0.05)))
+        else:
+            raise ValueError(f"--augment: unknown transform {name!r} (known: crop, flip, noise)")
+    return augment.Compose(steps)
+
+
+def apply_recipe(args, argv, parser):
+    """Fills in the options a recipe file sets, unless the command line gave them."""
+    from fastnet import zoo
+
+    recipe = zoo.read_description(args.recipe)
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    actions = {a.dest: a for a in train_parser._actions if a.dest != "help"}
+    given = {a.dest for a in actions.values()
+             if any(arg == o or arg.startswith(o + "=") for o in a.option_strings for arg in argv)}
+    for key, value in recipe.items():
+        dest = key.replace("-", "_")
+        if dest not in actions or dest == "recipe":
+            raise ValueError(f"{args.recipe}: unknown option {key!r} (known: "
+                             f"{', '.join(sorted(d for d in actions if d != 'recipe'))})")
+        if dest in given:
+            continue
+        action = actions[dest]
+        if isinstance(value, str) and action.type is not None:
+            value = action.type(value)
+        elif isinstance(value, list) and dest in ("hidden", "input_shape"):
+            value = tuple(int(v) for v in value)
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(f"{args.recipe}: {key} must be one of {list(action.choices)}, "
+                             f"got {value!r}")
+        setattr(args, dest, value)
+
+
 def command_train(args):
     import fastnet as fn
 
@@ -168,19 +307,37 @@ def command_train(args):
         open(metrics_path, "w").close()
     reshape = lambda ds: None if ds is None else fn.Dataset(  # noqa: E731
         ds.x.reshape((len(ds),) + tuple(shape)), ds.y, num_classes=ds.num_classes)
-    train, val, test = reshape(splits.train), reshape(splits.val), reshape(splits.test)
+    splits = fn.Splits(reshape(splits.train), reshape(splits.val), reshape(splits.test))
+    if args.scale != "none":
+        from fastnet.data import MinMaxScaler, Standardizer, scale_splits
+
+        scaler = Standardizer(per="channel" if len(shape) == 3 else "feature") \
+            if args.scale == "standard" else MinMaxScaler()
+        splits, _ = scale_splits(splits, scaler)
+    train, val, test = splits
+    steps_per_epoch = -(-len(train) // args.batch_size)
+    schedule = build_schedule(args, optimizer, steps_per_epoch)
+    transform = build_transform(args.augment, shape)
+    sampler = None
+    if args.balanced:
+        from fastnet.data import ClassBalancedSampler
+
+        sampler = ClassBalancedSampler(train.y)
     if not args.quiet:
         print(f"fastnet {fn.__version__}: {len(train)} training samples, {train.num_features} "
               f"features, {train.num_classes} classes; {fn.get_num_threads()} threads",
               file=sys.stderr)
         print(model, file=sys.stderr)
-    trainer = fn.Trainer(model, optimizer, fn.CrossEntropyLoss(), seed=args.seed,
-                         progress=None if not args.quiet else False, metrics_path=metrics_path)
+    loss, teacher = build_loss(args)
+    trainer = fn.Trainer(model, optimizer, loss, seed=args.seed,
+                         progress=None if not args.quiet else False, metrics_path=metrics_path,
+                         schedule=schedule, transform=transform, sampler=sampler,
+                         teacher=teacher)
     history = trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size)
     if not args.quiet:
         for record in history.epochs[-1:]:
             summary = ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                if k.startswith(("train_", "val_")))
+                                if k.startswith(("train_", "val_")) and v is not None)
             print(f"epoch {record['epoch']}: {summary}", file=sys.stderr)
     result = {"split": "test"}
     evaluated = trainer.evaluate(test if test is not None else (val or train))
@@ -208,10 +365,17 @@ def command_info(args):
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    if getattr(args, "recipe", None):
+        try:
+            apply_recipe(args, argv, parser)
+        except (ValueError, OSError, argparse.ArgumentTypeError) as error:
+            print(f"fastnet {args.command}: error: {error}", file=sys.stderr)
+            return 2
     handlers = {"train": command_train, "info": command_info}
     try:
         return handlers[args.command](args)

@@ -12,6 +12,8 @@ path of the residual block at position 3.
 """
 import numbers
 
+from fastnet.init import check_scheme
+
 
 class Layer:
     """Base class of the layers that are one node of the C graph: ``op`` is the C op's name,
@@ -77,6 +79,33 @@ def _pair(value, what, minimum=1):
     return [int(pair[0]), int(pair[1])]
 
 
+def _init_attributes(layer, attributes):
+    """Adds a layer's ``init`` and ``bias_init`` to its attributes when given."""
+    for key in ("init", "bias_init"):
+        if getattr(layer, key) is not None:
+            attributes[key] = getattr(layer, key)
+    return attributes
+
+
+def _init_repr(layer):
+    """``, init='he_normal'`` (or the dict when it has parameters) for each scheme given."""
+    text = ""
+    for key in ("init", "bias_init"):
+        value = getattr(layer, key)
+        if value is not None:
+            shown = value["scheme"] if len(value) == 1 else value
+            text += f", {key}={shown!r}"
+    return text
+
+
+def _init_schemes(layer, init, bias_init):
+    name = type(layer).__name__
+    layer.init = check_scheme(init, f"{name} init")
+    layer.bias_init = check_scheme(bias_init, f"{name} bias_init", bias=True)
+    if layer.bias_init is not None and not layer.bias:
+        raise ValueError(f"{name} bias_init is given but bias=False")
+
+
 def _number(value, what, low=None, high=None, high_open=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
         raise ValueError(f"{what} must be a number, got {value!r}")
@@ -99,6 +128,10 @@ class Linear(Layer):
         Sizes of each input and output sample.
     bias : bool
         Whether to learn an additive bias.
+    init, bias_init : str or dict, optional
+        Initialisation schemes of the weight and the bias (see :mod:`fastnet.init`), a name such
+        as ``"he_normal"`` or a dict such as ``{"scheme": "normal", "std": 0.01}``. None takes
+        the model's default (``Sequential(init=...)``), else PyTorch's.
 
     Examples
     --------
@@ -106,25 +139,28 @@ class Linear(Layer):
     >>> model = fn.Sequential(fn.Linear(4, 3))
     >>> model.state_dict()["0.weight"].shape
     (3, 4)
+    >>> fn.Linear(256, 10, init="xavier_uniform", bias_init="zeros")
+    Linear(256, 10, init='xavier_uniform', bias_init='zeros')
     """
 
     op = "linear"
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features, out_features, bias=True, init=None, bias_init=None):
         self.in_features = _positive_int(in_features, "Linear in_features")
         self.out_features = _positive_int(out_features, "Linear out_features")
         self.bias = bool(bias)
+        _init_schemes(self, init, bias_init)
 
     def attributes(self):
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias}
+        return _init_attributes(self, {"in_features": self.in_features,
+                                       "out_features": self.out_features, "bias": self.bias})
 
     def fixed_input_shape(self):
         return (self.in_features,)
 
     def __repr__(self):
         extra = "" if self.bias else ", bias=False"
-        return f"Linear({self.in_features}, {self.out_features}{extra})"
+        return f"Linear({self.in_features}, {self.out_features}{extra}{_init_repr(self)})"
 
 
 # ---------------------------------------------------------------------------- activations
@@ -167,6 +203,217 @@ class Tanh(Layer):
     op = "tanh"
 
 
+class PReLU(Layer):
+    """Parametric ReLU: ``x`` for ``x > 0``, ``weight[c] * x`` otherwise, with learned slopes.
+
+    Parameters
+    ----------
+    num_parameters : int
+        1 (one slope shared by every element) or the number of channels of the input, its first
+        per-sample dimension (features of an ``(N, F)`` input, channels of ``(N, C, H, W)``).
+    init : float
+        The slopes' initial value.
+
+    Notes
+    -----
+    The slopes are the parameter ``weight`` of shape ``(num_parameters,)``, as PyTorch's; like
+    any parameter they are trained, and weight decay applies to them unless a parameter group
+    says otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnet as fn
+    >>> model = fn.Sequential(fn.Linear(4, 3), fn.PReLU(3))
+    >>> model.state_dict()["1.weight"]
+    array([0.25, 0.25, 0.25], dtype=float32)
+    """
+
+    op = "prelu"
+
+    def __init__(self, num_parameters=1, init=0.25):
+        self.num_parameters = _positive_int(num_parameters, "PReLU num_parameters")
+        self.init = _number(init, "PReLU init")
+
+    def attributes(self):
+        return {"num_parameters": self.num_parameters, "init": self.init}
+
+
+class ELU(Layer):
+    """``x`` for ``x > 0``, ``alpha * (exp(x) - 1)`` otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnet as fn
+    >>> model = fn.Sequential(fn.ELU(), input_shape=(2,), dtype="float64")
+    >>> model(np.array([[1.0, -1.0]])).round(4)
+    array([[ 1.    , -0.6321]])
+    """
+
+    op = "elu"
+
+    def __init__(self, alpha=1.0):
+        self.alpha = _number(alpha, "ELU alpha")
+
+    def attributes(self):
+        return {"alpha": self.alpha}
+
+
+class GELU(Layer):
+    """Gaussian error linear unit ``x * Phi(x)``, ``Phi`` the standard normal CDF.
+
+    Parameters
+    ----------
+    approximate : {"none", "tanh"}
+        ``"none"``: exact, with ``erf``; ``"tanh"``:
+        ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnet as fn
+    >>> model = fn.Sequential(fn.GELU(), input_shape=(2,), dtype="float64")
+    >>> model(np.array([[1.0, -1.0]])).round(4)
+    array([[ 0.8413, -0.1587]])
+    """
+
+    op = "gelu"
+
+    def __init__(self, approximate="none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def attributes(self):
+        return {"approximate": self.approximate}
+
+
+class SiLU(Layer):
+    """Sigmoid-weighted linear unit (Swish): ``x * sigmoid(x)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnet as fn
+    >>> model = fn.Sequential(fn.SiLU(), input_shape=(2,), dtype="float64")
+    >>> model(np.array([[1.0, -1.0]])).round(4)
+    array([[ 0.7311, -0.2689]])
+    """
+
+    op = "silu"
+
+
+class Softplus(Layer):
+    """``log(1 + exp(beta * x)) / beta``, and ``x`` where ``beta * x > threshold`` (PyTorch's
+    reversion to the identity for large inputs).
+
+    Examples
+    --------
+    >>> import numpy as np, fastnet as fn
+    >>> model = fn.Sequential(fn.Softplus(), input_shape=(2,), dtype="float64")
+    >>> model(np.array([[0.0, 30.0]])).round(4)
+    array([[ 0.6931, 30.    ]])
+    """
+
+    op = "softplus"
+
+    def __init__(self, beta=1.0, threshold=20.0):
+        self.beta = _number(beta, "Softplus beta")
+        if self.beta <= 0:
+            raise ValueError(f"Softplus beta must be positive, got {beta!r}")
+        self.threshold = _number(threshold, "Softplus threshold")
+
+    def attributes(self):
+        return {"beta": self.beta, "threshold": self.threshold}
+
+
+class Maxout(Layer):
+    """Maxout: the channels ``(C, ...)`` of each sample, split into ``C / pieces`` groups of
+    ``pieces`` consecutive channels, reduced to the maximum of each group, giving
+    ``(C / pieces, ...)``.
+
+    The gradient flows to the first maximum of each group. Put it after a ``Linear`` or
+    ``Conv2d`` with ``pieces`` times the channels wanted.
+
+    Parameters
+    ----------
+    pieces : int
+        Channels per group; must divide the input's channel count (its first per-sample
+        dimension).
+
+    Examples
+    --------
+    >>> import numpy as np, fastnet as fn
+    >>> model = fn.Sequential(fn.Maxout(2), input_shape=(4,), dtype="float64")
+    >>> model(np.array([[1.0, 3.0, -2.0, -5.0]]))
+    array([[ 3., -2.]])
+    """
+
+    op = "maxout"
+
+    def __init__(self, pieces):
+        self.pieces = _positive_int(pieces, "Maxout pieces")
+
+    def attributes(self):
+        return {"pieces": self.pieces}
+
+
+def _softmax_dim(layer, dim):
+    name = type(layer).__name__
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise ValueError(f"{name} dim must be an integer, got {dim!r}")
+    # A negative dim is resolved against the input's dimensions when the model is built.
+    if dim >= 0 and dim != 1:
+        raise ValueError(f"{name} supports dim=1 only (the first per-sample axis: features or "
+                         f"channels), got dim={dim}")
+    return int(dim)
+
+
+class Softmax(Layer):
+    """``exp(x) / sum(exp(x))`` over ``dim=1``: the features of ``(N, F)`` inputs, or the
+    channels of ``(N, C, H, W)`` ones at each position. Computed with the maximum subtracted, so
+    no input overflows.
+
+    Parameters
+    ----------
+    dim : int
+        Must be 1 (or a negative index of that axis, such as -1 for ``(N, F)`` inputs).
+
+    Examples
+    --------
+    >>> import numpy as np, fastnet as fn
+    >>> model = fn.Sequential(fn.Softmax(dim=1), input_shape=(2,), dtype="float64")
+    >>> model(np.array([[0.0, np.log(3.0)]]))
+    array([[0.25, 0.75]])
+    """
+
+    op = "softmax"
+
+    def __init__(self, dim=1):
+        self.dim = _softmax_dim(self, dim)
+
+    def attributes(self):
+        return {"dim": self.dim}
+
+
+class LogSoftmax(Layer):
+    """``x - log(sum(exp(x)))`` over ``dim=1``, as :class:`Softmax`, without overflow or
+    ``log(0)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnet as fn
+    >>> model = fn.Sequential(fn.LogSoftmax(dim=1), input_shape=(2,), dtype="float64")
+    >>> np.exp(model(np.array([[0.0, np.log(3.0)]])))
+    array([[0.25, 0.75]])
+    """
+
+    op = "log_softmax"
+
+    def __init__(self, dim=1):
+        self.dim = _softmax_dim(self, dim)
+
+    def attributes(self):
+        return {"dim": self.dim}
+
+
 # ---------------------------------------------------------------------------- convolution
 
 
@@ -181,6 +428,9 @@ class Conv2d(Layer):
         Channels are split into this many groups convolved separately (``groups ==
         in_channels`` is a depthwise convolution).
     bias : bool
+    init, bias_init : str or dict, optional
+        Initialisation schemes of the weight and the bias, as for :class:`Linear`; the fans are
+        ``in_channels / groups * kh * kw`` and ``out_channels * kh * kw``.
 
     Examples
     --------
@@ -193,7 +443,7 @@ class Conv2d(Layer):
     op = "conv2d"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True):
+                 groups=1, bias=True, init=None, bias_init=None):
         self.in_channels = _positive_int(in_channels, "Conv2d in_channels")
         self.out_channels = _positive_int(out_channels, "Conv2d out_channels")
         self.kernel_size = _pair(kernel_size, "Conv2d kernel_size")
@@ -205,12 +455,13 @@ class Conv2d(Layer):
             raise ValueError(f"Conv2d channels ({self.in_channels}, {self.out_channels}) must be "
                              f"divisible by groups={self.groups}")
         self.bias = bool(bias)
+        _init_schemes(self, init, bias_init)
 
     def attributes(self):
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": self.kernel_size, "stride": self.stride,
-                "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
-                "bias": self.bias}
+        return _init_attributes(self, {
+            "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
+            "dilation": self.dilation, "groups": self.groups, "bias": self.bias})
 
     def __repr__(self):
         kernel = self.kernel_size[0] if self.kernel_size[0] == self.kernel_size[1] \
@@ -222,7 +473,7 @@ class Conv2d(Layer):
                 text += f", {name}={value[0] if value[0] == value[1] else tuple(value)}"
         if self.groups != 1:
             text += f", groups={self.groups}"
-        return text + ("" if self.bias else ", bias=False") + ")"
+        return text + ("" if self.bias else ", bias=False") + _init_repr(self) + ")"
 
 
 class _Pool2d(Layer):
@@ -407,8 +658,8 @@ class Concat(Layer):
     >>> import fastnet as fn
     >>> block = fn.Concat(fn.Conv2d(8, 4, 1), fn.Sequential(fn.Conv2d(8, 4, 3, padding=1)))
     >>> model = fn.Sequential(block, input_shape=(8, 5, 5))
-    >>> model(__import__("numpy").zeros((1, 8, 5, 5), "float32")).shape
-    (1, 8, 5, 5)
+    >>> model(__import__("numpy").zeros((1, 8, 5, 5), "float32")).shape  # 8 channels of 5 x 5
+    (1, 200)
     """
 
     op = "concat"
@@ -439,7 +690,8 @@ class Concat(Layer):
 #: Layer classes by name, to rebuild a layer tree from its config.
 LAYER_TYPES = {cls.__name__: cls for cls in (
     Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
-    Flatten, BatchNorm1d, BatchNorm2d, Dropout, LocalResponseNorm)}
+    Flatten, BatchNorm1d, BatchNorm2d, Dropout, LocalResponseNorm, PReLU, ELU, GELU, SiLU,
+    Softplus, Maxout, Softmax, LogSoftmax)}
 
 
 def layer_from_config(config):
@@ -451,7 +703,8 @@ def layer_from_config(config):
     if kind == "Sequential":
         from fastnet.model import Sequential
 
-        return Sequential(*[layer_from_config(c) for c in args.get("layers", [])])
+        return Sequential(*[layer_from_config(c) for c in args.get("layers", [])],
+                          init=args.get("init"), bias_init=args.get("bias_init"))
     if kind == "Residual":
         shortcut = args.get("shortcut")
         return Residual(layer_from_config(args["main"]),

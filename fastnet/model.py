@@ -7,6 +7,7 @@ from collections import OrderedDict
 import numpy as np
 
 from fastnet import _core
+from fastnet.init import check_scheme
 from fastnet.layers import Graph, Layer, layer_from_config
 
 SPEC_FORMAT = "fastnet.model"
@@ -87,10 +88,13 @@ class Sequential(Layer):
     dtype : {"float32", "float64"}
         Element type of parameters and activations. float64 is for gradient checks.
     seed : int
-        Seed of the parameter initialisation (PyTorch's default scheme); the same seed gives the
-        same weights whatever the thread count.
+        Seed of the parameter initialisation (PyTorch's default scheme, or the layers' and
+        ``init``'s); the same seed gives the same weights whatever the thread count.
     input_shape : tuple of int, optional
         Per-sample input shape; inferred from the first layer when it fixes one (``Linear``).
+    init, bias_init : str or dict, optional
+        Default initialisation schemes (see :mod:`fastnet.init`) of the weights and biases of
+        every ``Linear`` and ``Conv2d`` in the model that has none of its own.
 
     Examples
     --------
@@ -104,7 +108,8 @@ class Sequential(Layer):
     (16, 10)
     """
 
-    def __init__(self, *layers, dtype="float32", seed=0, input_shape=None):
+    def __init__(self, *layers, dtype="float32", seed=0, input_shape=None, init=None,
+                 bias_init=None):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         if not layers:
@@ -118,6 +123,8 @@ class Sequential(Layer):
         self.layers = list(layers)
         self.dtype = np.dtype(DTYPES[_dtype_name(dtype)])
         self.seed = int(seed)
+        self.init = check_scheme(init, "Sequential init")
+        self.bias_init = check_scheme(bias_init, "Sequential bias_init", bias=True)
         if input_shape is None:
             input_shape = self.input_shape_from_layers()
         elif isinstance(input_shape, numbers.Integral):
@@ -144,12 +151,25 @@ class Sequential(Layer):
     def compile(self, name, inputs, graph):
         graph.add(self, name)
         prefix = f"{name}." if name else ""
+        first = len(graph.nodes)
         for i, layer in enumerate(self.layers):
             inputs = [layer.compile(f"{prefix}{i}", inputs, graph)]
+        # The default schemes go to the linear and convolution nodes of this subtree that have
+        # none of their own (a nested Sequential has given its defaults already).
+        for node in graph.nodes[first:]:
+            if node["op"] in ("linear", "conv2d"):
+                if self.init is not None:
+                    node.setdefault("init", self.init)
+                if self.bias_init is not None and node.get("bias", True):
+                    node.setdefault("bias_init", self.bias_init)
         return inputs[0]
 
     def config(self):
-        return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
+        config = {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
+        for key in ("init", "bias_init"):
+            if getattr(self, key) is not None:
+                config[key] = getattr(self, key)
+        return config
 
     def children(self):
         return list(self.layers)
@@ -167,7 +187,7 @@ class Sequential(Layer):
         nodes, and the layer tree (``layers``) from which Python rebuilds this object."""
         if self.input_shape is None:
             raise ValueError(self._needs_input_shape())
-        return {
+        spec = {
             "format": SPEC_FORMAT,
             "version": SPEC_VERSION,
             "dtype": self.dtype.name,
@@ -176,6 +196,11 @@ class Sequential(Layer):
             "nodes": self.compiled().nodes,
             "layers": self.config()["layers"],
         }
+        # The default schemes, for _from_core to rebuild this object (the nodes have them).
+        for key in ("init", "bias_init"):
+            if getattr(self, key) is not None:
+                spec[key] = getattr(self, key)
+        return spec
 
     def _needs_input_shape(self):
         return (f"Sequential starting with {first_leaf(self)!r} needs input_shape=(C, H, W) or "
@@ -212,6 +237,7 @@ class Sequential(Layer):
         self.layers = layers_from_spec(spec)
         self.dtype = np.dtype(spec.get("dtype", "float32"))
         self.seed = int(spec.get("seed", 0))
+        self.init, self.bias_init = spec.get("init"), spec.get("bias_init")
         self.input_shape = tuple(spec["input_shape"])
         self._handle = core
         self.training = core.training
@@ -378,26 +404,35 @@ class Sequential(Layer):
         Parameters
         ----------
         x : ndarray, shape (N, *input_shape)
-        y : ndarray of int, shape (N,)
-            Class labels in ``[0, classes)``, of any integer dtype.
-        loss : CrossEntropyLoss
+        y : ndarray or tuple
+            The targets ``loss`` takes: class labels ``(N,)`` of any integer dtype
+            (:class:`~fastnet.CrossEntropyLoss`), soft targets ``(N, C)`` (CrossEntropyLoss),
+            float targets ``(N, C)`` (:class:`~fastnet.MSELoss`, :class:`~fastnet.L1Loss`,
+            :class:`~fastnet.HuberLoss`, :class:`~fastnet.BCEWithLogitsLoss`; ``(N,)`` for one
+            output), or the pair ``(labels, teacher_logits)``
+            (:class:`~fastnet.DistillationLoss`).
+        loss : fastnet.losses.Loss
         optimizer : fastnet.optim.Optimizer
             Built over this model's parameters.
 
         Returns
         -------
         float
-            The mean loss of the batch, before the update.
+            The loss of the batch, before the update.
         """
-        from fastnet.losses import CrossEntropyLoss
+        from fastnet.losses import Loss
 
-        if not isinstance(loss, CrossEntropyLoss):
-            raise TypeError(f"train_step supports fastnet.CrossEntropyLoss, got {loss!r}")
+        if not isinstance(loss, Loss):
+            raise TypeError(f"train_step expects a fastnet loss (fastnet.CrossEntropyLoss, "
+                            f"fastnet.MSELoss, ...), got {loss!r}")
         if optimizer.model is not self:
             raise ValueError("the optimizer was built over another model's parameters")
+        x = self._check_input(x)
+        outputs_shape = (x.shape[0], self._core.output_size)
+        targets = loss._targets(y, outputs_shape)
         if self._optimizer is not optimizer or self._optimizer_version != optimizer._version:
             optimizer._configure()
-        return self._core.train_step(self._check_input(x), y)
+        return self._core.train_step(x, loss=loss._spec(outputs_shape[1]), **targets)
 
     def forward_flops(self):
         """Floating-point operations of one sample's forward pass in the linear and convolution

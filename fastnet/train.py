@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from fastnet.data import Dataset
-from fastnet.losses import CrossEntropyLoss
+from fastnet.losses import CrossEntropyLoss, DistillationLoss, Loss
 
 
 def as_dataset(data, what, dtype=None):
@@ -60,6 +60,26 @@ class Trainer:
         Show a progress bar; by default only when stderr is a terminal.
     metrics_path : str, optional
         Appends one JSON line per epoch to this file.
+    schedule : fastnet.schedules.Schedule or ReduceLROnPlateau, optional
+        Stepped after every epoch or every update, as its ``interval`` says; a schedule that
+        needs a metric (reduce-on-plateau) gets ``monitor`` after each epoch.
+    monitor : str
+        The record entry a plateau schedule follows (``"val_loss"`` by default; ``train_loss``
+        when there is no validation data).
+    transform : callable, optional
+        Augmentation applied to each training batch, ``(x, rng) -> x'`` (see
+        :mod:`fastnet.augment`); batches are then prepared in a background thread.
+    sampler : fastnet.data.ClassBalancedSampler, optional
+        Draws each epoch's samples (class-balanced) instead of a shuffle.
+    prefetch : int
+        Batches prepared ahead by the background thread (with ``transform`` or ``sampler``).
+    teacher : fastnet.Sequential, optional
+        For :class:`fastnet.DistillationLoss`: the model whose logits (in eval mode) the student
+        learns from, batch by batch.
+
+    The data holds class labels. Cross-entropy and distillation take them as they are; the
+    losses that take float targets (MSE, L1, Huber, binary cross-entropy) get them one-hot
+    encoded, so any loss trains a classifier; accuracy is the argmax's.
 
     Examples
     --------
@@ -72,17 +92,27 @@ class Trainer:
     3
     """
 
-    def __init__(self, model, optimizer, loss=None, *, seed=0, progress=None, metrics_path=None):
+    def __init__(self, model, optimizer, loss=None, *, seed=0, progress=None, metrics_path=None,
+                 schedule=None, monitor="val_loss", transform=None, sampler=None, prefetch=2,
+                 teacher=None):
         self.model = model
         self.optimizer = optimizer
         self.loss = loss if loss is not None else CrossEntropyLoss()
-        if not isinstance(self.loss, CrossEntropyLoss):
-            raise TypeError(f"Trainer supports fastnet.CrossEntropyLoss, got {self.loss!r}")
+        if not isinstance(self.loss, Loss):
+            raise TypeError(f"Trainer needs a fastnet loss, got {self.loss!r}")
+        if isinstance(self.loss, DistillationLoss) and teacher is None:
+            raise ValueError("DistillationLoss needs the teacher model: Trainer(..., teacher=...)")
+        self.teacher = teacher
         if optimizer.model is not model:
             raise ValueError("the optimizer was built over another model's parameters")
         self.seed = int(seed)
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
         self.metrics_path = metrics_path
+        self.schedule = schedule
+        self.monitor = monitor
+        self.transform = transform
+        self.sampler = sampler
+        self.prefetch = prefetch
 
     def _check_data(self, data, what):
         data = as_dataset(data, what)
@@ -121,42 +151,92 @@ class Trainer:
         batches = (n + batch_size - 1) // batch_size
         bar = tqdm(total=epochs * batches, disable=not self.progress, unit="batch",
                    dynamic_ncols=True)
+        # The C step counts argmax hits for the losses over classes; for the others the training
+        # accuracy is left out rather than computed in a second pass.
+        counts_hits = isinstance(self.loss, (CrossEntropyLoss, DistillationLoss))
         self.model.train()
         try:
             for epoch in range(1, epochs + 1):
                 started = time.perf_counter()
-                # One gather per epoch, then contiguous slices: no copy per batch.
-                if shuffle:
-                    order = np.random.default_rng([self.seed, epoch]).permutation(n)
-                    x_epoch, y_epoch = x_all[order], train.y[order]
-                else:
-                    x_epoch, y_epoch = x_all, train.y
-                loss_sum, correct = 0.0, 0
-                for start in range(0, n, batch_size):
-                    xb = x_epoch[start:start + batch_size]
-                    yb = y_epoch[start:start + batch_size]
-                    loss = self.model.train_step(xb, yb, self.loss, self.optimizer)
+                lr = self._lr()
+                loss_sum, correct, seen = 0.0, 0, 0
+                for xb, yb in self._batches(train, x_all, epoch, batch_size, shuffle):
+                    loss = self.model.train_step(xb, self._targets(xb, yb), self.loss,
+                                                 self.optimizer)
                     loss_sum += loss * len(xb)
-                    correct += self.model.last_train_correct
+                    if counts_hits:
+                        correct += self.model.last_train_correct
+                    seen += len(xb)
                     bar.update(1)
+                    if self.schedule is not None and self.schedule.interval == "step":
+                        self.schedule.step()
                 record = {
                     "epoch": epoch,
-                    "train_loss": loss_sum / n,
-                    "train_accuracy": correct / n,
-                    "lr": self.optimizer.lr,
+                    "train_loss": loss_sum / seen,
+                    "train_accuracy": correct / seen if counts_hits else None,
+                    "lr": lr,
                     "seconds": time.perf_counter() - started,
                 }
                 if val is not None:
                     metrics = self.evaluate(val)
                     record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
+                self._step_schedule_after_epoch(record)
                 history.append(record)
                 self._write_metrics(record)
                 bar.set_description(f"epoch {epoch}/{epochs}")
                 bar.set_postfix({k: round(v, 4) for k, v in record.items()
-                                 if k in ("train_loss", "val_loss", "val_accuracy")})
+                                 if k in ("train_loss", "val_loss", "val_accuracy")
+                                 and v is not None})
         finally:
             bar.close()
         return history
+
+    def _batches(self, train, x_all, epoch, batch_size, shuffle):
+        """The epoch's (x, y) batches: a seeded shuffle (``default_rng([seed, epoch])``) sliced
+        in order; through a background :class:`fastnet.augment.BatchLoader` when batches are
+        augmented or drawn by a sampler."""
+        if self.transform is None and self.sampler is None:
+            n = len(train)
+            # One gather per epoch, then contiguous slices: no copy per batch.
+            if shuffle:
+                order = np.random.default_rng([self.seed, epoch]).permutation(n)
+                x_epoch, y_epoch = x_all[order], train.y[order]
+            else:
+                x_epoch, y_epoch = x_all, train.y
+            for start in range(0, n, batch_size):
+                yield x_epoch[start:start + batch_size], y_epoch[start:start + batch_size]
+            return
+        from fastnet.augment import BatchLoader
+
+        loader = BatchLoader(Dataset(x_all, train.y, num_classes=train.num_classes), batch_size,
+                             shuffle=shuffle, seed=self.seed, transform=self.transform,
+                             sampler=self.sampler, prefetch=self.prefetch)
+        with loader.epoch(epoch) as batches:
+            yield from batches
+
+    def _targets(self, xb, yb):
+        """What the loss takes for a batch of class labels."""
+        if isinstance(self.loss, CrossEntropyLoss):
+            return yb
+        if isinstance(self.loss, DistillationLoss):
+            with self.teacher.mode(training=False):
+                return yb, self.teacher(xb)
+        onehot = np.zeros((len(yb), self.model._core.output_size), dtype=self.model.dtype)
+        onehot[np.arange(len(yb)), yb] = 1
+        return onehot
+
+    def _lr(self):
+        groups = getattr(self.optimizer, "param_groups", None)
+        return groups[0]["lr"] if groups else self.optimizer.lr
+
+    def _step_schedule_after_epoch(self, record):
+        if self.schedule is None or self.schedule.interval != "epoch":
+            return
+        if getattr(self.schedule, "needs_metric", False):
+            key = self.monitor if self.monitor in record else "train_loss"
+            self.schedule.step(record[key])
+        else:
+            self.schedule.step()
 
     def evaluate(self, data, batch_size=512):
         """``{"loss": mean loss, "accuracy": fraction correct}`` of the model on ``data``."""
@@ -166,9 +246,9 @@ class Trainer:
             for start in range(0, len(data), batch_size):
                 xb = data.x[start:start + batch_size]
                 yb = data.y[start:start + batch_size]
-                loss, hits = self.loss.evaluate(self.model(xb), yb)
-                loss_sum += loss * len(xb)
-                correct += hits
+                outputs = self.model(xb)
+                loss_sum += self.loss(outputs, self._targets(xb, yb)) * len(xb)
+                correct += int(np.count_nonzero(outputs.argmax(axis=1) == yb))
         return {"loss": loss_sum / len(data), "accuracy": correct / len(data)}
 
     def _write_metrics(self, record):

@@ -1,8 +1,10 @@
-"""Optimizers against PyTorch's documented update rules, written out in numpy (float64).
+"""Optimizers against PyTorch's documented update rules, written out in numpy (float64), and
+against torch.optim itself when torch is importable.
 
 Synthetic gradients are written into ``p.grad`` and ``opt.step()`` applies them; ``train_step`` is
 checked against a numpy forward/backward of a one-layer linear model. Also: hyper-parameter changes
-between steps, validation, parameters of another model, and the state-dict round trip.
+between steps, validation, parameters of another model, and the state-dict round trip. Parameter
+groups, penalties, max-norm and clipping are in test_regularisation.py.
 """
 
 import copy
@@ -11,70 +13,20 @@ import numpy as np
 import pytest
 
 import fastnet as fn
+from optim_reference import Reference
+from optim_reference import synthetic_grads as reference_grads
 
-STEPS = 12
+STEPS = 24
 
+# The fastnet class, the reference's kind, and the defaults where fastnet's signature has them.
+KINDS = {
+    fn.optim.SGD: ("sgd", dict(lr=0.01)),
+    fn.optim.Adagrad: ("adagrad", dict(lr=0.01)),
+    fn.optim.RMSprop: ("rmsprop", dict(lr=0.01)),
+    fn.optim.Adam: ("adam", dict(lr=1e-3)),
+    fn.optim.AdamW: ("adamw", dict(lr=1e-3, weight_decay=1e-2)),
+}
 
-# ------------------------------------------------------------------------------ numpy references
-
-
-class RefSGD:
-    """PyTorch's SGD as documented: g += wd p; b = g at the first step, else
-    b = momentum b + (1 - dampening) g; g = g + momentum b (Nesterov) or b; p -= lr g."""
-
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False):
-        self.params = [np.array(p, dtype=np.float64) for p in params]
-        self.lr, self.momentum, self.dampening = lr, momentum, dampening
-        self.weight_decay, self.nesterov = weight_decay, nesterov
-        self.buffers = [None] * len(self.params)
-
-    def step(self, grads):
-        for i, (p, g) in enumerate(zip(self.params, grads)):
-            g = np.array(g, dtype=np.float64)
-            if self.weight_decay != 0:
-                g = g + self.weight_decay * p
-            if self.momentum != 0:
-                if self.buffers[i] is None:
-                    self.buffers[i] = g.copy()
-                else:
-                    self.buffers[i] = self.momentum * self.buffers[i] + (1 - self.dampening) * g
-                g = g + self.momentum * self.buffers[i] if self.nesterov else self.buffers[i]
-            self.params[i] = p - self.lr * g
-
-
-class RefAdam:
-    """PyTorch's Adam / AdamW as documented (amsgrad off):
-    AdamW: p = p - lr wd p; Adam: g = g + wd p;
-    m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; m^ = m / (1 - b1^t); v^ = v / (1 - b2^t);
-    p = p - lr m^ / (sqrt(v^) + eps)."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled=False):
-        self.params = [np.array(p, dtype=np.float64) for p in params]
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.weight_decay, self.decoupled = weight_decay, decoupled
-        self.m = [np.zeros_like(p) for p in self.params]
-        self.v = [np.zeros_like(p) for p in self.params]
-        self.t = 0
-
-    def step(self, grads):
-        self.t += 1
-        beta1, beta2 = self.betas
-        for i, (p, g) in enumerate(zip(self.params, grads)):
-            g = np.array(g, dtype=np.float64)
-            if self.decoupled:
-                p = p - self.lr * self.weight_decay * p
-            elif self.weight_decay != 0:
-                g = g + self.weight_decay * p
-            self.m[i] = beta1 * self.m[i] + (1 - beta1) * g
-            self.v[i] = beta2 * self.v[i] + (1 - beta2) * g * g
-            m_hat = self.m[i] / (1 - beta1 ** self.t)
-            v_hat = self.v[i] / (1 - beta2 ** self.t)
-            self.params[i] = p - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
-
-
-# (name, fastnet factory, reference factory); hyper-parameters are given once, to both.
 SGD_CONFIGS = {
     "plain": dict(lr=0.1),
     "momentum": dict(lr=0.05, momentum=0.9),
@@ -84,33 +36,54 @@ SGD_CONFIGS = {
     "momentum_weight_decay": dict(lr=0.05, momentum=0.9, weight_decay=0.01),
     "nesterov_weight_decay": dict(lr=0.03, momentum=0.7, weight_decay=0.1, nesterov=True),
     "dampening_weight_decay": dict(lr=0.03, momentum=0.5, dampening=1.0, weight_decay=0.2),
+    "decoupled": dict(lr=0.05, momentum=0.9, weight_decay=0.1, decoupled_weight_decay=True),
+}
+ADAGRAD_CONFIGS = {
+    "adagrad": dict(),
+    "adagrad_lr_decay": dict(lr=0.1, lr_decay=0.05),
+    "adagrad_hyper": dict(lr=0.05, lr_decay=0.01, weight_decay=0.1,
+                          initial_accumulator_value=0.3, eps=1e-6),
+}
+RMSPROP_CONFIGS = {
+    "rmsprop": dict(),
+    "rmsprop_hyper": dict(lr=0.003, alpha=0.9, eps=1e-6, weight_decay=0.05),
+    "rmsprop_momentum": dict(lr=0.002, momentum=0.9),
+    "rmsprop_centered": dict(lr=0.002, centered=True, alpha=0.95),
+    "rmsprop_centered_momentum": dict(lr=0.001, momentum=0.8, centered=True, weight_decay=0.01),
 }
 ADAM_CONFIGS = {
     "adam": dict(),
     "adam_hyper": dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6),
     "adam_weight_decay": dict(lr=0.01, weight_decay=0.1),
     "adam_beta_zero": dict(lr=0.02, betas=(0.0, 0.5), eps=1e-3, weight_decay=0.01),
+    "adam_amsgrad": dict(lr=0.01, amsgrad=True, weight_decay=0.05),
+    "adam_decoupled": dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
 }
 ADAMW_CONFIGS = {
     "adamw": dict(),
     "adamw_hyper": dict(lr=0.01, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.1),
     "adamw_no_decay": dict(lr=0.01, weight_decay=0.0),
+    "adamw_amsgrad": dict(lr=0.01, betas=(0.7, 0.9), weight_decay=0.1, amsgrad=True),
 }
 OPTIMIZERS = {
-    **{f"sgd_{k}": (fn.optim.SGD, RefSGD, v) for k, v in SGD_CONFIGS.items()},
-    **{k: (fn.optim.Adam, RefAdam, v) for k, v in ADAM_CONFIGS.items()},
-    # AdamW's default weight decay is 1e-2, as in PyTorch.
-    **{k: (fn.optim.AdamW,
-           lambda params, weight_decay=1e-2, **kw: RefAdam(params, weight_decay=weight_decay,
-                                                           decoupled=True, **kw), v)
-       for k, v in ADAMW_CONFIGS.items()},
+    **{f"sgd_{k}": (fn.optim.SGD, v) for k, v in SGD_CONFIGS.items()},
+    **{k: (fn.optim.Adagrad, v) for k, v in ADAGRAD_CONFIGS.items()},
+    **{k: (fn.optim.RMSprop, v) for k, v in RMSPROP_CONFIGS.items()},
+    **{k: (fn.optim.Adam, v) for k, v in ADAM_CONFIGS.items()},
+    **{k: (fn.optim.AdamW, v) for k, v in ADAMW_CONFIGS.items()},
 }
+
+
+def reference_for(cls, params, **hyper):
+    kind, defaults = KINDS[cls]
+    return Reference(kind, params, **{**defaults, **hyper})
 
 
 def make_pair(name, model):
-    cls, ref_cls, hyper = OPTIMIZERS[name]
-    return cls(model.parameters(), **hyper), ref_cls([p.data for p in model.parameters()],
-                                                      **hyper)
+    """(fastnet optimizer, numpy reference) with the hyper-parameters of config `name`."""
+    cls, hyper = OPTIMIZERS[name]
+    return cls(model.parameters(), **hyper), reference_for(cls, [p.data for p in
+                                                                 model.parameters()], **hyper)
 
 
 def small_model(dtype="float64", seed=0):
@@ -119,17 +92,7 @@ def small_model(dtype="float64", seed=0):
 
 def synthetic_grads(model, steps, seed):
     """A fixed sequence of gradients for every parameter, of varied magnitudes and with zeros."""
-    rng = np.random.default_rng(seed)
-    sequence = []
-    for t in range(steps):
-        grads = []
-        for p in model.parameters():
-            g = rng.standard_normal(p.shape) * 10.0 ** rng.integers(-3, 2)
-            if t % 3 == 0:
-                g.reshape(-1)[::5] = 0.0
-            grads.append(g)
-        sequence.append(grads)
-    return sequence
+    return reference_grads([p.shape for p in model.parameters()], steps, seed)
 
 
 def apply_grads(model, grads):
@@ -165,8 +128,9 @@ def test_step_matches_documented_rule(name, threads):
     assert min(moved) > 1e-4
 
 
-@pytest.mark.parametrize("name", ["sgd_nesterov_weight_decay", "sgd_dampening", "adam_hyper",
-                                  "adam_weight_decay", "adamw_hyper"])
+@pytest.mark.parametrize("name", ["sgd_nesterov_weight_decay", "sgd_dampening", "sgd_decoupled",
+                                  "adagrad_hyper", "rmsprop_centered_momentum", "adam_hyper",
+                                  "adam_weight_decay", "adam_amsgrad", "adamw_hyper"])
 def test_step_matches_documented_rule_float32(name, threads):
     model = small_model(dtype="float32")
     opt, ref = make_pair(name, model)
@@ -221,8 +185,10 @@ def numpy_linear_step(w, b, x, labels):
 
 
 @pytest.mark.parametrize("name", ["sgd_plain", "sgd_momentum", "sgd_nesterov_weight_decay",
-                                  "sgd_dampening_weight_decay", "adam", "adam_weight_decay",
-                                  "adamw_hyper"])
+                                  "sgd_dampening_weight_decay", "sgd_decoupled", "adagrad_hyper",
+                                  "rmsprop_centered_momentum", "rmsprop_hyper", "adam",
+                                  "adam_weight_decay", "adam_amsgrad", "adamw_hyper",
+                                  "adamw_amsgrad"])
 def test_train_step_matches_numpy(name, threads):
     rng = np.random.default_rng(5)
     model = fn.Sequential(fn.Linear(5, 3), dtype="float64", seed=7)
@@ -247,7 +213,8 @@ def test_train_step_matches_numpy(name, threads):
         assert opt.steps == t
 
 
-@pytest.mark.parametrize("name", ["sgd_nesterov", "adam_weight_decay", "adamw"])
+@pytest.mark.parametrize("name", ["sgd_nesterov", "adagrad_lr_decay", "rmsprop_centered",
+                                  "adam_weight_decay", "adamw", "adamw_amsgrad"])
 def test_train_step_equals_forward_backward_step(name, threads):
     rng = np.random.default_rng(6)
     fused = small_model(seed=3)
@@ -273,7 +240,8 @@ def test_train_step_equals_forward_backward_step(name, threads):
 
 
 @pytest.mark.parametrize("via", ["step", "train_step"])
-@pytest.mark.parametrize("name", ["sgd_momentum", "adam", "adamw_hyper"])
+@pytest.mark.parametrize("name", ["sgd_momentum", "adagrad_lr_decay", "rmsprop_centered_momentum",
+                                  "adam", "adam_amsgrad", "adamw_hyper"])
 def test_changing_lr_between_steps_takes_effect(name, via, threads):
     rng = np.random.default_rng(8)
     model = fn.Sequential(fn.Linear(5, 3), dtype="float64", seed=9)
@@ -303,16 +271,28 @@ def test_changing_lr_between_steps_takes_effect(name, via, threads):
     assert opt.steps == len(schedule)
 
 
-@pytest.mark.parametrize("name", ["sgd_momentum", "adam_weight_decay", "adamw_hyper"])
+@pytest.mark.parametrize("name", ["sgd_momentum", "adagrad", "rmsprop", "adam_weight_decay",
+                                  "adamw_hyper"])
 def test_changing_other_hyper_parameters_between_steps(name, threads):
     model = small_model()
     opt, ref = make_pair(name, model)
     changes = {3: ("weight_decay", 0.2), 6: ("weight_decay", 0.0)}
     if name.startswith("sgd"):
         changes[5] = ("momentum", 0.5)
+        changes[9] = ("decoupled_weight_decay", True)
+        changes[10] = ("weight_decay", 0.3)
+    elif name.startswith("adagrad"):
+        changes[5] = ("lr_decay", 0.1)
+        changes[8] = ("eps", 1e-3)
+    elif name.startswith("rmsprop"):
+        # Momentum and centring switched on later start their buffers at 0, as PyTorch's do.
+        changes[5] = ("alpha", 0.8)
+        changes[8] = ("momentum", 0.7)
+        changes[11] = ("centered", True)
     else:
         changes[5] = ("betas", (0.7, 0.95))
         changes[8] = ("eps", 1e-4)
+        changes[10] = ("amsgrad", True)  # the maximum starts at 0: max(0, v) = v
     for t, grads in enumerate(synthetic_grads(model, STEPS, seed=10), start=1):
         if t in changes:
             key, value = changes[t]
@@ -357,6 +337,26 @@ INVALID = [
     (fn.optim.AdamW, dict(eps=float("inf"))),
     (fn.optim.AdamW, dict(weight_decay=float("nan"))),
     (fn.optim.AdamW, dict(weight_decay=-0.01)),
+    (fn.optim.Adagrad, dict(lr=-0.1)),
+    (fn.optim.Adagrad, dict(lr_decay=-0.1)),
+    (fn.optim.Adagrad, dict(lr_decay=float("nan"))),
+    (fn.optim.Adagrad, dict(initial_accumulator_value=-1.0)),
+    (fn.optim.Adagrad, dict(eps=-1e-10)),
+    (fn.optim.Adagrad, dict(weight_decay=float("inf"))),
+    (fn.optim.RMSprop, dict(lr=float("nan"))),
+    (fn.optim.RMSprop, dict(alpha=1.5)),
+    (fn.optim.RMSprop, dict(alpha=-0.1)),
+    (fn.optim.RMSprop, dict(eps=-1.0)),
+    (fn.optim.RMSprop, dict(momentum=-0.9)),
+    (fn.optim.RMSprop, dict(weight_decay=-1.0)),
+    (fn.optim.SGD, dict(lr=0.1, clip_grad_norm=0.0)),
+    (fn.optim.SGD, dict(lr=0.1, clip_grad_norm=-1.0)),
+    (fn.optim.SGD, dict(lr=0.1, clip_grad_norm=float("nan"))),
+    (fn.optim.Adam, dict(clip_grad_value=0.0)),
+    (fn.optim.Adam, dict(clip_grad_value=float("inf"))),
+    (fn.optim.RMSprop, dict(l1=-0.1)),
+    (fn.optim.AdamW, dict(max_norm=0.0)),
+    (fn.optim.AdamW, dict(max_norm=-2.0)),
 ]
 
 
@@ -457,14 +457,16 @@ def run(model, opt, data, via):
 
 
 ROUND_TRIP = ["sgd_momentum", "sgd_nesterov_weight_decay", "sgd_dampening_weight_decay",
-              "sgd_plain", "adam_weight_decay", "adam_hyper", "adamw_hyper"]
+              "sgd_plain", "sgd_decoupled", "adagrad_hyper", "rmsprop_centered_momentum",
+              "rmsprop_momentum", "adam_weight_decay", "adam_hyper", "adam_amsgrad",
+              "adamw_hyper", "adamw_amsgrad"]
 
 
 @pytest.mark.parametrize("via", ["step", "train_step"])
 @pytest.mark.parametrize("name", ROUND_TRIP)
 def test_state_dict_round_trip_continues_bitwise(name, via, threads):
     data = batches(10, seed=15)
-    cls, _, hyper = OPTIMIZERS[name]
+    cls, hyper = OPTIMIZERS[name]
 
     # Uninterrupted run.
     model = small_model(seed=4)
@@ -497,26 +499,44 @@ def test_state_dict_round_trip_continues_bitwise(name, via, threads):
     assert resumed_opt.steps == opt.steps == 10
 
 
-def test_state_dict_holds_the_documented_state():
+# The state slots in C's order (fastnet.h) and the reference's names for them.
+SLOTS = {
+    "adam_amsgrad": ["m", "v", "v_max"],
+    "adamw_hyper": ["m", "v"],
+    "sgd_momentum": ["buf"],
+    "adagrad_hyper": ["sum"],
+    "rmsprop_centered_momentum": ["v", "b", "g_ave"],
+    "rmsprop_momentum": ["v", "b"],
+    "rmsprop_hyper": ["v"],
+}
+
+
+@pytest.mark.parametrize("name", list(SLOTS))
+def test_state_dict_holds_the_documented_state(name):
     model = small_model()
-    opt, ref = make_pair("adam_weight_decay", model)
+    opt, ref = make_pair(name, model)
     for grads in synthetic_grads(model, 3, seed=16):
         apply_grads(model, grads)
         opt.step()
         ref.step(grads)
     state = opt.state_dict()
-    assert state["steps"] == 3
-    assert state["hyper"]["lr"] == 0.01 and state["hyper"]["weight_decay"] == 0.1
-    first, second = state["state"]
+    cls, hyper = OPTIMIZERS[name]
+    assert state["type"] == cls.__name__ and state["steps"] == 3
+    assert [g["params"] for g in state["param_groups"]] == [[p.name for p in model.parameters()]]
+    group = state["param_groups"][0]
+    assert group["lr"] == group["initial_lr"] == hyper.get("lr", KINDS[cls][1]["lr"])
+    assert group["weight_decay"] == hyper.get("weight_decay", KINDS[cls][1].get("weight_decay", 0))
+    assert group["l1"] == 0.0 and group["max_norm"] is None
+    assert {k: v for k, v in state["hyper"].items() if k in hyper} == \
+        {k: v for k, v in hyper.items() if k not in ("lr", "weight_decay")}
+    assert len(state["state"]) == len(SLOTS[name])
     # The state slots are laid out as the parameter arena (which may pad between parameters).
     info = [t for t in model._core.tensor_info() if not t[3]]  # parameters, not buffers
-    assert len(info) == len(ref.m)
-    for (name, shape, offset, _, _), m, v in zip(info, ref.m, ref.v):
-        count = int(np.prod(shape))
-        np.testing.assert_allclose(first[offset:offset + count], m.ravel(), rtol=1e-13,
-                                   err_msg=name)
-        np.testing.assert_allclose(second[offset:offset + count], v.ravel(), rtol=1e-13,
-                                   err_msg=name)
+    for slot, key in zip(state["state"], SLOTS[name]):
+        for (tensor, shape, offset, _, _), ref_state in zip(info, ref.state):
+            count = int(np.prod(shape))
+            np.testing.assert_allclose(slot[offset:offset + count], ref_state[key].ravel(),
+                                       rtol=1e-12, atol=1e-300, err_msg=f"{key} of {tensor}")
 
 
 def test_load_state_dict_rejects_mismatches():
@@ -570,3 +590,149 @@ def test_sgd_momentum_turned_on_later_starts_buffer_from_gradient():
         opt.step()
         ref.step(grads)
         assert_params_close(model, ref.params, what=f"step {t}")
+
+
+def test_adagrad_sums_start_at_initial_accumulator_value_again_for_a_new_optimizer():
+    model = small_model()
+    first, _ = make_pair("adagrad_hyper", model)
+    for grads in synthetic_grads(model, 3, seed=22):
+        apply_grads(model, grads)
+        first.step()
+    assert first.state_dict()["state"][0].max() > 1
+    second, ref = make_pair("adagrad_hyper", model)
+    for grads in synthetic_grads(model, 4, seed=23):
+        apply_grads(model, grads)
+        second.step()
+        ref.step(grads)
+        assert_params_close(model, ref.params)
+    assert second.steps == 4
+
+
+def test_state_slots_follow_the_hyper_parameters():
+    model = small_model()
+    grads = synthetic_grads(model, 2, seed=24)
+    cases = [(fn.optim.SGD(model.parameters(), lr=0.1), 1),
+             (fn.optim.Adagrad(model.parameters()), 1),
+             (fn.optim.RMSprop(model.parameters()), 1),
+             (fn.optim.RMSprop(model.parameters(), momentum=0.5), 2),
+             (fn.optim.RMSprop(model.parameters(), centered=True), 3),
+             (fn.optim.Adam(model.parameters()), 2),
+             (fn.optim.Adam(model.parameters(), amsgrad=True), 3),
+             (fn.optim.AdamW(model.parameters(), amsgrad=True), 3)]
+    for opt, slots in cases:
+        for g in grads:
+            apply_grads(model, g)
+            opt.step()
+        assert len(opt.state_dict()["state"]) == slots == opt._state_slots(opt._values), opt
+
+
+def test_optimizer_names_and_aliases():
+    assert fn.optim.RMSProp is fn.optim.RMSprop
+    assert set(fn.optim.OPTIMIZERS) == {"sgd", "adam", "adamw", "adagrad", "rmsprop"}
+    model = small_model()
+    opt = fn.optim.RMSprop(model.parameters(), lr=0.01, momentum=0.9, l1=1e-4, max_norm=3.0,
+                           clip_grad_norm=1.0)
+    assert repr(opt) == ("RMSprop(lr=0.01, alpha=0.99, eps=1e-08, weight_decay=0.0, "
+                         "momentum=0.9, centered=False, l1=0.0001, max_norm=3.0, "
+                         "clip_grad_norm=1.0)")
+    assert opt.lr == 0.01 and opt.l1 == 1e-4 and opt.max_norm == 3.0 and opt.clip_grad_norm == 1.0
+    with pytest.raises(AttributeError):
+        opt.nesterov  # noqa: B018
+
+
+# ------------------------------------------------------------------------------ torch.optim
+
+try:
+    import torch
+except ImportError:  # the comparisons with torch are skipped
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+TORCH_NAMES = {fn.optim.SGD: "SGD", fn.optim.Adagrad: "Adagrad", fn.optim.RMSprop: "RMSprop",
+               fn.optim.Adam: "Adam", fn.optim.AdamW: "AdamW"}
+# Our state slots (fastnet.h's order) by torch's names.
+TORCH_SLOTS = {"SGD": ["momentum_buffer"], "Adagrad": ["sum"],
+               "RMSprop": ["square_avg", "momentum_buffer", "grad_avg"],
+               "Adam": ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+               "AdamW": ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]}
+
+
+def torch_pair(cls, hyper, model):
+    """A torch optimizer of the same class and hyper-parameters over float64 copies of the
+    model's parameters."""
+    tensors = [torch.tensor(p.data.copy(), dtype=torch.float64, requires_grad=True)
+               for p in model.parameters()]
+    return tensors, getattr(torch.optim, TORCH_NAMES[cls])(tensors, **hyper)
+
+
+@needs_torch
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n != "sgd_decoupled"])
+def test_matches_torch_optim(name, threads):
+    model = small_model()
+    cls, hyper = OPTIMIZERS[name]
+    opt = cls(model.parameters(), **hyper)
+    tensors, theirs = torch_pair(cls, hyper, model)
+    for t, grads in enumerate(synthetic_grads(model, 25, seed=25), start=1):
+        apply_grads(model, grads)
+        opt.step()
+        for tensor, g in zip(tensors, grads):
+            tensor.grad = torch.from_numpy(g.copy())
+        theirs.step()
+        assert_params_close(model, [x.detach().numpy() for x in tensors], rtol=1e-11,
+                            atol=1e-13, what=f"step {t} against torch.optim")
+    # The state too, slot by slot, where torch keeps the same one.
+    info = [x for x in model._core.tensor_info() if not x[3]]
+    slots = opt.state_dict()["state"]
+    for slot, key in zip(slots, TORCH_SLOTS[TORCH_NAMES[cls]]):
+        for (tensor_name, shape, offset, _, _), tensor in zip(info, tensors):
+            state = theirs.state[tensor]
+            if key in state:
+                count = int(np.prod(shape))
+                np.testing.assert_allclose(slot[offset:offset + count],
+                                           state[key].numpy().ravel(), rtol=1e-10,
+                                           atol=1e-300, err_msg=f"{key} of {tensor_name}")
+    if "step" in theirs.state[tensors[0]]:  # torch's SGD counts none
+        assert opt.steps == int(theirs.state[tensors[0]]["step"]) == 25
+
+
+@needs_torch
+@pytest.mark.parametrize("name", ["sgd_nesterov_weight_decay", "adagrad_hyper",
+                                  "rmsprop_centered_momentum", "adam_amsgrad", "adamw_hyper"])
+def test_matches_torch_optim_float32(name):
+    model = small_model(dtype="float32")
+    cls, hyper = OPTIMIZERS[name]
+    opt = cls(model.parameters(), **hyper)
+    tensors = [torch.tensor(p.data.copy(), requires_grad=True) for p in model.parameters()]
+    theirs = getattr(torch.optim, TORCH_NAMES[cls])(tensors, **hyper)
+    for t, grads in enumerate(synthetic_grads(model, 25, seed=26), start=1):
+        grads32 = [g.astype(np.float32) for g in grads]
+        apply_grads(model, grads32)
+        opt.step()
+        for tensor, g in zip(tensors, grads32):
+            tensor.grad = torch.from_numpy(g.copy())
+        theirs.step()
+        assert_params_close(model, [x.detach().numpy() for x in tensors], rtol=2e-5,
+                            atol=2e-6, what=f"step {t} against torch.optim")
+
+
+@needs_torch
+@pytest.mark.parametrize("name", ["sgd_decoupled"])
+def test_sgd_decoupled_weight_decay_is_sgd_on_decayed_weights(name):
+    # torch's SGD has no decoupled decay: p *= 1 - lr * wd, then torch's SGD step without decay.
+    model = small_model()
+    cls, hyper = OPTIMIZERS[name]
+    opt = cls(model.parameters(), **hyper)
+    torch_hyper = {k: v for k, v in hyper.items() if k not in ("weight_decay",
+                                                                "decoupled_weight_decay")}
+    tensors, theirs = torch_pair(cls, torch_hyper, model)
+    for grads in synthetic_grads(model, 25, seed=27):
+        apply_grads(model, grads)
+        opt.step()
+        with torch.no_grad():
+            for tensor in tensors:
+                tensor.mul_(1 - hyper["lr"] * hyper["weight_decay"])
+        for tensor, g in zip(tensors, grads):
+            tensor.grad = torch.from_numpy(g.copy())
+        theirs.step()
+    assert_params_close(model, [x.detach().numpy() for x in tensors], rtol=1e-11, atol=1e-13)

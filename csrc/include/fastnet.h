@@ -121,29 +121,136 @@ FN_API fn_status fn_gemm_builtin(fn_dtype dtype, int trans_a, int trans_b, int64
 
 /* ------------------------------------------------------------------ optimizers and losses */
 
-typedef enum { FN_OPT_SGD = 0, FN_OPT_ADAM = 1, FN_OPT_ADAMW = 2 } fn_optimizer_kind;
+typedef enum {
+    FN_OPT_SGD = 0,
+    FN_OPT_ADAM = 1,
+    FN_OPT_ADAMW = 2,
+    FN_OPT_ADAGRAD = 3,
+    FN_OPT_RMSPROP = 4
+} fn_optimizer_kind;
 
-/* Hyper-parameters of the update, with PyTorch's meaning:
- *   SGD:   g += wd*p; b = momentum*b + (1-dampening)*g (b = g at the first step);
- *          g = nesterov ? g + momentum*b : b; p -= lr*g
- *   Adam:  g += wd*p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
- *          p -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
- *   AdamW: p *= 1 - lr*wd, then Adam without the g += wd*p term. */
+/* Hyper-parameters of the update, with PyTorch's meaning and order of operations. One update
+ * runs in one pass over the parameter arena. t counts updates from 1; lr and wd are the
+ * parameter's group's (fn_model_set_param_groups), lr after the schedule (fn_model_set_schedule).
+ * For each parameter p with gradient g:
+ *
+ *   1. clipping, when set (both may be): g *= c with c = min(1, clip_grad_norm / (N + 1e-6)),
+ *      N the L2 norm of all gradients together, computed in double (PyTorch's clip_grad_norm_);
+ *      then g = clamp(g, -clip_grad_value, clip_grad_value). The gradient arena itself is left
+ *      as it was: the clipped gradient is the one the update uses.
+ *   2. penalties, from p before the update: coupled decay g += wd*p (every kind but AdamW, when
+ *      decoupled_weight_decay is 0); L1 g += l1*sign(p). Decoupled decay instead multiplies
+ *      p *= 1 - lr*wd first (AdamW always; any other kind with decoupled_weight_decay).
+ *   3. the update:
+ *      SGD:     b = momentum*b + (1-dampening)*g (b = g at the first update with momentum);
+ *               g = nesterov ? g + momentum*b : b; p -= lr*g
+ *      Adagrad: s += g^2 (s starts at initial_accumulator_value);
+ *               p -= lr / (1 + (t-1)*lr_decay) * g / (sqrt(s) + eps)
+ *      RMSProp: v = alpha*v + (1-alpha)*g^2; centered: a = alpha*a + (1-alpha)*g,
+ *               d = sqrt(v - a^2) + eps, else d = sqrt(v) + eps;
+ *               momentum > 0: b = momentum*b + g/d, p -= lr*b; else p -= lr*g/d
+ *      Adam:    m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2; amsgrad: vmax = max(vmax, v), and
+ *               vmax takes v's place in  p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+ *      AdamW:   Adam with decoupled decay.
+ *   4. max-norm, for a group with max_norm > 0: every row (index along dim 0) of a weight of two
+ *      or more dimensions whose L2 norm exceeds max_norm is rescaled to norm max_norm. Biases and
+ *      1-D tensors are exempt.
+ *
+ * Without parameter groups, lr and weight_decay below apply to every parameter (no L1, no
+ * max-norm); with groups, each group's replace them. Every field after weight_decay is off at 0,
+ * so a struct written with designated initialisers names only the fields it uses. */
 typedef struct {
     fn_optimizer_kind kind;
-    double lr;
-    double momentum, dampening; /* SGD */
+    double lr;                  /* >= 0; unused while parameter groups are set */
+    double momentum, dampening; /* SGD (momentum >= 0, dampening in [0, 1]); momentum: RMSProp */
     int nesterov;               /* SGD */
-    double beta1, beta2, eps;   /* Adam, AdamW */
-    double weight_decay;
+    double beta1, beta2, eps;   /* Adam, AdamW: betas in [0, 1); eps >= 0: Adagrad, RMSProp too */
+    double weight_decay;        /* >= 0; unused while parameter groups are set */
+    int amsgrad;                /* Adam, AdamW: keep the maximum of the second moments */
+    double lr_decay;            /* Adagrad: >= 0 */
+    double initial_accumulator_value; /* Adagrad: >= 0, the sum's start (state creation/reset) */
+    double alpha;               /* RMSProp: smoothing constant in [0, 1] (PyTorch: 0.99) */
+    int centered;               /* RMSProp: divide by the estimated variance, not the 2nd moment */
+    int decoupled_weight_decay; /* p *= 1 - lr*wd instead of g += wd*p (AdamW: always) */
+    double clip_grad_norm;      /* > 0: clip by global norm (INFINITY: only compute the norm,
+                                 * fn_model_last_grad_norm); 0: off */
+    double clip_grad_value;     /* > 0: clamp every gradient to [-v, v]; 0: off */
 } fn_optimizer;
 
-typedef enum { FN_LOSS_CROSS_ENTROPY = 0 } fn_loss_kind;
+/* Losses, with PyTorch's definitions and mean reduction. Outputs are (n, c): logits for the
+ * softmax losses and BCE, predictions for the regression losses. Every loss is computed in one
+ * fused, numerically stable pass that also writes d loss / d outputs.
+ *
+ *   FN_LOSS_CROSS_ENTROPY   softmax cross-entropy over the last axis. With labels y (n):
+ *                           l_i = sum_k w_k q_ik (-log softmax(z_i)_k), where
+ *                           q_ik = (1 - s) [k == y_i] + s / c  (s = label_smoothing) and w the
+ *                           class weights (all 1 without), and loss = sum_i l_i / sum_i w_{y_i}
+ *                           (the weighted mean; = mean over rows without weights).
+ *                           With soft targets t (n, c) in `values` (probabilities per row):
+ *                           the same l_i with q_ik = (1 - s) t_ik + s / c, and loss = sum_i l_i / n
+ *                           (PyTorch divides by n here even with weights).
+ *   FN_LOSS_MSE             mean over all n*c elements of (x - t)^2.
+ *   FN_LOSS_L1              mean of |x - t|; its gradient at x == t is 0.
+ *   FN_LOSS_HUBER           mean of 0.5 d^2 if |d| < delta, else delta (|d| - 0.5 delta),
+ *                           d = x - t.
+ *   FN_LOSS_BCE_WITH_LOGITS mean of -[p_k t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))], with p_k
+ *                           the pos_weight of column k (1 without), computed as
+ *                           p_k t softplus(-x) + (1 - t) softplus(x), softplus(x) =
+ *                           max(x, 0) + log1p(exp(-|x|)): finite for any logit.
+ *   FN_LOSS_DISTILLATION    knowledge distillation (Hinton et al., 2015), student logits z, teacher
+ *                           logits v (n, c) and labels y (n), temperature T, weight a:
+ *                           loss = a T^2 (1/n) sum_i KL(softmax(v_i / T) || softmax(z_i / T))
+ *                                + (1 - a) (1/n) sum_i -log softmax(z_i)_{y_i}.
+ *                           The softened term's gradient scales as 1/T; the T^2 keeps its share of
+ *                           the gradient independent of T. The teacher gets no gradient.
+ *
+ * The fields a kind does not use must be 0 (NULL for pointers), so that a parameter meant for
+ * another loss is refused rather than silently ignored; `fn_loss l = {FN_LOSS_CROSS_ENTROPY};` is
+ * the plain cross-entropy. Arrays are read during the call only (not kept). */
+typedef enum {
+    FN_LOSS_CROSS_ENTROPY = 0,
+    FN_LOSS_MSE,
+    FN_LOSS_L1,
+    FN_LOSS_HUBER,
+    FN_LOSS_BCE_WITH_LOGITS,
+    FN_LOSS_DISTILLATION
+} fn_loss_kind;
 typedef struct {
-    fn_loss_kind kind; /* softmax cross-entropy over the last axis, mean over the batch */
+    fn_loss_kind kind;
+    double label_smoothing;   /* CROSS_ENTROPY: in [0, 1] */
+    const double *weight;     /* CROSS_ENTROPY: c class weights (finite, >= 0, sum > 0) or NULL */
+    int64_t weight_count;     /* entries in weight (c), 0 with NULL */
+    double temperature;       /* DISTILLATION: T > 0 */
+    double alpha;             /* DISTILLATION: in [0, 1], the share of the softened term */
+    double delta;             /* HUBER: > 0 (PyTorch's default is 1) */
+    const double *pos_weight; /* BCE_WITH_LOGITS: c weights of positives (finite, >= 0) or NULL */
+    int64_t pos_weight_count; /* entries in pos_weight (c), 0 with NULL */
 } fn_loss;
 
-/* Fused, numerically stable softmax cross-entropy on its own:
+/* What the outputs are compared with; the pointers a loss does not take must be NULL.
+ *   labels   (n) class indices in [0, c) of type label_type: CROSS_ENTROPY (or values),
+ *            DISTILLATION;
+ *   values   (n, c) in the outputs' dtype: soft targets of CROSS_ENTROPY (rows of
+ *            probabilities), targets of MSE, L1, HUBER and BCE_WITH_LOGITS; must be finite;
+ *   teacher  (n, c) teacher logits in the outputs' dtype: DISTILLATION; must be finite. */
+typedef struct {
+    const void *labels;
+    fn_label_type label_type;
+    const void *values;
+    const void *teacher;
+} fn_targets;
+
+/* A loss on its own: outputs (n, c) of `dtype` and targets -> *value (the loss) and, if grad is
+ * not NULL, grad (n, c) = d loss / d outputs. correct, if not NULL, receives the number of rows
+ * whose first maximal output is at the label (soft targets: at the target's first maximum; 0 for
+ * the losses without classes). Checks the loss and the targets first (FN_EINVAL); a non-finite
+ * loss returns FN_ENUMERIC. */
+FN_API fn_status fn_loss_forward_backward(fn_dtype dtype, const void *outputs, int64_t n,
+                                          int64_t c, const fn_targets *targets,
+                                          const fn_loss *loss, double *value, void *grad,
+                                          int64_t *correct);
+
+/* The plain softmax cross-entropy, as fn_loss_forward_backward with {FN_LOSS_CROSS_ENTROPY}:
  * logits (n, c), labels (n) -> *loss = mean_i -log softmax(logits_i)[labels_i];
  * grad (n, c), if not NULL, receives d loss / d logits = (softmax - onehot) / n;
  * correct, if not NULL, the number of rows whose argmax is the label. */
@@ -185,6 +292,7 @@ typedef struct {
     int64_t count;
     int is_buffer;     /* in the buffer arena (no gradient, not trained) */
     int is_integer;    /* a count (num_batches_tracked): saved as int64 */
+    int is_bias;       /* declared as a bias (Linear, Conv2d, batch norm): exempt from max-norm */
 } fn_tensor_info;
 FN_API int fn_model_tensor_count(const fn_model *m);
 FN_API fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info);
@@ -239,15 +347,59 @@ FN_API fn_status fn_model_backward(fn_model *m, const void *grad_y, int64_t n, v
 FN_API void fn_model_zero_grad(fn_model *m);
 
 /* Selects the optimizer (its state is reset when the kind changes) or updates its
- * hyper-parameters (state kept). */
+ * hyper-parameters (state kept; a state slot that the new hyper-parameters add, such as
+ * amsgrad's maximum, starts at 0, and one they no longer use is dropped). */
 FN_API fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt);
-/* Zeroes the optimizer state and its step counters, as for a newly created optimizer. */
+/* Zeroes the optimizer state and its step counters, as for a newly created optimizer (Adagrad's
+ * sums start again at initial_accumulator_value). */
 FN_API void fn_model_reset_optimizer(fn_model *m);
-/* One optimizer update from the current gradients, at the learning rate of the schedule. */
+/* One optimizer update from the current gradients, at the learning rates of the schedule. With
+ * clip_grad_norm set and a gradient norm that is NaN or Inf, returns FN_ENUMERIC and changes
+ * nothing (neither the weights, nor the state, nor the step counter). */
 FN_API fn_status fn_model_step(fn_model *m);
 
-/* Steps taken by the optimizer; its state arena (state_count slots of param_total elements:
- * SGD momentum buffer; Adam/AdamW first and second moments). */
+/* Parameter groups, as PyTorch's param_groups: every parameter tensor is in one group, and is
+ * updated with that group's lr, weight_decay, l1 and max_norm (fn_optimizer describes each);
+ * the optimizer's other hyper-parameters are shared by all groups. */
+typedef struct {
+    double lr;           /* base learning rate, >= 0 */
+    double weight_decay; /* L2, >= 0: coupled or decoupled as the optimizer says */
+    double l1;           /* L1, >= 0: g += l1*sign(p) */
+    double max_norm;     /* > 0: the rows' L2 norm bound after each update; 0: none */
+} fn_param_group;
+/* Sets n_groups groups. group_of_tensor has fn_model_tensor_count entries, indexed as
+ * fn_model_tensor_info: the group in [0, n_groups) of each parameter tensor (entries of buffers
+ * are ignored); it may be NULL when n_groups is 1 (every tensor in group 0). n_groups = 0 removes
+ * the groups: the optimizer's lr and weight_decay apply again. Checked whole first: on failure
+ * the previous groups stay. The groups belong to the model (they survive fn_model_set_optimizer
+ * and fn_model_reset_optimizer) and are copied; setting them again (say a new lr each update)
+ * allocates nothing unless there are more groups than ever before.
+ *
+ * The schedule runs per group: group g's lr at update t is fn_schedule_lr(schedule, lr of g, t).
+ * A constant schedule leaves every group's lr as it is; warm-up, STEP, EXPONENTIAL and
+ * INVERSE_TIME multiply every group's lr by the same factor; COSINE takes each group from its lr
+ * down to the schedule's min_lr. */
+FN_API fn_status fn_model_set_param_groups(fn_model *m, const fn_param_group *groups,
+                                           int n_groups, const int *group_of_tensor);
+/* The number of groups set (0 when none are). */
+FN_API int fn_model_param_group_count(const fn_model *m);
+/* Group `group` as set. */
+FN_API fn_status fn_model_get_param_group(const fn_model *m, int group, fn_param_group *out);
+/* The learning rate group `group` will use at the next update (after the schedule); without
+ * groups, group 0 is the optimizer's. 0 if there is no optimizer or no such group. */
+FN_API double fn_model_group_lr(const fn_model *m, int group);
+/* The L2 norm of all the gradients together, before clipping, that the last update computed (in
+ * double): it does so when clip_grad_norm is set; -1 if the last update did not, or there was
+ * none since the optimizer was set or reset. NaN or Inf after an update refused for it. */
+FN_API double fn_model_last_grad_norm(const fn_model *m);
+
+/* Steps taken by the optimizer; its state arena (state_count slots of param_total elements, in
+ * the parameters' layout). The slots, in order, as PyTorch names its state:
+ *   SGD      momentum_buffer (used when momentum > 0)
+ *   Adagrad  sum
+ *   RMSProp  square_avg, then momentum_buffer when momentum > 0 or centered (used only with
+ *            momentum), then grad_avg when centered
+ *   Adam, AdamW  exp_avg, exp_avg_sq, then max_exp_avg_sq with amsgrad */
 FN_API int64_t fn_model_optimizer_steps(const fn_model *m);
 FN_API void fn_model_set_optimizer_steps(fn_model *m, int64_t steps);
 /* Whether SGD's momentum buffer holds a value yet (it starts as the gradient at the first update
@@ -259,7 +411,8 @@ FN_API void *fn_model_optimizer_state(fn_model *m, int slot);
 
 /* Learning-rate schedules. Update t (counted from 0 by the optimizer's step counter,
  * fn_model_optimizer_steps, so fn_model_reset_optimizer and fn_model_set_optimizer_steps move it
- * too) uses lr_t = base_lr * factor, with base_lr the optimizer's lr. With W = warmup_steps
+ * too) uses lr_t = base_lr * factor, with base_lr the optimizer's lr, or with parameter groups
+ * each group's (see fn_model_set_param_groups). With W = warmup_steps
  * updates of linear warm-up, and s = t - W the updates since the warm-up ended:
  *
  *   t < W (any kind)          factor = (t + 1) / W          (base_lr / W rising to base_lr)
@@ -297,7 +450,8 @@ typedef struct {
 FN_API fn_status fn_model_set_schedule(fn_model *m, const fn_schedule *schedule);
 /* The model's schedule. */
 FN_API fn_status fn_model_get_schedule(const fn_model *m, fn_schedule *schedule);
-/* The learning rate the next update will use; 0 if no optimizer is set. */
+/* The learning rate the next update will use: fn_model_group_lr(m, 0), the only rate without
+ * parameter groups; 0 if no optimizer is set. */
 FN_API double fn_model_current_lr(const fn_model *m);
 /* The learning rate of a schedule at update `step` from base_lr (what fn_model_current_lr uses),
  * checking the schedule, base_lr >= 0 and step >= 0 first. */
@@ -305,12 +459,18 @@ FN_API fn_status fn_schedule_lr(const fn_schedule *schedule, double base_lr, int
                                 double *lr);
 
 /* One whole training step in one call: forward, loss, backward, optimizer update.
- * x (n, input_size), labels (n) in [0, output_size). *loss receives the mean loss. A non-finite
+ * x (n, input_size); targets as for fn_loss_forward_backward with c = output_size. The loss and
+ * the targets are checked before anything changes. *loss_out receives the loss. A non-finite
  * loss returns FN_ENUMERIC before anything is updated. */
+FN_API fn_status fn_model_train_step_targets(fn_model *m, const void *x, int64_t n,
+                                             const fn_targets *targets, const fn_loss *loss,
+                                             double *loss_out);
+/* fn_model_train_step_targets with class labels only: labels (n) in [0, output_size). */
 FN_API fn_status fn_model_train_step(fn_model *m, const void *x, const void *labels,
                                      fn_label_type label_type, int64_t n, const fn_loss *loss,
                                      double *loss_out);
-/* Rows of the last train_step whose argmax was the label (before the update). */
+/* Rows of the last train_step whose argmax was the label (before the update); see `correct` of
+ * fn_loss_forward_backward. */
 FN_API int64_t fn_model_train_correct(const fn_model *m);
 
 /* ------------------------------------------------------------------ files */

@@ -788,7 +788,7 @@ static void test_spec_errors(void) {
 static void test_run_errors(void) {
     fn_model *m = create(MLP_SPEC);
     dataset d = make_data(64, 5);
-    fn_loss loss = {FN_LOSS_CROSS_ENTROPY}, unknown_loss = {(fn_loss_kind)5};
+    fn_loss loss = {FN_LOSS_CROSS_ENTROPY}, unknown_loss = {.kind = (fn_loss_kind)99};
     double value;
     float y[64 * CLASSES], grad[64 * CLASSES] = {0};
 
