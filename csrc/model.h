@@ -174,7 +174,7 @@ struct fn_model {
     struct fn_group_step *group_steps; /* per group: the coefficients of the running update */
     struct fn_optim_segment *segments; /* the parameter tensors in arena order */
     int n_segments;
-    int64_t segment_work;            /* elements over all segments (the arena less padding) */
+    int64_t segment_work;            /* elements over all segments (the whole arena) */
     double *norm_blocks;             /* per block of the gradient arena: its sum of squares */
     double last_grad_norm;           /* of the last update, when has_grad_norm */
     bool has_grad_norm;
@@ -223,6 +223,7 @@ uint64_t fn_param_stream(const fn_node *node, int p);
 /* A parameter tensor as the update walks it: where it is, its rows for max-norm, its group. */
 typedef struct fn_optim_segment {
     int64_t offset, count; /* elements into the parameter arena */
+    int64_t span;          /* count and the padding after it: the segments tile the arena */
     int64_t row;           /* elements per row for max-norm (count / dim 0); 0: exempt */
     int64_t work_start;    /* elements of the segments before it (the threads split this range) */
     int tensor;            /* index into m->params */
@@ -248,7 +249,7 @@ typedef struct fn_update_args {
     const fn_group_step *groups;
     const fn_optim_segment *segments;
     int n_segments;
-    int64_t work;            /* elements over all segments */
+    int64_t work;            /* elements over all segments' spans */
     void *params;
     const void *grads;
     void *state;             /* slots of `stride` elements */

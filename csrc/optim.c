@@ -8,16 +8,16 @@
  * in the same order of operations; the per-update scalars (scheduled rates, bias corrections) are
  * computed once per group in double.
  *
- * The pass walks the parameter tensors ("segments"), each with its group's coefficients; the
- * threads split the segments' elements into contiguous ranges, a range never splitting a row
- * that max-norm rescales. Every element's arithmetic, each row norm and the gradient norm (fixed
- * blocks summed in order) are the same whatever the thread count, so the weights are too.
+ * The pass walks the parameter tensors ("segments", each with the padding after it, so that they
+ * tile the arena), each with its group's coefficients; the threads split the arena into
+ * contiguous ranges, a range never splitting a row that max-norm rescales. Every element's
+ * arithmetic, each row norm and the gradient norm (fixed blocks summed in order) are the same
+ * whatever the thread count, so the weights are too.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
 #include "model.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 static const char *optimizer_name(fn_optimizer_kind kind) {
@@ -217,10 +217,10 @@ bool fn_param_is_bias(const fn_model *m, int param) {
 
 void fn_optimizer_free(fn_model *m) {
     fn_free(m->optimizer_state);
-    free(m->groups);
-    free(m->group_steps);
-    free(m->segments);
-    free(m->norm_blocks);
+    fn_free(m->groups);
+    fn_free(m->group_steps);
+    fn_free(m->segments);
+    fn_free(m->norm_blocks);
     m->optimizer_state = NULL;
     m->groups = NULL;
     m->group_steps = NULL;
@@ -235,16 +235,15 @@ static fn_status prepare(fn_model *m) {
     int n = 0;
     for (int i = 0; i < m->n_params; i++) n += !m->params[i].is_buffer && m->params[i].count > 0;
     int64_t blocks = (m->param_total + FN_NORM_BLOCK - 1) / FN_NORM_BLOCK;
-    fn_optim_segment *segments = calloc(n ? (size_t)n : 1, sizeof *segments);
-    double *norm_blocks = malloc((blocks ? (size_t)blocks : 1) * sizeof *norm_blocks);
-    fn_group_step *steps = m->group_steps ? m->group_steps : calloc(1, sizeof *steps);
+    fn_optim_segment *segments = fn_calloc((n ? (size_t)n : 1) * sizeof *segments);
+    double *norm_blocks = fn_alloc((blocks ? (size_t)blocks : 1) * sizeof *norm_blocks);
+    fn_group_step *steps = m->group_steps ? m->group_steps : fn_calloc(sizeof *steps);
     if (!segments || !norm_blocks || !steps) {
-        free(segments);
-        free(norm_blocks);
-        if (steps != m->group_steps) free(steps);
+        fn_free(segments);
+        fn_free(norm_blocks);
+        if (steps != m->group_steps) fn_free(steps);
         return fn_error(FN_ENOMEM, "optimizer: out of memory");
     }
-    int64_t work = 0;
     for (int i = 0, s = 0; i < m->n_params; i++) {
         const fn_param *p = &m->params[i];
         if (p->is_buffer || p->count == 0) continue;
@@ -252,10 +251,18 @@ static fn_status prepare(fn_model *m) {
         segments[s++] = (fn_optim_segment){.offset = p->offset,
                                            .count = p->count,
                                            .row = rows ? p->count / p->shape.dim[0] : 0,
-                                           .work_start = work,
                                            .tensor = i,
                                            .group = 0};
-        work += p->count;
+    }
+    /* Each segment runs to the next one, so that the padding between tensors is updated as the
+     * rest of the arena is (as a parameter that is always 0 with a gradient of 0, unless written
+     * to): the update covers the whole arena, as the flat pass it replaces did. */
+    int64_t work = 0;
+    for (int s = 0; s < n; s++) {
+        int64_t next = s + 1 < n ? segments[s + 1].offset : m->param_total;
+        segments[s].span = next - segments[s].offset;
+        segments[s].work_start = work;
+        work += segments[s].span;
     }
     m->segments = segments;
     m->n_segments = n;
@@ -355,15 +362,15 @@ fn_status fn_model_set_param_groups(fn_model *m, const fn_param_group *groups, i
         }
     FN_TRY(prepare(m));
     if (n_groups > m->group_capacity) {
-        fn_param_group *new_groups = malloc((size_t)n_groups * sizeof *new_groups);
-        fn_group_step *new_steps = calloc((size_t)n_groups, sizeof *new_steps);
+        fn_param_group *new_groups = fn_alloc((size_t)n_groups * sizeof *new_groups);
+        fn_group_step *new_steps = fn_calloc((size_t)n_groups * sizeof *new_steps);
         if (!new_groups || !new_steps) {
-            free(new_groups);
-            free(new_steps);
+            fn_free(new_groups);
+            fn_free(new_steps);
             return fn_error(FN_ENOMEM, "set_param_groups: out of memory");
         }
-        free(m->groups);
-        free(m->group_steps);
+        fn_free(m->groups);
+        fn_free(m->group_steps);
         m->groups = new_groups;
         m->group_steps = new_steps;
         m->group_capacity = n_groups;
@@ -489,15 +496,21 @@ fn_status fn_model_step(fn_model *m) {
 
 #else /* templated half */
 
-/* The sum of squares of x[0, n) in double, as eight interleaved partial sums added in a fixed
- * order: the same bits on every call, and still vectorised. */
+/* The sum of squares of x[0, n) in double, as FN_LANES interleaved partial sums added in a fixed
+ * order: the same bits on every call, vectorised, and with enough independent sums to keep the
+ * adds from waiting on each other. */
+#ifndef FN_LANES
+#define FN_LANES 16
+#endif
 static double FN_T(sum_squares)(const real *x, int64_t n) {
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double acc[FN_LANES] = {0};
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += (double)x[i + j] * (double)x[i + j];
+    for (; i + FN_LANES <= n; i += FN_LANES)
+        for (int j = 0; j < FN_LANES; j++) acc[j] += (double)x[i + j] * (double)x[i + j];
     for (int j = 0; i < n; i++, j++) acc[j] += (double)x[i] * (double)x[i];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (int width = FN_LANES / 2; width > 0; width /= 2) /* pairwise, in a fixed order */
+        for (int j = 0; j < width; j++) acc[j] += acc[j + width];
+    return acc[0];
 }
 
 typedef struct {
@@ -543,8 +556,8 @@ double FN_T(fn_grad_sum_squares)(const real *grads, int64_t count, double *block
 /* What every kind does first: the gradient clipped (by the global norm's factor, then to
  * [-clip, clip], clip = INFINITY when off: a NaN stays NaN, as in torch.clamp), plus the coupled L2
  * and the L1 penalty from the parameter p before the update. Off is 1, INFINITY and 0, which
- * leave g as it is, so the expression has no branch; without any of them (extra false) it is
- * only g + wd*p. */
+ * leave g as it is, so the expression has no branch; without any of them nor decoupled decay
+ * (extra false) it is only g + wd*p. */
 typedef struct {
     real scale, clip, wd, l1, decay;
 } FN_T(grad_terms);
@@ -558,6 +571,12 @@ FN_OPTIM_INLINE real FN_T(effective_grad)(const FN_T(grad_terms) *t, real g, rea
     return g + t->wd * p + l1;
 }
 
+/* p after decoupled decay; the lean path (extra false) has none, and leaves p - lr*g as the
+ * one expression it always was (so that it contracts to the same FMA). */
+FN_OPTIM_INLINE real FN_T(decayed)(const FN_T(grad_terms) *t, real p, bool extra) {
+    return extra ? p * t->decay : p;
+}
+
 FN_OPTIM_INLINE void FN_T(sgd_loop)(const FN_T(grad_terms) *t, real *restrict params,
                                     const real *restrict grads, real *restrict buf, int64_t n,
                                     real lr, real momentum, real dampening, bool nesterov,
@@ -569,7 +588,7 @@ FN_OPTIM_INLINE void FN_T(sgd_loop)(const FN_T(grad_terms) *t, real *restrict pa
             buf[i] = b;
             g = nesterov ? g + momentum * b : b;
         }
-        params[i] = p * t->decay - lr * g;
+        params[i] = FN_T(decayed)(t, p, extra) - lr * g;
     }
 }
 
@@ -580,7 +599,7 @@ FN_OPTIM_INLINE void FN_T(adagrad_loop)(const FN_T(grad_terms) *t, real *restric
         real p = params[i], g = FN_T(effective_grad)(t, grads[i], p, extra);
         real s = sum[i] + g * g;
         sum[i] = s;
-        params[i] = p * t->decay - step_size * (g / (sqrt(s) + eps));
+        params[i] = FN_T(decayed)(t, p, extra) - step_size * (g / (sqrt(s) + eps));
     }
 }
 
@@ -602,9 +621,9 @@ FN_OPTIM_INLINE void FN_T(rmsprop_loop)(const FN_T(grad_terms) *t, real *restric
         if (has_momentum) {
             real b = momentum * buf[i] + g / d;
             buf[i] = b;
-            params[i] = p * t->decay - lr * b;
+            params[i] = FN_T(decayed)(t, p, extra) - lr * b;
         } else {
-            params[i] = p * t->decay - lr * (g / d);
+            params[i] = FN_T(decayed)(t, p, extra) - lr * (g / d);
         }
     }
 }
@@ -625,7 +644,8 @@ FN_OPTIM_INLINE void FN_T(adam_loop)(const FN_T(grad_terms) *t, real *restrict p
             v = vmax[i] > v ? vmax[i] : v;
             vmax[i] = v;
         }
-        params[i] = p * t->decay - step_size * (m / (sqrt(v) / correction2_sqrt + eps));
+        real d = sqrt(v) / correction2_sqrt + eps;
+        params[i] = FN_T(decayed)(t, p, extra) - step_size * (m / d);
     }
 }
 
@@ -646,8 +666,8 @@ static void FN_T(update_range)(const fn_update_args *a, const fn_group_step *gs,
                                 .decay = (real)gs->decay};
     const real lr = (real)gs->lr, step_size = (real)gs->step_size, eps = (real)opt->eps;
     const real momentum = (real)opt->momentum;
-    /* Each loop twice: with the clipping and L1 terms, and without. */
-    const bool extra = a->grad_scale != 1 || a->clip_value > 0 || gs->l1 != 0;
+    /* Each loop twice: with clipping, L1 and decoupled decay, and without any of them. */
+    const bool extra = a->grad_scale != 1 || a->clip_value > 0 || gs->l1 != 0 || gs->decay != 1;
 #define FN_LOOP(loop, ...)                                                                        \
     do {                                                                                          \
         if (extra)                                                                                \
@@ -712,7 +732,8 @@ static void FN_T(max_norm_row)(real *x, int64_t n, double max_norm) {
 }
 
 /* Thread `id` of `parts`: the segments' elements in its share of [0, work); in a segment under
- * max-norm, the rows that start in that share (a row is never split between threads). */
+ * max-norm, the rows that start in that share (a row is never split between threads) and the
+ * padding after the tensor. */
 static void FN_T(update_part)(int id, int parts, void *arg) {
     const fn_update_args *a = arg;
     int64_t begin, end;
@@ -722,16 +743,20 @@ static void FN_T(update_part)(int id, int parts, void *arg) {
         if (seg->work_start >= end) break;
         int64_t lo = begin - seg->work_start, hi = end - seg->work_start;
         if (lo < 0) lo = 0;
-        if (hi > seg->count) hi = seg->count;
+        if (hi > seg->span) hi = seg->span;
         if (lo >= hi) continue;
         const fn_group_step *gs = &a->groups[seg->group];
         if (gs->max_norm > 0 && seg->row > 0) {
+            /* The rows that start in [lo, hi), whole; then the padding after the tensor. */
             int64_t row = seg->row;
-            for (int64_t r = (lo + row - 1) / row; r * row < hi; r++) {
+            for (int64_t r = (lo + row - 1) / row; r * row < hi && r * row < seg->count; r++) {
                 int64_t start = seg->offset + r * row;
                 FN_T(update_range)(a, gs, start, start + row);
                 FN_T(max_norm_row)((real *)a->params + start, row, gs->max_norm);
             }
+            if (hi > seg->count)
+                FN_T(update_range)(a, gs, seg->offset + (lo > seg->count ? lo : seg->count),
+                                   seg->offset + hi);
         } else {
             FN_T(update_range)(a, gs, seg->offset + lo, seg->offset + hi);
         }

@@ -11,7 +11,8 @@ Parameter groups
     Each group has its own ``lr``, ``weight_decay``, ``l1`` and ``max_norm`` (missing keys take
     the optimizer's arguments); the other hyper-parameters are shared. Every parameter of the
     model must be in exactly one group: the update runs over the whole parameter arena in one
-    pass. :func:`param_groups` makes the usual split (no decay on biases and normalisation
+    pass. Which parameters a group holds is fixed when the optimizer is made (or by
+    :meth:`Optimizer.load_state_dict`). :func:`param_groups` makes the usual split (no decay on biases and normalisation
     parameters) in one line.
 
     ``opt.param_groups`` is a list of dicts with ``"params"``, ``"lr"``, ``"initial_lr"``,
@@ -579,7 +580,8 @@ class Adam(Optimizer):
     >>> fn.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999))
     Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0)
     >>> fn.optim.Adam(model.parameters(), amsgrad=True, clip_grad_value=1.0)
-    Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, amsgrad=True, clip_grad_value=1.0)
+    Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, amsgrad=True, \
+clip_grad_value=1.0)
     """
 
     _kind = _core.OPT_ADAM
@@ -622,8 +624,8 @@ class AdamW(Adam):
     >>> import fastnet as fn
     >>> model = fn.Sequential(fn.Linear(4, 2))
     >>> fn.optim.AdamW(fn.optim.param_groups(model, weight_decay=0.05), lr=3e-4, amsgrad=True)
-    AdamW(param_groups=[{'lr': 0.0003, 'weight_decay': 0.05}, {'lr': 0.0003, 'weight_decay': 0.0}], \
-betas=(0.9, 0.999), eps=1e-08, amsgrad=True)
+    AdamW(param_groups=[{'lr': 0.0003, 'weight_decay': 0.05}, \
+{'lr': 0.0003, 'weight_decay': 0.0}], betas=(0.9, 0.999), eps=1e-08, amsgrad=True)
     """
 
     _kind = _core.OPT_ADAMW

@@ -164,7 +164,8 @@ typedef struct {
     double lr;                  /* >= 0; unused while parameter groups are set */
     double momentum, dampening; /* SGD (momentum >= 0, dampening in [0, 1]); momentum: RMSProp */
     int nesterov;               /* SGD */
-    double beta1, beta2, eps;   /* Adam, AdamW: betas in [0, 1); eps >= 0: Adagrad, RMSProp too */
+    double beta1, beta2, eps;   /* Adam, AdamW: betas in [0, 1); eps >= 0 for Adagrad and
+                                 * RMSProp too (PyTorch's: 1e-8, Adagrad 1e-10) */
     double weight_decay;        /* >= 0; unused while parameter groups are set */
     int amsgrad;                /* Adam, AdamW: keep the maximum of the second moments */
     double lr_decay;            /* Adagrad: >= 0 */
