@@ -87,13 +87,32 @@ def build_parser():
                        "training split (default: 40)")
     train.add_argument("--batch-size", type=_positive_int, default=64,
                        help="samples per step (default: 64)")
-    train.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"],
+    train.add_argument("--optimizer", default="adam",
+                       choices=["sgd", "adam", "adamw", "adagrad", "rmsprop"],
                        help="default: adam")
     train.add_argument("--lr", type=_positive_float, default=None,
-                       help="learning rate (default: 1e-3 for adam/adamw, 0.05 for sgd)")
+                       help="learning rate (default: 1e-3 for adam/adamw/rmsprop, 0.05 for sgd, "
+                            "0.01 for adagrad)")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     train.add_argument("--weight-decay", type=float, default=0.0,
                        help="L2 weight decay (decoupled for adamw; default 0)")
+    train.add_argument("--no-decay", default=None, metavar="KINDS",
+                       help="exempt these parameters from weight decay and L1, e.g. bias,norm "
+                            "(biases and normalisation parameters)")
+    train.add_argument("--l1", type=float, default=0.0, help="L1 penalty (default 0)")
+    train.add_argument("--max-norm", type=_positive_float, default=None,
+                       help="max-norm constraint on each unit's incoming weights")
+    train.add_argument("--clip-grad-norm", type=_positive_float, default=None,
+                       help="clip gradients to this global L2 norm")
+    train.add_argument("--clip-grad-value", type=_positive_float, default=None,
+                       help="clip each gradient element to [-v, v]")
+    train.add_argument("--init", default=None, metavar="SCHEME",
+                       help="weight initialisation of every linear and convolution layer: "
+                            "default (PyTorch's), uniform, normal, normal_fan_in, lecun_uniform, "
+                            "lecun_normal, xavier_uniform, xavier_normal, he_uniform, he_normal, "
+                            "zeros, ones, constant")
+    train.add_argument("--bias-init", default=None, metavar="SCHEME",
+                       help="bias initialisation: default, zeros, ones, constant, uniform, normal")
     train.add_argument("--schedule", default="constant", metavar="NAME[:K=V,...]",
                        help="learning-rate schedule: constant, step, multistep, exponential, "
                             "inverse_time, cosine or plateau, with its arguments, e.g. "
@@ -152,7 +171,7 @@ def build_model(args, sample_shape, num_classes):
     """The model --model names, and the per-sample shape to feed it."""
     from fastnet import zoo
 
-    options = dict(dtype=args.dtype, seed=args.seed)
+    options = dict(dtype=args.dtype, seed=args.seed, init=args.init, bias_init=args.bias_init)
     num_features = int(np.prod(sample_shape))
     if args.model in zoo.ARCHITECTURES:
         builder, images = zoo.ARCHITECTURES[args.model]
@@ -176,11 +195,22 @@ def build_optimizer(args, model):
     import fastnet as fn
 
     cls = fn.optim.OPTIMIZERS[args.optimizer]
-    lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 1e-3)
-    if args.optimizer == "sgd":
-        return cls(model.parameters(), lr=lr, momentum=args.momentum,
-                   weight_decay=args.weight_decay)
-    return cls(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    default_lr = {"sgd": 0.05, "adagrad": 0.01}.get(args.optimizer, 1e-3)
+    lr = args.lr if args.lr is not None else default_lr
+    if args.no_decay:
+        kinds = tuple(k.strip() for k in args.no_decay.split(",") if k.strip())
+        params = fn.optim.param_groups(model, weight_decay=args.weight_decay, no_decay=kinds,
+                                       l1=args.l1)
+    else:
+        params = [{"params": model.parameters(), "l1": args.l1}]
+    if args.max_norm is not None:
+        for group in params:
+            group["max_norm"] = args.max_norm
+    options = dict(lr=lr, weight_decay=args.weight_decay, clip_grad_norm=args.clip_grad_norm,
+                   clip_grad_value=args.clip_grad_value)
+    if args.optimizer in ("sgd", "rmsprop"):
+        options["momentum"] = args.momentum if args.optimizer == "sgd" else 0.0
+    return cls(params, **options)
 
 
 def parse_settings(text, what):
