@@ -14,7 +14,7 @@ import os as _os
 _os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 from fastnet import _blas, _core  # noqa: E402
-from fastnet import init, optim  # noqa: E402
+from fastnet import augment, data, init, optim, schedules  # noqa: E402
 from fastnet.data import Dataset, Splits, load_data, load_digits
 from fastnet.fold import fold_batchnorm
 from fastnet.io import load, save
