@@ -56,8 +56,9 @@ typedef enum {
 
 /* The message of the calling thread's last failure ("" if none). Valid until its next failure. */
 FN_API const char *fn_last_error(void);
-/* How many buffers the library has allocated so far: a training loop's steady state adds none
- * (its buffers are planned when a batch size first appears), which tests check with this. */
+/* How many buffers the library has allocated so far. With a BLAS installed, a training loop's
+ * steady state adds none (its buffers are planned when a batch size first appears), which tests
+ * check with this; the built-in GEMM still allocates its packing buffers on every call. */
 FN_API uint64_t fn_allocations(void);
 /* "MAJOR.MINOR.PATCH" of the library actually linked (FN_VERSION_STRING is the header's). */
 FN_API const char *fn_version(void);
