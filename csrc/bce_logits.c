@@ -13,8 +13,6 @@
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
 
-#define FN_MAX_PARTIALS 256 /* per-thread partial sums; more threads than this share slots */
-
 #define FN_TEMPLATE_FILE "bce_logits.c"
 #include "template.h"
 
@@ -72,12 +70,9 @@ double FN_T(fn_bce_with_logits_forward_backward)(const real *logits, const fn_ta
         .count = count,
         .c = c,
     };
-    int parts = fn_threads_for(4 * count, threads); /* exp, log1p and a division per element */
-    if (parts > FN_MAX_PARTIALS) parts = FN_MAX_PARTIALS;
+    int parts = fn_partial_parts(4 * count, threads); /* exp, log1p and a division per element */
     fn_run_team(parts, FN_T(bce_part), &job);
-    double sum = 0; /* in part order: the same bits every run with the same thread count */
-    for (int i = 0; i < parts; i++) sum += job.loss[i];
-    return sum / (double)count;
+    return fn_sum_partials(job.loss, parts) / (double)count;
 }
 
 #endif

@@ -15,8 +15,6 @@
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
 
-#define FN_MAX_PARTIALS 256 /* per-thread partial sums; more threads than this share slots */
-
 #define FN_TEMPLATE_FILE "distillation.c"
 #include "template.h"
 
@@ -97,17 +95,12 @@ double FN_T(fn_distillation_forward_backward)(const real *student, const fn_targ
         .n = n,
         .c = c,
     };
-    int parts = fn_threads_for(3 * n * c, threads);
-    if (parts > FN_MAX_PARTIALS) parts = FN_MAX_PARTIALS;
+    int parts = fn_partial_parts(3 * n * c, threads);
     fn_run_team(parts, FN_T(distillation_part), &job);
-    double sum = 0; /* in part order: the same bits every run with the same thread count */
     int64_t hits = 0;
-    for (int i = 0; i < parts; i++) {
-        sum += job.loss[i];
-        hits += job.correct[i];
-    }
+    for (int i = 0; i < parts; i++) hits += job.correct[i];
     if (correct) *correct = hits;
-    return sum / (double)n;
+    return fn_sum_partials(job.loss, parts) / (double)n;
 }
 
 #endif

@@ -27,6 +27,24 @@ typedef struct {
     double beta, threshold; /* Softplus */
 } fn_activation_params;
 
+/* The loss kernels' per-part partial sums: a job holds FN_MAX_PARTIALS slots, one per part, and
+ * the parts are summed in part order, so that the same thread count gives the same bits every
+ * run. */
+#define FN_MAX_PARTIALS 256
+
+/* The number of parts for `work` units: fn_threads_for, at most FN_MAX_PARTIALS. */
+static inline int fn_partial_parts(int64_t work, int threads) {
+    int parts = fn_threads_for(work, threads);
+    return parts > FN_MAX_PARTIALS ? FN_MAX_PARTIALS : parts;
+}
+
+/* partials[0] + ... + partials[parts - 1], in that order. */
+static inline double fn_sum_partials(const double *partials, int parts) {
+    double sum = 0;
+    for (int i = 0; i < parts; i++) sum += partials[i];
+    return sum;
+}
+
 struct fn_update_args; /* model.h */
 #define FN_NORM_BLOCK 8192 /* elements per partial sum of fn_grad_sum_squares */
 

@@ -10,8 +10,6 @@
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
 
-#define FN_MAX_PARTIALS 256 /* per-thread partial sums; more threads than this share slots */
-
 #define FN_TEMPLATE_FILE "regression_loss.c"
 #include "template.h"
 
@@ -75,12 +73,9 @@ double FN_T(fn_regression_loss_forward_backward)(const real *outputs, const fn_t
         .inv_count = (real)(1.0 / (double)count),
         .count = count,
     };
-    int parts = fn_threads_for(count, threads);
-    if (parts > FN_MAX_PARTIALS) parts = FN_MAX_PARTIALS;
+    int parts = fn_partial_parts(count, threads);
     fn_run_team(parts, FN_T(regression_part), &job);
-    double sum = 0; /* in part order: the same bits every run with the same thread count */
-    for (int i = 0; i < parts; i++) sum += job.loss[i];
-    return sum / (double)count;
+    return fn_sum_partials(job.loss, parts) / (double)count;
 }
 
 #endif

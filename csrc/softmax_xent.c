@@ -14,8 +14,6 @@
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
 
-#define FN_MAX_PARTIALS 256 /* per-thread partial sums; more threads than this share slots */
-
 #define FN_TEMPLATE_FILE "softmax_xent.c"
 #include "template.h"
 
@@ -132,18 +130,12 @@ double FN_T(fn_cross_entropy_forward_backward)(const real *logits, const fn_targ
         .n = n,
         .c = c,
     };
-    int parts = fn_threads_for(n * c, threads);
-    if (parts > FN_MAX_PARTIALS) parts = FN_MAX_PARTIALS;
+    int parts = fn_partial_parts(n * c, threads);
     fn_run_team(parts, FN_T(softmax_xent_part), &job);
-    /* Summed in part order: the same thread count gives the same bits every run. */
-    double sum = 0;
     int64_t hits = 0;
-    for (int i = 0; i < parts; i++) {
-        sum += job.loss[i];
-        hits += job.correct[i];
-    }
+    for (int i = 0; i < parts; i++) hits += job.correct[i];
     if (correct) *correct = hits;
-    return sum / norm;
+    return fn_sum_partials(job.loss, parts) / norm;
 }
 
 #endif

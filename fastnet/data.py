@@ -1043,6 +1043,13 @@ def _real(value, name: str) -> float:
     return value
 
 
+def _fitted_statistic(key: str, doc: str) -> property:
+    """A read-only property: the scaler's fitted statistic ``key`` (``None`` before fit)."""
+    def get(self) -> Optional[np.ndarray]:
+        return None if self._stats is None else self._stats[key]
+    return property(get, doc=doc)
+
+
 class _Scaler:
     """What :class:`Standardizer` and :class:`MinMaxScaler` share.
 
@@ -1352,15 +1359,8 @@ class Standardizer(_Scaler):
         out *= stats["scale"]
         out += stats["mean"]
 
-    @property
-    def mean_(self) -> Optional[np.ndarray]:
-        """Fitted means, float64 (``None`` before :meth:`fit`)."""
-        return None if self._stats is None else self._stats["mean"]
-
-    @property
-    def std_(self) -> Optional[np.ndarray]:
-        """Fitted standard deviations (``ddof=0``), float64."""
-        return None if self._stats is None else self._stats["std"]
+    mean_ = _fitted_statistic("mean", "Fitted means, float64 (``None`` before :meth:`fit`).")
+    std_ = _fitted_statistic("std", "Fitted standard deviations (``ddof=0``), float64.")
 
     @property
     def scale_(self) -> Optional[np.ndarray]:
@@ -1468,15 +1468,10 @@ class MinMaxScaler(_Scaler):
         out /= stats["factor"]
         out += stats["data_min"]
 
-    @property
-    def data_min_(self) -> Optional[np.ndarray]:
-        """Fitted minima, float64 (``None`` before :meth:`fit`)."""
-        return None if self._stats is None else self._stats["data_min"]
-
-    @property
-    def data_max_(self) -> Optional[np.ndarray]:
-        """Fitted maxima, float64 (``None`` before :meth:`fit`)."""
-        return None if self._stats is None else self._stats["data_max"]
+    data_min_ = _fitted_statistic("data_min",
+                                  "Fitted minima, float64 (``None`` before :meth:`fit`).")
+    data_max_ = _fitted_statistic("data_max",
+                                  "Fitted maxima, float64 (``None`` before :meth:`fit`).")
 
     def __repr__(self) -> str:
         return f"MinMaxScaler(feature_range={self.feature_range!r}, per={self.per!r})"

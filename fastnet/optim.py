@@ -84,12 +84,14 @@ def _group_value(key, value, what):
 class Optimizer:
     """Base class: parameter groups, clipping, the hand-over to C, and the state dict.
 
-    Subclasses list their optimizer-wide hyper-parameters in ``_hyper`` and map them to the C
-    fields in ``_c_arguments``.
+    Subclasses list their optimizer-wide hyper-parameters in ``_hyper`` (passed to C under the
+    same names unless ``_c_arguments`` maps them otherwise) and those bounded above in
+    ``_bounds``.
     """
 
     _kind = None
     _hyper = ()
+    _bounds = {}  # hyper-parameter: (low, high), both included
 
     def __init__(self, params, *, lr, weight_decay=0.0, l1=0.0, max_norm=None,
                  clip_grad_norm=None, clip_grad_value=None, **hyper):
@@ -222,13 +224,14 @@ class Optimizer:
             return _positive_or_none(value, what)
         if name in ("amsgrad", "nesterov", "centered", "decoupled_weight_decay"):
             return bool(value)
-        return _number(value, what)
+        return _number(value, what, *self._bounds.get(name, ()))
 
     def _check_combination(self, values):
         """Checks what no single value shows (SGD: Nesterov needs momentum)."""
 
     def _c_arguments(self, values):
-        raise NotImplementedError
+        """The optimizer-wide hyper-parameters as keyword arguments of the C call."""
+        return {key: values[key] for key in self._hyper}
 
     def _state_slots(self, values):
         """The number of state slots C keeps for these hyper-parameters."""
@@ -430,6 +433,7 @@ class SGD(Optimizer):
 
     _kind = _core.OPT_SGD
     _hyper = ("momentum", "dampening", "nesterov", "decoupled_weight_decay")
+    _bounds = {"dampening": (0.0, 1.0)}
     _repr_decay_position = 3
 
     def __init__(self, params, lr=0.01, momentum=0.0, dampening=0.0, weight_decay=0.0,
@@ -443,15 +447,6 @@ class SGD(Optimizer):
     def _check_combination(self, values):
         if values["nesterov"] and (values["momentum"] <= 0 or values["dampening"] != 0):
             raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
-
-    def _validate(self, name, value):
-        if name == "dampening":
-            return _number(value, "SGD dampening", 0.0, 1.0)
-        return super()._validate(name, value)
-
-    def _c_arguments(self, v):
-        return dict(momentum=v["momentum"], dampening=v["dampening"], nesterov=v["nesterov"],
-                    decoupled_weight_decay=v["decoupled_weight_decay"])
 
     def _state_slots(self, values):
         return 1  # momentum_buffer
@@ -492,10 +487,6 @@ class Adagrad(Optimizer):
                          lr_decay=lr_decay, initial_accumulator_value=initial_accumulator_value,
                          eps=eps)
 
-    def _c_arguments(self, v):
-        return dict(lr_decay=v["lr_decay"],
-                    initial_accumulator_value=v["initial_accumulator_value"], eps=v["eps"])
-
     def _state_slots(self, values):
         return 1  # sum
 
@@ -527,6 +518,7 @@ class RMSprop(Optimizer):
 
     _kind = _core.OPT_RMSPROP
     _hyper = ("alpha", "eps", "momentum", "centered")
+    _bounds = {"alpha": (0.0, 1.0)}
     _repr_decay_position = 3
 
     def __init__(self, params, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
@@ -535,15 +527,6 @@ class RMSprop(Optimizer):
         super().__init__(params, lr=lr, weight_decay=weight_decay, l1=l1, max_norm=max_norm,
                          clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
                          alpha=alpha, eps=eps, momentum=momentum, centered=centered)
-
-    def _validate(self, name, value):
-        if name == "alpha":
-            return _number(value, "RMSprop alpha", 0.0, 1.0)
-        return super()._validate(name, value)
-
-    def _c_arguments(self, v):
-        return dict(alpha=v["alpha"], eps=v["eps"], momentum=v["momentum"],
-                    centered=v["centered"])
 
     def _state_slots(self, values):
         # square_avg; momentum_buffer with momentum (or as a place holder when centered);

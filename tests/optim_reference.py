@@ -170,3 +170,24 @@ def synthetic_grads(shapes, steps, seed):
             grads.append(g)
         sequence.append(grads)
     return sequence
+
+
+# ------------------------------------------------------------------------------ fastnet models
+# Helpers over a fastnet model's parameters (anything with .parameters() giving .data, .grad,
+# .shape and .name), shared by the optimizer tests.
+
+
+def model_grads(model, steps, seed):
+    """synthetic_grads for the parameters of `model`."""
+    return synthetic_grads([p.shape for p in model.parameters()], steps, seed)
+
+
+def apply_grads(model, grads):
+    """Writes one step's gradients into the model's parameters."""
+    for p, g in zip(model.parameters(), grads):
+        p.grad[...] = g
+
+
+def assert_params_close(model, expected, rtol=1e-12, atol=1e-14, what=""):
+    for p, e in zip(model.parameters(), expected):
+        np.testing.assert_allclose(p.data, e, rtol=rtol, atol=atol, err_msg=f"{what} {p.name}")

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 import fastnet as fn
-from optim_reference import Reference
-from optim_reference import synthetic_grads as reference_grads
+from optim_reference import Reference, apply_grads, assert_params_close, model_grads
 
 STEPS = 24
 
@@ -90,22 +89,6 @@ def small_model(dtype="float64", seed=0):
     return fn.Sequential(fn.Linear(4, 3), fn.Tanh(), fn.Linear(3, 2), dtype=dtype, seed=seed)
 
 
-def synthetic_grads(model, steps, seed):
-    """A fixed sequence of gradients for every parameter, of varied magnitudes and with zeros."""
-    return reference_grads([p.shape for p in model.parameters()], steps, seed)
-
-
-def apply_grads(model, grads):
-    for p, g in zip(model.parameters(), grads):
-        p.grad[...] = g
-
-
-def assert_params_close(model, ref_params, rtol=1e-12, atol=1e-14, what=""):
-    for p, expected in zip(model.parameters(), ref_params):
-        np.testing.assert_allclose(p.data, expected, rtol=rtol, atol=atol,
-                                   err_msg=f"{what} {p.name}")
-
-
 # ------------------------------------------------------------------------------ update rules
 
 
@@ -114,7 +97,7 @@ def test_step_matches_documented_rule(name, threads):
     model = small_model()
     opt, ref = make_pair(name, model)
     assert opt.steps == 0
-    for t, grads in enumerate(synthetic_grads(model, STEPS, seed=1), start=1):
+    for t, grads in enumerate(model_grads(model, STEPS, seed=1), start=1):
         apply_grads(model, grads)
         opt.step()
         ref.step(grads)
@@ -134,7 +117,7 @@ def test_step_matches_documented_rule(name, threads):
 def test_step_matches_documented_rule_float32(name, threads):
     model = small_model(dtype="float32")
     opt, ref = make_pair(name, model)
-    for t, grads in enumerate(synthetic_grads(model, STEPS, seed=2), start=1):
+    for t, grads in enumerate(model_grads(model, STEPS, seed=2), start=1):
         grads32 = [g.astype(np.float32) for g in grads]
         apply_grads(model, grads32)
         opt.step()
@@ -147,7 +130,7 @@ def test_sgd_zero_gradient_with_zero_lr_leaves_params():
     model = small_model()
     before = model.state_dict()
     opt = fn.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=0.1)
-    apply_grads(model, synthetic_grads(model, 1, seed=3)[0])
+    apply_grads(model, model_grads(model, 1, seed=3)[0])
     opt.step()
     for p in model.parameters():
         np.testing.assert_array_equal(p.data, before[p.name])
@@ -159,7 +142,7 @@ def test_adam_first_step_moves_each_param_by_lr():
     model = small_model()
     before = model.state_dict()
     opt = fn.optim.Adam(model.parameters(), lr=0.01)
-    grads = synthetic_grads(model, 1, seed=4)[0]
+    grads = model_grads(model, 1, seed=4)[0]
     apply_grads(model, grads)
     opt.step()
     for p, g in zip(model.parameters(), grads):
@@ -293,7 +276,7 @@ def test_changing_other_hyper_parameters_between_steps(name, threads):
         changes[5] = ("betas", (0.7, 0.95))
         changes[8] = ("eps", 1e-4)
         changes[10] = ("amsgrad", True)  # the maximum starts at 0: max(0, v) = v
-    for t, grads in enumerate(synthetic_grads(model, STEPS, seed=10), start=1):
+    for t, grads in enumerate(model_grads(model, STEPS, seed=10), start=1):
         if t in changes:
             key, value = changes[t]
             setattr(opt, key, value)
@@ -380,7 +363,7 @@ def test_invalid_hyper_parameter_assignment_raises_and_keeps_old_value(cls, kwar
         setattr(opt, key, value)
     assert getattr(opt, key) == old
     # The optimizer still works with its old settings.
-    apply_grads(model, synthetic_grads(model, 1, seed=11)[0])
+    apply_grads(model, model_grads(model, 1, seed=11)[0])
     before = model.state_dict()
     opt.step()
     assert any(not np.array_equal(p.data, before[p.name]) for p in model.parameters())
@@ -390,7 +373,7 @@ def test_sgd_nesterov_set_later_without_momentum_raises_at_step():
     model = small_model()
     opt = fn.optim.SGD(model.parameters(), lr=0.1)
     before = model.state_dict()
-    apply_grads(model, synthetic_grads(model, 1, seed=12)[0])
+    apply_grads(model, model_grads(model, 1, seed=12)[0])
     with pytest.raises(ValueError):
         opt.nesterov = True
         opt.step()
@@ -409,8 +392,8 @@ def test_optimizer_over_another_models_parameters_raises():
     for p in model_b.parameters():
         np.testing.assert_array_equal(p.data, b_before[p.name])
     # Stepping model a's optimizer changes model a only.
-    apply_grads(model_b, synthetic_grads(model_b, 1, seed=13)[0])
-    apply_grads(model_a, synthetic_grads(model_a, 1, seed=14)[0])
+    apply_grads(model_b, model_grads(model_b, 1, seed=13)[0])
+    apply_grads(model_a, model_grads(model_a, 1, seed=14)[0])
     a_before = model_a.state_dict()
     opt_a.step()
     for p in model_b.parameters():
@@ -515,7 +498,7 @@ SLOTS = {
 def test_state_dict_holds_the_documented_state(name):
     model = small_model()
     opt, ref = make_pair(name, model)
-    for grads in synthetic_grads(model, 3, seed=16):
+    for grads in model_grads(model, 3, seed=16):
         apply_grads(model, grads)
         opt.step()
         ref.step(grads)
@@ -542,7 +525,7 @@ def test_state_dict_holds_the_documented_state(name):
 def test_load_state_dict_rejects_mismatches():
     model = small_model()
     opt = fn.optim.Adam(model.parameters())
-    apply_grads(model, synthetic_grads(model, 1, seed=17)[0])
+    apply_grads(model, model_grads(model, 1, seed=17)[0])
     opt.step()
     state = opt.state_dict()
     with pytest.raises(ValueError):
@@ -567,11 +550,11 @@ def test_state_dict_of_fresh_optimizer_loads():
 def test_new_optimizer_starts_from_fresh_state():
     model = small_model()
     first = fn.optim.Adam(model.parameters(), lr=0.01)
-    for grads in synthetic_grads(model, 3, seed=18):
+    for grads in model_grads(model, 3, seed=18):
         apply_grads(model, grads)
         first.step()
     second, ref = make_pair("adam_hyper", model)  # a fresh Adam: t = 1, zero moments
-    grads = synthetic_grads(model, 1, seed=19)[0]
+    grads = model_grads(model, 1, seed=19)[0]
     apply_grads(model, grads)
     second.step()
     ref.step(grads)
@@ -582,7 +565,7 @@ def test_new_optimizer_starts_from_fresh_state():
 def test_sgd_momentum_turned_on_later_starts_buffer_from_gradient():
     model = small_model()
     opt, ref = make_pair("sgd_plain", model)
-    for t, grads in enumerate(synthetic_grads(model, 5, seed=20), start=1):
+    for t, grads in enumerate(model_grads(model, 5, seed=20), start=1):
         if t == 3:
             for target in (opt, ref):
                 target.momentum, target.dampening = 0.9, 0.5
@@ -595,12 +578,12 @@ def test_sgd_momentum_turned_on_later_starts_buffer_from_gradient():
 def test_adagrad_sums_start_at_initial_accumulator_value_again_for_a_new_optimizer():
     model = small_model()
     first, _ = make_pair("adagrad_hyper", model)
-    for grads in synthetic_grads(model, 3, seed=22):
+    for grads in model_grads(model, 3, seed=22):
         apply_grads(model, grads)
         first.step()
     assert first.state_dict()["state"][0].max() > 1
     second, ref = make_pair("adagrad_hyper", model)
-    for grads in synthetic_grads(model, 4, seed=23):
+    for grads in model_grads(model, 4, seed=23):
         apply_grads(model, grads)
         second.step()
         ref.step(grads)
@@ -610,7 +593,7 @@ def test_adagrad_sums_start_at_initial_accumulator_value_again_for_a_new_optimiz
 
 def test_state_slots_follow_the_hyper_parameters():
     model = small_model()
-    grads = synthetic_grads(model, 2, seed=24)
+    grads = model_grads(model, 2, seed=24)
     cases = [(fn.optim.SGD(model.parameters(), lr=0.1), 1),
              (fn.optim.Adagrad(model.parameters()), 1),
              (fn.optim.RMSprop(model.parameters()), 1),
@@ -673,7 +656,7 @@ def test_matches_torch_optim(name, threads):
     cls, hyper = OPTIMIZERS[name]
     opt = cls(model.parameters(), **hyper)
     tensors, theirs = torch_pair(cls, hyper, model)
-    for t, grads in enumerate(synthetic_grads(model, 25, seed=25), start=1):
+    for t, grads in enumerate(model_grads(model, 25, seed=25), start=1):
         apply_grads(model, grads)
         opt.step()
         for tensor, g in zip(tensors, grads):
@@ -705,7 +688,7 @@ def test_matches_torch_optim_float32(name):
     opt = cls(model.parameters(), **hyper)
     tensors = [torch.tensor(p.data.copy(), requires_grad=True) for p in model.parameters()]
     theirs = getattr(torch.optim, TORCH_NAMES[cls])(tensors, **hyper)
-    for t, grads in enumerate(synthetic_grads(model, 25, seed=26), start=1):
+    for t, grads in enumerate(model_grads(model, 25, seed=26), start=1):
         grads32 = [g.astype(np.float32) for g in grads]
         apply_grads(model, grads32)
         opt.step()
@@ -726,7 +709,7 @@ def test_sgd_decoupled_weight_decay_is_sgd_on_decayed_weights(name):
     torch_hyper = {k: v for k, v in hyper.items() if k not in ("weight_decay",
                                                                 "decoupled_weight_decay")}
     tensors, theirs = torch_pair(cls, torch_hyper, model)
-    for grads in synthetic_grads(model, 25, seed=27):
+    for grads in model_grads(model, 25, seed=27):
         apply_grads(model, grads)
         opt.step()
         with torch.no_grad():

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import fastnet as fn
-from optim_reference import Reference, renorm_rows
-from optim_reference import synthetic_grads as reference_grads
+from optim_reference import (Reference, apply_grads, assert_params_close, model_grads,
+                             renorm_rows)
 
 STEPS = 24
 
@@ -31,20 +31,6 @@ def conv_model(dtype="float64", seed=0):
 
 def mlp(dtype="float64", seed=0):
     return fn.Sequential(fn.Linear(4, 6), fn.Tanh(), fn.Linear(6, 3), dtype=dtype, seed=seed)
-
-
-def grads_for(model, steps, seed):
-    return reference_grads([p.shape for p in model.parameters()], steps, seed)
-
-
-def apply_grads(model, grads):
-    for p, g in zip(model.parameters(), grads):
-        p.grad[...] = g
-
-
-def assert_params_close(model, expected, rtol=1e-12, atol=1e-14, what=""):
-    for p, e in zip(model.parameters(), expected):
-        np.testing.assert_allclose(p.data, e, rtol=rtol, atol=atol, err_msg=f"{what} {p.name}")
 
 
 def reference(model, cls, groups=None, **hyper):
@@ -67,6 +53,12 @@ def split(model):
     """Two groups by hand: the weights of two or more dimensions, and the rest."""
     params = model.parameters()
     return ([p for p in params if p.data.ndim >= 2], [p for p in params if p.data.ndim < 2])
+
+
+def own_lr_and_weight_decay(weights, rest, lr):
+    """The weights at twice lr with weight decay 0.05, the rest at lr without decay."""
+    return [{"params": weights, "lr": lr * 2, "weight_decay": 0.05},
+            {"params": rest, "weight_decay": 0.0}]
 
 
 def run_steps(model, opt, ref, sequence, what=""):
@@ -95,14 +87,13 @@ def test_groups_have_their_own_lr_and_weight_decay(case, threads):
     model = conv_model()
     cls, hyper = GROUP_CASES[case]
     weights, rest = split(model)
-    groups = [{"params": weights, "lr": hyper["lr"] * 2, "weight_decay": 0.05},
-              {"params": rest, "weight_decay": 0.0}]
+    groups = own_lr_and_weight_decay(weights, rest, hyper["lr"])
     opt = cls(groups, **hyper)
     assert [g["lr"] for g in opt.param_groups] == [hyper["lr"] * 2, hyper["lr"]]
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
     assert opt.param_groups[0]["params"] == weights and opt.param_groups[1]["params"] == rest
     ref = reference(model, cls, groups, **hyper)
-    run_steps(model, opt, ref, grads_for(model, STEPS, seed=1), case)
+    run_steps(model, opt, ref, model_grads(model, STEPS, seed=1), case)
     assert model._core.param_groups() == [(hyper["lr"] * 2, 0.05, 0.0, 0.0),
                                           (hyper["lr"], 0.0, 0.0, 0.0)]
 
@@ -114,7 +105,7 @@ def test_groups_in_any_order_and_one_tensor_groups():
               for i, p in enumerate(reversed(params))]
     opt = fn.optim.SGD(groups, lr=0.1, momentum=0.5)
     ref = reference(model, fn.optim.SGD, groups, lr=0.1, momentum=0.5)
-    run_steps(model, opt, ref, grads_for(model, STEPS, seed=2))
+    run_steps(model, opt, ref, model_grads(model, STEPS, seed=2))
 
 
 def test_param_groups_exempts_biases_and_normalisation_parameters():
@@ -146,7 +137,7 @@ def test_param_groups_trains_without_decay_on_the_exempt(threads):
     groups = fn.optim.param_groups(model, weight_decay=0.1)
     opt = fn.optim.SGD(groups, lr=0.1, momentum=0.9)
     ref = reference(model, fn.optim.SGD, groups, lr=0.1, momentum=0.9)
-    run_steps(model, opt, ref, grads_for(model, STEPS, seed=3))
+    run_steps(model, opt, ref, model_grads(model, STEPS, seed=3))
     # With zero gradients, only the decayed parameters move.
     before = model.state_dict()
     opt = fn.optim.SGD(fn.optim.param_groups(model, weight_decay=0.1), lr=0.1)
@@ -196,7 +187,7 @@ def test_every_parameter_in_exactly_one_group():
             fn.optim.SGD(groups, lr=0.1)
     # An empty group beside full ones is allowed, as in PyTorch.
     opt = fn.optim.SGD([{"params": params}, {"params": [], "lr": 1.0}], lr=0.1)
-    apply_grads(model, grads_for(model, 1, seed=4)[0])
+    apply_grads(model, model_grads(model, 1, seed=4)[0])
     opt.step()
 
 
@@ -256,7 +247,7 @@ def test_a_bad_group_value_is_refused_at_the_next_step_with_nothing_changed():
     model = mlp()
     weights, rest = split(model)
     opt = fn.optim.Adam([{"params": weights}, {"params": rest}], lr=0.01)
-    apply_grads(model, grads_for(model, 1, seed=6)[0])
+    apply_grads(model, model_grads(model, 1, seed=6)[0])
     opt.step()
     before = model.state_dict()
     state = opt.state_dict()
@@ -284,7 +275,7 @@ def test_schedules_scale_every_group_from_its_initial_lr(threads):
     opt = fn.optim.SGD(groups, lr=0.1, momentum=0.9)
     ref = reference(model, fn.optim.SGD, groups, lr=0.1, momentum=0.9)
     schedule = schedules.StepLR(opt, step_size=3, gamma=0.5, interval="step")
-    for t, grads in enumerate(grads_for(model, STEPS, seed=7)):
+    for t, grads in enumerate(model_grads(model, STEPS, seed=7)):
         factor = 0.5 ** (t // 3)
         assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1 * factor, 0.02 * factor])
         for group, ref_group in zip(opt.param_groups, ref.groups):
@@ -317,14 +308,14 @@ def test_l1_penalty_adds_l1_sign_p_to_the_gradient(cls, hyper, threads):
     opt = cls(groups, **hyper)
     ref = reference(model, cls, groups, **hyper)
     assert [g["l1"] for g in ref.groups] == [0.02, 0.0]
-    run_steps(model, opt, ref, grads_for(model, STEPS, seed=8))
+    run_steps(model, opt, ref, model_grads(model, STEPS, seed=8))
 
 
 def test_l1_first_step_by_formula():
     model = mlp()
     before = model.state_dict()
     opt = fn.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.01, l1=0.03)
-    grads = grads_for(model, 1, seed=9)[0]
+    grads = model_grads(model, 1, seed=9)[0]
     apply_grads(model, grads)
     opt.step()
     for p, g in zip(model.parameters(), grads):
@@ -344,7 +335,7 @@ def test_max_norm_rescales_rows_after_each_update(cls, hyper, threads):
     opt = cls(groups, **hyper)
     ref = reference(model, cls, groups, **hyper)
     biases = set(model._core.bias_tensors())
-    for t, grads in enumerate(grads_for(model, STEPS, seed=10), start=1):
+    for t, grads in enumerate(model_grads(model, STEPS, seed=10), start=1):
         apply_grads(model, grads)
         opt.step()
         ref.step(grads)
@@ -390,7 +381,7 @@ def test_threads_give_the_same_bits_with_max_norm_and_clipping():
             opt = fn.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, max_norm=0.8,
                                clip_grad_norm=30.0, l1=1e-3)
             norms = []
-            for grads in grads_for(model, 6, seed=11):
+            for grads in model_grads(model, 6, seed=11):
                 apply_grads(model, grads)
                 opt.step()
                 norms.append(opt.last_grad_norm)
@@ -404,7 +395,7 @@ def test_threads_give_the_same_bits_with_max_norm_and_clipping():
     model = large_model()
     ref = reference(model, fn.optim.SGD, None, lr=0.5, momentum=0.9, max_norm=0.8,
                     clip_grad_norm=30.0, l1=1e-3)
-    for grads in grads_for(model, 6, seed=11):
+    for grads in model_grads(model, 6, seed=11):
         ref.step(grads)
     for a, b in zip(params_1, ref.params):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
@@ -432,7 +423,7 @@ def test_clipping_by_formula(cls, hyper, case, threads):
     opt = cls(model.parameters(), **hyper, **clip)
     ref = reference(model, cls, None, **hyper, **clip)
     clipped = 0
-    for t, grads in enumerate(grads_for(model, STEPS, seed=12), start=1):
+    for t, grads in enumerate(model_grads(model, STEPS, seed=12), start=1):
         apply_grads(model, grads)
         opt.step()
         ref.step(grads)
@@ -456,7 +447,7 @@ def test_clip_grad_norm_by_formula_on_one_step():
     model = mlp()
     before = model.state_dict()
     opt = fn.optim.SGD(model.parameters(), lr=0.1, clip_grad_norm=0.5)
-    grads = grads_for(model, 2, seed=13)[1]
+    grads = model_grads(model, 2, seed=13)[1]
     norm = np.sqrt(sum(np.sum(g * g) for g in grads))
     assert norm > 0.5
     apply_grads(model, grads)
@@ -506,7 +497,7 @@ def test_train_step_clips_and_reports_the_norm_of_its_gradients(threads):
 def test_a_non_finite_gradient_norm_changes_nothing(bad, word, threads):
     model = mlp()
     opt = fn.optim.Adam(model.parameters(), lr=0.01, clip_grad_norm=1.0)
-    grads = grads_for(model, 3, seed=15)
+    grads = model_grads(model, 3, seed=15)
     apply_grads(model, grads[0])
     opt.step()
     before = model.state_dict()
@@ -613,7 +604,7 @@ def test_state_dict_round_trip_with_groups_continues_bitwise(case, via, threads)
 def test_load_state_dict_checks_before_changing_anything():
     model = mlp()
     opt = fn.optim.SGD(fn.optim.param_groups(model, 1e-3), lr=0.1, momentum=0.9)
-    apply_grads(model, grads_for(model, 1, seed=17)[0])
+    apply_grads(model, model_grads(model, 1, seed=17)[0])
     opt.step()
     state = opt.state_dict()
     target = fn.optim.SGD(mlp().parameters(), lr=0.3)
@@ -637,7 +628,7 @@ def test_load_state_dict_checks_before_changing_anything():
 def test_state_dict_from_before_groups_loads():
     model = mlp()
     opt = fn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
-    apply_grads(model, grads_for(model, 1, seed=18)[0])
+    apply_grads(model, model_grads(model, 1, seed=18)[0])
     opt.step()
     state = opt.state_dict()
     old = {"type": "SGD", "hyper": {"lr": 0.1, "momentum": 0.9, "dampening": 0.0,
@@ -683,7 +674,7 @@ def test_setting_groups_every_step_allocates_nothing():
     model = mlp()
     weights, rest = split(model)
     opt = fn.optim.SGD([{"params": weights}, {"params": rest}], lr=0.1)
-    apply_grads(model, grads_for(model, 1, seed=19)[0])
+    apply_grads(model, model_grads(model, 1, seed=19)[0])
     opt.step()
     count = fn._core.allocations()
     for t in range(20):
@@ -713,15 +704,14 @@ def test_groups_match_torch(case):
     model = conv_model()
     cls, hyper = GROUP_CASES[case]
     weights, rest = split(model)
-    groups = [{"params": weights, "lr": hyper["lr"] * 2, "weight_decay": 0.05},
-              {"params": rest, "weight_decay": 0.0}]
+    groups = own_lr_and_weight_decay(weights, rest, hyper["lr"])
     opt = cls(groups, **hyper)
     tensors = torch_copies(model)
     by_name = dict(zip([p.name for p in model.parameters()], tensors))
     torch_groups = [{**{k: v for k, v in g.items() if k != "params"},
                      "params": [by_name[p.name] for p in g["params"]]} for g in groups]
     theirs = getattr(torch.optim, cls.__name__)(torch_groups, **hyper)
-    for t, grads in enumerate(grads_for(model, 25, seed=20), start=1):
+    for t, grads in enumerate(model_grads(model, 25, seed=20), start=1):
         apply_grads(model, grads)
         opt.step()
         for tensor, g in zip(tensors, grads):
@@ -739,7 +729,7 @@ def test_clipping_matches_torch_clip_grad(case):
     opt = fn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, **clip)
     tensors = torch_copies(model)
     theirs = torch.optim.SGD(tensors, lr=0.05, momentum=0.9)
-    for t, grads in enumerate(grads_for(model, 25, seed=21), start=1):
+    for t, grads in enumerate(model_grads(model, 25, seed=21), start=1):
         apply_grads(model, grads)
         opt.step()
         for tensor, g in zip(tensors, grads):
@@ -763,7 +753,7 @@ def test_l1_and_max_norm_match_torch_written_out():
     theirs = torch.optim.Adam(tensors, lr=0.05)
     biases = set(model._core.bias_tensors())
     rows = [x.dim() >= 2 and p.name not in biases for x, p in zip(tensors, model.parameters())]
-    for t, grads in enumerate(grads_for(model, 25, seed=22), start=1):
+    for t, grads in enumerate(model_grads(model, 25, seed=22), start=1):
         apply_grads(model, grads)
         opt.step()
         for tensor, g in zip(tensors, grads):

@@ -11,6 +11,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "include/fastnet.h"
+#include "test/check.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -19,36 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static int passed, failed;
-
-#define CHECK(condition) check_that((condition), #condition, __LINE__)
-
-static bool check_that(bool ok, const char *what, int line) {
-    if (ok) {
-        passed++;
-    } else {
-        failed++;
-        printf("FAILED line %d: %s\n    last error: %s\n", line, what, fn_last_error());
-    }
-    return ok;
-}
-
-/* A call that must fail with `status` and a message containing `word`. */
-#define EXPECT_ERROR(call, status, word) expect_error((call), (status), (word), #call, __LINE__)
-
-static void expect_error(fn_status got, fn_status want, const char *word, const char *call,
-                         int line) {
-    const char *message = fn_last_error();
-    if (got == want && message && message[0] && strstr(message, word)) {
-        passed++;
-        return;
-    }
-    failed++;
-    printf("FAILED line %d: %s\n    status %d (expected %d), message \"%s\" (expected to contain "
-           "\"%s\")\n",
-           line, call, (int)got, (int)want, message ? message : "(null)", word);
-}
 
 /* ---------------------------------------------------------------- fixtures */
 
@@ -904,6 +875,5 @@ int main(void) {
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) remove(temp_path(names[i]));
     if (rmdir(temp_dir) != 0) printf("note: %s was not removed\n", temp_dir);
 
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return check_report();
 }

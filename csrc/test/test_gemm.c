@@ -10,6 +10,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "include/fastnet.h"
+#include "test/check.h"
 
 #include <float.h>
 #include <math.h>
@@ -19,8 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static int passed, failed;
 
 static void check(bool ok, const char *what) {
     if (ok) {
@@ -537,6 +536,5 @@ int main(void) {
     run_shape(FN_FLOAT32, 1024, 1024, 1024, true);
 
     report_timings();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return check_report();
 }

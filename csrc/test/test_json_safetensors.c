@@ -8,6 +8,7 @@
 
 #include "json.h"
 #include "safetensors.h"
+#include "test/check.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -17,20 +18,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static int passed_count, failed_count;
-
-#define CHECK(condition) check_that((condition), #condition, __LINE__)
-
-static bool check_that(bool ok, const char *what, int line) {
-    if (ok) {
-        passed_count++;
-    } else {
-        failed_count++;
-        printf("FAILED line %d: %s\n    last error: %s\n", line, what, fn_last_error());
-    }
-    return ok;
-}
 
 static bool contains(const char *haystack, const char *needle) {
     return haystack && strstr(haystack, needle) != NULL;
@@ -1101,6 +1088,5 @@ int main(void) {
     test_file_errors();
     remove_test_dir();
 
-    printf("%d passed, %d failed\n", passed_count, failed_count);
-    return failed_count == 0 ? 0 : 1;
+    return check_report();
 }

@@ -8,42 +8,13 @@
  * under AddressSanitizer (make sanitize), it also checks that no path leaks or overruns.
  */
 #include "include/fastnet.h"
+#include "test/check.h"
 
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int passed, failed;
-
-#define CHECK(condition) check_that((condition), #condition, __LINE__)
-
-static bool check_that(bool ok, const char *what, int line) {
-    if (ok) {
-        passed++;
-    } else {
-        failed++;
-        printf("FAILED line %d: %s\n    last error: %s\n", line, what, fn_last_error());
-    }
-    return ok;
-}
-
-/* A call that must fail with `status` and a message containing `word`. */
-#define EXPECT_ERROR(call, status, word) expect_error((call), (status), (word), #call, __LINE__)
-
-static void expect_error(fn_status got, fn_status want, const char *word, const char *call,
-                         int line) {
-    const char *message = fn_last_error();
-    if (got == want && message && message[0] && strstr(message, word)) {
-        passed++;
-        return;
-    }
-    failed++;
-    printf("FAILED line %d: %s\n    status %d (expected %d), message \"%s\" (expected to contain "
-           "\"%s\")\n",
-           line, call, (int)got, (int)want, message ? message : "(null)", word);
-}
 
 static bool close_to(double a, double b) { return fabs(a - b) <= 1e-12 * fabs(b) + 1e-300; }
 
@@ -315,6 +286,5 @@ int main(void) {
     test_max_norm();
     test_clipping();
     test_errors();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return check_report();
 }
