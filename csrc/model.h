@@ -198,6 +198,9 @@ const fn_op *fn_op_find(const char *type);
 
 /* spec.c: parses spec_json into an unconfigured model (nodes, shapes, params declared). */
 fn_status fn_spec_build(const char *spec_json, fn_model *m);
+/* fn_model_load from `size` bytes of a safetensors file in memory (for the fuzz harness and the
+ * corpus replay test; internal, not in fastnet.h). Messages name the source "safetensors buffer". */
+fn_status fn_model_load_bytes(const void *bytes, size_t size, fn_model **out);
 
 /* Parameter initialisation helpers (init.c): fill `count` elements of a dtype array. */
 void fn_fill_uniform(fn_dtype dtype, void *dst, int64_t count, double low, double high,

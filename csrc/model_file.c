@@ -59,11 +59,9 @@ fn_status fn_model_save(const fn_model *m, const char *path) {
     return status;
 }
 
-/* Copies the file's tensors into the model, checking that each one exists, has the model's
- * dtype (int64 for counts) and shape and holds only finite values; and that the file holds
- * nothing else. */
-static fn_status load_params(fn_model *m, const fn_safetensors *file, const char *path) {
-    size_t elem = fn_dtype_size(m->dtype);
+/* Checks that the file holds exactly the model's tensors, each with the model's dtype (int64
+ * for counts) and shape. Needs only the model's declared parameters, not its arenas. */
+static fn_status check_params(const fn_model *m, const fn_safetensors *file, const char *path) {
     for (int i = 0; i < m->n_params; i++) {
         const fn_param *p = &m->params[i];
         const fn_st_tensor *t = fn_safetensors_find(file, p->name);
@@ -79,6 +77,28 @@ static fn_status load_params(fn_model *m, const fn_safetensors *file, const char
             return fn_error(FN_EFORMAT, "%s: tensor '%s' has %d dimensions, expected shape %s",
                             path, p->name, t->ndim, fn_shape_str(&p->shape, expected, sizeof expected));
         }
+    }
+    if (fn_safetensors_count(file) != (size_t)m->n_params) {
+        for (size_t i = 0; i < fn_safetensors_count(file); i++) {
+            const char *name = fn_safetensors_tensor(file, i)->name;
+            bool known = false;
+            for (int j = 0; j < m->n_params && !known; j++) known = strcmp(m->params[j].name, name) == 0;
+            if (!known)
+                return fn_error(FN_EFORMAT, "%s: unexpected tensor '%s' (not a parameter of the model)",
+                                path, name);
+        }
+    }
+    return FN_OK;
+}
+
+/* Copies the file's tensors into the model after check_params, checking that every real is
+ * finite and every count non-negative. */
+static fn_status load_params(fn_model *m, const fn_safetensors *file, const char *path) {
+    FN_TRY(check_params(m, file, path));
+    size_t elem = fn_dtype_size(m->dtype);
+    for (int i = 0; i < m->n_params; i++) {
+        const fn_param *p = &m->params[i];
+        const fn_st_tensor *t = fn_safetensors_find(file, p->name);
         void *target = tensor_data(m, p);
         if (p->is_integer) {
             const int64_t *counts = t->data;
@@ -95,24 +115,24 @@ static fn_status load_params(fn_model *m, const fn_safetensors *file, const char
             return fn_error(FN_EFORMAT, "%s: tensor '%s' contains NaN or Inf", path, p->name);
         memcpy(target, t->data, (size_t)p->count * elem);
     }
-    if (fn_safetensors_count(file) != (size_t)m->n_params) {
-        for (size_t i = 0; i < fn_safetensors_count(file); i++) {
-            const char *name = fn_safetensors_tensor(file, i)->name;
-            bool known = false;
-            for (int j = 0; j < m->n_params && !known; j++) known = strcmp(m->params[j].name, name) == 0;
-            if (!known)
-                return fn_error(FN_EFORMAT, "%s: unexpected tensor '%s' (not a parameter of the model)",
-                                path, name);
-        }
-    }
     return FN_OK;
 }
 
-fn_status fn_model_load(const char *path, fn_model **out) {
-    if (!out || !path) return fn_error(FN_EINVAL, "load: path or out is NULL");
-    *out = NULL;
-    fn_safetensors *file = NULL;
-    FN_TRY(fn_safetensors_read(path, &file));
+/* Checks the file's tensors against the spec before the model's arenas are allocated and
+ * initialised, so that a small file whose spec declares billions of parameters fails without
+ * allocating for them: the file must hold every parameter, so the arenas stay within a small
+ * multiple of its size. A spec that does not build passes here; fn_model_create reports it. */
+static fn_status precheck_params(const char *spec, const fn_safetensors *file, const char *path) {
+    fn_model *probe = calloc(1, sizeof *probe);
+    if (!probe) return fn_error(FN_ENOMEM, "%s: out of memory", path);
+    fn_status status = FN_OK;
+    if (fn_spec_build(spec, probe) == FN_OK) status = check_params(probe, file, path);
+    fn_model_free(probe);
+    return status;
+}
+
+/* Builds the model a parsed file describes; `path` names the source in messages. Frees `file`. */
+static fn_status model_from_file(fn_safetensors *file, const char *path, fn_model **out) {
     fn_status status;
     fn_model *m = NULL;
     const char *spec = fn_safetensors_metadata(file, FN_META_SPEC);
@@ -121,6 +141,7 @@ fn_status fn_model_load(const char *path, fn_model **out) {
                           FN_META_SPEC);
         goto done;
     }
+    if ((status = precheck_params(spec, file, path))) goto done;
     if ((status = fn_model_create(spec, &m))) {
         /* Keep the spec's own message, but say which file it came from. */
         char message[512];
@@ -135,4 +156,20 @@ done:
     fn_model_free(m);
     fn_safetensors_free(file);
     return status;
+}
+
+fn_status fn_model_load(const char *path, fn_model **out) {
+    if (!out || !path) return fn_error(FN_EINVAL, "load: path or out is NULL");
+    *out = NULL;
+    fn_safetensors *file = NULL;
+    FN_TRY(fn_safetensors_read(path, &file));
+    return model_from_file(file, path, out);
+}
+
+fn_status fn_model_load_bytes(const void *bytes, size_t size, fn_model **out) {
+    if (!out) return fn_error(FN_EINVAL, "load: out is NULL");
+    *out = NULL;
+    fn_safetensors *file = NULL;
+    FN_TRY(fn_safetensors_parse(bytes, size, &file));
+    return model_from_file(file, "safetensors buffer", out);
 }

@@ -81,23 +81,44 @@ static fn_status read_shape(const fn_json *array, fn_shape *shape, const char *w
     return FN_OK;
 }
 
+/* Node names -> indices, so that a spec of many nodes builds in linear time (a hostile file may
+ * hold FN_SPEC_MAX_NODES of them): open addressing, -1 for an empty slot. Holds the nodes built
+ * so far, so a lookup finds only earlier nodes. */
+typedef struct {
+    int *slot;
+    size_t mask;
+} name_table;
+
+static size_t name_hash(const char *name) {
+    uint64_t h = 1469598103934665603u; /* FNV-1a */
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++) h = (h ^ *c) * 1099511628211u;
+    return (size_t)h;
+}
+
+/* The slot holding `name`, or the empty slot where it would go. */
+static size_t name_slot(const name_table *t, const fn_model *m, const char *name) {
+    size_t i = name_hash(name) & t->mask;
+    while (t->slot[i] >= 0 && strcmp(m->nodes[t->slot[i]].name, name) != 0) i = (i + 1) & t->mask;
+    return i;
+}
+
 /* Finds an earlier node by name; FN_MODEL_INPUT for "input". */
-static fn_status resolve_input(const fn_model *m, int node_index, const char *name, const char *who,
-                               int *out) {
+static fn_status resolve_input(const fn_model *m, const name_table *t, const char *name,
+                               const char *who, int *out) {
     if (strcmp(name, "input") == 0) {
         *out = FN_MODEL_INPUT;
         return FN_OK;
     }
-    for (int i = node_index - 1; i >= 0; i--)
-        if (strcmp(m->nodes[i].name, name) == 0) {
-            *out = i;
-            return FN_OK;
-        }
+    int found = t->slot[name_slot(t, m, name)];
+    if (found >= 0) {
+        *out = found;
+        return FN_OK;
+    }
     return fn_error(FN_EINVAL, "%s: '%s' is not an earlier node (nodes are listed in order)", who,
                     name);
 }
 
-static fn_status build_node(fn_model *m, int index, const fn_json *spec) {
+static fn_status build_node(fn_model *m, name_table *t, int index, const fn_json *spec) {
     fn_node *node = &m->nodes[index];
     char where[32];
     snprintf(where, sizeof where, "nodes[%d]", index);
@@ -109,9 +130,8 @@ static fn_status build_node(fn_model *m, int index, const fn_json *spec) {
     size_t name_length = strlen(name);
     if (name_length == 0 || name_length > FN_SPEC_MAX_NAME || strcmp(name, "input") == 0)
         return fn_error(FN_EINVAL, "spec: %s has an invalid name '%s'", where, name);
-    for (int i = 0; i < index; i++)
-        if (strcmp(m->nodes[i].name, name) == 0)
-            return fn_error(FN_EINVAL, "spec: two nodes are named '%s'", name);
+    size_t slot = name_slot(t, m, name);
+    if (t->slot[slot] >= 0) return fn_error(FN_EINVAL, "spec: two nodes are named '%s'", name);
     node->name = malloc(name_length + 1);
     if (!node->name) return fn_error(FN_ENOMEM, "spec: out of memory");
     memcpy(node->name, name, name_length + 1);
@@ -132,9 +152,10 @@ static fn_status build_node(fn_model *m, int index, const fn_json *spec) {
                 return fn_error(FN_EINVAL, "node '%s': inputs[%zu] must be a name", name, j);
             char who[FN_SPEC_MAX_NAME + 32];
             snprintf(who, sizeof who, "node '%s': inputs[%zu]", name, j);
-            FN_TRY(resolve_input(m, index, inputs->items[j].string, who, &node->input[j]));
+            FN_TRY(resolve_input(m, t, inputs->items[j].string, who, &node->input[j]));
         }
     }
+    t->slot[slot] = index; /* only now: a node cannot be its own input */
     if (node->n_inputs < node->op->min_inputs || node->n_inputs > node->op->max_inputs)
         return fn_error(FN_EINVAL, "node '%s': op '%s' takes %d to %d inputs, got %d", name, type,
                         node->op->min_inputs, node->op->max_inputs, node->n_inputs);
@@ -144,6 +165,10 @@ static fn_status build_node(fn_model *m, int index, const fn_json *spec) {
     FN_TRY(node->op->configure(node, spec));
     node->out_size = fn_shape_size(&node->out_shape);
     return FN_OK;
+}
+
+static int compare_names(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
 /* Lays the declared parameters out in the parameter arena and the buffers in the buffer arena,
@@ -163,9 +188,6 @@ static fn_status layout_params(fn_model *m) {
             param->name = malloc(length);
             if (!param->name) return fn_error(FN_ENOMEM, "spec: out of memory");
             snprintf(param->name, length, "%s.%s", node->name, node->param_decl[p].name);
-            for (int q = 0; q < m->n_params; q++)
-                if (strcmp(m->params[q].name, param->name) == 0)
-                    return fn_error(FN_EINVAL, "spec: two parameters are named '%s'", param->name);
             const fn_param_decl *decl = &node->param_decl[p];
             int64_t *offset = &offsets[decl->is_buffer];
             param->shape = decl->shape;
@@ -181,7 +203,19 @@ static fn_status layout_params(fn_model *m) {
     }
     m->param_total = offsets[0];
     m->buffer_total = offsets[1];
-    return FN_OK;
+    /* Distinct node names can still give equal parameter names ("a" + "b.c", "a.b" + "c"):
+     * sorted, any repeat is between neighbours. */
+    if (m->n_params < 2) return FN_OK;
+    const char **sorted = malloc((size_t)m->n_params * sizeof *sorted);
+    if (!sorted) return fn_error(FN_ENOMEM, "spec: out of memory");
+    for (int i = 0; i < m->n_params; i++) sorted[i] = m->params[i].name;
+    qsort(sorted, (size_t)m->n_params, sizeof *sorted, compare_names);
+    fn_status status = FN_OK;
+    for (int i = 1; i < m->n_params && status == FN_OK; i++)
+        if (strcmp(sorted[i - 1], sorted[i]) == 0)
+            status = fn_error(FN_EINVAL, "spec: two parameters are named '%s'", sorted[i]);
+    free(sorted);
+    return status;
 }
 
 /* Marks, for each input of each node, whether backward accumulates into its gradient: the
@@ -216,6 +250,7 @@ fn_status fn_spec_build(const char *spec_json, fn_model *m) {
     const char *format, *dtype;
     int64_t version, seed;
     const fn_json *nodes;
+    name_table names = {NULL, 0};
     if (spec->type != FN_JSON_OBJECT) {
         status = fn_error(FN_EINVAL, "spec: must be a JSON object");
         goto done;
@@ -249,14 +284,20 @@ fn_status fn_spec_build(const char *spec_json, fn_model *m) {
         goto done;
     }
     m->nodes = calloc(nodes->count, sizeof *m->nodes);
-    if (!m->nodes) {
+    size_t capacity = 16;
+    while (capacity < 2 * nodes->count) capacity *= 2;
+    names.slot = malloc(capacity * sizeof *names.slot);
+    names.mask = capacity - 1;
+    if (names.slot)
+        for (size_t i = 0; i < capacity; i++) names.slot[i] = -1;
+    if (!m->nodes || !names.slot) {
         status = fn_error(FN_ENOMEM, "spec: out of memory");
         goto done;
     }
     for (size_t i = 0; i < nodes->count; i++) {
         m->n_nodes = (int)i + 1; /* so that a failure frees what was built */
         m->nodes[i].index = (int)i;
-        if ((status = build_node(m, (int)i, &nodes->items[i]))) goto done;
+        if ((status = build_node(m, &names, (int)i, &nodes->items[i]))) goto done;
     }
 
     m->output_node = m->n_nodes - 1;
@@ -264,7 +305,7 @@ fn_status fn_spec_build(const char *spec_json, fn_model *m) {
     if ((status = fn_json_get_string(spec, "output", 0, m->nodes[m->output_node].name, &output,
                                      "spec")))
         goto done;
-    if ((status = resolve_input(m, m->n_nodes, output, "spec: output", &m->output_node)))
+    if ((status = resolve_input(m, &names, output, "spec: output", &m->output_node)))
         goto done;
     if (m->output_node == FN_MODEL_INPUT) {
         status = fn_error(FN_EINVAL, "spec: the output must be a node, not the input");
@@ -273,6 +314,7 @@ fn_status fn_spec_build(const char *spec_json, fn_model *m) {
     m->output_size = m->nodes[m->output_node].out_size;
     if ((status = layout_params(m)) || (status = plan_gradient_flow(m))) goto done;
 done:
+    free(names.slot);
     fn_json_free(spec);
     return status;
 }

@@ -291,10 +291,13 @@ cdef class Model:
     cdef readonly object np_dtype
     cdef readonly int64_t input_size, output_size
 
-    def __cinit__(self, str spec_json=None):
+    def __cinit__(self, str spec_json=None, *, bint _empty=False):
         self.handle = NULL
         if spec_json is None:
-            return  # filled by Model.load
+            if _empty:
+                return  # filled by Model.load
+            # A Model without a C model behind it would crash on first use.
+            raise TypeError("Model needs a spec (JSON text); use Model.load(path) for a file")
         cdef bytes spec = spec_json.encode("utf-8")
         cdef const char *text = spec
         cdef fn_status status
@@ -316,7 +319,7 @@ cdef class Model:
     def load(path):
         cdef bytes encoded = str(path).encode()
         cdef const char *cpath = encoded
-        cdef Model model = Model()
+        cdef Model model = Model(None, _empty=True)
         cdef fn_status status
         with nogil:
             status = fn_model_load(cpath, &model.handle)
@@ -398,9 +401,18 @@ cdef class Model:
     def init_params(self, uint64_t seed):
         check(fn_model_init_params(self.handle, seed))
 
+    cdef int64_t _batch(self, cnp.ndarray xs) except -1:
+        """The batch size of inputs xs, checked to hold n samples of input_size values (C reads
+        exactly that many)."""
+        cdef int64_t n = xs.shape[0] if xs.ndim else 0
+        if xs.ndim < 2 or xs.size != n * self.input_size:
+            raise ValueError(f"input must have shape (N, ...) with {self.input_size} values per "
+                             f"sample, got shape {np.shape(xs)}")
+        return n
+
     def forward(self, x, bint keep=False):
         cdef cnp.ndarray xs = as_floats(x, fn_model_dtype(self.handle), "input")
-        cdef int64_t n = xs.shape[0] if xs.ndim else 0
+        cdef int64_t n = self._batch(xs)
         cdef cnp.ndarray y = np.empty((n, self.output_size), dtype=self.np_dtype)
         cdef fn_status status
         with nogil:
@@ -534,7 +546,7 @@ cdef class Model:
         loss is a spec as for loss_forward_backward (None: the plain cross-entropy); labels,
         values and teacher are the targets the loss takes."""
         cdef cnp.ndarray xs = as_floats(x, fn_model_dtype(self.handle), "input")
-        cdef int64_t n = xs.shape[0] if xs.ndim else 0
+        cdef int64_t n = self._batch(xs)
         cdef LossCall call = make_loss_call(loss if loss is not None else {"kind": 0},
                                             fn_model_dtype(self.handle), n, self.output_size,
                                             labels, values, teacher)

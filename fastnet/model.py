@@ -321,8 +321,11 @@ class Sequential(Layer):
                                  f"got {array.shape}")
             if array.dtype.kind not in "fiu":
                 raise TypeError(f"parameter {name!r}: expected a numeric array, got {array.dtype}")
-            if not np.all(np.isfinite(array)):
-                raise ValueError(f"parameter {name!r} contains NaN or Inf")
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = np.all(np.isfinite(array.astype(target.dtype)))
+            if not finite:
+                raise ValueError(f"parameter {name!r} contains NaN or Inf, or values that "
+                                 f"overflow {target.dtype}")
             arrays[name] = array
         missing = [name for name in targets if name not in arrays]
         if strict and missing:
@@ -371,6 +374,9 @@ class Sequential(Layer):
     def predict(self, x, batch_size=1024):
         """Class predictions (argmax of the logits), computed in batches in eval mode (the
         model's mode is restored afterwards)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         x = self._check_input(x)
         with self.mode(training=False):
             return np.concatenate([self(x[i:i + batch_size]).argmax(axis=1)
