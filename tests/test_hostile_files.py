@@ -385,9 +385,11 @@ def test_hostile_files_use_bounded_memory(tmp_path):
     }
     for name, content in cases.items():
         (directory / name).write_bytes(content)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    # The fastnet under test (installed or built in place), from a directory where the source
+    # tree cannot shadow it.
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fn.__file__))))
     result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(directory)], env=env,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
     grown_mb = int(result.stdout.split()[-1])
     # The 50 MB spec string is read (once into the header, once as metadata): well under 200 MB.

@@ -23,7 +23,10 @@ import fastnet as fn
 CLEAR = (ValueError, TypeError, FloatingPointError, OSError, KeyError)
 SETTINGS = settings(max_examples=50, deadline=None, derandomize=True,
                     suppress_health_check=list(HealthCheck))
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory the tested fastnet was imported from: subprocesses must import the same one (the
+# installed package under CI, the in-place build in development), and run from a directory where
+# the source tree cannot shadow it.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fn.__file__)))
 
 DTYPES = [np.float16, np.float32, np.float64, np.int8, np.int32, np.int64, np.uint8, np.bool_,
           np.complex64, object, ">f4"]
@@ -491,6 +494,7 @@ BIG_FEATURES = 3500  # Linear(3500, 3500): 12.25 M float32 parameters, about 49 
 
 
 def _run(code, timeout=120, **kwargs):
+    kwargs.setdefault("cwd", tempfile.gettempdir())
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT),
                           **kwargs)
@@ -520,7 +524,7 @@ def test_sigkill_while_saving_keeps_previous_file(tmp_path):
             print(k, flush=True)
     """
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(loop)], stdout=subprocess.PIPE,
-                            text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+                            text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=tmp_path)
     try:
         assert proc.stdout.readline().strip() == "1"  # one complete file exists
     finally:
@@ -531,7 +535,7 @@ def test_sigkill_while_saving_keeps_previous_file(tmp_path):
     for attempt in range(4):
         proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(loop)],
                                 stdout=subprocess.PIPE, text=True,
-                                env=dict(os.environ, PYTHONPATH=ROOT))
+                                env=dict(os.environ, PYTHONPATH=ROOT), cwd=tmp_path)
         time.sleep(rng.uniform(0.5, 2.0))
         proc.send_signal(signal.SIGKILL)
         out = proc.communicate()[0].split()
