@@ -15,7 +15,7 @@ fastnet trains neural networks on CPUs.
 
 commands:
   train   train a model on a dataset (default: an MLP on the bundled 8x8 digits)
-  info    show the version, the thread count, OpenMP and the BLAS in use
+{extra}  info    show the version, the thread count, OpenMP and the BLAS in use
 
 Run 'fastnet COMMAND --help' for the options of a command."""
 
@@ -60,9 +60,24 @@ def _positive_float(text):
     return value
 
 
+# Commands that live in modules of their own: each module has ``SUMMARY`` (one line for the
+# command list) and ``register(commands)``, which adds its subparser and returns the handler
+# ``handler(args) -> exit status``. They are imported only to build the parser.
+EXTRA_COMMANDS = {}
+
+
+def _extra_command_modules():
+    import importlib
+
+    for command, module in EXTRA_COMMANDS.items():
+        yield command, importlib.import_module(module)
+
+
 def build_parser():
+    extra = "".join(f"  {command:<7} {module.SUMMARY}\n"
+                    for command, module in _extra_command_modules())
     parser = argparse.ArgumentParser(
-        prog="fastnet", description=DESCRIPTION,
+        prog="fastnet", description=DESCRIPTION.format(extra=extra),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -158,6 +173,8 @@ def build_parser():
 
     commands.add_parser("info", help="show version, threads, OpenMP and BLAS",
                         description="Show how this fastnet was built and what it will use.")
+    parser.extra_handlers = {command: module.register(commands)
+                             for command, module in _extra_command_modules()}
     return parser
 
 
@@ -406,7 +423,7 @@ def main(argv=None):
         except (ValueError, OSError, argparse.ArgumentTypeError) as error:
             print(f"fastnet {args.command}: error: {error}", file=sys.stderr)
             return 2
-    handlers = {"train": command_train, "info": command_info}
+    handlers = {"train": command_train, "info": command_info, **parser.extra_handlers}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, OSError, FloatingPointError, MemoryError) as error:
