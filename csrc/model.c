@@ -149,6 +149,25 @@ fn_status fn_model_node_info(const fn_model *m, int i, fn_node_info *info) {
     return FN_OK;
 }
 
+fn_status fn_model_node_output(const fn_model *m, int i, const void **data, int64_t *rows) {
+    if (!m || !data || !rows) return fn_error(FN_EINVAL, "node_output: model, data or rows is NULL");
+    *data = NULL;
+    *rows = 0;
+    if (i < 0 || i >= m->n_nodes)
+        return fn_error(FN_EINVAL, "node_output: node index %d out of range (the model has %d)", i,
+                        m->n_nodes);
+    if (m->output_batch == 0)
+        return fn_error(FN_ESTATE,
+                        m->outputs_predicted
+                            ? "node_output: a prediction has overwritten the activations since the "
+                              "last forward (predict keeps none); run a forward or a train_step first"
+                            : "node_output: no forward has completed on the current buffers; run "
+                              "a forward or a train_step first");
+    *data = m->nodes[i].out;
+    *rows = m->output_batch;
+    return FN_OK;
+}
+
 fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info) {
     if (!m || !info || i < 0 || i >= m->n_params)
         return fn_error(FN_EINVAL, "tensor index %d out of range", i);
@@ -226,6 +245,8 @@ static fn_status plan_activations(fn_model *m, int64_t batch) {
     m->input_copy = fn_alloc(input_bytes);
     m->capacity = 0;
     m->forward_batch = 0;
+    m->output_batch = 0; /* the new buffers hold nothing yet */
+    m->outputs_predicted = false;
     if (!m->activations || !m->input_copy)
         return fn_error(FN_ENOMEM, "cannot allocate %zu bytes of activations for a batch of %lld",
                         bytes + input_bytes, (long long)batch);
@@ -291,6 +312,7 @@ static fn_status check_batch(const fn_model *m, const void *x, int64_t n, const 
 /* Copies x into the model's input buffer, refusing NaN or Inf: a bad value would otherwise
  * surface steps later as a NaN loss with no trace of where it came from. */
 static fn_status load_input(fn_model *m, const void *x, int64_t n) {
+    m->output_batch = 0; /* the outputs of the forward before are no longer the last forward's */
     size_t count = (size_t)n * (size_t)m->input_size;
     memcpy(m->input_copy, x, count * fn_dtype_size(m->dtype));
     int64_t bad = fn_first_nonfinite(m->dtype, m->input_copy, (int64_t)count);
@@ -315,9 +337,12 @@ static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
     FN_TRY(plan_workspace(m, n, fn_threads_get()));
     fn_model_ctx ctx = make_ctx(m, n);
     m->forward_batch = 0;
+    m->output_batch = 0; /* a node that fails leaves the outputs half written */
     for (int i = 0; i < m->n_nodes; i++)
         FN_TRY(m->nodes[i].op->forward[m->dtype](&m->nodes[i], &ctx));
     m->forward_batch = keep ? n : 0;
+    m->output_batch = n;
+    m->outputs_predicted = false;
     m->forward_rng_step = m->rng_step;
     if (m->training) m->rng_step++; /* the next forward draws new dropout masks */
     return FN_OK;
@@ -378,6 +403,9 @@ fn_status fn_model_predict(fn_model *m, const void *x, int64_t n, void *y) {
     }
     m->training = was_training;
     m->forward_batch = 0; /* the activations are this prediction's, not a training forward's */
+    /* They hold the last chunk only, in eval mode: not outputs anyone asked to look at. */
+    m->output_batch = 0;
+    m->outputs_predicted = true;
     return status;
 }
 

@@ -189,6 +189,11 @@ struct fn_model {
     void *workspace;       /* the largest op->workspace */
     size_t workspace_size;
     int64_t forward_batch; /* batch of the last forward that kept activations, 0 if none */
+    /* Rows in every node's out from the last forward, kept or not (fn_model_node_output); 0 if
+     * there was none, it failed, or a prediction overwrote the buffers since (then
+     * outputs_predicted, so that the error can say so). */
+    int64_t output_batch;
+    bool outputs_predicted;
     uint64_t forward_rng_step; /* rng_step of that forward, for backward's dropout masks */
     int64_t train_correct; /* argmax hits of the last train_step */
 };

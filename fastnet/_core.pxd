@@ -104,6 +104,7 @@ cdef extern from "include/fastnet.h" nogil:
         int64_t shape[4]
     int fn_model_node_count(const fn_model *m)
     fn_status fn_model_node_info(const fn_model *m, int i, fn_node_info *info)
+    fn_status fn_model_node_output(const fn_model *m, int i, const void **data, int64_t *rows)
     int fn_model_tensor_count(const fn_model *m)
     fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info)
     void fn_model_set_training(fn_model *m, int training)
@@ -112,6 +113,7 @@ cdef extern from "include/fastnet.h" nogil:
     void fn_model_set_rng_step(fn_model *m, uint64_t step)
     fn_status fn_model_init_params(fn_model *m, uint64_t seed)
     fn_status fn_model_forward(fn_model *m, const void *x, int64_t n, void *y, int keep)
+    fn_status fn_model_predict(fn_model *m, const void *x, int64_t n, void *y)
     fn_status fn_model_backward(fn_model *m, const void *grad_y, int64_t n, void *grad_x)
     void fn_model_zero_grad(fn_model *m)
     fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt)

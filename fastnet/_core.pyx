@@ -349,6 +349,22 @@ cdef class Model:
                         tuple(info.shape[d] for d in range(info.ndim))))
         return out
 
+    def node_output(self, int i):
+        """A copy of node i's output (execution order, as node_info) from the last forward or
+        train_step: shape (rows, *per-sample shape), rows that forward's batch. RuntimeError if
+        there was none, or predict has run since (it keeps no activations)."""
+        cdef const void *data = NULL
+        cdef int64_t rows = 0
+        cdef fn_node_info info
+        check(fn_model_node_info(self.handle, i, &info))
+        check(fn_model_node_output(self.handle, i, &data, &rows))
+        shape = (rows,) + tuple(info.shape[d] for d in range(info.ndim))
+        cdef int64_t count = rows
+        for d in range(info.ndim):
+            count *= info.shape[d]
+        return np.array(array_view(self, <void *>data, count, fn_model_dtype(self.handle)),
+                        copy=True).reshape(shape)
+
     def tensor_info(self):
         """[(name, shape, offset, is_buffer, is_integer)] of every parameter and buffer, in
         state-dict order; offsets are into the parameter or the buffer arena."""
@@ -417,6 +433,18 @@ cdef class Model:
         cdef fn_status status
         with nogil:
             status = fn_model_forward(self.handle, xs.data, n, y.data, keep)
+        check(status)
+        return y
+
+    def predict(self, x):
+        """Outputs of x in eval mode whatever the mode (fn_model_predict): in chunks, keeping no
+        activations and drawing no dropout masks."""
+        cdef cnp.ndarray xs = as_floats(x, fn_model_dtype(self.handle), "input")
+        cdef int64_t n = self._batch(xs)
+        cdef cnp.ndarray y = np.empty((n, self.output_size), dtype=self.np_dtype)
+        cdef fn_status status
+        with nogil:
+            status = fn_model_predict(self.handle, xs.data, n, y.data)
         check(status)
         return y
 

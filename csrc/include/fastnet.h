@@ -320,6 +320,15 @@ typedef struct {
 } fn_node_info;
 FN_API int fn_model_node_count(const fn_model *m);
 FN_API fn_status fn_model_node_info(const fn_model *m, int i, fn_node_info *info);
+/* The output of node i (execution order, as fn_model_node_info) from the last forward that
+ * completed: fn_model_forward (keep or not) or the forward half of a train_step (also one whose
+ * loss was not finite; the update that followed a successful one does not change it). *data
+ * points into the model's activation buffer, (*rows, node's per-sample size) elements of the
+ * model's dtype, valid until the next call that runs the model or changes its batch size; *rows
+ * is that forward's batch. FN_ESTATE, with *data NULL and *rows 0, when no forward has completed
+ * on the current buffers, or when fn_model_predict has run since (a prediction runs in chunks
+ * and keeps no activations). */
+FN_API fn_status fn_model_node_output(const fn_model *m, int i, const void **data, int64_t *rows);
 
 /* Train mode (the default) uses batch statistics in batch norm and applies dropout; eval mode
  * uses the running statistics and no dropout. Forward, backward and train_step run in the

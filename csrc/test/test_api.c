@@ -271,11 +271,20 @@ static void test_predict(void) {
     CHECK(fn_model_forward(m, d.x, N, train_mode, 0) == FN_OK);
     CHECK(memcmp(predicted, train_mode, sizeof eval) != 0); /* batch statistics, dropout */
 
+    /* Node outputs: the last node's is the forward's output; a prediction replaces them. */
+    const void *out = NULL;
+    int64_t rows = 0;
+    CHECK(fn_model_node_output(m, 4, &out, &rows) == FN_OK && rows == N);
+    CHECK(out && memcmp(out, train_mode, sizeof train_mode) == 0);
+
     /* Prediction keeps no activations: a backward needs a new keeping forward. */
     CHECK(fn_model_forward(m, d.x, N, NULL, 1) == FN_OK);
     CHECK(fn_model_predict(m, d.x, N, predicted) == FN_OK);
     float grad[N * CLASSES] = {0};
     EXPECT_ERROR(fn_model_backward(m, grad, N, NULL), FN_ESTATE, "backward");
+    EXPECT_ERROR(fn_model_node_output(m, 0, &out, &rows), FN_ESTATE, "prediction");
+    CHECK(out == NULL && rows == 0);
+    EXPECT_ERROR(fn_model_node_output(m, 5, &out, &rows), FN_EINVAL, "out of range");
 
     /* More samples than one chunk: the same values as one eval forward over all of them. */
     float *all = malloc(2500 * CLASSES * sizeof(float)), *whole = malloc(2500 * CLASSES * sizeof(float));
