@@ -589,7 +589,7 @@ class BatchLoader:
             return np.random.default_rng([self.seed, epoch]).permutation(n).astype(np.intp, copy=False)
         return np.arange(n, dtype=np.intp)
 
-    def epoch(self, epoch) -> BatchIterator:
+    def epoch(self, epoch, start=0) -> BatchIterator:
         """Start epoch ``epoch`` and return an iterator over its ``(x_batch, y_batch)`` pairs.
 
         With ``prefetch >= 1`` the background thread starts at once, so the
@@ -599,6 +599,9 @@ class BatchLoader:
         ----------
         epoch : int
             Epoch number (>= 0); the same number gives the same batches.
+        start : int, default 0
+            Begin at this batch (a resumed epoch): the batches are those the
+            whole epoch would give from there, none of the earlier ones is built.
 
         Returns
         -------
@@ -608,9 +611,13 @@ class BatchLoader:
         epoch = int(epoch)
         full, rest = divmod(order.shape[0], self.batch_size)
         count = full if self.drop_last or not rest else full + 1
-        make_batch = functools.partial(_assemble, self._x, self._y, order, self.batch_size, self.transform,
-                                       self.seed, epoch)
-        iterator = BatchIterator(make_batch, count, self.prefetch)
+        start = _require_int(start, "start", minimum=0)
+        if start > count:
+            raise ValueError(f"start must be at most the epoch's {count} batches, got {start}")
+        assemble = functools.partial(_assemble, self._x, self._y, order, self.batch_size, self.transform,
+                                     self.seed, epoch)
+        make_batch = assemble if start == 0 else (lambda index: assemble(start + index))
+        iterator = BatchIterator(make_batch, count - start, self.prefetch)
         self._open.add(iterator)
         return iterator
 

@@ -168,8 +168,39 @@ def build_parser():
                        help="threads (default: all CPUs this process may use)")
     train.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     train.add_argument("--out", metavar="DIR",
-                       help="write DIR/model.safetensors and DIR/metrics.jsonl (one line per "
-                            "epoch, the last one the test result)")
+                       help="write DIR/checkpoint.safetensors after every epoch, "
+                            "DIR/best.safetensors (the best epoch by validation loss, or by "
+                            "--early-stopping's metric), DIR/model.safetensors at the end and "
+                            "DIR/metrics.jsonl (one line per epoch, the last one the test "
+                            "result)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from DIR/checkpoint.safetensors of --out (bitwise as if "
+                            "never stopped, with the same options and thread count); starts "
+                            "afresh if there is no checkpoint yet")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+                       help="also checkpoint every N updates (mid-epoch; needs --out)")
+    train.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
+                       help="stop when the validation metric has not improved for PATIENCE "
+                            "epochs, and keep the best epoch's weights")
+    train.add_argument("--early-stopping-metric", default="val_loss",
+                       choices=["val_loss", "val_accuracy", "train_loss"],
+                       help="the metric early stopping and best.safetensors follow "
+                            "(default: val_loss)")
+    train.add_argument("--min-delta", type=float, default=0.0,
+                       help="the smallest change of the metric that counts as an improvement")
+    train.add_argument("--average", default=None, metavar="ema:DECAY|polyak",
+                       help="average the weights during training (exponential moving average "
+                            "with DECAY, e.g. ema:0.999, or the plain mean: polyak); evaluation "
+                            "and the saved model use the averaged weights")
+    train.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
+                       help="on a NaN/Inf loss or gradient: stop with a message naming the "
+                            "first layer affected (default), or skip the update and halve the "
+                            "learning rate")
+    train.add_argument("--deterministic", action="store_true",
+                       help="bitwise identical results for any thread count (fixed-order "
+                            "reductions; a little slower)")
+    train.add_argument("--no-monitors", action="store_true",
+                       help="do not record per-layer update ratios and activation statistics")
 
     commands.add_parser("info", help="show version, threads, OpenMP and BLAS",
                         description="Show how this fastnet was built and what it will use.")
@@ -309,6 +340,23 @@ def build_transform(spec, input_shape):
     return augment.Compose(steps)
 
 
+def build_averaging(text):
+    """--average ema:0.999 | polyak as a fastnet.WeightAveraging, or None."""
+    if not text:
+        return None
+    import fastnet as fn
+
+    name, _, value = text.partition(":")
+    if name == "polyak" and not value:
+        return fn.WeightAveraging("polyak")
+    if name == "ema":
+        try:
+            return fn.WeightAveraging(float(value or 0.999))
+        except ValueError:
+            pass
+    raise ValueError(f"--average must be ema:DECAY with 0 < DECAY < 1, or polyak; got {text!r}")
+
+
 def apply_recipe(args, argv, parser):
     """Fills in the options a recipe file sets, unless the command line gave them."""
     from fastnet import zoo
@@ -347,11 +395,9 @@ def command_train(args):
         raise ValueError(f"the model takes samples of shape {shape}, the data has "
                          f"{splits.train.num_features} values per sample")
     optimizer = build_optimizer(args, model)
-    metrics_path = None
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        metrics_path = os.path.join(args.out, "metrics.jsonl")
-        open(metrics_path, "w").close()
+    if (args.resume or args.checkpoint_every) and not args.out:
+        raise ValueError("--resume and --checkpoint-every need --out DIR (where the checkpoint "
+                         "is)")
     reshape = lambda ds: None if ds is None else fn.Dataset(  # noqa: E731
         ds.x.reshape((len(ds),) + tuple(shape)), ds.y, num_classes=ds.num_classes)
     splits = fn.Splits(reshape(splits.train), reshape(splits.val), reshape(splits.test))
@@ -376,11 +422,22 @@ def command_train(args):
               file=sys.stderr)
         print(model, file=sys.stderr)
     loss, teacher = build_loss(args)
+    early_stopping = None
+    if args.early_stopping:
+        early_stopping = fn.EarlyStopping(args.early_stopping_metric, patience=args.early_stopping,
+                                          min_delta=args.min_delta)
     trainer = fn.Trainer(model, optimizer, loss, seed=args.seed,
-                         progress=None if not args.quiet else False, metrics_path=metrics_path,
-                         schedule=schedule, transform=transform, sampler=sampler,
-                         teacher=teacher)
-    history = trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size)
+                         progress=None if not args.quiet else False, schedule=schedule,
+                         monitor=args.early_stopping_metric, transform=transform,
+                         sampler=sampler, teacher=teacher, checkpoint_dir=args.out,
+                         checkpoint_every=args.checkpoint_every, early_stopping=early_stopping,
+                         averaging=build_averaging(args.average),
+                         monitors=not args.no_monitors, on_nonfinite=args.on_nonfinite,
+                         deterministic=args.deterministic)
+    history = trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size,
+                          resume=args.resume)
+    if trainer.averaging is not None:  # (after early stopping, the best epoch's average)
+        trainer.apply_averaged_weights()
     if not args.quiet:
         for record in history.epochs[-1:]:
             summary = ", ".join(f"{k} {v:.4f}" for k, v in record.items()
@@ -391,8 +448,8 @@ def command_train(args):
     result.update(evaluated)
     if test is None:
         result["split"] = "val" if val is not None else "train"
-    if metrics_path:
-        with open(metrics_path, "a") as f:
+    if args.out:
+        with open(trainer.metrics_path, "a") as f:
             f.write(json.dumps(result) + "\n")
         fn.save(model, os.path.join(args.out, "model.safetensors"))
     print(f"{result['split']} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}")
