@@ -26,7 +26,7 @@ from fastnet.losses import (BCEWithLogitsLoss, CrossEntropyLoss, DistillationLos
                             L1Loss, Loss, MSELoss)
 from fastnet.model import Parameter, Sequential
 from fastnet.onnx import export_onnx
-from fastnet.train import History, Trainer
+from fastnet.train import EarlyStopping, History, NonFiniteError, Trainer, WeightAveraging
 
 __version__ = _core.version()
 
@@ -60,6 +60,7 @@ __all__ = [
     "LocalResponseNorm", "Residual", "Concat", "fold_batchnorm", "CrossEntropyLoss",
     "PReLU", "ELU", "GELU", "SiLU", "Softplus", "Maxout", "Softmax", "LogSoftmax", "init",
     "DistillationLoss", "MSELoss", "L1Loss", "HuberLoss", "BCEWithLogitsLoss", "Loss",
-    "Parameter", "optim", "Trainer", "History", "Dataset", "Splits", "load_digits", "load_data",
+    "Parameter", "optim", "Trainer", "History", "EarlyStopping", "WeightAveraging",
+    "NonFiniteError", "Dataset", "Splits", "load_digits", "load_data",
     "save", "load", "set_num_threads", "get_num_threads",
 ]
