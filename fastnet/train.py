@@ -622,13 +622,9 @@ class Trainer:
                 ratios[layer] = (delta / weight) ** 0.5 if weight > 0 else None
             out["update_ratio"] = ratios
         if self._monitor_x is not None and len(self._monitor_x):
-            try:  # TEMPORARY
-                from fastnet.checks import activation_stats
-            except ImportError:
-                return out
+            from fastnet.checks import activation_stats
 
-            with self.model.mode(training=False):
-                stats = activation_stats(self.model, self._monitor_x)
+            stats = activation_stats(self.model, self._monitor_x, training=False)
             out["activation_mean"] = {s["layer"]: s["mean"] for s in stats}
             out["activation_std"] = {s["layer"]: s["std"] for s in stats}
             dead = {s["layer"]: s["dead_fraction"] for s in stats
