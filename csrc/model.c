@@ -70,8 +70,10 @@ fn_status fn_model_create(const char *spec_json, fn_model **out) {
     m->param_arena = fn_calloc(bytes);
     m->grad_arena = fn_calloc(bytes);
     m->buffer_arena = fn_calloc((size_t)m->buffer_total * fn_dtype_size(m->dtype));
+    m->buffer_backup = fn_alloc((size_t)m->buffer_total * fn_dtype_size(m->dtype));
     m->training = true;
-    if (!m->param_arena || !m->grad_arena || !m->buffer_arena) {
+    m->nonfinite_node = -1;
+    if (!m->param_arena || !m->grad_arena || !m->buffer_arena || !m->buffer_backup) {
         status = fn_error(FN_ENOMEM, "fn_model_create: cannot allocate %zu bytes of parameters",
                           bytes);
         goto fail;
@@ -94,6 +96,7 @@ void fn_model_free(fn_model *m) {
     fn_free(m->param_arena);
     fn_free(m->grad_arena);
     fn_free(m->buffer_arena);
+    fn_free(m->buffer_backup);
     fn_free(m->saved);
     fn_free(m->workspace);
     fn_optimizer_free(m);
@@ -129,6 +132,7 @@ void fn_model_set_optimizer_steps(fn_model *m, int64_t steps) { m->optimizer_ste
 int fn_model_momentum_started(const fn_model *m) { return m->momentum_started; }
 void fn_model_set_momentum_started(fn_model *m, int started) { m->momentum_started = started != 0; }
 int64_t fn_model_train_correct(const fn_model *m) { return m->train_correct; }
+int fn_model_nonfinite_node(const fn_model *m) { return m->nonfinite_node; }
 int fn_model_optimizer_state_count(const fn_model *m) { return m->optimizer_slots; }
 
 void *fn_model_optimizer_state(fn_model *m, int slot) {
@@ -434,10 +438,34 @@ void fn_model_zero_grad(fn_model *m) {
 
 /* ---------------------------------------------------------------- the fused training step */
 
+/* FN_ENUMERIC for a non-finite loss, naming the first node whose output holds a non-finite
+ * value: where a bad value starts is what one needs to know, and the activations of this forward
+ * are all still there. Runs only on this failure, so it costs a step nothing. */
+static fn_status nonfinite_loss_error(fn_model *m, int64_t n, double value) {
+    for (int i = 0; i < m->n_nodes; i++) {
+        const fn_node *node = &m->nodes[i];
+        int64_t bad = fn_first_nonfinite(m->dtype, node->out, n * node->out_size);
+        if (bad < 0) continue;
+        m->nonfinite_node = i;
+        return fn_error(FN_ENUMERIC,
+                        "train_step: the loss is %g; the first non-finite values appear in the "
+                        "output of layer '%s' (%s), sample %lld, element %lld; the weights were "
+                        "not updated (lower the learning rate, or check the data and the weights)",
+                        value, node->name, node->op->type, (long long)(bad / node->out_size),
+                        (long long)(bad % node->out_size));
+    }
+    return fn_error(FN_ENUMERIC,
+                    "train_step: the loss is %g although every layer's output is finite: the loss "
+                    "itself overflowed; the weights were not updated (lower the learning rate, or "
+                    "check the targets)",
+                    value);
+}
+
 fn_status fn_model_train_step_targets(fn_model *m, const void *x, int64_t n,
                                       const fn_targets *targets, const fn_loss *loss,
                                       double *loss_out) {
     FN_TRY(check_batch(m, x, n, "train_step"));
+    m->nonfinite_node = -1;
     if (!loss || (unsigned)loss->kind > FN_LOSS_DISTILLATION)
         return fn_error(FN_EINVAL, "train_step: unknown loss");
     if (!m->has_optimizer)
@@ -447,19 +475,23 @@ fn_status fn_model_train_step_targets(fn_model *m, const void *x, int64_t n,
     FN_TRY(plan_activations(m, n));
     FN_TRY(plan_gradients(m, false));
     FN_TRY(load_input(m, x, n));
-    FN_TRY(run_forward(m, n, true));
+    size_t buffer_bytes = (size_t)m->buffer_total * fn_dtype_size(m->dtype);
+    memcpy(m->buffer_backup, m->buffer_arena, buffer_bytes);
+    fn_status status = run_forward(m, n, true);
 
-    fn_node *out = &m->nodes[m->output_node];
-    double value = fn_loss_run(m->dtype, out->out, n, m->output_size, targets, loss, norm,
-                               out->grad_out, fn_threads_get(), &m->train_correct);
-    if (loss_out) *loss_out = value;
-    if (!isfinite(value))
-        return fn_error(FN_ENUMERIC,
-                        "train_step: the loss is %g; the weights were not updated (lower the "
-                        "learning rate, or check the data)",
-                        value);
-    FN_TRY(run_backward(m, n, false));
-    return fn_optimizer_update(m, "train_step");
+    if (status == FN_OK) {
+        fn_node *out = &m->nodes[m->output_node];
+        double value = fn_loss_run(m->dtype, out->out, n, m->output_size, targets, loss, norm,
+                                   out->grad_out, fn_threads_get(), &m->train_correct);
+        if (loss_out) *loss_out = value;
+        if (!isfinite(value))
+            status = nonfinite_loss_error(m, n, value);
+    }
+    if (status == FN_OK) status = run_backward(m, n, false);
+    if (status == FN_OK) status = fn_optimizer_update(m, "train_step");
+    /* A refused step leaves the running statistics as they were, as it leaves the weights. */
+    if (status != FN_OK) memcpy(m->buffer_arena, m->buffer_backup, buffer_bytes);
+    return status;
 }
 
 fn_status fn_model_train_step(fn_model *m, const void *x, const void *labels,

@@ -156,6 +156,9 @@ struct fn_model {
     fn_param *params;
     int64_t param_total, buffer_total;
     void *param_arena, *grad_arena, *buffer_arena;
+    /* The buffer arena as it was before a training step's forward, put back when the step fails
+     * (batch norm updates its running statistics during the forward, before the loss is known). */
+    void *buffer_backup;
     bool training;     /* the mode forward and train_step run in (fn_model_set_training) */
     uint64_t rng_step; /* train-mode forwards so far: the counter of dropout's masks */
 
@@ -178,6 +181,9 @@ struct fn_model {
     double *norm_blocks;             /* per block of the gradient arena: its sum of squares */
     double last_grad_norm;           /* of the last update, when has_grad_norm */
     bool has_grad_norm;
+    /* The node the last train_step or update refused for a non-finite value named (the first
+     * whose output, or one of whose parameter gradients, held one); -1 if none. */
+    int nonfinite_node;
 
     /* Buffers planned for up to `capacity` samples; the last forward's batch and mode. */
     int64_t capacity;
@@ -273,7 +279,8 @@ void fn_optimizer_free(fn_model *m);
 /* The learning rate of update `step` (from 0) of an already checked schedule. */
 double fn_schedule_compute_lr(const fn_schedule *schedule, double base_lr, int64_t step);
 /* One update; `what` names the caller in errors. FN_ENUMERIC, changing nothing, for a non-finite
- * gradient norm when clipping by norm. */
+ * gradient norm when clipping by norm or checking (check_finite): the message names the first
+ * node (execution order) with a non-finite parameter gradient, and m->nonfinite_node is set. */
 fn_status fn_optimizer_update(fn_model *m, const char *what);
 
 #endif /* FASTNET_MODEL_H */

@@ -410,12 +410,42 @@ double fn_model_last_grad_norm(const fn_model *m) {
 
 /* ---------------------------------------------------------------- the update */
 
+/* FN_ENUMERIC for a non-finite gradient norm, naming the first node (execution order) with a
+ * non-finite parameter gradient and the tensor: a bad value born in a layer's forward reaches
+ * the gradients of every layer before it only through later ones, so the first in forward order
+ * is the one to look at. Runs only on this failure. */
+static fn_status nonfinite_norm_error(fn_model *m, const char *what, double norm) {
+    size_t elem = fn_dtype_size(m->dtype);
+    for (int i = 0; i < m->n_nodes; i++) {
+        const fn_node *node = &m->nodes[i];
+        for (int p = 0; p < node->n_params; p++) {
+            const fn_param *param = &m->params[node->param_index[p]];
+            if (param->is_buffer) continue;
+            const void *grad = (const char *)m->grad_arena + (size_t)param->offset * elem;
+            int64_t bad = fn_first_nonfinite(m->dtype, grad, param->count);
+            if (bad < 0) continue;
+            m->nonfinite_node = i;
+            return fn_error(FN_ENUMERIC,
+                            "%s: the gradient norm is %g; the weights were not updated: the first "
+                            "non-finite gradient is in layer '%s' (%s), tensor '%s', element "
+                            "%lld (lower the learning rate, or check the data and the weights)",
+                            what, norm, node->name, node->op->type, param->name, (long long)bad);
+        }
+    }
+    return fn_error(FN_ENUMERIC,
+                    "%s: the gradient norm is %g; the weights were not updated: every gradient is "
+                    "finite, the sum of their squares overflowed (lower the learning rate, or "
+                    "clip by value)",
+                    what, norm);
+}
+
 fn_status fn_optimizer_update(fn_model *m, const char *what) {
     const fn_optimizer *opt = &m->optimizer;
     int threads = fn_threads_get();
     double grad_scale = 1;
     m->has_grad_norm = false;
-    if (opt->clip_grad_norm > 0) {
+    m->nonfinite_node = -1;
+    if (opt->clip_grad_norm > 0 || opt->check_finite) {
         double sum = m->dtype == FN_FLOAT64
                          ? fn_grad_sum_squares_f64(m->grad_arena, m->param_total, m->norm_blocks,
                                                    threads)
@@ -424,14 +454,11 @@ fn_status fn_optimizer_update(fn_model *m, const char *what) {
         double norm = sqrt(sum);
         m->last_grad_norm = norm;
         m->has_grad_norm = true;
-        if (!isfinite(norm))
-            return fn_error(FN_ENUMERIC,
-                            "%s: the gradient norm is %g; the weights were not updated (lower the "
-                            "learning rate, or check the data)",
-                            what, norm);
+        /* Before anything below changes the weights, the state or the step counter. */
+        if (!isfinite(norm)) return nonfinite_norm_error(m, what, norm);
         /* PyTorch's clip_grad_norm_: the factor min(1, max_norm / (norm + 1e-6)). */
         double factor = opt->clip_grad_norm / (norm + 1e-6);
-        if (factor < 1) grad_scale = factor;
+        if (opt->clip_grad_norm > 0 && factor < 1) grad_scale = factor;
     }
 
     /* The schedule's update t counts from 0 (the steps before this one); the bias corrections
@@ -486,6 +513,7 @@ fn_status fn_optimizer_update(fn_model *m, const char *what) {
 
 fn_status fn_model_step(fn_model *m) {
     if (!m) return fn_error(FN_EINVAL, "step: model is NULL");
+    m->nonfinite_node = -1;
     if (!m->has_optimizer)
         return fn_error(FN_ESTATE, "step: no optimizer is set (fn_model_set_optimizer)");
     return fn_optimizer_update(m, "step");

@@ -49,6 +49,7 @@ cdef extern from "include/fastnet.h" nogil:
         double lr_decay, initial_accumulator_value, alpha
         int centered, decoupled_weight_decay
         double clip_grad_norm, clip_grad_value
+        int check_finite
     ctypedef struct fn_param_group:
         double lr, weight_decay, l1, max_norm
     ctypedef enum fn_loss_kind:
@@ -118,6 +119,7 @@ cdef extern from "include/fastnet.h" nogil:
     void fn_model_zero_grad(fn_model *m)
     fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt)
     fn_status fn_model_step(fn_model *m)
+    int fn_model_nonfinite_node(const fn_model *m)
     fn_status fn_model_set_param_groups(fn_model *m, const fn_param_group *groups, int n_groups,
                                         const int *group_of_tensor)
     int fn_model_param_group_count(const fn_model *m)

@@ -470,8 +470,10 @@ cdef class Model:
                       double weight_decay=0, bint amsgrad=False, double lr_decay=0,
                       double initial_accumulator_value=0, double alpha=0.99, bint centered=False,
                       bint decoupled_weight_decay=False, double clip_grad_norm=0,
-                      double clip_grad_value=0):
-        """Sets the optimizer (fn_optimizer's fields; clip_* 0: off)."""
+                      double clip_grad_value=0, bint check_finite=False):
+        """Sets the optimizer (fn_optimizer's fields; clip_* 0: off). check_finite: compute the
+        gradient norm before every update (last_grad_norm) and refuse a non-finite one with
+        FloatingPointError, naming the layer (last_nonfinite_layer), changing nothing."""
         cdef fn_optimizer opt
         opt.kind = <fn_optimizer_kind>kind
         opt.lr = lr
@@ -490,6 +492,7 @@ cdef class Model:
         opt.decoupled_weight_decay = decoupled_weight_decay
         opt.clip_grad_norm = clip_grad_norm
         opt.clip_grad_value = clip_grad_value
+        opt.check_finite = check_finite
         check(fn_model_set_optimizer(self.handle, &opt))
 
     def set_param_groups(self, groups, group_of_tensor=None):
@@ -535,6 +538,19 @@ cdef class Model:
     def last_grad_norm(self):
         """The gradient norm before clipping of the last update; -1 if it did not compute it."""
         return fn_model_last_grad_norm(self.handle)
+
+    @property
+    def last_nonfinite_layer(self):
+        """The name of the layer (node) the last train_step or step named when it raised
+        FloatingPointError: the first whose output held a non-finite value (a non-finite loss),
+        or the first with a non-finite parameter gradient (a non-finite gradient norm). None after
+        any other outcome."""
+        cdef int node = fn_model_nonfinite_node(self.handle)
+        cdef fn_node_info info
+        if node < 0:
+            return None
+        check(fn_model_node_info(self.handle, node, &info))
+        return info.name.decode()
 
     def reset_optimizer(self):
         """Zeroes the optimizer state and counters (a new optimizer starts from nothing)."""

@@ -177,6 +177,10 @@ typedef struct {
     double clip_grad_norm;      /* > 0: clip by global norm (INFINITY: only compute the norm,
                                  * fn_model_last_grad_norm); 0: off */
     double clip_grad_value;     /* > 0: clamp every gradient to [-v, v]; 0: off */
+    int check_finite;           /* nonzero: compute the gradient norm before every update (one
+                                 * more read of the gradients, as clip_grad_norm does) and refuse
+                                 * a non-finite one, naming the first layer whose gradient is not
+                                 * finite (fn_model_nonfinite_node) */
 } fn_optimizer;
 
 /* Losses, with PyTorch's definitions and mean reduction. Outputs are (n, c): logits for the
@@ -365,9 +369,17 @@ FN_API fn_status fn_model_set_optimizer(fn_model *m, const fn_optimizer *opt);
  * sums start again at initial_accumulator_value). */
 FN_API void fn_model_reset_optimizer(fn_model *m);
 /* One optimizer update from the current gradients, at the learning rates of the schedule. With
- * clip_grad_norm set and a gradient norm that is NaN or Inf, returns FN_ENUMERIC and changes
- * nothing (neither the weights, nor the state, nor the step counter). */
+ * clip_grad_norm or check_finite set and a gradient norm that is NaN or Inf, returns FN_ENUMERIC
+ * and changes nothing (neither the weights, nor the state, nor the step counter); the message
+ * names the first layer, in execution order, with a non-finite parameter gradient, and the
+ * tensor. */
 FN_API fn_status fn_model_step(fn_model *m);
+/* The node (execution order, as fn_model_node_info) that the last fn_model_train_step(_targets)
+ * or fn_model_step named when it returned FN_ENUMERIC: the first whose output held a non-finite
+ * value (a non-finite loss), or the first with a non-finite parameter gradient (a non-finite
+ * gradient norm). -1 after any other outcome, including a loss or norm that overflowed with every
+ * value finite. */
+FN_API int fn_model_nonfinite_node(const fn_model *m);
 
 /* Parameter groups, as PyTorch's param_groups: every parameter tensor is in one group, and is
  * updated with that group's lr, weight_decay, l1 and max_norm (fn_optimizer describes each);
@@ -472,7 +484,11 @@ FN_API fn_status fn_schedule_lr(const fn_schedule *schedule, double base_lr, int
 /* One whole training step in one call: forward, loss, backward, optimizer update.
  * x (n, input_size); targets as for fn_loss_forward_backward with c = output_size. The loss and
  * the targets are checked before anything changes. *loss_out receives the loss. A non-finite
- * loss returns FN_ENUMERIC before anything is updated. */
+ * loss returns FN_ENUMERIC before anything is updated, naming the first layer (execution order)
+ * whose output holds a non-finite value (fn_model_nonfinite_node). A step that fails after its
+ * forward (a non-finite loss or gradient norm) also puts the buffers (batch norm's running
+ * statistics) back as they were; it still counts as a train-mode forward (fn_model_rng_step),
+ * and its node outputs stay readable (fn_model_node_output). */
 FN_API fn_status fn_model_train_step_targets(fn_model *m, const void *x, int64_t n,
                                              const fn_targets *targets, const fn_loss *loss,
                                              double *loss_out);

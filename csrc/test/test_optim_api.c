@@ -236,6 +236,36 @@ static void test_clipping(void) {
     fn_model_free(m);
 }
 
+/* check_finite: the norm of every update, the layer and tensor of a non-finite gradient. */
+static void test_check_finite(void) {
+    fn_model *m = create();
+    int64_t total = fn_model_param_total(m);
+    fn_optimizer sgd = {.kind = FN_OPT_SGD, .lr = 0.1, .momentum = 0.9, .check_finite = 1};
+    CHECK(fn_model_set_optimizer(m, &sgd) == FN_OK);
+    fill_grads(m, 1.0);
+    double *params = fn_model_params(m), *grads = fn_model_grads(m);
+    double sum = 0;
+    for (int64_t i = 0; i < total; i++) sum += grads[i] * grads[i];
+    double before = params[2];
+    CHECK(fn_model_step(m) == FN_OK);
+    CHECK(close_to(fn_model_last_grad_norm(m), sqrt(sum)));
+    CHECK(params[2] == before - 0.1 * grads[2]); /* measured, not clipped */
+    CHECK(fn_model_nonfinite_node(m) == -1);
+    /* Tensor 3 is 2.bias, of node 2 (the third in execution order). */
+    fn_tensor_info bias;
+    CHECK(fn_model_tensor_info(m, 3, &bias) == FN_OK && strcmp(bias.name, "2.bias") == 0);
+    grads[bias.offset + 1] = -INFINITY;
+    double *momentum = fn_model_optimizer_state(m, 0);
+    double momentum_before = momentum[bias.offset + 1];
+    EXPECT_ERROR(fn_model_step(m), FN_ENUMERIC, "layer '2' (linear), tensor '2.bias', element 1");
+    CHECK(fn_model_nonfinite_node(m) == 2 && fn_model_optimizer_steps(m) == 1);
+    CHECK(params[2] == before - 0.1 * grads[2] && momentum[bias.offset + 1] == momentum_before);
+    CHECK(isinf(fn_model_last_grad_norm(m)));
+    grads[bias.offset + 1] = 0;
+    CHECK(fn_model_step(m) == FN_OK && fn_model_nonfinite_node(m) == -1);
+    fn_model_free(m);
+}
+
 /* ---------------------------------------------------------------- refusals */
 
 static void test_errors(void) {
@@ -285,6 +315,7 @@ int main(void) {
     test_state_slots();
     test_max_norm();
     test_clipping();
+    test_check_finite();
     test_errors();
     return check_report();
 }
