@@ -14,7 +14,7 @@ import os as _os
 _os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 from fastnet import _blas, _core  # noqa: E402
-from fastnet import augment, data, init, optim, schedules  # noqa: E402
+from fastnet import augment, checks, data, init, optim, schedules  # noqa: E402
 from fastnet.data import Dataset, Splits, load_data, load_digits
 from fastnet.fold import fold_batchnorm
 from fastnet.io import load, save
@@ -44,6 +44,21 @@ def get_num_threads():
     return _core.get_num_threads()
 
 
+def set_deterministic(on):
+    """Deterministic mode (off by default, process-wide): every reduction is split into parts
+    fixed by the problem size alone and summed in a fixed order, so that training gives the same
+    weights, bit for bit, with any number of threads (reductions then use at most 8 threads).
+    Off, the same thread count gives the same weights; another count may round differently."""
+    if not isinstance(on, (bool, int)):
+        raise TypeError(f"set_deterministic expects a bool, got {on!r}")
+    _core.set_deterministic(bool(on))
+
+
+def get_deterministic():
+    """Whether deterministic mode is on (see :func:`set_deterministic`)."""
+    return _core.get_deterministic()
+
+
 def _available_cpus():
     try:
         return len(_os.sched_getaffinity(0))
@@ -62,5 +77,6 @@ __all__ = [
     "DistillationLoss", "MSELoss", "L1Loss", "HuberLoss", "BCEWithLogitsLoss", "Loss",
     "Parameter", "optim", "Trainer", "History", "EarlyStopping", "WeightAveraging",
     "NonFiniteError", "Dataset", "Splits", "load_digits", "load_data",
-    "save", "load", "set_num_threads", "get_num_threads",
+    "save", "load", "set_num_threads", "get_num_threads", "set_deterministic",
+    "get_deterministic",
 ]

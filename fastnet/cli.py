@@ -63,7 +63,7 @@ def _positive_float(text):
 # Commands that live in modules of their own: each module has ``SUMMARY`` (one line for the
 # command list) and ``register(commands)``, which adds its subparser and returns the handler
 # ``handler(args) -> exit status``. They are imported only to build the parser.
-EXTRA_COMMANDS = {}
+EXTRA_COMMANDS = {"check": "fastnet.checks", "plot": "fastnet.plot"}
 
 
 def _extra_command_modules():
