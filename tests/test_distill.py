@@ -12,7 +12,7 @@ from fastnet import cli, zoo
 
 @pytest.fixture(autouse=True)
 def commands(monkeypatch):
-    monkeypatch.setattr(cli, "EXTRA_COMMANDS", {"tune": "fastnet.tune",
+    monkeypatch.setattr(cli, "EXTRA_COMMANDS", {**cli.EXTRA_COMMANDS, "tune": "fastnet.tune",
                                                 "distill": "fastnet.distill"})
 
 

@@ -19,7 +19,7 @@ def digits():
 
 @pytest.fixture
 def commands(monkeypatch):
-    monkeypatch.setattr(cli, "EXTRA_COMMANDS", {"tune": "fastnet.tune",
+    monkeypatch.setattr(cli, "EXTRA_COMMANDS", {**cli.EXTRA_COMMANDS, "tune": "fastnet.tune",
                                                 "distill": "fastnet.distill"})
 
 
