@@ -14,8 +14,9 @@ import os as _os
 _os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 from fastnet import _blas, _core  # noqa: E402
-from fastnet import augment, checks, data, init, optim, schedules  # noqa: E402
+from fastnet import augment, checks, data, ensemble, init, optim, schedules, tune  # noqa: E402
 from fastnet.data import Dataset, Splits, load_data, load_digits
+from fastnet.ensemble import Ensemble
 from fastnet.fold import fold_batchnorm
 from fastnet.io import load, save
 from fastnet.layers import (ELU, GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d,
@@ -76,7 +77,7 @@ __all__ = [
     "PReLU", "ELU", "GELU", "SiLU", "Softplus", "Maxout", "Softmax", "LogSoftmax", "init",
     "DistillationLoss", "MSELoss", "L1Loss", "HuberLoss", "BCEWithLogitsLoss", "Loss",
     "Parameter", "optim", "Trainer", "History", "EarlyStopping", "WeightAveraging",
-    "NonFiniteError", "Dataset", "Splits", "load_digits", "load_data",
+    "NonFiniteError", "Ensemble", "ensemble", "tune", "checks", "Dataset", "Splits", "load_digits", "load_data",
     "save", "load", "set_num_threads", "get_num_threads", "set_deterministic",
     "get_deterministic",
 ]

@@ -63,7 +63,8 @@ def _positive_float(text):
 # Commands that live in modules of their own: each module has ``SUMMARY`` (one line for the
 # command list) and ``register(commands)``, which adds its subparser and returns the handler
 # ``handler(args) -> exit status``. They are imported only to build the parser.
-EXTRA_COMMANDS = {"check": "fastnet.checks", "plot": "fastnet.plot"}
+EXTRA_COMMANDS = {"check": "fastnet.checks", "plot": "fastnet.plot", "tune": "fastnet.tune",
+                  "distill": "fastnet.distill"}
 
 
 def _extra_command_modules():
@@ -384,20 +385,18 @@ def apply_recipe(args, argv, parser):
         setattr(args, dest, value)
 
 
-def command_train(args):
+def prepare_training(args, splits, progress=None, checkpoint_dir=None):
+    """What ``fastnet train`` builds from its options, for data already loaded: the model, the
+    trainer (optimizer, schedule, loss, augmentation, sampling, early stopping, averaging) and
+    the splits reshaped to the model's input and scaled (fitted on the training split only).
+    ``fastnet tune`` trains its trials through this too."""
     import fastnet as fn
 
-    if args.threads:
-        fn.set_num_threads(args.threads)
-    splits = fn.load_data(args.data, dtype=args.dtype, seed=args.seed)
     model, shape = build_model(args, splits.train.x.shape[1:], splits.train.num_classes)
     if int(np.prod(shape)) != splits.train.num_features:
         raise ValueError(f"the model takes samples of shape {shape}, the data has "
                          f"{splits.train.num_features} values per sample")
     optimizer = build_optimizer(args, model)
-    if (args.resume or args.checkpoint_every) and not args.out:
-        raise ValueError("--resume and --checkpoint-every need --out DIR (where the checkpoint "
-                         "is)")
     reshape = lambda ds: None if ds is None else fn.Dataset(  # noqa: E731
         ds.x.reshape((len(ds),) + tuple(shape)), ds.y, num_classes=ds.num_classes)
     splits = fn.Splits(reshape(splits.train), reshape(splits.val), reshape(splits.test))
@@ -407,33 +406,45 @@ def command_train(args):
         scaler = Standardizer(per="channel" if len(shape) == 3 else "feature") \
             if args.scale == "standard" else MinMaxScaler()
         splits, _ = scale_splits(splits, scaler)
-    train, val, test = splits
-    steps_per_epoch = -(-len(train) // args.batch_size)
-    schedule = build_schedule(args, optimizer, steps_per_epoch)
-    transform = build_transform(args.augment, shape)
+    train = splits.train
+    schedule = build_schedule(args, optimizer, -(-len(train) // args.batch_size))
     sampler = None
     if args.balanced:
         from fastnet.data import ClassBalancedSampler
 
         sampler = ClassBalancedSampler(train.y)
-    if not args.quiet:
-        print(f"fastnet {fn.__version__}: {len(train)} training samples, {train.num_features} "
-              f"features, {train.num_classes} classes; {fn.get_num_threads()} threads",
-              file=sys.stderr)
-        print(model, file=sys.stderr)
     loss, teacher = build_loss(args)
     early_stopping = None
     if args.early_stopping:
         early_stopping = fn.EarlyStopping(args.early_stopping_metric, patience=args.early_stopping,
                                           min_delta=args.min_delta)
-    trainer = fn.Trainer(model, optimizer, loss, seed=args.seed,
-                         progress=None if not args.quiet else False, schedule=schedule,
-                         monitor=args.early_stopping_metric, transform=transform,
-                         sampler=sampler, teacher=teacher, checkpoint_dir=args.out,
+    trainer = fn.Trainer(model, optimizer, loss, seed=args.seed, progress=progress,
+                         schedule=schedule, monitor=args.early_stopping_metric,
+                         transform=build_transform(args.augment, shape), sampler=sampler,
+                         teacher=teacher, checkpoint_dir=checkpoint_dir,
                          checkpoint_every=args.checkpoint_every, early_stopping=early_stopping,
                          averaging=build_averaging(args.average),
                          monitors=not args.no_monitors, on_nonfinite=args.on_nonfinite,
                          deterministic=args.deterministic)
+    return model, trainer, splits
+
+
+def command_train(args):
+    import fastnet as fn
+
+    if args.threads:
+        fn.set_num_threads(args.threads)
+    if (args.resume or args.checkpoint_every) and not args.out:
+        raise ValueError("--resume and --checkpoint-every need --out DIR (where the checkpoint "
+                         "is)")
+    splits = fn.load_data(args.data, dtype=args.dtype, seed=args.seed)
+    model, trainer, (train, val, test) = prepare_training(
+        args, splits, progress=None if not args.quiet else False, checkpoint_dir=args.out)
+    if not args.quiet:
+        print(f"fastnet {fn.__version__}: {len(train)} training samples, {train.num_features} "
+              f"features, {train.num_classes} classes; {fn.get_num_threads()} threads",
+              file=sys.stderr)
+        print(model, file=sys.stderr)
     history = trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size,
                           resume=args.resume)
     if trainer.averaging is not None:  # (after early stopping, the best epoch's average)

@@ -484,12 +484,6 @@ def make_args(config, actions=None):
     return args
 
 
-def _reshaped(ds, shape):
-    from fastnet.data import Dataset
-
-    return Dataset(ds.x.reshape((len(ds),) + tuple(shape)), ds.y, num_classes=ds.num_classes)
-
-
 def train_config(config, train, val, epochs=None, progress=False):
     """Trains the model a ``fastnet train`` configuration describes on ``train``, evaluating on
     ``val`` after every epoch, exactly as the command line would (model, optimizer, schedule,
@@ -527,41 +521,14 @@ def _train_config(config, train, val, epochs=None, progress=False):
     """:func:`train_config`, and the Trainer."""
     import fastnet as fn
     from fastnet import cli
-    from fastnet.data import ClassBalancedSampler, MinMaxScaler, Standardizer, scale_splits
 
     args = make_args(config)
     if epochs is not None:
         args.epochs = epochs
-    model, shape = cli.build_model(args, train.x.shape[1:], train.num_classes)
-    if int(np.prod(shape)) != train.num_features:
-        raise ValueError(f"the model takes samples of shape {shape}, the data has "
-                         f"{train.num_features} values per sample")
-    train, val = _reshaped(train, shape), _reshaped(val, shape)
-    if args.scale != "none":
-        scaler = (Standardizer(per="channel" if len(shape) == 3 else "feature")
-                  if args.scale == "standard" else MinMaxScaler())
-        train, val, _ = scale_splits(fn.Splits(train, val, None), scaler)[0]
-    optimizer = cli.build_optimizer(args, model)
-    schedule = cli.build_schedule(args, optimizer, -(-len(train) // args.batch_size))
-    loss, teacher = cli.build_loss(args)
-    options = {}
-    if getattr(args, "early_stopping", None):
-        options["early_stopping"] = fn.EarlyStopping(
-            args.early_stopping_metric, patience=args.early_stopping, min_delta=args.min_delta)
-    if getattr(args, "average", None):
-        options["averaging"] = cli.build_averaging(args.average)
-    for name, option in (("early_stopping_metric", "monitor"), ("on_nonfinite", "on_nonfinite"),
-                         ("deterministic", "deterministic")):
-        if hasattr(args, name):
-            options[option] = getattr(args, name)
-    if hasattr(args, "no_monitors"):
-        options["monitors"] = not args.no_monitors
-    trainer = fn.Trainer(model, optimizer, loss, seed=args.seed, progress=progress,
-                         schedule=schedule, transform=cli.build_transform(args.augment, shape),
-                         sampler=ClassBalancedSampler(train.y) if args.balanced else None,
-                         teacher=teacher, **options)
+    model, trainer, (train, val, _) = cli.prepare_training(args, fn.Splits(train, val, None),
+                                                           progress=progress)
     history = trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size)
-    if options.get("averaging") is not None:
+    if trainer.averaging is not None:
         trainer.apply_averaged_weights()
     return model, history, trainer
 
