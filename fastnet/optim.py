@@ -255,8 +255,11 @@ class Optimizer:
         if pushed is None or pushed[0] != version[0]:
             values = self._values
             clip = {key: 0.0 if values[key] is None else values[key] for key in _CLIP_KEYS}
+            # check_finite: every update first measures the global gradient norm (one more
+            # read of the gradients, about 2% of an MLP step) and refuses a NaN or Inf one,
+            # naming the layer, with the weights untouched; the norm is then always reported.
             core.set_optimizer(self._kind, lr=groups[0][0], weight_decay=groups[0][1],
-                               **self._c_arguments(values), **clip)
+                               check_finite=True, **self._c_arguments(values), **clip)
             if not owner:
                 core.reset_optimizer()
         if pushed is None or pushed[1] != version[1]:
@@ -273,7 +276,8 @@ class Optimizer:
         Raises
         ------
         FloatingPointError
-            With ``clip_grad_norm`` set, if the gradient norm is NaN or Inf; nothing changed.
+            If the gradient norm is NaN or Inf (the message names the first layer with a
+            non-finite gradient); nothing changed.
         """
         if self.model._optimizer is not self or self.model._optimizer_version != self._version:
             self._configure()
@@ -289,8 +293,8 @@ class Optimizer:
 
     @property
     def last_grad_norm(self):
-        """The global L2 norm of the gradients before clipping at the last update (``step`` or
-        ``train_step``), or None if it did not compute one (``clip_grad_norm`` unset)."""
+        """The global L2 norm of the gradients (before clipping) at the last update (``step``
+        or ``train_step``); None before the first update."""
         if self.model._optimizer is not self:
             return None
         norm = self.model._core.last_grad_norm

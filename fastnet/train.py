@@ -702,12 +702,10 @@ class Trainer:
             self.schedule.step()
 
     def _prepare_optimizer(self):
-        """Pushes the optimizer to C and asks it to check gradients before every update."""
+        """Pushes the optimizer's configuration to C before the first update."""
         if self.model._optimizer is not self.optimizer or \
                 self.model._optimizer_version != self.optimizer._version:
             self.optimizer._configure()
-        if hasattr(self.model._core, "check_finite"):
-            self.model._core.check_finite = True
 
     # ------------------------------------------------------------------ evaluation
 
