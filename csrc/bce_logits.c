@@ -71,7 +71,7 @@ double FN_T(fn_bce_with_logits_forward_backward)(const real *logits, const fn_ta
         .c = c,
     };
     int parts = fn_partial_parts(4 * count, threads); /* exp, log1p and a division per element */
-    fn_run_team(parts, FN_T(bce_part), &job);
+    fn_run_parts(parts, threads, FN_T(bce_part), &job);
     return fn_sum_partials(job.loss, parts) / (double)count;
 }
 

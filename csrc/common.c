@@ -95,6 +95,15 @@ int fn_get_num_threads(void) {
 
 int fn_threads_get(void) { return fn_get_num_threads(); }
 
+/* Atomic for the same reason as the thread count. */
+static _Atomic int fn_deterministic_mode = 0;
+
+void fn_set_deterministic(int on) { fn_deterministic_mode = on != 0; }
+
+int fn_get_deterministic(void) { return fn_deterministic_mode; }
+
+bool fn_deterministic(void) { return fn_deterministic_mode != 0; }
+
 void fn_run_team(int parts, fn_team_fn fn, void *arg) {
     if (parts <= 1) {
         fn(0, 1, arg);
@@ -106,6 +115,31 @@ void fn_run_team(int parts, fn_team_fn fn, void *arg) {
 #else
     for (int id = 0; id < parts; id++) fn(id, parts, arg);
 #endif
+}
+
+typedef struct {
+    int parts;
+    fn_team_fn fn;
+    void *arg;
+} fn_parts_job;
+
+/* Thread `id` of `team`: its contiguous range of the parts, in order. */
+static void fn_run_part_range(int id, int team, void *arg) {
+    const fn_parts_job *job = arg;
+    int64_t begin, end;
+    fn_partition(job->parts, team, id, &begin, &end);
+    for (int64_t part = begin; part < end; part++) job->fn((int)part, job->parts, job->arg);
+}
+
+void fn_run_parts(int parts, int threads, fn_team_fn fn, void *arg) {
+    if (parts <= threads) {
+        fn_run_team(parts, fn, arg);
+        return;
+    }
+    fn_parts_job job = {parts, fn, arg};
+    /* The range is taken from the team's actual size, so every part runs even if OpenMP starts
+     * fewer threads than asked for. */
+    fn_run_team(threads, fn_run_part_range, &job);
 }
 
 int fn_has_openmp(void) {

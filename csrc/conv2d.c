@@ -11,9 +11,12 @@
  *
  * Backward recomputes the columns rather than keeping them from forward: they are kh * kw times
  * the input's size, more memory than the rest of a network's activations. The weight and bias
- * gradients are sums over images; each thread sums its own images into a private partial (thread
- * 0 directly into the gradient) and the partials are added in thread order at the end, so the
- * result depends on the thread count but never on scheduling.
+ * gradients are sums over images; the batch is cut into chunks of consecutive images, each chunk
+ * sums its images in order into a private partial (chunk 0 directly into the gradient), and the
+ * partials are added in chunk order at the end. There is one chunk per thread, so the result
+ * depends on the thread count but never on scheduling; in deterministic mode the chunks come from
+ * the sizes alone (fn_reduction_parts) and the threads take whole chunks, so it does not depend on
+ * the thread count either.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -194,50 +197,76 @@ static conv_geometry conv_geometry_of(const fn_node *node) {
 }
 
 /* How a batch is shared: `parts` threads take whole images with single-threaded kernels, or, for
- * a batch smaller than the thread count, one part runs kernels on `inner_threads` threads. Each
- * part has a workspace slice of `slice_bytes`: its column buffer (col_bytes), then its partial
- * weight and bias gradients (used by parts 1 and up). */
+ * a batch smaller than the thread count, one part runs kernels on `inner_threads` threads. The
+ * batch is cut into `chunks` of consecutive images for the gradient sums (see the top of the
+ * file), each part taking whole chunks. The workspace holds a column buffer of col_bytes per part,
+ * then a weight-and-bias partial of partial_bytes for each chunk after the first. unsplit: the
+ * GEMMs run single-threaded for every thread count, so they need not be cut into deterministic
+ * mode's blocks (fn_gemm_unsplit). */
 typedef struct {
-    int parts, inner_threads;
-    size_t col_bytes, slice_bytes;
+    int parts, chunks, inner_threads;
+    bool unsplit;
+    size_t col_bytes, partial_bytes;
 } conv_plan;
 
 static size_t conv_round64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
 
+/* The threads worth using for `work` multiply-adds, at most `threads`: below FN_PARALLEL_GRAIN
+ * per thread, a thread costs more to wake than it saves. In double: the work can pass 2^63 for
+ * absurd (valid) sizes. */
+static int conv_useful_threads(double work, int threads) {
+    return work / FN_PARALLEL_GRAIN >= threads ? threads
+           : work < FN_PARALLEL_GRAIN         ? 1
+                                              : (int)(work / FN_PARALLEL_GRAIN);
+}
+
 static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads,
-                              size_t elem_size) {
+                              bool deterministic, size_t elem_size) {
     conv_plan plan;
-    /* Multiply-adds of one pass, in double: the product can pass 2^63 for absurd (valid) sizes.
-     * Below FN_PARALLEL_GRAIN per thread, a thread costs more to wake than it saves. */
     double work = (double)batch * (double)g->out_channels * (double)g->k * (double)g->plane;
-    int useful = work / FN_PARALLEL_GRAIN >= threads ? threads
-                 : work < FN_PARALLEL_GRAIN         ? 1
-                                                    : (int)(work / FN_PARALLEL_GRAIN);
-    if (batch >= useful) {
-        plan.parts = useful;
-        plan.inner_threads = 1;
+    if (deterministic) {
+        /* Chunks from the sizes alone; the threads take whole chunks, and a single part (one
+         * thread, or one chunk) runs its kernels on all of them. */
+        int useful = conv_useful_threads(work, FN_DETERMINISTIC_PARTS);
+        plan.chunks = batch < useful ? (int)batch : useful;
+        plan.parts = plan.chunks < threads ? plan.chunks : threads;
+        plan.inner_threads = plan.parts > 1 ? 1 : threads;
+        /* With several chunks a part's kernels run on one thread whatever the thread count
+         * (one thread is one part); with one chunk they run on all the threads there are. */
+        plan.unsplit = plan.chunks > 1;
     } else {
-        plan.parts = 1;
-        plan.inner_threads = threads;
+        int useful = conv_useful_threads(work, threads);
+        bool by_images = batch >= useful;
+        plan.parts = plan.chunks = by_images ? useful : 1;
+        plan.inner_threads = by_images ? 1 : threads;
+        plan.unsplit = plan.inner_threads == 1; /* what fn_gemm does on one thread */
     }
     plan.col_bytes = g->pointwise ? 0 : conv_round64((size_t)(g->k * g->plane) * elem_size);
-    size_t partial = plan.parts > 1 ? (size_t)(g->out_channels * g->k + g->out_channels) : 0;
-    plan.slice_bytes = plan.col_bytes + conv_round64(partial * elem_size);
+    plan.partial_bytes =
+        conv_round64((size_t)(g->out_channels * g->k + g->out_channels) * elem_size);
     return plan;
 }
 
-/* Per-part column buffers and (for backward) weight and bias gradient partials. */
+static size_t conv_plan_bytes(const conv_plan *plan) {
+    return (size_t)plan->parts * plan->col_bytes +
+           (size_t)(plan->chunks - 1) * plan->partial_bytes;
+}
+
+/* Per-part column buffers and (for backward) per-chunk weight and bias gradient partials, enough
+ * for either mode: the mode is process-wide, and may change between planning and running. */
 static size_t conv_workspace(const fn_node *node, int64_t batch, int threads, size_t elem_size) {
     conv_geometry g = conv_geometry_of(node);
-    conv_plan plan = conv_plan_of(&g, batch, threads, elem_size);
-    return (size_t)plan.parts * plan.slice_bytes;
+    conv_plan usual = conv_plan_of(&g, batch, threads, false, elem_size);
+    conv_plan fixed = conv_plan_of(&g, batch, threads, true, elem_size);
+    size_t a = conv_plan_bytes(&usual), b = conv_plan_bytes(&fixed);
+    return a > b ? a : b;
 }
 
 static fn_status conv_check_workspace(const fn_node *node, const fn_model_ctx *ctx,
                                       const conv_plan *plan) {
-    if ((size_t)plan->parts * plan->slice_bytes > ctx->workspace_size)
+    if (conv_plan_bytes(plan) > ctx->workspace_size)
         return fn_error(FN_ESTATE, "node '%s': workspace of %zu bytes planned, %zu needed",
-                        node->name, ctx->workspace_size, (size_t)plan->parts * plan->slice_bytes);
+                        node->name, ctx->workspace_size, conv_plan_bytes(plan));
     return FN_OK;
 }
 
@@ -271,9 +300,20 @@ typedef struct {
     const real *x, *weight, *bias, *grad_y;
     real *y, *grad_x, *grad_weight, *grad_bias;
     bool grad_x_accumulate, grad_param_accumulate;
-    char *workspace;
-    int parts_run; /* backward: the parts the team really ran, set by part 0 */
+    char *workspace; /* the parts' column buffers, then the chunks' partials */
 } FN_T(conv_job);
+
+/* C (m, n) = op(A) (m, k) @ B (k, n) + beta * C, row strides lda, ldb, ldc, on the part's
+ * threads. */
+static void FN_T(conv_gemm)(const FN_T(conv_job) *job, bool trans_a, int64_t m, int64_t n,
+                            int64_t k, const real *a, int64_t lda, const real *b, int64_t ldb,
+                            bool trans_b, real beta, real *c, int64_t ldc) {
+    if (job->plan.unsplit)
+        FN_T(fn_gemm_unsplit)(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc);
+    else
+        FN_T(fn_gemm)(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc,
+                      job->plan.inner_threads);
+}
 
 /* The column matrix (k, plane) of group `group` of one image x (channels, height, width): the
  * image's own planes when pointwise, else fn_im2col into col. */
@@ -295,7 +335,7 @@ static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
     const conv_geometry *g = &job->g;
     int64_t first, end;
     fn_partition(job->batch, parts, id, &first, &end);
-    real *col = (real *)(job->workspace + (size_t)id * job->plan.slice_bytes);
+    real *col = (real *)(job->workspace + (size_t)id * job->plan.col_bytes);
     for (int64_t n = first; n < end; n++) {
         const real *x = job->x + n * g->channels * g->height * g->width;
         real *y = job->y + n * g->out_channels * g->plane;
@@ -312,35 +352,33 @@ static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
                 }
                 beta = 1;
             }
-            FN_T(fn_gemm)(false, false, g->group_out, g->plane, g->k, 1,
-                          job->weight + group * g->group_out * g->k, g->k, columns, g->plane, beta,
-                          y_group, g->plane, job->plan.inner_threads);
+            FN_T(conv_gemm)(job, false, g->group_out, g->plane, g->k,
+                            job->weight + group * g->group_out * g->k, g->k, columns, g->plane,
+                            false, beta, y_group, g->plane);
         }
     }
 }
 
-/* Part `id` of `parts`, for its share of the images, with x and grad_y as in forward:
+/* Chunk `chunk` of the job's chunks, with x and grad_y as in forward, using the column buffer
+ * col (k, plane):
  *   weight gradient (out_channels, k) += grad_y per group (group_out, plane) @ columns^T, and bias
- *     gradient (out_channels) += grad_y summed over the plane, into the gradient itself for part
- *     0 (overwriting it unless grad_param_accumulate) and into the part's partial for the others;
+ *     gradient (out_channels) += grad_y summed over the plane, into the gradient itself for chunk
+ *     0 (overwriting it unless grad_param_accumulate) and into the chunk's partial for the others;
  *   grad_x (batch, channels, height, width), if not NULL, = or += col2im(weight^T @ grad_y) per
  *     group. */
-static void FN_T(conv_backward_part)(int id, int parts, void *arg) {
-    FN_T(conv_job) *job = arg;
+static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real *col) {
     const conv_geometry *g = &job->g;
-    if (id == 0) job->parts_run = parts;
     int64_t first, end;
-    fn_partition(job->batch, parts, id, &first, &end);
-    char *slice = job->workspace + (size_t)id * job->plan.slice_bytes;
-    real *col = (real *)slice;
+    fn_partition(job->batch, job->plan.chunks, chunk, &first, &end);
     real *grad_weight = job->grad_weight, *grad_bias = job->grad_bias;
     bool add = job->grad_param_accumulate;
-    if (id > 0) {
-        grad_weight = (real *)(slice + job->plan.col_bytes);
+    if (chunk > 0) {
+        char *partials = job->workspace + (size_t)job->plan.parts * job->plan.col_bytes;
+        grad_weight = (real *)(partials + (size_t)(chunk - 1) * job->plan.partial_bytes);
         grad_bias = job->grad_bias ? grad_weight + g->out_channels * g->k : NULL;
         add = false;
     }
-    if (first == end && !add) { /* no images: the part still contributes its zeros */
+    if (first == end && !add) { /* no images: the chunk still contributes its zeros */
         for (int64_t i = 0; i < g->out_channels * g->k; i++) grad_weight[i] = 0;
         if (grad_bias)
             for (int64_t o = 0; o < g->out_channels; o++) grad_bias[o] = 0;
@@ -355,9 +393,9 @@ static void FN_T(conv_backward_part)(int id, int parts, void *arg) {
             const real *columns = FN_T(conv_columns)(job, x, group, col);
             const real *grad_y_group = grad_y + group * g->group_out * g->plane;
             const real *weight_group = job->weight + group * g->group_out * g->k;
-            FN_T(fn_gemm)(false, true, g->group_out, g->k, g->plane, 1, grad_y_group, g->plane,
-                          columns, g->plane, add ? 1 : 0, grad_weight + group * g->group_out * g->k,
-                          g->k, inner);
+            FN_T(conv_gemm)(job, false, g->group_out, g->k, g->plane, grad_y_group, g->plane,
+                            columns, g->plane, true, add ? 1 : 0,
+                            grad_weight + group * g->group_out * g->k, g->k);
             if (grad_bias) {
                 for (int64_t o = 0; o < g->group_out; o++) {
                     const real *row = grad_y_group + o * g->plane;
@@ -371,14 +409,14 @@ static void FN_T(conv_backward_part)(int id, int parts, void *arg) {
             real *grad_x = job->grad_x + n * image_size + group * group_size;
             if (g->pointwise) {
                 /* The column gradient is the input gradient itself. */
-                FN_T(fn_gemm)(true, false, g->group_in, g->plane, g->group_out, 1, weight_group,
-                              g->k, grad_y_group, g->plane, job->grad_x_accumulate ? 1 : 0,
-                              grad_x, g->plane, inner);
+                FN_T(conv_gemm)(job, true, g->group_in, g->plane, g->group_out, weight_group, g->k,
+                                grad_y_group, g->plane, false, job->grad_x_accumulate ? 1 : 0,
+                                grad_x, g->plane);
             } else {
                 /* The columns of this group are no longer needed: their buffer takes the column
                  * gradient (k, plane). */
-                FN_T(fn_gemm)(true, false, g->k, g->plane, g->group_out, 1, weight_group, g->k,
-                              grad_y_group, g->plane, 0, col, g->plane, inner);
+                FN_T(conv_gemm)(job, true, g->k, g->plane, g->group_out, weight_group, g->k,
+                                grad_y_group, g->plane, false, 0, col, g->plane);
                 FN_T(fn_col2im)(col, g->group_in, g->height, g->width, job->node->attr.conv.kernel,
                                 job->node->attr.conv.stride, job->node->attr.conv.padding,
                                 job->node->attr.conv.dilation, grad_x, job->grad_x_accumulate,
@@ -389,12 +427,22 @@ static void FN_T(conv_backward_part)(int id, int parts, void *arg) {
     }
 }
 
+/* Part `id` of `parts`: its share of the chunks, in order, with its own column buffer. */
+static void FN_T(conv_backward_part)(int id, int parts, void *arg) {
+    const FN_T(conv_job) *job = arg;
+    int64_t first, end;
+    fn_partition(job->plan.chunks, parts, id, &first, &end);
+    real *col = (real *)(job->workspace + (size_t)id * job->plan.col_bytes);
+    for (int64_t chunk = first; chunk < end; chunk++)
+        FN_T(conv_backward_chunk)(job, (int)chunk, col);
+}
+
 static FN_T(conv_job) FN_T(conv_job_of)(fn_node *node, const fn_model_ctx *ctx) {
     FN_T(conv_job) job;
     memset(&job, 0, sizeof job);
     job.node = node;
     job.g = conv_geometry_of(node);
-    job.plan = conv_plan_of(&job.g, ctx->batch, ctx->threads, sizeof(real));
+    job.plan = conv_plan_of(&job.g, ctx->batch, ctx->threads, ctx->deterministic, sizeof(real));
     job.batch = ctx->batch;
     job.x = (const real *)node->in[0];
     job.weight = (const real *)node->param[0];
@@ -420,24 +468,26 @@ static fn_status FN_T(conv_backward)(fn_node *node, const fn_model_ctx *ctx) {
     job.grad_weight = (real *)node->grad[0];
     job.grad_bias = node->attr.conv.bias ? (real *)node->grad[1] : NULL;
     job.grad_param_accumulate = ctx->accumulate_param_grads;
-    job.parts_run = 1;
+    /* Every chunk runs even if OpenMP starts fewer threads than parts: each part takes its range
+     * of the chunks from the team's actual size. */
     fn_run_team(job.plan.parts, FN_T(conv_backward_part), &job);
 
-    /* Adds the partials of parts 1 and up to part 0's sums, element by element in part order.
-     * A slice holds the weight partial followed by the bias partial, read here as one array of
+    /* Adds the partials of chunks 1 and up to chunk 0's sums, element by element in chunk order.
+     * A partial holds the weight partial followed by the bias partial, read here as one array of
      * `count` elements. */
     const conv_geometry *g = &job.g;
-    const int parts = job.parts_run;
-    if (parts < 2) return FN_OK;
+    const int chunks = job.plan.chunks;
+    if (chunks < 2) return FN_OK;
     const int64_t weight_count = g->out_channels * g->k;
     const int64_t count = weight_count + (job.grad_bias ? g->out_channels : 0);
-    const char *partials = job.workspace + job.plan.col_bytes;
-    const size_t stride = job.plan.slice_bytes;
+    const char *partials = job.workspace + (size_t)job.plan.parts * job.plan.col_bytes;
+    const size_t stride = job.plan.partial_bytes;
     real *grad_weight = job.grad_weight, *grad_bias = job.grad_bias;
-    int t = fn_threads_for(count * (parts - 1), ctx->threads);
+    int t = fn_threads_for(count * (chunks - 1), ctx->threads);
     FN_PARALLEL_LOOP(t, i, count, {
         real sum = i < weight_count ? grad_weight[i] : grad_bias[i - weight_count];
-        for (int p = 1; p < parts; p++) sum += ((const real *)(partials + (size_t)p * stride))[i];
+        for (int p = 1; p < chunks; p++)
+            sum += ((const real *)(partials + (size_t)(p - 1) * stride))[i];
         if (i < weight_count) {
             grad_weight[i] = sum;
         } else {

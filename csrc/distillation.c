@@ -96,7 +96,7 @@ double FN_T(fn_distillation_forward_backward)(const real *student, const fn_targ
         .c = c,
     };
     int parts = fn_partial_parts(3 * n * c, threads);
-    fn_run_team(parts, FN_T(distillation_part), &job);
+    fn_run_parts(parts, threads, FN_T(distillation_part), &job);
     int64_t hits = 0;
     for (int i = 0; i < parts; i++) hits += job.correct[i];
     if (correct) *correct = hits;

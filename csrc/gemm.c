@@ -689,12 +689,24 @@ static void FN_T(gemm_part)(int id, int parts, void *arg) {
 }
 
 /* Runs the product on up to `threads` threads, each on its own block of columns of C, through
- * the BLAS when `table` is given, else the built-in kernel. */
+ * the BLAS when `table` is given, else the built-in kernel.
+ *
+ * No block splits k, so every element of C is one dot product whichever thread computes it. With
+ * the built-in kernel its bits do not depend on the block either; a BLAS may compute a column
+ * differently in calls of different widths (other kernels at the edges, or for small sizes), so
+ * in deterministic mode the blocks come from the sizes alone (at most FN_DETERMINISTIC_PARTS,
+ * each one call), and the threads take whole blocks. */
 static void FN_T(gemm_split)(const fn_blas *table, bool trans_a, bool trans_b, int64_t m,
                              int64_t n, int64_t k, real alpha, const real *a, int64_t lda,
                              const real *b, int64_t ldb, real beta, real *c, int64_t ldc,
                              int threads) {
     FN_T(gemm_job) job = {table, trans_a, trans_b, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc};
+    if (fn_deterministic()) {
+        /* Even without OpenMP, so that the bits are those of a threaded build. */
+        int blocks = gemm_thread_count(m, n, k, GEMM_NR, FN_DETERMINISTIC_PARTS);
+        fn_run_parts(blocks, threads, FN_T(gemm_part), &job);
+        return;
+    }
     int parts = gemm_thread_count(m, n, k, GEMM_NR, threads);
 #ifndef _OPENMP
     /* Without threads the parts would run one after another, each packing all of A again. */
@@ -717,25 +729,48 @@ void FN_T(fn_gemm_builtin)(bool trans_a, bool trans_b, int64_t m, int64_t n, int
                      threads);
 }
 
-/* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda/ldb/ldc:
- * C = alpha * op(A) @ op(B) + beta * C through the installed BLAS when there is one for this
- * dtype and every size fits the Fortran ABI's int, else by the built-in kernel. */
-void FN_T(fn_gemm)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, real alpha,
-                   const real *a, int64_t lda, const real *b, int64_t ldb, real beta, real *c,
-                   int64_t ldc, int threads) {
+/* fn_gemm, or with `threads` 0 fn_gemm_unsplit. */
+static void FN_T(gemm_dispatch)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                                real alpha, const real *a, int64_t lda, const real *b,
+                                int64_t ldb, real beta, real *c, int64_t ldc, int threads) {
     if (m <= 0 || n <= 0) return;
     fn_blas table = gemm_blas_table; /* one consistent copy for the whole call */
     bool fits_int = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
                     ldb <= INT_MAX && ldc <= INT_MAX;
     /* k == 0 and alpha == 0 only scale C: not worth a BLAS call, and a BLAS would insist on
      * leading dimensions of at least 1 for operands that have no elements. */
-    if (FN_T(gemm_blas_get)(&table) == NULL || !fits_int || k == 0 || alpha == 0) {
-        FN_T(fn_gemm_builtin)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                              threads);
+    if (k == 0 || alpha == 0) {
+        FN_T(gemm_scale)(m, n, beta, c, ldc);
         return;
     }
-    FN_T(gemm_split)(&table, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                     threads);
+    bool blas = FN_T(gemm_blas_get)(&table) != NULL && fits_int;
+    if (threads == 0) {
+        FN_T(gemm_job) job = {blas ? &table : NULL, trans_a, trans_b, m, n, k, alpha, beta,
+                              a, b, c, lda, ldb, ldc};
+        FN_T(gemm_part)(0, 1, &job);
+        return;
+    }
+    FN_T(gemm_split)(blas ? &table : NULL, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                     beta, c, ldc, threads);
+}
+
+/* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda/ldb/ldc:
+ * C = alpha * op(A) @ op(B) + beta * C through the installed BLAS when there is one for this
+ * dtype and every size fits the Fortran ABI's int, else by the built-in kernel. */
+void FN_T(fn_gemm)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, real alpha,
+                   const real *a, int64_t lda, const real *b, int64_t ldb, real beta, real *c,
+                   int64_t ldc, int threads) {
+    FN_T(gemm_dispatch)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                        threads > 0 ? threads : 1);
+}
+
+/* The same product in one call on the calling thread, never divided into blocks, in either mode:
+ * for a caller whose own division of the work (the convolution's images) is the same for every
+ * thread count, so that fn_gemm's blocks of deterministic mode would only cost time. */
+void FN_T(fn_gemm_unsplit)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                           real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,
+                           real beta, real *c, int64_t ldc) {
+    FN_T(gemm_dispatch)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 0);
 }
 
 #undef GEMM_MR

@@ -103,6 +103,29 @@ static inline void fn_partition(int64_t n, int parts, int i, int64_t *begin, int
     *end = *begin + base + (i < extra ? 1 : 0);
 }
 
+/* ---------------------------------------------------------------- deterministic reductions
+ *
+ * A reduction that gives each thread a partial sum rounds differently with another thread count.
+ * In deterministic mode (fn_set_deterministic) every such reduction splits its work into parts
+ * whose number depends on the problem size only, at most FN_DETERMINISTIC_PARTS, sums each part
+ * in order and adds the parts in order; the threads take whole parts. The result is then the
+ * same, bit for bit, for any thread count (reductions run on at most this many threads). Off, a
+ * reduction has one part per thread, as many as are worth waking. */
+#define FN_DETERMINISTIC_PARTS 8
+
+/* The mode, read once by each kernel before its parallel region (fn_get_deterministic). */
+bool fn_deterministic(void);
+
+/* The number of parts a reduction over `work` units of roughly equal cost is split into. */
+static inline int fn_reduction_parts(int64_t work, int threads) {
+    return fn_threads_for(work, fn_deterministic() ? FN_DETERMINISTIC_PARTS : threads);
+}
+
+/* Runs fn(part, parts, arg) for every part in [0, parts) on at most `threads` threads, each thread
+ * taking a contiguous range of parts in increasing order (fn_run_team when parts <= threads). A
+ * part function must therefore not rely on the parts running at the same time. */
+void fn_run_parts(int parts, int threads, fn_team_fn fn, void *arg);
+
 /* ---------------------------------------------------------------- dtypes */
 
 static inline size_t fn_dtype_size(fn_dtype d) { return d == FN_FLOAT64 ? 8 : 4; }

@@ -29,12 +29,13 @@ typedef struct {
 
 /* The loss kernels' per-part partial sums: a job holds FN_MAX_PARTIALS slots, one per part, and
  * the parts are summed in part order, so that the same thread count gives the same bits every
- * run. */
+ * run, and in deterministic mode any thread count does (the parts then come from the work alone;
+ * they run with fn_run_parts). */
 #define FN_MAX_PARTIALS 256
 
-/* The number of parts for `work` units: fn_threads_for, at most FN_MAX_PARTIALS. */
+/* The number of parts for `work` units: fn_reduction_parts, at most FN_MAX_PARTIALS. */
 static inline int fn_partial_parts(int64_t work, int threads) {
-    int parts = fn_threads_for(work, threads);
+    int parts = fn_reduction_parts(work, threads);
     return parts > FN_MAX_PARTIALS ? FN_MAX_PARTIALS : parts;
 }
 
@@ -56,6 +57,10 @@ struct fn_update_args; /* model.h */
     void fn_gemm_builtin##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
                             real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
                             real beta, real *c, int64_t ldc, int threads);                       \
+    /* the same in one call on the calling thread (never divided into blocks) */                 \
+    void fn_gemm_unsplit##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
+                            real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
+                            real beta, real *c, int64_t ldc);                                    \
     /* copy.c */                                                                                 \
     void fn_copy_or_add##S(real *dst, const real *src, int64_t count, bool accumulate,           \
                            int threads);                                                         \

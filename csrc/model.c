@@ -329,6 +329,7 @@ static fn_status load_input(fn_model *m, const void *x, int64_t n) {
 static fn_model_ctx make_ctx(fn_model *m, int64_t n) {
     return (fn_model_ctx){.batch = n,
                           .threads = fn_threads_get(),
+                          .deterministic = fn_deterministic(),
                           .training = m->training,
                           .seed = m->seed,
                           .rng_step = m->rng_step,

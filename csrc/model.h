@@ -41,6 +41,7 @@ typedef struct {
 struct fn_model_ctx {
     int64_t batch;
     int threads;
+    bool deterministic;          /* fn_get_deterministic, read once per pass */
     bool training;               /* train mode: batch statistics, dropout active */
     bool accumulate_param_grads; /* manual backward accumulates; train_step overwrites */
     uint64_t seed;               /* the model's seed and the count of train-mode forwards: */

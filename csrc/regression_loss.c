@@ -74,7 +74,7 @@ double FN_T(fn_regression_loss_forward_backward)(const real *outputs, const fn_t
         .count = count,
     };
     int parts = fn_partial_parts(count, threads);
-    fn_run_team(parts, FN_T(regression_part), &job);
+    fn_run_parts(parts, threads, FN_T(regression_part), &job);
     return fn_sum_partials(job.loss, parts) / (double)count;
 }
 

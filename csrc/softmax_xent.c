@@ -131,7 +131,7 @@ double FN_T(fn_cross_entropy_forward_backward)(const real *logits, const fn_targ
         .c = c,
     };
     int parts = fn_partial_parts(n * c, threads);
-    fn_run_team(parts, FN_T(softmax_xent_part), &job);
+    fn_run_parts(parts, threads, FN_T(softmax_xent_part), &job);
     int64_t hits = 0;
     for (int i = 0; i < parts; i++) hits += job.correct[i];
     if (correct) *correct = hits;

@@ -16,6 +16,8 @@ cdef extern from "include/fastnet.h" nogil:
     void fn_set_num_threads(int n)
     int fn_get_num_threads()
     int fn_has_openmp()
+    void fn_set_deterministic(int on)
+    int fn_get_deterministic()
 
     ctypedef void (*fn_sgemm_fn)(const char *, const char *, const int *, const int *,
                                  const int *, const float *, const float *, const int *,

@@ -117,6 +117,15 @@ def has_openmp():
     return bool(fn_has_openmp())
 
 
+def set_deterministic(bint on):
+    """Reductions split by the problem size alone: the same bits for any thread count."""
+    fn_set_deterministic(on)
+
+
+def get_deterministic():
+    return bool(fn_get_deterministic())
+
+
 def install_blas(sgemm_capsule, dgemm_capsule, uintptr_t set_threads_local=0):
     """Installs Fortran-ABI sgemm/dgemm given as PyCapsules (SciPy's cython_blas exports them),
     and optionally the BLAS's per-thread thread-count setter (an address)."""

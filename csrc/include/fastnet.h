@@ -4,8 +4,8 @@
  * Every function that can fail returns an fn_status; on failure fn_last_error() returns a message
  * for the calling thread. Nothing in the library prints, exits or aborts. Distinct models may be
  * used from distinct threads at the same time; one model must not be used from two threads at
- * once. The process-wide settings (fn_set_num_threads, fn_set_blas) are meant to be made at
- * start-up, before other threads use the library.
+ * once. The process-wide settings (fn_set_num_threads, fn_set_deterministic, fn_set_blas) are
+ * meant to be made at start-up, before other threads use the library.
  *
  * The reference, with a complete example program, is docs/c-api.md.
  *
@@ -74,6 +74,14 @@ FN_API void fn_set_num_threads(int n);
 FN_API int fn_get_num_threads(void);
 /* 1 if the library was built with OpenMP. */
 FN_API int fn_has_openmp(void);
+/* Deterministic mode (off by default), process-wide. On, every reduction (loss sums, the
+ * convolution's weight and bias gradients over images, GEMMs' division into blocks) is split into
+ * parts that depend on the problem size only, at most 8, summed in a fixed order: training gives
+ * the same weights, bit for bit, whatever fn_get_num_threads() is (for the same BLAS). Reductions
+ * then use at most 8 threads. Off, each thread keeps its own partial sums: the same thread count
+ * still gives the same bits from run to run, another one may not. */
+FN_API void fn_set_deterministic(int on);
+FN_API int fn_get_deterministic(void);
 
 /* ------------------------------------------------------------------ BLAS
  *

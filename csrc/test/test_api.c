@@ -51,6 +51,20 @@ static const char *const NORM_SPEC =
     "           {\"name\": \"3\", \"op\": \"dropout\", \"p\": 0.5},"
     "           {\"name\": \"4\", \"op\": \"linear\", \"in_features\": 32, \"out_features\": 4}]}";
 
+/* Convolutions large enough that their gradient sums over images are split between threads. */
+static const char *const CONV_SPEC =
+    "{\"format\": \"fastnet.model\", \"version\": 1, \"dtype\": \"float32\", \"seed\": 5,"
+    " \"input_shape\": [1, 4, 4],"
+    " \"nodes\": [{\"name\": \"0\", \"op\": \"conv2d\", \"in_channels\": 1, \"out_channels\": 32,"
+    "            \"kernel_size\": [3, 3], \"padding\": [1, 1]},"
+    "           {\"name\": \"1\", \"op\": \"batch_norm\", \"num_features\": 32},"
+    "           {\"name\": \"2\", \"op\": \"relu\"},"
+    "           {\"name\": \"3\", \"op\": \"conv2d\", \"in_channels\": 32, \"out_channels\": 32,"
+    "            \"kernel_size\": [3, 3], \"padding\": [1, 1]},"
+    "           {\"name\": \"4\", \"op\": \"max_pool2d\", \"kernel_size\": 2},"
+    "           {\"name\": \"5\", \"op\": \"flatten\"},"
+    "           {\"name\": \"6\", \"op\": \"linear\", \"in_features\": 128, \"out_features\": 4}]}";
+
 static fn_model *create(const char *spec) {
     fn_model *m = NULL;
     if (!CHECK(fn_model_create(spec, &m) == FN_OK && m != NULL)) exit(1);
@@ -726,6 +740,33 @@ static void test_threads(void) {
     free_data(&b);
 }
 
+/* Deterministic mode: the same weights on 1, 2 and 3 threads. */
+static void test_deterministic(void) {
+    dataset d = make_data(512, 30);
+    int threads_before = fn_get_num_threads();
+    CHECK(fn_get_deterministic() == 0);
+    fn_set_deterministic(1);
+    CHECK(fn_get_deterministic() == 1);
+    const char *const specs[] = {CONV_SPEC, NORM_SPEC};
+    for (int s = 0; s < 2; s++) {
+        void *first = NULL;
+        for (int threads = 1; threads <= 3; threads++) {
+            fn_set_num_threads(threads);
+            fn_model *m = create(specs[s]);
+            set_sgd(m, 0.05, 0.9);
+            train(m, &d, 12, 64);
+            if (!first) first = copy_params(m);
+            else CHECK(same_params(m, first));
+            fn_model_free(m);
+        }
+        free(first);
+    }
+    fn_set_deterministic(0);
+    CHECK(fn_get_deterministic() == 0);
+    fn_set_num_threads(threads_before);
+    free_data(&d);
+}
+
 /* ---------------------------------------------------------------- error paths */
 
 static void test_spec_errors(void) {
@@ -875,6 +916,7 @@ int main(void) {
     test_schedule_formulas();
     test_schedule_updates();
     test_threads();
+    test_deterministic();
     test_spec_errors();
     test_run_errors();
 
