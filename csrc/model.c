@@ -326,9 +326,12 @@ static fn_status load_input(fn_model *m, const void *x, int64_t n) {
     return FN_OK;
 }
 
-static fn_model_ctx make_ctx(fn_model *m, int64_t n) {
+/* The thread count and the mode are read once per pass, and the workspace is planned for that
+ * count: another thread may call fn_set_num_threads or fn_set_deterministic meanwhile, which then
+ * takes effect at the next pass. */
+static fn_model_ctx make_ctx(fn_model *m, int64_t n, int threads) {
     return (fn_model_ctx){.batch = n,
-                          .threads = fn_threads_get(),
+                          .threads = threads,
                           .deterministic = fn_deterministic(),
                           .training = m->training,
                           .seed = m->seed,
@@ -339,8 +342,9 @@ static fn_model_ctx make_ctx(fn_model *m, int64_t n) {
 
 /* Runs every node forward; keep: the activations are for a backward of the same batch. */
 static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
-    FN_TRY(plan_workspace(m, n, fn_threads_get()));
-    fn_model_ctx ctx = make_ctx(m, n);
+    int threads = fn_threads_get();
+    FN_TRY(plan_workspace(m, n, threads));
+    fn_model_ctx ctx = make_ctx(m, n, threads);
     m->forward_batch = 0;
     m->output_batch = 0; /* a node that fails leaves the outputs half written */
     for (int i = 0; i < m->n_nodes; i++)
@@ -354,8 +358,9 @@ static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
 }
 
 static fn_status run_backward(fn_model *m, int64_t n, bool accumulate_param_grads) {
-    FN_TRY(plan_workspace(m, n, fn_threads_get()));
-    fn_model_ctx ctx = make_ctx(m, n);
+    int threads = fn_threads_get();
+    FN_TRY(plan_workspace(m, n, threads));
+    fn_model_ctx ctx = make_ctx(m, n, threads);
     ctx.rng_step = m->forward_rng_step; /* the masks of the forward being differentiated */
     ctx.accumulate_param_grads = accumulate_param_grads;
     for (int i = m->n_nodes - 1; i >= 0; i--)
