@@ -64,7 +64,7 @@ def _positive_float(text):
 # command list) and ``register(commands)``, which adds its subparser and returns the handler
 # ``handler(args) -> exit status``. They are imported only to build the parser.
 EXTRA_COMMANDS = {"check": "fastnet.checks", "plot": "fastnet.plot", "tune": "fastnet.tune",
-                  "distill": "fastnet.distill"}
+                  "distill": "fastnet.distill", "bench": "fastnet.bench"}
 
 
 def _extra_command_modules():
