@@ -332,3 +332,52 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     checkpoint.write(path, {"w": np.zeros(2, np.float32)}, {})
     names = sorted(os.listdir(tmp_path))
     assert names == sorted(["c.safetensors", f"c.safetensors.tmp.{os.getppid()}"])
+
+
+def test_deterministic_resume_on_another_thread_count(tmp_path):
+    """With deterministic=True a run checkpointed on one thread and resumed on two ends bitwise
+    as a run on two threads from the start (the CNN: convolution, batch norm, dropout)."""
+    train, val = image_data(digits())
+    previous = fn.get_num_threads()
+    try:
+        fn.set_num_threads(2)
+        full_model, _, full = make_run(tmp_path / "full", "cnn", deterministic=True)
+        full.fit(train, val, epochs=3, batch_size=32)
+        fn.set_num_threads(1)
+        _, _, first = make_run(tmp_path / "split", "cnn", deterministic=True)
+        first.fit(train, val, epochs=1, batch_size=32)
+        fn.set_num_threads(2)
+        model, _, second = make_run(tmp_path / "split", "cnn", deterministic=True)
+        second.fit(train, val, epochs=3, batch_size=32, resume=True)
+    finally:
+        fn.set_num_threads(previous)
+    assert not fn.get_deterministic()  # fit restores the global setting
+    same_state(model, full_model)
+
+
+def test_cli_deterministic_gives_the_same_model_on_1_and_2_threads(tmp_path):
+    from fastnet import cli
+
+    for threads in (1, 2):
+        assert cli.main(["train", "--model", "cnn", "--epochs", "2", "--deterministic",
+                         "--threads", str(threads), "--quiet",
+                         "--out", str(tmp_path / str(threads))]) == 0
+    same_state(fn.load(tmp_path / "1" / "model.safetensors"),
+               fn.load(tmp_path / "2" / "model.safetensors"))
+
+
+def test_cli_resume_continues_the_run(tmp_path):
+    from fastnet import cli
+
+    common = ["train", "--quiet", "--early-stopping", "50", "--average", "ema:0.99"]
+    assert cli.main(common + ["--epochs", "6", "--out", str(tmp_path / "full")]) == 0
+    assert cli.main(common + ["--epochs", "3", "--out", str(tmp_path / "split")]) == 0
+    assert cli.main(common + ["--epochs", "6", "--out", str(tmp_path / "split"),
+                              "--resume"]) == 0
+    for name in ("model.safetensors", "best.safetensors"):
+        same_state(fn.load(tmp_path / "split" / name), fn.load(tmp_path / "full" / name))
+    full = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    split = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda line: {k: v for k, v in __import__("json").loads(line).items()  # noqa: E731
+                          if k != "seconds"}
+    assert [strip(line) for line in split] == [strip(line) for line in full]
