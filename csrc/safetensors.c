@@ -11,7 +11,10 @@
 #include "json.h"
 #include "safetensors.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -686,9 +689,8 @@ static int write_all(int fd, const void *buffer, size_t n) {
     return 0;
 }
 
-/* Flushes the directory holding `path`, so that the rename survives a crash. Returns 0 or an
- * errno. */
-static int sync_parent_directory(const char *path) {
+/* The directory holding `path` ("." for a bare name), malloc'd; NULL when out of memory. */
+static char *parent_directory(const char *path) {
     const char *slash = strrchr(path, '/');
     char *directory;
     if (!slash) {
@@ -702,6 +704,59 @@ static int sync_parent_directory(const char *path) {
             directory[length] = '\0';
         }
     }
+    return directory;
+}
+
+/* The pid in the name of a temporary of `base` ("<base>.tmp.<pid>", the pid in decimal digits
+ * only), or 0 if `name` is not one. */
+static pid_t temporary_pid(const char *name, const char *base) {
+    size_t length = strlen(base);
+    if (strncmp(name, base, length) != 0 || strncmp(name + length, ".tmp.", 5) != 0) return 0;
+    const char *digits = name + length + 5;
+    long long pid = 0;
+    if (*digits < '1' || *digits > '9') return 0; /* written with %ld: no sign, no leading 0 */
+    for (const char *c = digits; *c; c++) {
+        if (*c < '0' || *c > '9') return 0;
+        pid = pid * 10 + (*c - '0');
+        if (pid > INT_MAX) return 0;
+    }
+    return (pid_t)pid;
+}
+
+/* Removes the temporaries "<path>.tmp.<pid>" that writers killed while saving left behind
+ * (nothing else would ever remove them): those whose pid has no process, kill(pid, 0) failing
+ * with ESRCH. A live process's (or another user's, EPERM) stays, and so does this process's own,
+ * which the save overwrites. Best effort: what cannot be listed or removed is left as it is. */
+static void remove_stale_temporaries(const char *path) {
+    char *directory = parent_directory(path);
+    if (!directory) return;
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    DIR *listing = opendir(directory);
+    if (listing) {
+        pid_t self = getpid();
+        struct dirent *entry;
+        while ((entry = readdir(listing)) != NULL) {
+            pid_t pid = temporary_pid(entry->d_name, base);
+            if (pid <= 0 || pid == self) continue; /* kill(0, ...) would mean our group */
+            if (kill(pid, 0) == 0 || errno != ESRCH) continue;
+            size_t size = strlen(directory) + strlen(entry->d_name) + 2;
+            char *stale = malloc(size);
+            if (!stale) break;
+            snprintf(stale, size, "%s/%s", directory, entry->d_name);
+            struct stat info;
+            if (lstat(stale, &info) == 0 && S_ISREG(info.st_mode)) unlink(stale);
+            free(stale);
+        }
+        closedir(listing);
+    }
+    free(directory);
+}
+
+/* Flushes the directory holding `path`, so that the rename survives a crash. Returns 0 or an
+ * errno. */
+static int sync_parent_directory(const char *path) {
+    char *directory = parent_directory(path);
     if (!directory) return ENOMEM;
     int fd = open(directory, O_RDONLY | O_CLOEXEC);
     free(directory);
@@ -733,6 +788,7 @@ fn_status fn_safetensors_write(const char *path, const fn_st_tensor *tensors, si
         return fn_error(FN_ENOMEM, "%s: out of memory", path);
     }
     snprintf(temp_path, temp_size, "%s.tmp.%ld", path, (long)getpid());
+    remove_stale_temporaries(path);
 
     /* O_TRUNC rather than O_EXCL: a temp file left by a crashed process that had our pid is
      * garbage to overwrite, not a reason to fail forever. */

@@ -196,3 +196,30 @@ def test_the_long_calls_release_the_gil(tmp_path, no_forced_switches):
         assert progress_during(call) > 0, f"{name} held the GIL"
     # The check itself can fail: a call that holds the GIL lets the other thread run not once.
     assert progress_during(lambda: sum(i for i in range(3_000_000))) == 0
+
+
+# ---------------------------------------------------------------------------- stray temp files
+
+
+def test_a_save_removes_the_temporaries_of_dead_writers(tmp_path):
+    import subprocess
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    path = tmp_path / "m.safetensors"
+    stale = tmp_path / f"m.safetensors.tmp.{dead}"
+    kept = [f"m.safetensors.tmp.{os.getppid()}",  # a live process's save in progress
+            f"other.safetensors.tmp.{dead}",      # another file's
+            f"m.safetensors.tmp.{dead}.bak",      # not a temporary's name
+            "m.safetensors.tmp."]
+    stale.write_bytes(b"the start of a file whose writer was killed")
+    for name in kept:
+        (tmp_path / name).write_bytes(b"keep")
+    (tmp_path / f"m.safetensors.tmp.{int(dead) + 1}0").mkdir()  # not a file (pid unlikely alive)
+    model = zoo.mlp(8, 2, hidden=(4,))
+    fn.save(model, path)
+    assert not stale.exists()
+    for name in kept:
+        assert (tmp_path / name).read_bytes() == b"keep", name
+    assert (tmp_path / f"m.safetensors.tmp.{int(dead) + 1}0").is_dir()
+    assert np.array_equal(fn.load(path).state_dict()["0.weight"], model.state_dict()["0.weight"])

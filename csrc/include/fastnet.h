@@ -4,8 +4,10 @@
  * Every function that can fail returns an fn_status; on failure fn_last_error() returns a message
  * for the calling thread. Nothing in the library prints, exits or aborts. Distinct models may be
  * used from distinct threads at the same time; one model must not be used from two threads at
- * once. The process-wide settings (fn_set_num_threads, fn_set_deterministic, fn_set_blas) are
- * meant to be made at start-up, before other threads use the library.
+ * once. Of the process-wide settings, fn_set_num_threads and fn_set_deterministic may change
+ * while other threads run models (each pass reads them once; a change applies from the next
+ * pass), while fn_set_blas and fn_use_linked_blas must not be called while another thread may be
+ * in the library: make them at start-up.
  *
  * The reference, with a complete example program, is docs/c-api.md.
  *
@@ -512,7 +514,9 @@ FN_API int64_t fn_model_train_correct(const fn_model *m);
 
 /* A model file is a safetensors file: the parameters under their PyTorch names, the spec and the
  * library version in __metadata__ ("fastnet.spec", "fastnet.version"). Writes are atomic: a temp
- * file in the same directory, fsynced, then renamed over `path`. */
+ * file "<path>.tmp.<pid>" in the same directory, fsynced, then renamed over `path`. A save first
+ * removes the temp files of `path` that writers killed while saving left behind: those whose pid
+ * has no process on this machine (kill(pid, 0) fails with ESRCH). */
 FN_API fn_status fn_model_save(const fn_model *m, const char *path);
 FN_API fn_status fn_model_load(const char *path, fn_model **out);
 

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* ---------------------------------------------------------------- fixtures */
@@ -527,6 +528,32 @@ static void test_files(void) {
     fn_model_free(m);
 }
 
+/* A save removes the temporaries of its path left by dead writers, and nothing else. */
+static void test_stale_temporaries(void) {
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    if (!CHECK(child > 0)) return;
+    waitpid(child, NULL, 0); /* its pid now names no process */
+    char dead[64], live[64], dead_other[64], dead_suffix[64], leading_zero[64];
+    snprintf(dead, sizeof dead, "stale.safetensors.tmp.%ld", (long)child);
+    snprintf(live, sizeof live, "stale.safetensors.tmp.%ld", (long)getppid());
+    snprintf(dead_other, sizeof dead_other, "other.safetensors.tmp.%ld", (long)child);
+    snprintf(dead_suffix, sizeof dead_suffix, "stale.safetensors.tmp.%ldx", (long)child);
+    snprintf(leading_zero, sizeof leading_zero, "stale.safetensors.tmp.0%ld", (long)child);
+    const char *kept[] = {live, dead_other, dead_suffix, leading_zero};
+    CHECK(write_bytes(temp_path(dead), "partial", 7));
+    for (int i = 0; i < 4; i++) CHECK(write_bytes(temp_path(kept[i]), "keep", 4));
+    fn_model *m = create(MLP_SPEC);
+    CHECK(fn_model_save(m, temp_path("stale.safetensors")) == FN_OK);
+    CHECK(access(temp_path(dead), F_OK) != 0);
+    for (int i = 0; i < 4; i++) {
+        CHECK(access(temp_path(kept[i]), F_OK) == 0);
+        remove(temp_path(kept[i]));
+    }
+    remove(temp_path("stale.safetensors"));
+    fn_model_free(m);
+}
+
 /* ---------------------------------------------------------------- schedules */
 
 static bool close_to(double a, double b) { return fabs(a - b) <= 1e-12 * fabs(b) + 1e-300; }
@@ -913,6 +940,7 @@ int main(void) {
     test_predict();
     test_tensors();
     test_files();
+    test_stale_temporaries();
     test_schedule_formulas();
     test_schedule_updates();
     test_threads();
