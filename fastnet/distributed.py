@@ -47,6 +47,25 @@ The loss sums travel in a non-blocking allreduce started before backward and fin
 gradient allreduce; a non-finite global loss raises :class:`FloatingPointError` on every rank
 with the weights untouched, as ``model.train_step`` does.
 
+In a Trainer
+    - Make the backend with :func:`make_backend` (``distributed=None`` gives None: the usual
+      one-process path) after the model, the optimizer and any checkpoint are loaded on every
+      rank; a command line can pass ``"mpi"`` when :func:`launched_by_mpirun`.
+    - Wrap the epochs in ``with backend.guard():``, so that an error on one rank ends the job
+      even if a caller catches it.
+    - Draw each epoch's order and batches the same way on every rank (the seeded shuffle already
+      does); give :meth:`MPIBackend.train_step` the rank's shard and the global batch's size;
+      accumulate ``loss * global_batch_size`` and ``correct`` as with one process. Augment only
+      the shard, with a generator seeded by (seed, epoch, batch, rank); a teacher computes the
+      shard's logits.
+    - Step schedules on every rank alike. Before evaluating and before checkpointing call
+      :meth:`MPIBackend.sync_buffers`; evaluate on every rank (the same numbers everywhere), or
+      on ``backend.shard_bounds(len(data))`` and sum ``[loss_sum, correct, count]`` with
+      :meth:`MPIBackend.allreduce_sum`: plateau schedules and early stopping must decide alike
+      on every rank.
+    - Print, show progress and write files only where ``backend.is_root``; call
+      :meth:`MPIBackend.barrier` after writing a file that other ranks read next.
+
 Sharding
     :meth:`MPIBackend.shard` splits a global batch of ``n`` indices into ``P`` contiguous shards
     whose sizes differ by at most one (the first ``n % P`` ranks take one more, as
@@ -62,7 +81,8 @@ Equivalence with one process
     slice of the arena (an all-to-all, the sums, and an all-gather: the traffic of a ring
     allreduce), so the result does not depend on the MPI library's choice of reduction algorithm;
     :func:`sharded_step` computes exactly the same sums in one process, and the weights then
-    match it bit for bit. With two ranks the plain allreduce (``a + b``) already does.
+    match it bit for bit (with the same kernel thread count: the kernels' sums depend on it).
+    With two ranks the plain allreduce (``a + b``) already does.
 
 Batch norm and dropout
     Each rank normalises with the batch statistics of its own shard (as PyTorch's
@@ -262,14 +282,14 @@ def _check_step_arguments(model, optimizer, loss):
         raise ValueError("the optimizer was built over another model's parameters")
 
 
-def _local_gradient(model, x, targets, loss, norm, global_norm):
+def _local_gradient(model, x, targets, loss, norm, global_norm, before_backward=None):
     """Forward, loss and backward of a non-empty shard whose normaliser is ``norm``, leaving in
     the gradient arena the shard's share of the gradient of the global mean (whose normaliser is
     ``global_norm``).
 
     Returns ``(loss sum, correct)``: the shard's loss times its normaliser, and its correct
-    count. A non-finite loss gives NaN and a zero gradient (the caller raises on every rank
-    together).
+    count, which are also passed to ``before_backward`` as soon as they are known. A non-finite
+    loss gives NaN and a zero gradient (the caller raises on every rank together).
     """
     n = len(x)
     divisor = norm
@@ -284,13 +304,17 @@ def _local_gradient(model, x, targets, loss, norm, global_norm):
     out = model.forward(x)
     try:
         value, grad, correct = loss._run(out, targets, True)
+        result = float(value) * divisor, int(correct or 0)
     except FloatingPointError:
-        return float("nan"), 0
-    scale = divisor / global_norm
-    if scale != 1.0:
-        grad *= grad.dtype.type(scale)
-    model._core.backward(grad, False)  # parameter gradients only: d/dx is not needed
-    return float(value) * divisor, int(correct or 0)
+        grad, result = None, (float("nan"), 0)
+    if before_backward is not None:
+        before_backward(*result)
+    if grad is not None:
+        scale = divisor / global_norm
+        if scale != 1.0:
+            grad *= grad.dtype.type(scale)
+        model._core.backward(grad, False)  # parameter gradients only: d/dx is not needed
+    return result
 
 
 def _non_finite(value, where):
@@ -329,12 +353,14 @@ def sharded_step(model, x, targets, loss, optimizer, parts):
     Examples
     --------
     >>> import numpy as np, fastnet as fn
-    >>> model = fn.Sequential(fn.Linear(8, 4))
-    >>> opt = fn.optim.SGD(model.parameters(), lr=0.1)
-    >>> x, y = np.ones((6, 8), np.float32), np.arange(6) % 4
-    >>> loss, correct = sharded_step(model, x, y, fn.CrossEntropyLoss(), opt, parts=4)
-    >>> round(loss, 4)   # ln 4 at the start: the same as one step on the whole batch
-    1.3863
+    >>> x = np.random.default_rng(0).random((6, 8), dtype=np.float32)
+    >>> y = np.arange(6) % 4
+    >>> a, b = fn.Sequential(fn.Linear(8, 4)), fn.Sequential(fn.Linear(8, 4))
+    >>> opt_a, opt_b = fn.optim.SGD(a.parameters(), lr=0.1), fn.optim.SGD(b.parameters(), lr=0.1)
+    >>> loss, correct = sharded_step(a, x, y, fn.CrossEntropyLoss(), opt_a, parts=4)
+    >>> whole = b.train_step(x, y, fn.CrossEntropyLoss(), opt_b)   # the whole batch at once
+    >>> abs(loss - whole) < 1e-6, np.allclose(a.parameters()[0].data, b.parameters()[0].data)
+    (True, True)
     """
     _check_step_arguments(model, optimizer, loss)
     if isinstance(parts, bool) or not isinstance(parts, numbers.Integral) or parts < 1:
@@ -610,18 +636,24 @@ class MPIBackend:
             global_norm = float(global_batch_size)
         core = model._core
         step = core.rng_step
-        loss_sum, correct = 0.0, 0
+        requests = []
+
+        def send_metrics(loss_sum, correct):
+            self._metrics[:] = (loss_sum, local_norm, correct, n)
+            requests.append(self.comm.Iallreduce(self._metrics, self._metrics_sum,
+                                                 op=self._MPI.SUM))
+
         try:
             if n > 0:
                 core.rng_step = step * self.size + self.rank
-                loss_sum, correct = _local_gradient(model, x_local, targets_local, loss,
-                                                    local_norm, global_norm)
+                _local_gradient(model, x_local, targets_local, loss, local_norm, global_norm,
+                                before_backward=send_metrics)
             else:
                 model.zero_grad()
+                send_metrics(0.0, 0)
         finally:
             core.rng_step = step + 1
-        self._metrics[:] = (loss_sum, local_norm, correct, n)
-        request = self.comm.Iallreduce(self._metrics, self._metrics_sum, op=self._MPI.SUM)
+        request = requests[0]
         try:
             self.allreduce_gradients()
         finally:

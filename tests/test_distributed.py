@@ -397,3 +397,10 @@ def test_command_line_under_mpirun_prints_and_writes_once(tmp_path):
     with open(out / "metrics.jsonl") as f:
         assert len(f.read().splitlines()) == 3  # two epochs and the final evaluation, once
     assert fn.load(str(out / "model.safetensors")).num_parameters() > 0
+
+
+def test_the_modules_examples_run():
+    import doctest
+
+    result = doctest.testmod(distributed, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -158,8 +158,8 @@ def ring_allreduce_seconds(nbytes, ranks, bandwidth, latency):
 
 
 def step_ms(name, batch, threads, seconds):
-    """Measured milliseconds of one fused training step (forward, loss, backward, update) of
-    ``batch`` samples on ``threads`` threads, and of the update alone."""
+    """Measured milliseconds (median) of one fused training step (forward, loss, backward,
+    update) of ``batch`` samples on ``threads`` threads, and the number of parameters."""
     import fastnet as fn
 
     fn.set_num_threads(threads)
@@ -181,9 +181,8 @@ def step_ms(name, batch, threads, seconds):
             times.append(time.perf_counter() - started)
         return statistics.median(times) * 1e3
 
-    full = timed(lambda: model.train_step(x, y, loss, opt), seconds)
-    update = timed(opt.step, seconds / 4)
-    return full, update, model.num_parameters()
+    wait_for_quiet(60)
+    return timed(lambda: model.train_step(x, y, loss, opt), seconds), model.num_parameters()
 
 
 def costmodel(args):
@@ -206,14 +205,14 @@ def costmodel(args):
             local = global_batch // ranks
             if local not in measured:
                 measured[local] = step_ms(name, local, args.threads, args.seconds)
-            compute, update, parameters = measured[local]
+            compute, parameters = measured[local]
             for link, bandwidth, latency in LINKS:
                 reduce = ring_allreduce_seconds(parameters * 4, ranks, bandwidth, latency) * 1e3
                 total = compute + reduce
                 rate = global_batch / total * 1e3
-                print(f"| {name} | {ranks} | {global_batch} | {local} | {compute:.2f} "
-                      f"(update {update:.2f}) | {link} | {reduce:.2f} | {total:.2f} | "
-                      f"{rate:,.0f} | {rate / rate_one:.1f}x |", flush=True)
+                print(f"| {name} | {ranks} | {global_batch} | {local} | {compute:.2f} | {link} | "
+                      f"{reduce:.2f} | {total:.2f} | {rate:,.0f} | {rate / rate_one:.1f}x |",
+                      flush=True)
 
 
 def mpirun(n):
@@ -221,6 +220,32 @@ def mpirun(n):
     if os.geteuid() == 0:
         command.append("--allow-run-as-root")
     return command
+
+
+def idle_fraction(seconds=0.5):
+    """The fraction of CPU time idle over the next ``seconds`` (Linux), or None."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except OSError:
+        return None
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_for_quiet(limit):
+    """Waits (up to ``limit`` seconds) until the machine is at least 90% idle: other processes
+    would take cores from the configuration being measured."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        idle = idle_fraction()
+        if idle is None or idle >= 0.9:
+            return True
+    return False
 
 
 def compare(args):
@@ -236,10 +261,12 @@ def compare(args):
         }
         for round_ in range(args.rounds):
             for label, command in configs.items():
+                quiet = wait_for_quiet(args.wait)
                 out = subprocess.run(command + ["--network", name, "--batch", str(batch),
                                                 "--seconds", str(args.seconds)],
                                      capture_output=True, text=True, check=True)
                 record = json.loads(out.stdout.strip().splitlines()[-1])
+                record["quiet_before"] = quiet
                 results.setdefault((name, batch, label), []).append(record)
                 print(f"round {round_}: {name} b{batch} {label}: {record}", file=sys.stderr)
     print("| network | global batch | configuration | samples/s best | samples/s median | "
@@ -252,6 +279,7 @@ def compare(args):
         reduce_text = f"{max(reduce):.2f}" if reduce else "-"
         print(f"| {name} | {batch} | {label} | {best['samples_per_s']:,.0f} | {median:,.0f} | "
               f"{best['ms_per_step']:.1f} | {reduce_text} |")
+    wait_for_quiet(args.wait)
     out = subprocess.run(mpirun(2) + [sys.executable, me, "allreduce"], capture_output=True,
                          text=True, check=True)
     print()
@@ -278,6 +306,8 @@ def main():
     c = sub.add_parser("compare")
     c.add_argument("--seconds", type=float, default=5.0)
     c.add_argument("--rounds", type=int, default=3)
+    c.add_argument("--wait", type=float, default=60.0,
+                   help="seconds to wait at most for an idle machine before each run")
     args = parser.parse_args()
     {"throughput": throughput, "allreduce": allreduce, "compare": compare,
      "costmodel": costmodel}[args.command](args)
