@@ -81,7 +81,8 @@ Equivalence with one process
     slice of the arena (an all-to-all, the sums, and an all-gather: the traffic of a ring
     allreduce), so the result does not depend on the MPI library's choice of reduction algorithm;
     :func:`sharded_step` computes exactly the same sums in one process, and the weights then
-    match it bit for bit (with the same kernel thread count: the kernels' sums depend on it).
+    match it bit for bit (with the same kernel thread count, or with any under
+    ``fastnet.set_deterministic(True)``, whose kernels' sums do not depend on it).
     With two ranks the plain allreduce (``a + b``) already does.
 
 Batch norm and dropout

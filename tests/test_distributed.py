@@ -299,6 +299,18 @@ def test_deterministic_reduction_on_three_ranks_is_bitwise_the_one_process_sum(t
 
 
 @needs_mpi
+@pytest.mark.skipif(not hasattr(fn, "set_deterministic"), reason="needs fn.set_deterministic")
+def test_with_deterministic_kernels_the_thread_count_does_not_matter(tmp_path):
+    # Ranks of one thread each against the one-process sum computed with two threads (which,
+    # without fn.set_deterministic, sum this network's convolution gradients in another order).
+    config = train_config(tmp_path, "wide_cnn", "adam", "ce", [16, 13, 16],
+                          deterministic=True, kernels_deterministic=True, reference_threads=2)
+    r = run_worker(2, "train", config, tmp_path)
+    assert int(r["threads"]) == 1
+    assert np.array_equal(r["params"], r["sharded_params"])
+
+
+@needs_mpi
 def test_dropout_masks_differ_by_rank_and_match_the_sharded_step(tmp_path):
     config = train_config(tmp_path, "dropout", "sgd", "ce", [16, 16, 12])
     r = run_worker(2, "train", config, tmp_path)

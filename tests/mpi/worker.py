@@ -48,6 +48,10 @@ def build(kind, seed):
         layers = [fn.Conv2d(1, 4, 3, padding=1), fn.ReLU(), fn.MaxPool2d(2), fn.Flatten(),
                   fn.Linear(4 * 3 * 3, CLASSES)]
         return fn.Sequential(*layers, seed=seed, input_shape=(1, 6, 6)), (1, 6, 6)
+    if kind == "wide_cnn":  # large enough for two threads to split its reductions
+        layers = [fn.Conv2d(2, 16, 3, padding=1), fn.ReLU(), fn.MaxPool2d(2), fn.Flatten(),
+                  fn.Linear(16 * 6 * 6, CLASSES)]
+        return fn.Sequential(*layers, seed=seed, input_shape=(2, 12, 12)), (2, 12, 12)
     raise ValueError(f"unknown model kind {kind!r}")
 
 
@@ -126,6 +130,8 @@ def reference_runs(config, shape, size, data):
 
 def scenario_train(config):
     fn.set_num_threads(1)
+    if config.get("kernels_deterministic"):
+        fn.set_deterministic(True)
     # Every rank but 0 starts from another seed, so other weights and dropout masks: creating
     # the backend must give every rank rank 0's.
     model, shape = build(config["model"], seed=int(os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
@@ -157,6 +163,7 @@ def scenario_train(config):
                   "integer_buffers": integer, "synced": synced,
                   "initial_params": initial_params}
         if config.get("reference"):
+            fn.set_num_threads(config.get("reference_threads", 1))
             result.update(reference_runs(config, shape, backend.size, data))
         np.savez(config["out"], **result)
 
