@@ -200,6 +200,10 @@ def build_parser():
     train.add_argument("--deterministic", action="store_true",
                        help="bitwise identical results for any thread count (fixed-order "
                             "reductions; a little slower)")
+    train.add_argument("--distributed", default="auto", choices=["auto", "none", "mpi"],
+                       help="data-parallel training over MPI (mpirun -n P fastnet train ...): "
+                            "auto (the default) uses MPI when started by mpirun with more than "
+                            "one process")
     train.add_argument("--no-monitors", action="store_true",
                        help="do not record per-layer update ratios and activation statistics")
 
@@ -425,8 +429,28 @@ def prepare_training(args, splits, progress=None, checkpoint_dir=None):
                          checkpoint_every=args.checkpoint_every, early_stopping=early_stopping,
                          averaging=build_averaging(args.average),
                          monitors=not args.no_monitors, on_nonfinite=args.on_nonfinite,
-                         deterministic=args.deterministic)
+                         deterministic=args.deterministic,
+                         distributed=distributed_kind(getattr(args, "distributed", "none")))
     return model, trainer, splits
+
+
+def distributed_kind(option):
+    """--distributed auto|none|mpi as the Trainer's distributed= (auto: MPI under mpirun -n P
+    with P > 1)."""
+    from fastnet.distributed import launched_by_mpirun
+
+    if option == "auto":
+        return "mpi" if launched_by_mpirun() else None
+    return None if option == "none" else option
+
+
+def process_rank(kind):
+    """This process's MPI rank (0 without MPI)."""
+    if kind is None:
+        return 0
+    from fastnet.distributed import _import_mpi
+
+    return _import_mpi().COMM_WORLD.Get_rank()
 
 
 def command_train(args):
@@ -437,6 +461,8 @@ def command_train(args):
     if (args.resume or args.checkpoint_every) and not args.out:
         raise ValueError("--resume and --checkpoint-every need --out DIR (where the checkpoint "
                          "is)")
+    if process_rank(distributed_kind(args.distributed)) != 0:
+        args.quiet = True  # rank 0 alone prints
     splits = fn.load_data(args.data, dtype=args.dtype, seed=args.seed)
     model, trainer, (train, val, test) = prepare_training(
         args, splits, progress=None if not args.quiet else False, checkpoint_dir=args.out)
@@ -459,6 +485,8 @@ def command_train(args):
     result.update(evaluated)
     if test is None:
         result["split"] = "val" if val is not None else "train"
+    if not trainer.is_root:  # under MPI: the ranks hold the same model; rank 0 writes
+        return 0
     if args.out:
         with open(trainer.metrics_path, "a") as f:
             f.write(json.dumps(result) + "\n")

@@ -287,6 +287,13 @@ class Trainer:
     deterministic : bool
         Reductions in fixed chunks, so the weights are bitwise the same for any thread count
         (:func:`fastnet.set_deterministic`, for the duration of :meth:`fit`).
+    distributed : {None, "mpi"}
+        ``"mpi"``: data-parallel training under ``mpirun -n P`` (see
+        :mod:`fastnet.distributed`): every rank takes its shard of each global batch of
+        ``batch_size`` samples, gradients are summed with one allreduce per update, batch-norm
+        running statistics are averaged over the ranks before every evaluation and checkpoint,
+        and only rank 0 writes files, prints and shows progress. Checkpoints need a directory
+        every rank can read. Ctrl-C is not deferred under MPI (it ends the job).
 
     The data holds class labels. Cross-entropy and distillation take them as they are; the
     losses that take float targets (MSE, L1, Huber, binary cross-entropy) get them one-hot
@@ -307,7 +314,7 @@ class Trainer:
                  schedule=None, monitor="val_loss", transform=None, sampler=None, prefetch=2,
                  teacher=None, checkpoint_dir=None, checkpoint_every=None, early_stopping=None,
                  averaging=None, monitors=True, on_nonfinite="stop", nonfinite_lr_factor=0.5,
-                 max_skipped_steps=10, deterministic=False):
+                 max_skipped_steps=10, deterministic=False, distributed=None):
         self.model = model
         self.optimizer = optimizer
         self.loss = loss if loss is not None else CrossEntropyLoss()
@@ -354,6 +361,16 @@ class Trainer:
         self.nonfinite_lr_factor = nonfinite_lr_factor
         self.max_skipped_steps = int(max_skipped_steps)
         self.deterministic = bool(deterministic)
+        if distributed not in (None, "mpi"):
+            raise ValueError(f"distributed must be None or 'mpi', got {distributed!r}")
+        if distributed == "mpi":
+            from fastnet.distributed import _import_mpi
+
+            _import_mpi()  # now, not at fit: says what to install
+        self.distributed = distributed
+        self._backend = None
+        self.rank = 0  # this process's rank in the last data-parallel fit
+        self._last_correct = None
         self.history = History()
         self._best = None  # (params, buffers) copies of the best epoch's evaluated weights
         self._tracker = None  # early_stopping, or a tracker of the best epoch for best.safetensors
@@ -418,7 +435,27 @@ class Trainer:
         val = self._check_data(val, "val")
         self._run = {"batch_size": batch_size, "shuffle": bool(shuffle), "epochs": epochs,
                      "data": checkpoint.fingerprint(train.x, train.y)}
-        if self.checkpoint_dir is not None:
+        if self.distributed is not None:
+            from fastnet.distributed import make_backend
+
+            self._backend = make_backend(self.distributed, self.model, self.optimizer,
+                                         deterministic=self.deterministic)
+            self.rank = self._backend.rank
+        try:
+            with self._backend.guard() if self._backend else contextlib.nullcontext():
+                return self._fit(train, val, epochs, resume)
+        finally:
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
+
+    @property
+    def is_root(self):
+        """Whether this process writes files and prints (always, without MPI)."""
+        return self.rank == 0
+
+    def _fit(self, train, val, epochs, resume):
+        if self.checkpoint_dir is not None and self.is_root:
             os.makedirs(self.checkpoint_dir, exist_ok=True)
         progress = None
         if resume and os.path.exists(self._path(CHECKPOINT)):
@@ -431,7 +468,7 @@ class Trainer:
             self._tracker = self._new_tracker(val)
             if self.averaging is not None:
                 self.averaging.start(self.model._core.param_arena())
-            if self.metrics_path and self.checkpoint_dir is not None:
+            if self.metrics_path and self.checkpoint_dir is not None and self.is_root:
                 open(self.metrics_path, "w").close()
         if progress is None:
             progress = _Progress(epoch=len(self.history) + 1)
@@ -454,7 +491,7 @@ class Trainer:
         per_epoch = self._batches_per_epoch(len(train), batch_size)
         done = (progress.epoch - 1) * per_epoch + progress.batch
         bar = tqdm(total=max(epochs * per_epoch, done), initial=done, unit="batch",
-                   disable=not self.progress, dynamic_ncols=True)
+                   disable=not (self.progress and self.is_root), dynamic_ncols=True)
         self._monitor_x = None
         if self.monitors:
             source = val if val is not None else train
@@ -463,7 +500,7 @@ class Trainer:
         # accuracy is left out rather than computed in a second pass.
         counts_hits = isinstance(self.loss, (CrossEntropyLoss, DistillationLoss))
         self.model.train()
-        interrupt = _InterruptGuard()
+        interrupt = _InterruptGuard(enabled=self._backend is None)
         try:
             while progress.epoch <= epochs and not self._stopped_early:
                 started = time.perf_counter()
@@ -481,7 +518,7 @@ class Trainer:
                         continue
                     progress.loss_sum += loss * len(xb)
                     if counts_hits:
-                        progress.correct += self.model.last_train_correct
+                        progress.correct += self._last_correct
                     progress.seen += len(xb)
                     norm = self.model._core.last_grad_norm
                     if norm >= 0:
@@ -514,7 +551,7 @@ class Trainer:
         except KeyboardInterrupt:
             # Only raised at a point where the model, the optimizer and `progress` agree (the
             # guard defers Ctrl-C to the end of the update under way).
-            if self.checkpoint_dir is not None and interrupt.requested:
+            if self.checkpoint_dir is not None and interrupt.requested:  # (never under MPI)
                 self._save_checkpoint(progress)
                 print(f"\ninterrupted: checkpoint of epoch {progress.epoch}, batch "
                       f"{progress.batch} written to {self._path(CHECKPOINT)}; continue with "
@@ -527,7 +564,15 @@ class Trainer:
     def _step(self, xb, yb, progress):
         """One update; the batch's loss, or None when a non-finite value made it skip."""
         try:
-            loss = self.model.train_step(xb, self._targets(xb, yb), self.loss, self.optimizer)
+            if self._backend is None:
+                loss = self.model.train_step(xb, self._targets(xb, yb), self.loss,
+                                             self.optimizer)
+                self._last_correct = self.model.last_train_correct
+            else:  # this rank's shard; the loss and hits are the global batch's
+                start, stop = self._backend.shard_bounds(len(xb))
+                loss, self._last_correct = self._backend.train_step(
+                    self.model, xb[start:stop], self._targets(xb[start:stop], yb[start:stop]),
+                    self.loss, self.optimizer, len(xb))
             self._skipped_in_row = 0
             return loss
         except FloatingPointError as error:
@@ -536,18 +581,20 @@ class Trainer:
             kept = (f"; the last checkpoint ({self._path(CHECKPOINT)}) is intact"
                     if self.checkpoint_dir is not None else "")
             if self.on_nonfinite == "stop":
-                raise NonFiniteError(f"{where}: {error}{kept}") from None
+                raise _on_all_ranks(NonFiniteError(f"{where}: {error}{kept}")) from None
             progress.skipped += 1
             self._skipped_in_row += 1
             if self._skipped_in_row > self.max_skipped_steps:
-                raise NonFiniteError(f"{where}: {error}; {self._skipped_in_row} updates in a row "
-                                     f"skipped, giving up{kept}") from None
+                raise _on_all_ranks(NonFiniteError(
+                    f"{where}: {error}; {self._skipped_in_row} updates in a row skipped, giving "
+                    f"up{kept}")) from None
             for group in self.optimizer.param_groups:
                 group["lr"] *= self.nonfinite_lr_factor
                 if "initial_lr" in group:
                     group["initial_lr"] *= self.nonfinite_lr_factor
-            print(f"{where}: {error}; update skipped, learning rate lowered to "
-                  f"{self._lr():.3g}", file=sys.stderr)
+            if self.is_root:
+                print(f"{where}: {error}; update skipped, learning rate lowered to "
+                      f"{self._lr():.3g}", file=sys.stderr)
             return None
 
     def _end_epoch(self, progress, val, counts_hits, before):
@@ -563,6 +610,8 @@ class Trainer:
         }
         if progress.skipped:
             record["skipped_updates"] = progress.skipped
+        if self._backend is not None:
+            self._backend.sync_buffers()
         if val is not None:
             metrics = self.evaluate(val)
             record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
@@ -599,7 +648,7 @@ class Trainer:
                 if self.early_stopping is not None:
                     self._best = (self.model._core.param_arena().copy(),
                                   self.model._core.buffer_arena().copy())
-                if self.checkpoint_dir is not None:
+                if self.checkpoint_dir is not None and self.is_root:
                     from fastnet.io import save
 
                     save(self.model, self._path(BEST))
@@ -750,7 +799,7 @@ class Trainer:
             self.averaging.average[...] = params
 
     def _write_metrics(self, record):
-        if self.metrics_path:
+        if self.metrics_path and self.is_root:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -766,6 +815,10 @@ class Trainer:
     def _save_checkpoint(self, progress, path=None):
         import fastnet
 
+        if self._backend is not None:  # every rank calls this; rank 0 writes
+            self._backend.sync_buffers()
+            if not self.is_root:
+                return
         core = self.model._core
         tensors = dict(self.model.state_dict())
         optimizer_state = self.optimizer.state_dict()
@@ -855,7 +908,7 @@ class Trainer:
         self._best = ((tensors["best.params"], tensors["best.buffers"])
                       if "best.params" in tensors else None)
         self._stopped_early = bool(trainer.get("stopped_early"))
-        if self.metrics_path:
+        if self.metrics_path and self.is_root:
             keep = int(trainer.get("metrics_bytes", 0))
             if os.path.exists(self.metrics_path) and os.path.getsize(self.metrics_path) > keep:
                 with open(self.metrics_path, "r+b") as f:
@@ -904,10 +957,10 @@ class _InterruptGuard:
     ``requested`` and the loop stops after the update under way; a second one interrupts at
     once. Only in the main thread (where Python delivers signals); elsewhere it does nothing."""
 
-    def __init__(self):
+    def __init__(self, enabled=True):
         self.requested = False
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
+        if enabled and threading.current_thread() is threading.main_thread():
             try:
                 self._previous = signal.signal(signal.SIGINT, self._handle)
             except ValueError:  # not the main interpreter
@@ -922,3 +975,11 @@ class _InterruptGuard:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+
+def _on_all_ranks(error):
+    """Marks an error that every rank of a data-parallel run raises at the same update (they
+    all see the same global loss and gradients), so that it is not treated as one rank's
+    failure that must end the job."""
+    error.all_ranks = True
+    return error
