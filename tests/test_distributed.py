@@ -411,6 +411,26 @@ def test_command_line_under_mpirun_prints_and_writes_once(tmp_path):
     assert fn.load(str(out / "model.safetensors")).num_parameters() > 0
 
 
+@needs_mpi
+@needs_trainer_distributed
+def test_command_line_resume_under_mpirun_ends_as_the_uninterrupted_run(tmp_path):
+    """A CNN with batch norm and dropout on 2 ranks, checkpointed by rank 0 after 2 epochs and
+    resumed on 2 ranks, ends with the weights of the 4-epoch run, bit for bit."""
+    common = ["-m", "fastnet", "train", "--model", "cnn", "--quiet", "--threads", "1"]
+    full = run_mpi(2, common + ["--epochs", "4", "--out", str(tmp_path / "full")], cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    first = run_mpi(2, common + ["--epochs", "2", "--out", str(tmp_path / "split")],
+                    cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_mpi(2, common + ["--epochs", "4", "--out", str(tmp_path / "split"),
+                                   "--resume"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a = fn.load(str(tmp_path / "full" / "model.safetensors")).state_dict()
+    b = fn.load(str(tmp_path / "split" / "model.safetensors")).state_dict()
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
 def test_the_modules_examples_run():
     import doctest
 
