@@ -1,4 +1,4 @@
-"""Measurements behind docs/distributed.md: data-parallel throughput and allreduce cost.
+"""Measurements behind the README's MPI section: data-parallel throughput and allreduce cost.
 
     python tests/mpi/bench.py throughput --network mlp_mnist --batch 128 --threads 2
     mpirun -n 2 python tests/mpi/bench.py throughput --network mlp_mnist --batch 128 --threads 1
