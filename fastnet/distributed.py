@@ -121,7 +121,7 @@ Threads
     pass ``--bind-to none`` so that it may use every core.
 
 Communication is not overlapped with backward: the C backward is one call over the whole graph,
-and the allreduce of the arena needs every gradient. the README (Data-parallel training over MPI) has the measurements
+and the allreduce of the arena needs every gradient. The README (Data-parallel training over MPI) has the measurements
 that say when this matters (on a local machine, little: the step is compute-bound).
 """
 import contextlib
