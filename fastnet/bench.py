@@ -258,41 +258,46 @@ def forward_flops(network, input_shape):
 # ---------------------------------------------------------------------------- fastnet
 
 
+def build_layers(layers, ns, residual):
+    """The layer objects of a network description, from the namespace ``ns`` (``fastnet`` or
+    ``torch.nn``: the two share the layer names and arguments used here) and a ``residual(main,
+    shortcut)`` constructor."""
+    out = []
+    for layer in layers:
+        kind, args = layer[0], layer[1:]
+        if kind == "linear":
+            out.append(ns.Linear(*args))
+        elif kind == "conv":
+            cin, cout, k, stride, padding, bias = args
+            out.append(ns.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=bias))
+        elif kind == "bn":
+            out.append(ns.BatchNorm2d(args[0]))
+        elif kind == "relu":
+            out.append(ns.ReLU())
+        elif kind == "maxpool":
+            out.append(ns.MaxPool2d(args[0]))
+        elif kind == "dropout":
+            out.append(ns.Dropout(args[0]))
+        elif kind == "gap":
+            out.append(ns.AdaptiveAvgPool2d(1))
+        elif kind == "flatten":
+            out.append(ns.Flatten())
+        elif kind == "residual":
+            main, shortcut = args
+            out.append(residual(ns.Sequential(*build_layers(main, ns, residual)),
+                                None if shortcut is None
+                                else ns.Sequential(*build_layers(shortcut, ns, residual))))
+        else:
+            raise ValueError(f"unknown layer kind {kind!r}")
+    return out
+
+
 def fastnet_model(network, input_shape):
     """``network`` as a :class:`fastnet.Sequential`."""
     import fastnet as fn
 
-    def build(layers):
-        out = []
-        for layer in layers:
-            kind, args = layer[0], layer[1:]
-            if kind == "linear":
-                out.append(fn.Linear(*args))
-            elif kind == "conv":
-                cin, cout, k, stride, padding, bias = args
-                out.append(fn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=bias))
-            elif kind == "bn":
-                out.append(fn.BatchNorm2d(args[0]))
-            elif kind == "relu":
-                out.append(fn.ReLU())
-            elif kind == "maxpool":
-                out.append(fn.MaxPool2d(args[0]))
-            elif kind == "dropout":
-                out.append(fn.Dropout(args[0]))
-            elif kind == "gap":
-                out.append(fn.AdaptiveAvgPool2d(1))
-            elif kind == "flatten":
-                out.append(fn.Flatten())
-            elif kind == "residual":
-                main, shortcut = args
-                out.append(fn.Residual(fn.Sequential(*build(main)),
-                                       None if shortcut is None
-                                       else fn.Sequential(*build(shortcut))))
-            else:
-                raise ValueError(f"unknown layer kind {kind!r}")
-        return out
-
-    return fn.Sequential(*build(NETWORKS[network]), input_shape=input_shape)
+    return fn.Sequential(*build_layers(NETWORKS[network], fn, fn.Residual),
+                         input_shape=input_shape)
 
 
 class _FastnetRunner:
@@ -352,37 +357,8 @@ def torch_model(network):
         def forward(self, x):
             return self.main(x) + (x if self.shortcut is None else self.shortcut(x))
 
-    def build(layers):
-        out = []
-        for layer in layers:
-            kind, args = layer[0], layer[1:]
-            if kind == "linear":
-                out.append(nn.Linear(*args))
-            elif kind == "conv":
-                cin, cout, k, stride, padding, bias = args
-                out.append(nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=bias))
-            elif kind == "bn":
-                out.append(nn.BatchNorm2d(args[0]))
-            elif kind == "relu":
-                out.append(nn.ReLU())
-            elif kind == "maxpool":
-                out.append(nn.MaxPool2d(args[0]))
-            elif kind == "dropout":
-                out.append(nn.Dropout(args[0]))
-            elif kind == "gap":
-                out.append(nn.AdaptiveAvgPool2d(1))
-            elif kind == "flatten":
-                out.append(nn.Flatten())
-            elif kind == "residual":
-                main, shortcut = args
-                out.append(Residual(nn.Sequential(*build(main)),
-                                    None if shortcut is None else nn.Sequential(*build(shortcut))))
-            else:
-                raise ValueError(f"unknown layer kind {kind!r}")
-        return out
-
     torch.manual_seed(0)
-    return nn.Sequential(*build(NETWORKS[network]))
+    return nn.Sequential(*build_layers(NETWORKS[network], nn, Residual))
 
 
 class _TorchRunner:
@@ -1313,35 +1289,6 @@ def _framework_version(framework):
 # ---------------------------------------------------------------------------- options
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
 
 def _workload_list(text):
     names = [name.strip() for name in text.split(",") if name.strip()]
@@ -1366,6 +1313,26 @@ def _framework_list(text):
             f"unknown framework{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(map(repr, unknown))}; known: {', '.join(FRAMEWORKS)} (or pytorch)")
     return list(dict.fromkeys(names))
+
+
+def _number_type(convert, minimum, strict, what):
+    """An argparse type converting with ``convert`` and requiring ``> minimum`` (strict) or
+    ``>= minimum``, finite. (The command line's own helpers live in fastnet.cli, which this
+    module does not import: a PyTorch or JAX worker must not load fastnet.)"""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (value > minimum if strict else value >= minimum) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    return parse
+
+
+_positive_int = _number_type(int, 0, True, "a positive integer")
+_non_negative_int = _number_type(int, 0, False, "a non-negative integer")
+_positive_float = _number_type(float, 0, True, "a positive number")
 
 
 def _default_threads():

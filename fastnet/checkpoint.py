@@ -18,6 +18,8 @@ import zlib
 
 import numpy as np
 
+from fastnet.io import write_atomic
+
 FORMAT = "fastnet-checkpoint"
 FORMAT_VERSION = 1
 
@@ -71,69 +73,9 @@ def write(path, tensors, metadata):
     header["__metadata__"] = {key: json.dumps(value) for key, value in metadata.items()}
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)  # keeps the data 8-byte aligned
-    directory = os.path.dirname(os.path.abspath(path))
-    remove_stale_temporaries(path)
-    temporary = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(temporary, "wb") as f:
-            f.write(struct.pack("<Q", len(text)))
-            f.write(text)
-            for array in blobs:
-                f.write(array.tobytes() if array.ndim == 0 else memoryview(array).cast("B"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temporaries(path):
-    """Deletes ``<path>.tmp.<pid>`` files left by writers that were killed (their process no
-    longer exists). Temporaries of live processes are left alone."""
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = os.path.basename(path) + ".tmp."
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(prefix):]
-        if not name.startswith(prefix) or not pid.isdigit():
-            continue
-        if int(pid) != os.getpid() and _alive(int(pid)):
-            continue
-        try:
-            os.unlink(os.path.join(directory, name))
-        except OSError:
-            pass
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
+    write_atomic(path, [struct.pack("<Q", len(text)), text] +
+                 [array.tobytes() if array.ndim == 0 else memoryview(array).cast("B")
+                  for array in blobs])
 
 
 def read(path):

@@ -23,48 +23,14 @@ import numbers
 import os
 import secrets
 import sys
-import tempfile
 
 import numpy as np
+
+from fastnet.io import write_atomic
 
 INDEX = "ensemble.json"
 FORMAT = "fastnet.ensemble"
 VERSION = 1
-
-
-def write_file_atomic(path, content):
-    """Writes ``content`` (bytes) to ``path`` through a temporary file in the same directory,
-    fsynced and renamed over ``path``: a crash leaves the previous file or the new one."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def softmax(logits):
@@ -274,8 +240,8 @@ class Ensemble:
                 index["fastnet_version"] = __version__
             except ImportError:
                 pass
-            write_file_atomic(os.path.join(directory, INDEX),
-                              (json.dumps(index, indent=2) + "\n").encode())
+            write_atomic(os.path.join(directory, INDEX),
+                         [(json.dumps(index, indent=2) + "\n").encode()])
         except BaseException:
             for name in written:
                 _remove(os.path.join(directory, name))

@@ -33,10 +33,10 @@ its output ``output``, of the last node's shape (``model(x)`` returns the same v
 Exporting needs the ``onnx`` package (``pip install fastnet[onnx]``); fastnet itself does not.
 """
 import os
-import uuid
 
 import numpy as np
 
+from fastnet.io import write_atomic
 from fastnet.model import Sequential
 
 #: The opset used unless another is asked for.
@@ -300,17 +300,5 @@ def export_onnx(model, path, opset=DEFAULT_OPSET):
     proto = to_onnx(model, opset)
     path = os.fspath(path)
     data = proto.SerializeToString()
-    # Written next to the target and renamed over it: a failure never leaves half a file.
-    temporary = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    write_atomic(path, [data])  # a failure never leaves half a file
     return proto

@@ -39,6 +39,8 @@ import time
 
 import numpy as np
 
+from fastnet.train import as_dataset
+
 SUMMARY = "random hyper-parameter search on the validation split"
 
 # The options of `fastnet train` that a search configuration may set (as base options or in the
@@ -536,19 +538,6 @@ def _train_config(config, train, val, epochs=None, progress=False):
 # ------------------------------------------------------------------------------ the search
 
 
-def _as_dataset(data, what):
-    from fastnet.data import Dataset
-
-    if data is None or isinstance(data, Dataset):
-        return data
-    try:
-        x, y = data
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must be a fastnet Dataset or an (x, y) pair, got "
-                        f"{type(data).__name__}") from None
-    return Dataset(np.asarray(x), np.asarray(y))
-
-
 def search_data(data):
     """``(train, val)`` from a Splits (its test split is never read) or a ``(train, val)``
     pair; a ValueError without a validation split."""
@@ -561,7 +550,7 @@ def search_data(data):
     else:
         raise TypeError(f"data must be a fastnet Splits or a (train, val) pair, got "
                         f"{type(data).__name__}")
-    train, val = _as_dataset(train, "data train"), _as_dataset(val, "data val")
+    train, val = as_dataset(train, "data train"), as_dataset(val, "data val")
     if train is None:
         raise ValueError("data has no training split")
     if val is None:
@@ -921,9 +910,9 @@ def random_search(objective, space, data=None, *, trials=10, seed=0, metric="val
 def write_json(path, content):
     """Writes JSON to ``path`` atomically: a temporary file in the same directory, fsynced,
     renamed over the target."""
-    from fastnet.ensemble import write_file_atomic
+    from fastnet.io import write_atomic
 
-    write_file_atomic(path, (json.dumps(_jsonable(content), indent=2) + "\n").encode())
+    write_atomic(path, [(json.dumps(_jsonable(content), indent=2) + "\n").encode()])
 
 
 def recipe_of(config, actions=None, keep=()):
