@@ -45,6 +45,17 @@ void *fn_alloc(size_t bytes);
 void *fn_calloc(size_t bytes);
 void fn_free(void *p);
 
+/* The calling thread's scratch buffer of at least `bytes` (64-byte aligned), kept from one call
+ * to the next and grown when asked for more, or NULL when it cannot be grown. Its contents are
+ * not kept across a growth. Only for kernels that do not call each other while they hold it:
+ * every caller gets the same buffer. Freed at thread exit or by fn_release_thread_buffers. */
+void *fn_thread_buffer(size_t bytes);
+
+/* gemm.c: whether fn_gemm runs a single-threaded product of these sizes (C (m, n), inner size k,
+ * op(B) transposed or not) on the built-in kernel although a BLAS is installed, because the
+ * built-in kernel measured faster there. */
+bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k);
+
 /* Multiplies sizes, failing (returning false) on overflow: every size read from a file or a spec
  * goes through this before it reaches an allocator. */
 bool fn_mul_size(size_t a, size_t b, size_t *out);

@@ -13,6 +13,7 @@ cdef extern from "include/fastnet.h" nogil:
     const char *fn_last_error()
     const char *fn_version()
     uint64_t fn_allocations()
+    void fn_release_thread_buffers() nogil
     void fn_set_num_threads(int n)
     int fn_get_num_threads()
     int fn_has_openmp()

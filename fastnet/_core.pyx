@@ -105,6 +105,13 @@ def allocations():
     return fn_allocations()
 
 
+def release_thread_buffers():
+    """Frees the built-in GEMM's packing buffers of this thread and of its OpenMP threads (they
+    are otherwise kept for the next call, until those threads exit)."""
+    with nogil:
+        fn_release_thread_buffers()
+
+
 def set_num_threads(int n):
     fn_set_num_threads(n)
 

@@ -177,16 +177,18 @@ def test_benchmark_networks_train(name):
     assert losses[-1] < losses[0]  # the same batch four times: the loss must fall
 
 
+@pytest.mark.parametrize("gemm", ["installed", "builtin"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_steady_state_training_allocates_nothing(threads):
+def test_steady_state_training_allocates_nothing(threads, gemm):
     """Buffers are planned when a batch size first appears; later steps of that size (and
-    smaller ones) allocate nothing in the C core."""
+    smaller ones) allocate nothing in the C core, with the BLAS or with the built-in GEMM, whose
+    packing buffers are kept per thread."""
     from fastnet import _blas, _core
 
-    if _blas.source == "builtin":
-        pytest.skip("the built-in GEMM allocates its packing buffers per call")
-    before_threads = fn.get_num_threads()
+    before_threads, before_gemm = fn.get_num_threads(), _blas.source
     fn.set_num_threads(threads)
+    if gemm == "builtin":
+        _core.uninstall_blas()
     try:
         model = small_resnet()
         opt = fn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -201,6 +203,36 @@ def test_steady_state_training_allocates_nothing(threads):
         assert _core.allocations() == count
     finally:
         fn.set_num_threads(before_threads)
+        if gemm == "builtin" and before_gemm != "builtin":
+            _blas.install()
+
+
+def test_released_gemm_buffers_are_allocated_again_and_give_the_same_bits():
+    """release_thread_buffers frees the built-in GEMM's per-thread packing buffers; the next
+    step allocates them again and computes what it would have computed."""
+    from fastnet import _blas, _core
+
+    before_gemm = _blas.source
+    _core.uninstall_blas()
+    try:
+        rng = np.random.default_rng(0)
+        x = rng.random((8, 2, 6, 6), dtype=np.float32)
+        y = rng.integers(0, 3, 8)
+        losses = []
+        for release in (False, True):
+            model = small_resnet()
+            opt = fn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            model.train_step(x, y, fn.CrossEntropyLoss(), opt)
+            if release:
+                _core.release_thread_buffers()
+                count = _core.allocations()
+            losses.append(model.train_step(x, y, fn.CrossEntropyLoss(), opt))
+            if release:
+                assert _core.allocations() > count
+        assert losses[0] == losses[1]
+    finally:
+        if before_gemm != "builtin":
+            _blas.install()
 
 
 def test_resnet8_has_the_benchmark_shape():

@@ -464,6 +464,47 @@ static void test_blas_table(void) {
           "fn_set_blas(NULL) clears the table");
 }
 
+/* Products that measured faster on the built-in kernel than on OpenBLAS run on it although a
+ * BLAS is installed (gemm.c, fn_gemm_prefers_builtin): op(B) not transposed, at least 16 rows,
+ * 64 columns and 2^20 multiply-adds per single-threaded call. Each call is counted here. */
+static void test_builtin_preferred(void) {
+    fn_blas table = {reference_sgemm, reference_dgemm, fake_set_threads_local};
+    fn_set_blas(&table);
+    /* Correct on both paths, every transpose, alpha and beta, one and two threads. */
+    run_shape(FN_FLOAT32, 16, 256, 256, true);
+    run_shape(FN_FLOAT64, 33, 130, 300, true);
+    size_t bytes = 512 * 512 * sizeof(float);
+    float *a = checked_malloc(bytes), *b = checked_malloc(bytes), *c = checked_malloc(bytes);
+    for (int i = 0; i < 512 * 512; i++) a[i] = b[i] = (float)(i % 7);
+    static const struct {
+        int trans_b;
+        int64_t m, n, k;
+        int threads;
+        bool blas;
+        const char *what;
+    } cases[] = {
+        {0, 16, 256, 256, 1, false, "16 x 256 x 256: built in"},
+        {0, 16, 512, 256, 2, false, "16 x 512 x 256 on two threads (calls of 256 columns): built in"},
+        {1, 16, 256, 256, 1, true, "transposed B: BLAS"},
+        {0, 15, 256, 512, 1, true, "15 rows: BLAS"},
+        {0, 256, 63, 256, 1, true, "63 columns: BLAS"},
+        {0, 16, 256, 255, 1, true, "fewer than 2^20 multiply-adds: BLAS"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int before = atomic_load(&blas_calls);
+        int64_t ldb = cases[i].trans_b ? cases[i].k : cases[i].n;
+        fn_status status = fn_gemm(FN_FLOAT32, 0, cases[i].trans_b, cases[i].m, cases[i].n,
+                                   cases[i].k, 1, a, cases[i].k, b, ldb, 0, c, cases[i].n,
+                                   cases[i].threads);
+        bool called = atomic_load(&blas_calls) != before;
+        check(status == FN_OK && called == cases[i].blas, cases[i].what);
+    }
+    free(a);
+    free(b);
+    free(c);
+    fn_set_blas(NULL);
+}
+
 /* ---------------------------------------------------------------- timing */
 
 /* Best GFLOP/s of fn_gemm_builtin on one shape, from repeated runs over about 0.3 s. */
@@ -521,6 +562,7 @@ int main(void) {
     test_invalid_arguments();
     test_empty_and_degenerate();
     test_blas_table();
+    test_builtin_preferred();
 
     /* No BLAS installed: fn_gemm runs the built-in kernel too. */
     /* Beyond the required shapes: every kind of short last tile (11, 10 and 2 rows), several
