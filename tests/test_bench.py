@@ -4,6 +4,7 @@ errors, its command-line registration, and the network definitions every framewo
 No timings are asserted: the figures only have to be present and positive.
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -137,9 +138,12 @@ def test_registration_with_the_command_line(monkeypatch, capsys):
     assert "unknown workload 'nope'" in capsys.readouterr().err
 
 
-def test_module_entry_point():
+def test_module_entry_point(tmp_path):
+    # From a directory where a source tree cannot shadow the fastnet under test.
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fn.__file__)))
     result = subprocess.run([sys.executable, "-m", "fastnet.bench", "--list", "--workloads",
-                             "cnn_mnist_b64"], capture_output=True, text=True, timeout=120)
+                             "cnn_mnist_b64"], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert "Conv2d(32, 64, 3" in result.stdout
 
