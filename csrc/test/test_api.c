@@ -307,7 +307,18 @@ static void test_predict(void) {
     fn_model_set_training(m, 0);
     CHECK(fn_model_forward(m, d.x, 2500, whole, 0) == FN_OK);
     fn_model_set_training(m, 1);
-    CHECK(memcmp(all, whole, 2500 * CLASSES * sizeof(float)) == 0);
+    if (fn_blas_installed(FN_FLOAT32)) {
+        /* A BLAS may pick other kernels for other numbers of rows: equal up to round-off. */
+        float worst = 0;
+        for (int i = 0; i < 2500 * CLASSES; i++) {
+            float error = fabsf(all[i] - whole[i]) / (1 + fabsf(whole[i]));
+            if (error > worst) worst = error;
+        }
+        CHECK(worst <= 1e-5f);
+    } else {
+        /* The built-in kernel sums each element in the same order whatever the rows: exact. */
+        CHECK(memcmp(all, whole, 2500 * CLASSES * sizeof(float)) == 0);
+    }
 
     /* A bad sample in the last chunk: refused before anything is written. */
     for (int i = 0; i < 2500 * CLASSES; i++) all[i] = -7.0f;
@@ -909,10 +920,11 @@ static void test_run_errors(void) {
     EXPECT_ERROR(fn_model_forward(NULL, d.x, 8, y, 0), FN_EINVAL, "model is NULL");
     CHECK(same_params(m, before)); /* nothing above trained */
 
-    /* A loss that overflows: refused with the weights left as they were. */
-    fn_optimizer huge = {.kind = FN_OPT_SGD, .lr = 1e30};
-    CHECK(fn_model_set_optimizer(m, &huge) == FN_OK);
-    CHECK(fn_model_train_step(m, d.x, labels, FN_LABEL_I32, 8, &loss, &value) == FN_OK);
+    /* A loss that overflows: refused with the weights left as they were. Every weight and input
+     * is 1e30, so every hidden unit is +inf after its ReLU and every logit is inf, whatever
+     * the kernels' order of summation. */
+    float *weights = fn_model_params(m);
+    for (int64_t i = 0; i < fn_model_param_total(m); i++) weights[i] = 1e30f;
     void *blown = copy_params(m);
     float large[8 * FEATURES];
     for (int i = 0; i < 8 * FEATURES; i++) large[i] = 1e30f;
