@@ -151,8 +151,9 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
 
 /* ---------------------------------------------------------------- SIMD micro-kernels
  *
- * gemm_micro_fXX(rows, kc, a, b, c, ldc, alpha_beta) computes one tile: a (kc, MR) packed A sliver
- * and b (kc, NR) packed B sliver -> the first `rows` rows of c (MR, NR), row stride ldc:
+ * gemm_micro_fXX(rows, kc, a, b, b_stride, c, ldc, alpha_beta) computes one tile: a (kc, MR)
+ * packed A sliver and b (kc, NR) B sliver, whose rows are b_stride apart (NR when packed, ldb
+ * when read in place) -> the first `rows` rows of c (MR, NR), row stride ldc:
  * c = alpha * a^T @ b + beta * c with {alpha, beta} in alpha_beta, where beta == 0 overwrites c
  * without reading it (so NaN left in C does not survive, as in BLAS).
  *
@@ -170,8 +171,8 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
 
 /* a (kc, 12), b (kc, 32), c (rows <= tile_rows <= 12, 32) */
 GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const float *restrict a,
-                               const float *restrict b, float *restrict c, int64_t ldc,
-                               const float *alpha_beta) {
+                               const float *restrict b, int64_t b_stride, float *restrict c,
+                               int64_t ldc, const float *alpha_beta) {
     __m512 acc[GEMM_MR_f32][2];
     for (int i = 0; i < tile_rows; i++) {
         acc[i][0] = _mm512_setzero_ps();
@@ -190,7 +191,7 @@ GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const 
             acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
         }
         a += GEMM_MR_f32;
-        b += GEMM_NR_f32;
+        b += b_stride;
     }
     /* Read only now: kept live through the loop they would cost two of the registers. */
     float alpha = alpha_beta[0], beta = alpha_beta[1];
@@ -208,21 +209,22 @@ GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const 
     }
 }
 
-static void gemm_micro_f32(int rows, int64_t kc, const float *restrict a, const float *restrict b,
-                           float *restrict c, int64_t ldc, const float *alpha_beta) {
+static void gemm_micro_f32(int rows, int64_t kc, const float *restrict a,
+                           const float *restrict b, int64_t b_stride, float *restrict c,
+                           int64_t ldc, const float *alpha_beta) {
     if (rows > 8) {
-        gemm_tile_f32(12, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f32(12, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     } else if (rows > 4) {
-        gemm_tile_f32(8, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f32(8, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     } else {
-        gemm_tile_f32(4, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f32(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
 /* a (kc, 12), b (kc, 16), c (rows <= tile_rows <= 12, 16) */
 GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const double *restrict a,
-                               const double *restrict b, double *restrict c, int64_t ldc,
-                               const double *alpha_beta) {
+                               const double *restrict b, int64_t b_stride, double *restrict c,
+                               int64_t ldc, const double *alpha_beta) {
     __m512d acc[GEMM_MR_f64][2];
     for (int i = 0; i < tile_rows; i++) {
         acc[i][0] = _mm512_setzero_pd();
@@ -240,7 +242,7 @@ GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const 
             acc[i][1] = _mm512_fmadd_pd(ai, b1, acc[i][1]);
         }
         a += GEMM_MR_f64;
-        b += GEMM_NR_f64;
+        b += b_stride;
     }
     double alpha = alpha_beta[0], beta = alpha_beta[1];
     __m512d va = _mm512_set1_pd(alpha), vb = _mm512_set1_pd(beta);
@@ -258,14 +260,14 @@ GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const 
 }
 
 static void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
-                           const double *restrict b, double *restrict c, int64_t ldc,
-                           const double *alpha_beta) {
+                           const double *restrict b, int64_t b_stride, double *restrict c,
+                           int64_t ldc, const double *alpha_beta) {
     if (rows > 8) {
-        gemm_tile_f64(12, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f64(12, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     } else if (rows > 4) {
-        gemm_tile_f64(8, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f64(8, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     } else {
-        gemm_tile_f64(4, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f64(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
@@ -273,8 +275,8 @@ static void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
 
 /* a (kc, 6), b (kc, 16), c (rows <= tile_rows <= 6, 16) */
 GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const float *restrict a,
-                               const float *restrict b, float *restrict c, int64_t ldc,
-                               const float *alpha_beta) {
+                               const float *restrict b, int64_t b_stride, float *restrict c,
+                               int64_t ldc, const float *alpha_beta) {
     __m256 acc[GEMM_MR_f32][2];
     for (int i = 0; i < tile_rows; i++) {
         acc[i][0] = _mm256_setzero_ps();
@@ -293,7 +295,7 @@ GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const 
             acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
         }
         a += GEMM_MR_f32;
-        b += GEMM_NR_f32;
+        b += b_stride;
     }
     /* Read only now: with 16 registers, keeping them live through the loop would spill. */
     float alpha = alpha_beta[0], beta = alpha_beta[1];
@@ -311,21 +313,22 @@ GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const 
     }
 }
 
-static void gemm_micro_f32(int rows, int64_t kc, const float *restrict a, const float *restrict b,
-                           float *restrict c, int64_t ldc, const float *alpha_beta) {
+static void gemm_micro_f32(int rows, int64_t kc, const float *restrict a,
+                           const float *restrict b, int64_t b_stride, float *restrict c,
+                           int64_t ldc, const float *alpha_beta) {
     if (rows > 4) {
-        gemm_tile_f32(6, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f32(6, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     } else if (rows > 2) {
-        gemm_tile_f32(4, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f32(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     } else {
-        gemm_tile_f32(2, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f32(2, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
 /* a (kc, 6), b (kc, 8), c (rows <= tile_rows <= 6, 8) */
 GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const double *restrict a,
-                               const double *restrict b, double *restrict c, int64_t ldc,
-                               const double *alpha_beta) {
+                               const double *restrict b, int64_t b_stride, double *restrict c,
+                               int64_t ldc, const double *alpha_beta) {
     __m256d acc[GEMM_MR_f64][2];
     for (int i = 0; i < tile_rows; i++) {
         acc[i][0] = _mm256_setzero_pd();
@@ -340,7 +343,7 @@ GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const 
             acc[i][1] = _mm256_fmadd_pd(ai, b1, acc[i][1]);
         }
         a += GEMM_MR_f64;
-        b += GEMM_NR_f64;
+        b += b_stride;
     }
     double alpha = alpha_beta[0], beta = alpha_beta[1];
     __m256d va = _mm256_set1_pd(alpha), vb = _mm256_set1_pd(beta);
@@ -358,14 +361,14 @@ GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const 
 }
 
 static void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
-                           const double *restrict b, double *restrict c, int64_t ldc,
-                           const double *alpha_beta) {
+                           const double *restrict b, int64_t b_stride, double *restrict c,
+                           int64_t ldc, const double *alpha_beta) {
     if (rows > 4) {
-        gemm_tile_f64(6, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f64(6, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     } else if (rows > 2) {
-        gemm_tile_f64(4, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f64(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     } else {
-        gemm_tile_f64(2, rows, kc, a, b, c, ldc, alpha_beta);
+        gemm_tile_f64(2, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
@@ -470,13 +473,14 @@ bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
 #define GEMM_NC FN_T(GEMM_NC)
 
 #ifdef GEMM_PLAIN_MICRO_KERNEL
-/* a (kc, MR) packed, b (kc, NR) packed -> the first `rows` rows of c (MR, NR), row stride ldc:
+/* a (kc, MR) packed, b (kc, NR) rows b_stride apart -> the first `rows` rows of c (MR, NR), row
+ * stride ldc:
  * c = alpha * a^T @ b + beta * c, {alpha, beta} in alpha_beta, beta == 0 overwriting c without
  * reading it. Plain loops over a fixed-size tile, which compilers unroll and vectorise along NR;
  * a short tile computes the zero rows of its padding too, which is cheap at this tile size. */
 static void FN_T(gemm_micro)(int rows, int64_t kc, const real *restrict a,
-                             const real *restrict b, real *restrict c, int64_t ldc,
-                             const real *alpha_beta) {
+                             const real *restrict b, int64_t b_stride, real *restrict c,
+                             int64_t ldc, const real *alpha_beta) {
     real acc[GEMM_MR][GEMM_NR];
     for (int i = 0; i < GEMM_MR; i++) {
         for (int j = 0; j < GEMM_NR; j++) acc[i][j] = 0;
@@ -487,7 +491,7 @@ static void FN_T(gemm_micro)(int rows, int64_t kc, const real *restrict a,
             for (int j = 0; j < GEMM_NR; j++) acc[i][j] += ai * b[j];
         }
         a += GEMM_MR;
-        b += GEMM_NR;
+        b += b_stride;
     }
     real alpha = alpha_beta[0], beta = alpha_beta[1];
     for (int i = 0; i < rows; i++) {
@@ -599,6 +603,13 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
     }
     int64_t kc_max = gemm_block_size(k, GEMM_KC, 1);
     int64_t nc_max = gemm_block_size(n, GEMM_NC, GEMM_NR);
+    /* Packing B pays when its panel is read by many rows of tiles, or when its rows lie far
+     * apart (a new page at every step of k). A B that serves at most two rows of tiles, or whose
+     * block of KC rows is small enough to stay in L2 as it is, is read where it lies: its whole
+     * slivers straight from B, only the right edge's sliver packed (padded with zeros). Same
+     * products, same order of sums: the bits do not change. */
+    bool b_in_place = !trans_b && (m <= 2 * GEMM_MR ||
+                                   (double)kc_max * (double)ldb * sizeof(real) <= 256.0 * 1024);
 
     /* One buffer for the B panel (64-byte aligned, so that no vector load of a sliver straddles
      * two cache lines) and, after it, the A sliver, which is only read element by element: the
@@ -623,8 +634,14 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
             /* The first block of k applies beta; the later ones add to what it left. */
             real beta_block = pc == 0 ? beta : (real)1;
             const real scale[2] = {alpha, beta_block}, scale_edge[2] = {alpha, 0};
-            FN_T(gemm_pack_b)(trans_b, trans_b ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, kc,
-                              nc, b_panel);
+            const real *b_block = trans_b ? b + jc * ldb + pc : b + pc * ldb + jc;
+            int64_t full_cols = nc / GEMM_NR * GEMM_NR;
+            if (!b_in_place) {
+                FN_T(gemm_pack_b)(trans_b, b_block, ldb, kc, nc, b_panel);
+            } else if (full_cols < nc) {
+                FN_T(gemm_pack_b)(false, b_block + full_cols, ldb, kc, nc - full_cols,
+                                  b_panel + full_cols * kc);
+            }
             for (int64_t ir = 0; ir < m; ir += GEMM_MR) {
                 int64_t rows = m - ir < GEMM_MR ? m - ir : GEMM_MR;
                 FN_T(gemm_pack_a)(trans_a, trans_a ? a + pc * lda + ir : a + ir * lda + pc, lda,
@@ -632,14 +649,16 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
                 real *c_rows = c + ir * ldc + jc;
                 for (int64_t jr = 0; jr < nc; jr += GEMM_NR) {
                     int64_t cols = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
-                    const real *b_sliver = b_panel + jr * kc;
+                    bool packed = !b_in_place || cols < GEMM_NR;
+                    const real *b_sliver = packed ? b_panel + jr * kc : b_block + jr;
+                    int64_t b_stride = packed ? GEMM_NR : ldb;
                     if (cols == GEMM_NR) {
-                        FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, c_rows + jr, ldc,
-                                         scale);
+                        FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, b_stride,
+                                         c_rows + jr, ldc, scale);
                         continue;
                     }
-                    FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, edge_tile, GEMM_NR,
-                                     scale_edge);
+                    FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, b_stride, edge_tile,
+                                     GEMM_NR, scale_edge);
                     for (int64_t i = 0; i < rows; i++) {
                         real *row = c_rows + i * ldc + jr;
                         const real *tile_row = edge_tile + i * GEMM_NR;
@@ -656,6 +675,64 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
         }
     }
 }
+
+/* A (m, k), B stored (n, k), C (m, n): C = alpha * A @ B^T + beta * C for n <= NR / 2, as
+ * m * n dot products along k, where both operands are contiguous. With so few columns a packed
+ * panel would be mostly zero padding (a 9-column product fills 9 of a tile's 32 columns); here
+ * every multiply is useful. A block of DOT_ROWS rows by DOT_COLS columns keeps its
+ * DOT_ROWS * DOT_COLS sums in vectors of DOT_LANES lanes, which the compiler maps onto SIMD
+ * registers (the innermost loop over lanes vectorises): per DOT_LANES steps of k it loads
+ * DOT_ROWS + DOT_COLS vectors for DOT_ROWS * DOT_COLS multiply-adds. The lanes are added in a
+ * fixed order at the end, so the bits depend on the sizes only. */
+#define DOT_ROWS 4
+#define DOT_COLS 3
+#define DOT_LANES (GEMM_NR / 2)
+static void FN_T(gemm_dot)(int64_t m, int64_t n, int64_t k, real alpha, const real *a,
+                           int64_t lda, const real *b, int64_t ldb, real beta, real *c,
+                           int64_t ldc) {
+    for (int64_t i0 = 0; i0 < m; i0 += DOT_ROWS) {
+        /* Short blocks repeat their last row or column: computed, then not stored. */
+        const real *a_rows[DOT_ROWS];
+        for (int r = 0; r < DOT_ROWS; r++) {
+            a_rows[r] = a + (i0 + r < m ? i0 + r : m - 1) * lda;
+        }
+        for (int64_t j0 = 0; j0 < n; j0 += DOT_COLS) {
+            const real *b_rows[DOT_COLS];
+            for (int q = 0; q < DOT_COLS; q++) {
+                b_rows[q] = b + (j0 + q < n ? j0 + q : n - 1) * ldb;
+            }
+            real acc[DOT_ROWS][DOT_COLS][DOT_LANES] = {{{0}}};
+            int64_t p = 0;
+            for (; p + DOT_LANES <= k; p += DOT_LANES) {
+                for (int r = 0; r < DOT_ROWS; r++) {
+                    for (int q = 0; q < DOT_COLS; q++) {
+                        for (int l = 0; l < DOT_LANES; l++) {
+                            acc[r][q][l] += a_rows[r][p + l] * b_rows[q][p + l];
+                        }
+                    }
+                }
+            }
+            for (int l = 0; p + l < k; l++) {
+                for (int r = 0; r < DOT_ROWS; r++) {
+                    for (int q = 0; q < DOT_COLS; q++) {
+                        acc[r][q][l] += a_rows[r][p + l] * b_rows[q][p + l];
+                    }
+                }
+            }
+            for (int r = 0; r < DOT_ROWS && i0 + r < m; r++) {
+                real *row = c + (i0 + r) * ldc;
+                for (int q = 0; q < DOT_COLS && j0 + q < n; q++) {
+                    real sum = 0;
+                    for (int l = 0; l < DOT_LANES; l++) sum += acc[r][q][l];
+                    row[j0 + q] = beta == 0 ? alpha * sum : alpha * sum + beta * row[j0 + q];
+                }
+            }
+        }
+    }
+}
+#undef DOT_ROWS
+#undef DOT_COLS
+#undef DOT_LANES
 
 /* One thread's share through the BLAS, (m, n_block) of C: row-major C = op(A) op(B) is
  * column-major C^T = op(B)^T op(A)^T, so the Fortran call swaps the operands and m with n. The
@@ -698,6 +775,10 @@ static void FN_T(gemm_part)(int id, int parts, void *arg) {
         FN_T(gemm_blas_call)(job->table, job->trans_a, job->trans_b, job->m, j1 - j0, job->k,
                              job->alpha, job->a, job->lda, b_block, job->ldb, job->beta,
                              job->c + j0, job->ldc);
+    } else if (job->trans_b && !job->trans_a && job->n <= GEMM_NR / 2) {
+        /* The whole of a narrow C, one part (gemm_thread_count gives it one column block). */
+        FN_T(gemm_dot)(job->m, j1 - j0, job->k, job->alpha, job->a, job->lda, b_block, job->ldb,
+                       job->beta, job->c + j0, job->ldc);
     } else {
         FN_T(gemm_serial)(job->trans_a, job->trans_b, job->m, j1 - j0, job->k, job->alpha,
                           job->a, job->lda, b_block, job->ldb, job->beta, job->c + j0, job->ldc);

@@ -566,10 +566,14 @@ int main(void) {
 
     /* No BLAS installed: fn_gemm runs the built-in kernel too. */
     /* Beyond the required shapes: every kind of short last tile (11, 10 and 2 rows), several
-     * blocks of k (531) and of columns (1100), so that blocking and beta are both exercised. */
-    int64_t shapes[][3] = {{1, 1, 1},   {3, 7, 5},       {257, 129, 65}, {0, 7, 5},
-                           {6, 0, 5},   {6, 7, 0},       {0, 0, 0},      {11, 33, 17},
-                           {10, 65, 531}, {2, 1100, 300}};
+     * blocks of k (531) and of columns (1100), so that blocking and beta are both exercised;
+     * B read in place (up to 24 rows, or a small B) and packed (1024^3); the dot products of
+     * narrow products with B transposed (16 columns or fewer: short blocks of rows and columns,
+     * k shorter than, equal to and past a vector with a remainder). */
+    int64_t shapes[][3] = {{1, 1, 1},    {3, 7, 5},     {257, 129, 65}, {0, 7, 5},
+                           {6, 0, 5},    {6, 7, 0},     {0, 0, 0},      {11, 33, 17},
+                           {10, 65, 531}, {2, 1100, 300}, {37, 10, 531}, {6, 16, 16},
+                           {13, 9, 40},  {32, 17, 676}};
     for (int d = 0; d < 2; d++) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             run_shape((fn_dtype)d, shapes[s][0], shapes[s][1], shapes[s][2], true);
