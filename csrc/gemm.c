@@ -446,6 +446,28 @@ fn_status fn_gemm_builtin(fn_dtype dtype, int trans_a, int trans_b, int64_t m, i
     return FN_OK;
 }
 
+fn_status fn_gemm_blas(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n,
+                       int64_t k, double alpha, const void *a, int64_t lda, const void *b,
+                       int64_t ldb, double beta, void *c, int64_t ldc, int threads) {
+    FN_TRY(gemm_check("fn_gemm_blas", dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc));
+    if (!fn_blas_installed(dtype)) {
+        return fn_error(FN_ESTATE, "fn_gemm_blas: no BLAS is installed for %s",
+                        dtype == FN_FLOAT64 ? "float64" : "float32");
+    }
+    if (m > INT_MAX || n > INT_MAX || k > INT_MAX || lda > INT_MAX || ldb > INT_MAX ||
+        ldc > INT_MAX) {
+        return fn_error(FN_EINVAL, "fn_gemm_blas: a size or stride exceeds the BLAS's int");
+    }
+    if (dtype == FN_FLOAT64) {
+        fn_gemm_blas_f64(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                         threads > 0 ? threads : 1);
+    } else {
+        fn_gemm_blas_f32(trans_a != 0, trans_b != 0, m, n, k, (float)alpha, a, lda, b, ldb,
+                         (float)beta, c, ldc, threads > 0 ? threads : 1);
+    }
+    return FN_OK;
+}
+
 /* Whether a single-threaded product of these sizes runs faster on the built-in kernel than on
  * the installed BLAS (SciPy's OpenBLAS 0.3.30). Measured on a Sapphire Rapids core over the GEMMs
  * of the four benchmark networks (csrc/test/bench_gemm.c prints the table; float64 the same):
@@ -678,18 +700,23 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
 
 /* A (m, k), B stored (n, k), C (m, n): C = alpha * A @ B^T + beta * C for n <= NR / 2, as
  * m * n dot products along k, where both operands are contiguous. With so few columns a packed
- * panel would be mostly zero padding (a 9-column product fills 9 of a tile's 32 columns); here
- * every multiply is useful. A block of DOT_ROWS rows by DOT_COLS columns keeps its
- * DOT_ROWS * DOT_COLS sums in vectors of DOT_LANES lanes, which the compiler maps onto SIMD
- * registers (the innermost loop over lanes vectorises): per DOT_LANES steps of k it loads
- * DOT_ROWS + DOT_COLS vectors for DOT_ROWS * DOT_COLS multiply-adds. The lanes are added in a
- * fixed order at the end, so the bits depend on the sizes only. */
+ * panel would be mostly zero padding (a 9-column product fills 9 of a tile's 32 columns) and
+ * packing A would cost more than the product; here nothing is copied. A block of DOT_ROWS rows
+ * by DOT_COLS columns keeps its sums in DOT_ROWS * DOT_COLS vector registers (GCC/Clang vector
+ * types, as wide as the micro-kernel's vectors): per vector of k it loads DOT_ROWS + DOT_COLS
+ * vectors for DOT_ROWS * DOT_COLS multiply-adds. The lanes are added in a fixed order at the
+ * end, and the last k % lanes steps go to the first lanes, so the bits depend on the sizes
+ * only. Those final sums cost about as much as the loop when k is short (128): such products
+ * reach a third to a half of OpenBLAS's speed, which packs and transposes instead. */
 #define DOT_ROWS 4
 #define DOT_COLS 3
 #define DOT_LANES (GEMM_NR / 2)
+typedef real FN_T(dot_vector) __attribute__((vector_size(DOT_LANES * sizeof(real))));
+
 static void FN_T(gemm_dot)(int64_t m, int64_t n, int64_t k, real alpha, const real *a,
                            int64_t lda, const real *b, int64_t ldb, real beta, real *c,
                            int64_t ldc) {
+    typedef FN_T(dot_vector) vector;
     for (int64_t i0 = 0; i0 < m; i0 += DOT_ROWS) {
         /* Short blocks repeat their last row or column: computed, then not stored. */
         const real *a_rows[DOT_ROWS];
@@ -701,22 +728,27 @@ static void FN_T(gemm_dot)(int64_t m, int64_t n, int64_t k, real alpha, const re
             for (int q = 0; q < DOT_COLS; q++) {
                 b_rows[q] = b + (j0 + q < n ? j0 + q : n - 1) * ldb;
             }
-            real acc[DOT_ROWS][DOT_COLS][DOT_LANES] = {{{0}}};
+            vector acc[DOT_ROWS][DOT_COLS];
+            for (int r = 0; r < DOT_ROWS; r++) {
+                for (int q = 0; q < DOT_COLS; q++) acc[r][q] = (vector){0};
+            }
             int64_t p = 0;
             for (; p + DOT_LANES <= k; p += DOT_LANES) {
+                vector va[DOT_ROWS], vb[DOT_COLS];
+                /* memcpy: an unaligned vector load, whatever the strides. */
+                for (int r = 0; r < DOT_ROWS; r++) memcpy(&va[r], a_rows[r] + p, sizeof(vector));
+                for (int q = 0; q < DOT_COLS; q++) memcpy(&vb[q], b_rows[q] + p, sizeof(vector));
                 for (int r = 0; r < DOT_ROWS; r++) {
-                    for (int q = 0; q < DOT_COLS; q++) {
-                        for (int l = 0; l < DOT_LANES; l++) {
-                            acc[r][q][l] += a_rows[r][p + l] * b_rows[q][p + l];
-                        }
-                    }
+                    for (int q = 0; q < DOT_COLS; q++) acc[r][q] += va[r] * vb[q];
                 }
             }
-            for (int l = 0; p + l < k; l++) {
+            if (p < k) {
+                size_t rest = sizeof(real) * (size_t)(k - p);
+                vector va[DOT_ROWS] = {{0}}, vb[DOT_COLS] = {{0}};
+                for (int r = 0; r < DOT_ROWS; r++) memcpy(&va[r], a_rows[r] + p, rest);
+                for (int q = 0; q < DOT_COLS; q++) memcpy(&vb[q], b_rows[q] + p, rest);
                 for (int r = 0; r < DOT_ROWS; r++) {
-                    for (int q = 0; q < DOT_COLS; q++) {
-                        acc[r][q][l] += a_rows[r][p + l] * b_rows[q][p + l];
-                    }
+                    for (int q = 0; q < DOT_COLS; q++) acc[r][q] += va[r] * vb[q];
                 }
             }
             for (int r = 0; r < DOT_ROWS && i0 + r < m; r++) {
@@ -754,6 +786,7 @@ static void FN_T(gemm_blas_call)(const fn_blas *table, bool trans_a, bool trans_
 /* One product, as handed to each thread of gemm_split. */
 typedef struct {
     const fn_blas *table; /* NULL: the built-in kernel */
+    bool blas_only;       /* with a table: every part through it, whatever the sizes */
     bool trans_a, trans_b;
     int64_t m, n, k;
     real alpha, beta;
@@ -771,7 +804,8 @@ static void FN_T(gemm_part)(int id, int parts, void *arg) {
     int64_t j0 = first * GEMM_NR, j1 = last * GEMM_NR < job->n ? last * GEMM_NR : job->n;
     if (j1 <= j0) return;
     const real *b_block = job->trans_b ? job->b + j0 * job->ldb : job->b + j0;
-    if (job->table && !fn_gemm_prefers_builtin(job->trans_b, job->m, j1 - j0, job->k)) {
+    if (job->table &&
+        (job->blas_only || !fn_gemm_prefers_builtin(job->trans_b, job->m, j1 - j0, job->k))) {
         FN_T(gemm_blas_call)(job->table, job->trans_a, job->trans_b, job->m, j1 - j0, job->k,
                              job->alpha, job->a, job->lda, b_block, job->ldb, job->beta,
                              job->c + j0, job->ldc);
@@ -793,11 +827,12 @@ static void FN_T(gemm_part)(int id, int parts, void *arg) {
  * differently in calls of different widths (other kernels at the edges, or for small sizes), so
  * in deterministic mode the blocks come from the sizes alone (at most FN_DETERMINISTIC_PARTS,
  * each one call), and the threads take whole blocks. */
-static void FN_T(gemm_split)(const fn_blas *table, bool trans_a, bool trans_b, int64_t m,
-                             int64_t n, int64_t k, real alpha, const real *a, int64_t lda,
-                             const real *b, int64_t ldb, real beta, real *c, int64_t ldc,
-                             int threads) {
-    FN_T(gemm_job) job = {table, trans_a, trans_b, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc};
+static void FN_T(gemm_split)(const fn_blas *table, bool blas_only, bool trans_a, bool trans_b,
+                             int64_t m, int64_t n, int64_t k, real alpha, const real *a,
+                             int64_t lda, const real *b, int64_t ldb, real beta, real *c,
+                             int64_t ldc, int threads) {
+    FN_T(gemm_job) job = {table, blas_only, trans_a, trans_b, m, n, k, alpha, beta, a, b, c,
+                          lda, ldb, ldc};
     if (fn_deterministic()) {
         /* Even without OpenMP, so that the bits are those of a threaded build. */
         int blocks = gemm_thread_count(m, n, k, GEMM_NR, FN_DETERMINISTIC_PARTS);
@@ -822,8 +857,20 @@ void FN_T(fn_gemm_builtin)(bool trans_a, bool trans_b, int64_t m, int64_t n, int
         FN_T(gemm_scale)(m, n, beta, c, ldc);
         return;
     }
-    FN_T(gemm_split)(NULL, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+    FN_T(gemm_split)(NULL, false, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
                      threads);
+}
+
+/* The same product through the installed BLAS table only, split over threads as fn_gemm splits
+ * it but without fn_gemm_prefers_builtin; the caller has checked that there is a table for this
+ * dtype and that every size fits in int. */
+void FN_T(fn_gemm_blas)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, real alpha,
+                        const real *a, int64_t lda, const real *b, int64_t ldb, real beta,
+                        real *c, int64_t ldc, int threads) {
+    if (m <= 0 || n <= 0) return;
+    fn_blas table = gemm_blas_table;
+    FN_T(gemm_split)(&table, true, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                     ldc, threads);
 }
 
 /* fn_gemm, or with `threads` 0 fn_gemm_unsplit. */
@@ -842,13 +889,13 @@ static void FN_T(gemm_dispatch)(bool trans_a, bool trans_b, int64_t m, int64_t n
     }
     bool blas = FN_T(gemm_blas_get)(&table) != NULL && fits_int;
     if (threads == 0) {
-        FN_T(gemm_job) job = {blas ? &table : NULL, trans_a, trans_b, m, n, k, alpha, beta,
+        FN_T(gemm_job) job = {blas ? &table : NULL, false, trans_a, trans_b, m, n, k, alpha, beta,
                               a, b, c, lda, ldb, ldc};
         FN_T(gemm_part)(0, 1, &job);
         return;
     }
-    FN_T(gemm_split)(blas ? &table : NULL, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
-                     beta, c, ldc, threads);
+    FN_T(gemm_split)(blas ? &table : NULL, false, trans_a, trans_b, m, n, k, alpha, a, lda, b,
+                     ldb, beta, c, ldc, threads);
 }
 
 /* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda/ldb/ldc:

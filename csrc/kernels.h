@@ -57,6 +57,9 @@ struct fn_update_args; /* model.h */
     void fn_gemm_builtin##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
                             real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
                             real beta, real *c, int64_t ldc, int threads);                       \
+    void fn_gemm_blas##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,            \
+                         real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,     \
+                         real beta, real *c, int64_t ldc, int threads);                          \
     /* the same in one call on the calling thread (never divided into blocks) */                 \
     void fn_gemm_unsplit##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
                             real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \

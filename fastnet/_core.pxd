@@ -40,6 +40,9 @@ cdef extern from "include/fastnet.h" nogil:
     fn_status fn_gemm_builtin(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n,
                               int64_t k, double alpha, const void *a, int64_t lda, const void *b,
                               int64_t ldb, double beta, void *c, int64_t ldc, int threads)
+    fn_status fn_gemm_blas(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n,
+                           int64_t k, double alpha, const void *a, int64_t lda, const void *b,
+                           int64_t ldb, double beta, void *c, int64_t ldc, int threads)
 
     ctypedef enum fn_optimizer_kind:
         FN_OPT_SGD, FN_OPT_ADAM, FN_OPT_ADAMW, FN_OPT_ADAGRAD, FN_OPT_RMSPROP

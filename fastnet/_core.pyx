@@ -151,8 +151,14 @@ def blas_installed(dtype=FLOAT32):
     return bool(fn_blas_installed(<fn_dtype>dtype))
 
 
-def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, threads=None):
-    """op(a) @ op(b) through fastnet's GEMM (the BLAS table, or the built-in kernel)."""
+def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, bint blas=False,
+         threads=None, out=None):
+    """op(a) @ op(b) through fastnet's GEMM: as training runs it (the BLAS table, or the built-in
+    kernel for the sizes it is faster at), the built-in kernel only (``builtin``), or the BLAS
+    only (``blas``). ``out``: a C-contiguous array of the result's shape and dtype to write into
+    (no allocation per call, for timing small products)."""
+    if builtin and blas:
+        raise ValueError("gemm: builtin and blas exclude each other")
     cdef cnp.ndarray A = np.ascontiguousarray(a)
     cdef fn_dtype dtype = FN_FLOAT64 if A.dtype == np.float64 else FN_FLOAT32
     A = as_floats(A, dtype, "a")
@@ -165,13 +171,24 @@ def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, threa
     cdef int64_t n = B.shape[0] if trans_b else B.shape[1]
     if k != kb:
         raise ValueError(f"gemm: inner dimensions differ: {k} and {kb}")
-    cdef cnp.ndarray C = np.zeros((m, n), dtype=numpy_dtype(dtype))
+    cdef cnp.ndarray C
+    if out is None:
+        C = np.zeros((m, n), dtype=numpy_dtype(dtype))
+    else:
+        C = out
+        if (C.shape[0], C.shape[1]) != (m, n) or C.dtype != numpy_dtype(dtype) \
+                or not C.flags.c_contiguous or not C.flags.writeable:
+            raise ValueError(f"gemm: out must be a writeable C-contiguous {numpy_dtype(dtype)} "
+                             f"array of shape {(m, n)}, got {C.dtype} {np.shape(C)}")
     cdef int nthreads = fn_get_num_threads() if threads is None else threads
     cdef fn_status status
     with nogil:
         if builtin:
             status = fn_gemm_builtin(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1],
                                      B.data, B.shape[1], 0.0, C.data, n, nthreads)
+        elif blas:
+            status = fn_gemm_blas(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1],
+                                  B.data, B.shape[1], 0.0, C.data, n, nthreads)
         else:
             status = fn_gemm(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1], B.data,
                              B.shape[1], 0.0, C.data, n, nthreads)

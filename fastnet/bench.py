@@ -1096,7 +1096,8 @@ def _calls_per_second(function, seconds):
 
 
 def gemm_report(workloads, threads, seconds, windows, progress=None):
-    """Built-in GEMM against the BLAS table (both through ``fastnet._core.gemm``, float32) at
+    """Built-in GEMM against the BLAS table alone (both through ``fastnet._core.gemm``, float32,
+    into a preallocated result; the BLAS even where training would take the built-in kernel) at
     1024x1024x1024 and at every GEMM shape of ``workloads``: on 1 thread and on ``threads``,
     except a convolution's GEMMs, which the kernels run on one thread each.
 
@@ -1127,9 +1128,10 @@ def gemm_report(workloads, threads, seconds, windows, progress=None):
               "where": ["1024^3"]}
     shapes = [square] + gemm_shapes(workloads)
     thread_counts = sorted({1, threads})
-    one = np.ones((1, 1), np.float32)
+    one, one_out = np.ones((1, 1), np.float32), np.empty((1, 1), np.float32)
     overhead = statistics.median(
-        1.0 / _calls_per_second(lambda: _core.gemm(one, one, builtin=True, threads=1), 0.05)
+        1.0 / _calls_per_second(
+            lambda: _core.gemm(one, one, builtin=True, threads=1, out=one_out), 0.05)
         for _ in range(5))
     window = seconds / windows
     measured = {}  # (m, n, k, trans_a, trans_b, threads) -> (built-in, BLAS) GFLOP/s
@@ -1144,12 +1146,14 @@ def gemm_report(workloads, threads, seconds, windows, progress=None):
                          f"{t} thread{'s' if t > 1 else ''}")
                 if a is None:
                     a, b = _gemm_operands(shape, rng)
+                    out = np.empty((shape["m"], shape["n"]), np.float32)
                 times = {True: [], False: []}
                 for r in range(windows):
                     for builtin in ((True, False) if r % 2 == 0 else (False, True)):
                         rate = _calls_per_second(
                             lambda: _core.gemm(a, b, shape["trans_a"], shape["trans_b"],
-                                               builtin=builtin, threads=t), window)
+                                               builtin=builtin, blas=not builtin, threads=t,
+                                               out=out), window)
                         times[builtin].append(max(1.0 / rate - overhead, 1e-9))
                 measured[key + (t,)] = tuple(flop / statistics.median(times[x]) / 1e9
                                              for x in (True, False))
@@ -1276,12 +1280,16 @@ def _cpu_name():
 
 
 def _framework_version(framework):
+    if framework == "fastnet":  # this package: its own version, installed or run from a tree
+        from fastnet import __version__
+
+        return __version__
     if not framework_installed(framework):
         return None
     try:
         from importlib import metadata
 
-        return metadata.version({"torch": "torch", "jax": "jax", "fastnet": "fastnet"}[framework])
+        return metadata.version({"torch": "torch", "jax": "jax"}[framework])
     except Exception:  # an installed module without distribution metadata
         return "installed"
 

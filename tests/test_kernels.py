@@ -383,9 +383,13 @@ def test_cross_entropy_evaluate_counts_first_argmax(dtype, threads):
 
 GEMM_SHAPES = [  # (m, k, n)
     (1, 1, 1), (3, 7, 5), (1, 9, 1), (7, 1, 3), (2, 3, 17), (13, 33, 31), (257, 129, 65),
-    (65, 257, 129), (33, 513, 17), (5, 3, 1100),
+    (65, 257, 129), (33, 513, 17), (5, 3, 1100), (37, 531, 10), (32, 676, 9), (16, 1024, 27),
+    (12, 40, 16),
 ]
 GEMM_EMPTY = [(0, 5, 3), (3, 0, 4), (3, 5, 0), (0, 0, 0), (0, 4, 0)]
+# How training runs a product (the BLAS, or the built-in kernel where it is faster), the
+# built-in kernel alone, the BLAS alone.
+KERNELS = {"auto": {}, "builtin": {"builtin": True}, "blas": {"blas": True}}
 
 
 def gemm_operands(m, k, n, trans_a, trans_b, dtype, rng):
@@ -399,38 +403,38 @@ def gemm_operands(m, k, n, trans_a, trans_b, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("builtin", [False, True], ids=["blas", "builtin"])
+@pytest.mark.parametrize("kernel", ["auto", "builtin", "blas"])
 @pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
 @pytest.mark.parametrize("trans_b", [False, True], ids=["N", "T"])
 @pytest.mark.parametrize("m, k, n", GEMM_SHAPES, ids=[f"{m}x{k}x{n}" for m, k, n in GEMM_SHAPES])
-def test_gemm(dtype, builtin, trans_a, trans_b, m, k, n, threads):
+def test_gemm(dtype, kernel, trans_a, trans_b, m, k, n, threads):
     rng = np.random.default_rng(m * 10007 + k * 101 + n)
     a, b, op_a, op_b = gemm_operands(m, k, n, trans_a, trans_b, dtype, rng)
     expected = op_a @ op_b
     bound = (k + 2) * eps_of(dtype) * (np.abs(op_a) @ np.abs(op_b))
     for thread_arg in (None, threads):
-        c = _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, builtin=builtin,
+        c = _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, **KERNELS[kernel],
                        threads=thread_arg)
         assert c.dtype == dtype and c.shape == (m, n)
         assert_within_bound(c, expected, bound, f"gemm threads={thread_arg}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("builtin", [False, True], ids=["blas", "builtin"])
+@pytest.mark.parametrize("kernel", ["auto", "builtin", "blas"])
 @pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
 @pytest.mark.parametrize("trans_b", [False, True], ids=["N", "T"])
 @pytest.mark.parametrize("m, k, n", GEMM_EMPTY, ids=[f"{m}x{k}x{n}" for m, k, n in GEMM_EMPTY])
-def test_gemm_empty(dtype, builtin, trans_a, trans_b, m, k, n, threads):
+def test_gemm_empty(dtype, kernel, trans_a, trans_b, m, k, n, threads):
     rng = np.random.default_rng(0)
     a, b, _, _ = gemm_operands(m, k, n, trans_a, trans_b, dtype, rng)
-    c = _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, builtin=builtin, threads=threads)
+    c = _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, **KERNELS[kernel], threads=threads)
     assert c.dtype == dtype and c.shape == (m, n)
     np.testing.assert_array_equal(c, np.zeros((m, n)))  # k == 0: the empty sum
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("builtin", [False, True], ids=["blas", "builtin"])
-def test_gemm_exact_small_integers(dtype, builtin, threads):
+@pytest.mark.parametrize("kernel", ["auto", "builtin", "blas"])
+def test_gemm_exact_small_integers(dtype, kernel, threads):
     # Small integers multiply and add exactly in either dtype: the result must be bitwise exact.
     rng = np.random.default_rng(7)
     a = rng.integers(-8, 9, size=(37, 70)).astype(dtype)
@@ -438,7 +442,7 @@ def test_gemm_exact_small_integers(dtype, builtin, threads):
     expected = a.astype(np.int64) @ b.astype(np.int64)
     for ta, tb in ((False, False), (True, False), (False, True), (True, True)):
         c = _core.gemm(a.T.copy() if ta else a, b.T.copy() if tb else b, trans_a=ta,
-                       trans_b=tb, builtin=builtin, threads=threads)
+                       trans_b=tb, **KERNELS[kernel], threads=threads)
         np.testing.assert_array_equal(c, expected)
 
 
@@ -448,22 +452,39 @@ def test_gemm_builtin_and_blas_agree(dtype):
     a = rng.standard_normal((120, 300)).astype(dtype)
     b = rng.standard_normal((300, 90)).astype(dtype)
     magnitude = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
-    results = [_core.gemm(a, b, builtin=builtin, threads=t) for builtin in (False, True)
+    results = [_core.gemm(a, b, **options, threads=t) for options in KERNELS.values()
                for t in (1, 2)]
     for r in results[1:]:
         assert_within_bound(r, results[0], 2 * 302 * eps_of(dtype) * magnitude, "agreement")
 
 
-@pytest.mark.parametrize("builtin", [False, True], ids=["blas", "builtin"])
-def test_gemm_rejects_mismatched_inner_dimensions(builtin):
+@pytest.mark.parametrize("kernel", ["auto", "builtin", "blas"])
+def test_gemm_rejects_mismatched_inner_dimensions(kernel):
     a = np.ones((3, 4))
     with pytest.raises(ValueError):
-        _core.gemm(a, np.ones((5, 2)), builtin=builtin)
+        _core.gemm(a, np.ones((5, 2)), **KERNELS[kernel])
     with pytest.raises(ValueError):
-        _core.gemm(a, np.ones((3, 2)), trans_b=True, builtin=builtin)
+        _core.gemm(a, np.ones((3, 2)), trans_b=True, **KERNELS[kernel])
     with pytest.raises(ValueError):
-        _core.gemm(np.ones(3), np.ones(3), builtin=builtin)
-    assert _core.gemm(a, np.ones((3, 2)), trans_a=True, builtin=builtin).shape == (4, 2)
+        _core.gemm(np.ones(3), np.ones(3), **KERNELS[kernel])
+    assert _core.gemm(a, np.ones((3, 2)), trans_a=True, **KERNELS[kernel]).shape == (4, 2)
+
+
+def test_gemm_writes_into_out_and_checks_it():
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((6, 5)).astype(np.float32)
+    b = rng.standard_normal((5, 4)).astype(np.float32)
+    out = np.full((6, 4), np.nan, np.float32)
+    for options in KERNELS.values():
+        result = _core.gemm(a, b, out=out, **options)
+        assert result is out
+        np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
+    for wrong in (np.empty((4, 6), np.float32), np.empty((6, 4), np.float64),
+                  np.empty((4, 6), np.float32).T):
+        with pytest.raises(ValueError, match="out must be"):
+            _core.gemm(a, b, out=wrong)
+    with pytest.raises(ValueError, match="exclude each other"):
+        _core.gemm(a, b, builtin=True, blas=True)
 
 
 # ------------------------------------------------------------------------------ backward

@@ -135,6 +135,12 @@ FN_API fn_status fn_gemm_builtin(fn_dtype dtype, int trans_a, int trans_b, int64
                                  int64_t k, double alpha, const void *a, int64_t lda,
                                  const void *b, int64_t ldb, double beta, void *c, int64_t ldc,
                                  int threads);
+/* The same product through the installed BLAS only, even for sizes where fn_gemm would run the
+ * built-in kernel (for tests and benchmarks). FN_ESTATE when no BLAS is installed for the dtype,
+ * FN_EINVAL when a size or stride does not fit the BLAS's int. */
+FN_API fn_status fn_gemm_blas(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n,
+                              int64_t k, double alpha, const void *a, int64_t lda, const void *b,
+                              int64_t ldb, double beta, void *c, int64_t ldc, int threads);
 
 /* ------------------------------------------------------------------ optimizers and losses */
 
