@@ -82,8 +82,10 @@ static gemm_blas_fn_f64 gemm_blas_get_f64(const fn_blas *table) { return table->
 static int gemm_thread_count(int64_t m, int64_t n, int64_t k, int64_t column_multiple,
                              int threads) {
     if (threads < 2) return 1;
-    /* In double: m*n*k may not fit in int64 for absurd (but valid) sizes. */
-    double work = (double)m * (double)n * (double)k;
+    /* In double: m*n*k may not fit in int64 for absurd (but valid) sizes. A product of few rows
+     * (batch-1 inference) reads all of B for little arithmetic: its time is B's memory traffic,
+     * about what 16 rows' multiply-adds take, and two cores stream B faster than one. */
+    double work = (double)(m < 16 ? 16 : m) * (double)n * (double)k;
     double by_work = work / GEMM_MIN_WORK_PER_THREAD;
     int64_t column_blocks = (n + column_multiple - 1) / column_multiple;
     int64_t t = threads;
@@ -477,10 +479,13 @@ fn_status fn_gemm_blas(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int6
  *   - op(B) transposed (a linear layer's forward, a convolution's weight gradient): its packing
  *     reads B across rows, and the built-in kernel is 0.8-0.95x of OpenBLAS;
  *   - fewer columns than two tiles, fewer rows than 16, or a small product: packing a whole B
- *     panel for one or two rows of tiles costs more than OpenBLAS's small-size paths (0.2-0.9x).
+ *     panel for one or two rows of tiles costs more than OpenBLAS's small-size paths (0.2-0.9x);
+ *   - except a single row times a transposed B (a linear layer's batch-1 forward): OpenBLAS packs
+ *     all of B for it, the built-in dot products stream it once (784 x 1024: 2-3x faster).
  * The choice is a function of the sizes of the call alone, so it is the same in every run, and in
  * deterministic mode (whose blocks come from the sizes) the same for every thread count. */
 bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
+    if (m == 1 && trans_b) return true;
     return !trans_b && m >= 16 && n >= 64 && (double)m * (double)n * (double)k >= (double)(1 << 20);
 }
 
@@ -698,73 +703,93 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
     }
 }
 
-/* A (m, k), B stored (n, k), C (m, n): C = alpha * A @ B^T + beta * C for n <= NR / 2, as
- * m * n dot products along k, where both operands are contiguous. With so few columns a packed
- * panel would be mostly zero padding (a 9-column product fills 9 of a tile's 32 columns) and
- * packing A would cost more than the product; here nothing is copied. A block of DOT_ROWS rows
- * by DOT_COLS columns keeps its sums in DOT_ROWS * DOT_COLS vector registers (GCC/Clang vector
- * types, as wide as the micro-kernel's vectors): per vector of k it loads DOT_ROWS + DOT_COLS
- * vectors for DOT_ROWS * DOT_COLS multiply-adds. The lanes are added in a fixed order at the
- * end, and the last k % lanes steps go to the first lanes, so the bits depend on the sizes
+/* A (m, k), B stored (n, k), C (m, n): C = alpha * A @ B^T + beta * C as m * n dot products
+ * along k, where both operands are contiguous, for the products where packing does not pay:
+ *   - at most NR / 2 columns (a layer with 10 outputs, a convolution's weight gradient with 9 or
+ *     16 inputs per output channel): a packed panel would be mostly zero padding, and packing A
+ *     would cost more than the product;
+ *   - a single row (batch-1 inference): the product streams B once, and packing it would double
+ *     the memory traffic.
+ * A block of `rows` rows by `cols` columns keeps its sums in rows * cols vector registers (GCC /
+ * Clang vector types, as wide as the micro-kernel's vectors): per vector of k it loads
+ * rows + cols vectors for rows * cols multiply-adds. The lanes are added in a fixed order at
+ * the end, and the last k % lanes steps go to the first lanes, so the bits depend on the sizes
  * only. Those final sums cost about as much as the loop when k is short (128): such products
  * reach a third to a half of OpenBLAS's speed, which packs and transposes instead. */
-#define DOT_ROWS 4
-#define DOT_COLS 3
 #define DOT_LANES (GEMM_NR / 2)
+#define DOT_MAX 8
 typedef real FN_T(dot_vector) __attribute__((vector_size(DOT_LANES * sizeof(real))));
+
+/* One block: rows a_rows[0 .. rows) by columns b_rows[0 .. cols) of C, whose first element is
+ * at c; only the first `store_rows` rows and `store_cols` columns are stored (the others repeat
+ * a row or column so that the block has a constant size). */
+GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows, int store_cols,
+                                 int64_t k, real alpha, const real *const *a_rows,
+                                 const real *const *b_rows, real beta, real *c, int64_t ldc) {
+    typedef FN_T(dot_vector) vector;
+    vector acc[DOT_MAX][DOT_MAX];
+    for (int r = 0; r < rows; r++) {
+        for (int q = 0; q < cols; q++) acc[r][q] = (vector){0};
+    }
+    int64_t p = 0;
+    for (; p + DOT_LANES <= k; p += DOT_LANES) {
+        vector va[DOT_MAX], vb[DOT_MAX];
+        /* memcpy: an unaligned vector load, whatever the strides. */
+        for (int r = 0; r < rows; r++) memcpy(&va[r], a_rows[r] + p, sizeof(vector));
+        for (int q = 0; q < cols; q++) memcpy(&vb[q], b_rows[q] + p, sizeof(vector));
+        for (int r = 0; r < rows; r++) {
+            for (int q = 0; q < cols; q++) acc[r][q] += va[r] * vb[q];
+        }
+    }
+    if (p < k) {
+        size_t rest = sizeof(real) * (size_t)(k - p);
+        vector va[DOT_MAX] = {{0}}, vb[DOT_MAX] = {{0}};
+        for (int r = 0; r < rows; r++) memcpy(&va[r], a_rows[r] + p, rest);
+        for (int q = 0; q < cols; q++) memcpy(&vb[q], b_rows[q] + p, rest);
+        for (int r = 0; r < rows; r++) {
+            for (int q = 0; q < cols; q++) acc[r][q] += va[r] * vb[q];
+        }
+    }
+    for (int r = 0; r < store_rows; r++) {
+        real *row = c + r * ldc;
+        for (int q = 0; q < store_cols; q++) {
+            real sum = 0;
+            for (int l = 0; l < DOT_LANES; l++) sum += acc[r][q][l];
+            row[q] = beta == 0 ? alpha * sum : alpha * sum + beta * row[q];
+        }
+    }
+}
 
 static void FN_T(gemm_dot)(int64_t m, int64_t n, int64_t k, real alpha, const real *a,
                            int64_t lda, const real *b, int64_t ldb, real beta, real *c,
                            int64_t ldc) {
-    typedef FN_T(dot_vector) vector;
-    for (int64_t i0 = 0; i0 < m; i0 += DOT_ROWS) {
+    /* 4 x 3 blocks (12 sums, 7 loads per vector of k); one row: 1 x 8 (8 sums, 9 loads). */
+    const int block_rows = m == 1 ? 1 : 4, block_cols = m == 1 ? 8 : 3;
+    for (int64_t i0 = 0; i0 < m; i0 += block_rows) {
         /* Short blocks repeat their last row or column: computed, then not stored. */
-        const real *a_rows[DOT_ROWS];
-        for (int r = 0; r < DOT_ROWS; r++) {
+        const real *a_rows[DOT_MAX], *b_rows[DOT_MAX];
+        for (int r = 0; r < block_rows; r++) {
             a_rows[r] = a + (i0 + r < m ? i0 + r : m - 1) * lda;
         }
-        for (int64_t j0 = 0; j0 < n; j0 += DOT_COLS) {
-            const real *b_rows[DOT_COLS];
-            for (int q = 0; q < DOT_COLS; q++) {
+        int store_rows = (int)(m - i0 < block_rows ? m - i0 : block_rows);
+        for (int64_t j0 = 0; j0 < n; j0 += block_cols) {
+            for (int q = 0; q < block_cols; q++) {
                 b_rows[q] = b + (j0 + q < n ? j0 + q : n - 1) * ldb;
             }
-            vector acc[DOT_ROWS][DOT_COLS];
-            for (int r = 0; r < DOT_ROWS; r++) {
-                for (int q = 0; q < DOT_COLS; q++) acc[r][q] = (vector){0};
-            }
-            int64_t p = 0;
-            for (; p + DOT_LANES <= k; p += DOT_LANES) {
-                vector va[DOT_ROWS], vb[DOT_COLS];
-                /* memcpy: an unaligned vector load, whatever the strides. */
-                for (int r = 0; r < DOT_ROWS; r++) memcpy(&va[r], a_rows[r] + p, sizeof(vector));
-                for (int q = 0; q < DOT_COLS; q++) memcpy(&vb[q], b_rows[q] + p, sizeof(vector));
-                for (int r = 0; r < DOT_ROWS; r++) {
-                    for (int q = 0; q < DOT_COLS; q++) acc[r][q] += va[r] * vb[q];
-                }
-            }
-            if (p < k) {
-                size_t rest = sizeof(real) * (size_t)(k - p);
-                vector va[DOT_ROWS] = {{0}}, vb[DOT_COLS] = {{0}};
-                for (int r = 0; r < DOT_ROWS; r++) memcpy(&va[r], a_rows[r] + p, rest);
-                for (int q = 0; q < DOT_COLS; q++) memcpy(&vb[q], b_rows[q] + p, rest);
-                for (int r = 0; r < DOT_ROWS; r++) {
-                    for (int q = 0; q < DOT_COLS; q++) acc[r][q] += va[r] * vb[q];
-                }
-            }
-            for (int r = 0; r < DOT_ROWS && i0 + r < m; r++) {
-                real *row = c + (i0 + r) * ldc;
-                for (int q = 0; q < DOT_COLS && j0 + q < n; q++) {
-                    real sum = 0;
-                    for (int l = 0; l < DOT_LANES; l++) sum += acc[r][q][l];
-                    row[j0 + q] = beta == 0 ? alpha * sum : alpha * sum + beta * row[j0 + q];
-                }
+            int store_cols = (int)(n - j0 < block_cols ? n - j0 : block_cols);
+            real *c_block = c + i0 * ldc + j0;
+            if (m == 1) {
+                FN_T(dot_block)(1, 8, store_rows, store_cols, k, alpha, a_rows, b_rows, beta,
+                                c_block, ldc);
+            } else {
+                FN_T(dot_block)(4, 3, store_rows, store_cols, k, alpha, a_rows, b_rows, beta,
+                                c_block, ldc);
             }
         }
     }
 }
-#undef DOT_ROWS
-#undef DOT_COLS
 #undef DOT_LANES
+#undef DOT_MAX
 
 /* One thread's share through the BLAS, (m, n_block) of C: row-major C = op(A) op(B) is
  * column-major C^T = op(B)^T op(A)^T, so the Fortran call swaps the operands and m with n. The
@@ -809,8 +834,8 @@ static void FN_T(gemm_part)(int id, int parts, void *arg) {
         FN_T(gemm_blas_call)(job->table, job->trans_a, job->trans_b, job->m, j1 - j0, job->k,
                              job->alpha, job->a, job->lda, b_block, job->ldb, job->beta,
                              job->c + j0, job->ldc);
-    } else if (job->trans_b && !job->trans_a && job->n <= GEMM_NR / 2) {
-        /* The whole of a narrow C, one part (gemm_thread_count gives it one column block). */
+    } else if (job->trans_b && !job->trans_a && (job->n <= GEMM_NR / 2 || job->m == 1)) {
+        /* Decided on the whole product's sizes, so that every part of it takes the same path. */
         FN_T(gemm_dot)(job->m, j1 - j0, job->k, job->alpha, job->a, job->lda, b_block, job->ldb,
                        job->beta, job->c + j0, job->ldc);
     } else {

@@ -489,6 +489,8 @@ static void test_builtin_preferred(void) {
         {0, 15, 256, 512, 1, true, "15 rows: BLAS"},
         {0, 256, 63, 256, 1, true, "63 columns: BLAS"},
         {0, 16, 256, 255, 1, true, "fewer than 2^20 multiply-adds: BLAS"},
+        {1, 1, 256, 256, 2, false, "one row, transposed B: built in (dot products)"},
+        {0, 1, 256, 256, 1, true, "one row, B not transposed: BLAS"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int before = atomic_load(&blas_calls);
@@ -573,7 +575,7 @@ int main(void) {
     int64_t shapes[][3] = {{1, 1, 1},    {3, 7, 5},     {257, 129, 65}, {0, 7, 5},
                            {6, 0, 5},    {6, 7, 0},     {0, 0, 0},      {11, 33, 17},
                            {10, 65, 531}, {2, 1100, 300}, {37, 10, 531}, {6, 16, 16},
-                           {13, 9, 40},  {32, 17, 676}};
+                           {13, 9, 40},  {32, 17, 676}, {1, 1000, 300}, {1, 5, 7}};
     for (int d = 0; d < 2; d++) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             run_shape((fn_dtype)d, shapes[s][0], shapes[s][1], shapes[s][2], true);
