@@ -270,22 +270,90 @@ static fn_status plan_activations(fn_model *m, int64_t batch) {
     return FN_OK;
 }
 
+/* Places every node's grad_out in m->gradients, sharing memory between gradients that are never
+ * needed at the same time. Backward runs the nodes from last to first: node i's output gradient
+ * is first written by its consumer of highest index (the others add to it) and last read by node
+ * i's own backward, and it is needed in between; the output node's is written by the loss before
+ * backward starts. Walking backward's order, a gradient takes a slot when its first writer runs
+ * and gives it back once its own node has run (not before: a node reads its output gradient
+ * while it writes its inputs'). A slot serves gradients one after another and is as large as
+ * the largest; a free slot at least as large as the gradient is preferred, the smallest such.
+ * In a chain of layers two or three slots serve the whole network, which halves the memory a
+ * training step needs beside the activations. Sizes are in elements of one sample. */
+static fn_status plan_gradient_slots(fn_model *m, int64_t *grad_offset, int64_t *total) {
+    int n = m->n_nodes;
+    int *slot_of = malloc((size_t)n * sizeof *slot_of);
+    int64_t *slot_size = malloc((size_t)n * sizeof *slot_size);
+    bool *slot_busy = malloc((size_t)n * sizeof *slot_busy);
+    if (!slot_of || !slot_size || !slot_busy) {
+        free(slot_of);
+        free(slot_size);
+        free(slot_busy);
+        return fn_error(FN_ENOMEM, "cannot plan the gradient buffers");
+    }
+    int slots = 0;
+    for (int i = 0; i < n; i++) slot_of[i] = -1;
+    for (int j = n; j >= 0; j--) {
+        /* j == n: before backward, the loss writes the output's gradient. */
+        const fn_node *writer = j < n ? &m->nodes[j] : NULL;
+        int count = writer ? writer->n_inputs : 1;
+        for (int k = 0; k < count; k++) {
+            int i = writer ? writer->input[k] : m->output_node;
+            if (i == FN_MODEL_INPUT || slot_of[i] >= 0) continue;
+            int64_t need = m->nodes[i].out_size;
+            int best = -1;
+            for (int s = 0; s < slots; s++) {
+                if (slot_busy[s]) continue;
+                bool fits = slot_size[s] >= need, best_fits = best >= 0 && slot_size[best] >= need;
+                if (best < 0 || (fits && (!best_fits || slot_size[s] < slot_size[best])) ||
+                    (!fits && !best_fits && slot_size[s] > slot_size[best]))
+                    best = s;
+            }
+            if (best < 0) {
+                best = slots++;
+                slot_size[best] = 0;
+            }
+            if (slot_size[best] < need) slot_size[best] = need;
+            slot_busy[best] = true;
+            slot_of[i] = best;
+        }
+        if (writer) slot_busy[slot_of[j]] = false;
+    }
+    int64_t offset = 0;
+    for (int s = 0; s < slots; s++) {
+        int64_t size = slot_size[s];
+        slot_size[s] = offset; /* from here on: the slot's offset */
+        offset += size;
+    }
+    for (int i = 0; i < n; i++) grad_offset[i] = slot_size[slot_of[i]];
+    *total = offset;
+    free(slot_of);
+    free(slot_size);
+    free(slot_busy);
+    return FN_OK;
+}
+
 /* Gradient buffers, after plan_activations for the same batch; the input gradient only when
  * asked for (train_step never needs it). */
 static fn_status plan_gradients(fn_model *m, bool want_input_grad) {
     size_t elem = fn_dtype_size(m->dtype);
     if (!m->gradients) {
-        size_t total = 0;
-        for (int i = 0; i < m->n_nodes; i++) total += (size_t)m->nodes[i].out_size;
-        m->gradients = fn_alloc(total * (size_t)m->capacity * elem);
-        if (!m->gradients)
-            return fn_error(FN_ENOMEM, "cannot allocate gradient buffers for a batch of %lld",
-                            (long long)m->capacity);
-        char *next = m->gradients;
-        for (int i = 0; i < m->n_nodes; i++) {
-            m->nodes[i].grad_out = next;
-            next += (size_t)m->nodes[i].out_size * (size_t)m->capacity * elem;
+        int64_t *grad_offset = malloc((size_t)m->n_nodes * sizeof *grad_offset), total = 0;
+        if (!grad_offset) return fn_error(FN_ENOMEM, "cannot plan the gradient buffers");
+        fn_status status = plan_gradient_slots(m, grad_offset, &total);
+        if (status == FN_OK) {
+            m->gradients = fn_alloc((size_t)total * (size_t)m->capacity * elem);
+            if (!m->gradients)
+                status = fn_error(FN_ENOMEM,
+                                  "cannot allocate gradient buffers for a batch of %lld",
+                                  (long long)m->capacity);
         }
+        for (int i = 0; i < m->n_nodes && status == FN_OK; i++) {
+            m->nodes[i].grad_out =
+                (char *)m->gradients + (size_t)grad_offset[i] * (size_t)m->capacity * elem;
+        }
+        free(grad_offset);
+        FN_TRY(status);
     }
     if (want_input_grad && !m->input_grad) {
         m->input_grad = fn_alloc((size_t)m->input_size * (size_t)m->capacity * elem);

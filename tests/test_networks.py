@@ -89,6 +89,22 @@ def test_graph_gradients_against_central_differences():
     assert central_difference_check(model, x) < 1e-6
 
 
+def test_gradients_through_shared_gradient_buffers():
+    # Gradients that are never needed at once share memory (a slot is as large as its largest
+    # user): a long skip over layers of growing and shrinking widths, nested branches and a
+    # concat make slots be reused by gradients of other sizes and kept while a far consumer
+    # still has to add to them.
+    model = fn.Sequential(
+        fn.Linear(4, 8), fn.Tanh(),
+        fn.Residual(fn.Sequential(
+            fn.Linear(8, 20), fn.Tanh(), fn.Linear(20, 3), fn.Sigmoid(),
+            fn.Residual(fn.Sequential(fn.Linear(3, 3), fn.Tanh())), fn.Linear(3, 8))),
+        fn.Concat(fn.Sequential(fn.Linear(8, 16), fn.Tanh(), fn.Linear(16, 2)), fn.Linear(8, 5)),
+        fn.Tanh(), fn.Linear(7, 3), dtype="float64")
+    x = np.random.default_rng(2).standard_normal((5, 4))
+    assert central_difference_check(model, x) < 1e-6
+
+
 def test_resnet_gradients_in_both_modes():
     model = small_resnet(dtype="float64")
     x = np.random.default_rng(0).standard_normal((4, 2, 6, 6))
