@@ -6,7 +6,7 @@
     python tests/mpi/bench.py compare --seconds 6 --rounds 3    # runs all of the above
     python tests/mpi/bench.py costmodel --threads 2              # 8, 32, 128 machines
 
-``throughput`` trains on one random global batch (the same every step, as bench/compare.py
+``throughput`` trains on one random global batch (the same every step, as `fastnet bench`
 does): one process uses the fused ``model.train_step``, several ranks ``MPIBackend.train_step``.
 It prints one JSON line: samples/s, milliseconds per step, and per rank the milliseconds spent in
 the gradient allreduce. ``allreduce`` times ``MPIBackend.allreduce_gradients`` on models of
@@ -33,16 +33,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def network(name):
-    import fastnet as fn
-    from fastnet import zoo
+    from fastnet import bench, zoo
 
     if name == "mlp_mnist":  # 784-1024-1024-10
         return zoo.mlp(784, 10, (1024, 1024)), (784,)
-    if name == "cnn_mnist":  # bench/compare.py's small CNN
-        return fn.Sequential(
-            fn.Conv2d(1, 32, 3), fn.ReLU(), fn.Conv2d(32, 64, 3), fn.ReLU(), fn.MaxPool2d(2),
-            fn.Dropout(0.25), fn.Flatten(), fn.Linear(9216, 128), fn.ReLU(),
-            fn.Linear(128, 10), input_shape=(1, 28, 28)), (1, 28, 28)
+    if name == "cnn_mnist":  # the small CNN of fastnet bench
+        return bench.fastnet_model("cnn_mnist", (1, 28, 28)), (1, 28, 28)
     raise ValueError(f"unknown network {name!r}")
 
 
