@@ -12,7 +12,9 @@ again, the first of each round rotating), so a noisy machine slows them alike; a
 for its turn is blocked reading a pipe, not spinning. Samples/s is the median over the windows.
 
 Run ``fastnet bench --help`` (or ``python -m fastnet.bench --help``) for the options;
-``fastnet bench --gemm`` compares the built-in GEMM with the BLAS at the workloads' shapes.
+``fastnet bench --gemm`` compares the built-in GEMM with the BLAS at the workloads' shapes, and
+``fastnet bench --scaling`` each framework's training on one thread with its training on
+``--threads``.
 
 This module must stay importable on its own, without the ``fastnet`` package: the workers load
 it by path so that a PyTorch or JAX process never imports fastnet. Framework imports are
@@ -1074,6 +1076,87 @@ def run(workloads, frameworks, threads, seconds, windows, progress=None, spin_co
     return out
 
 
+# ---------------------------------------------------------------------------- thread scaling
+
+
+def scaling_report(workloads, frameworks, threads, seconds, windows, progress=None,
+                   spin_count=None):
+    """How much faster each framework trains each workload on ``threads`` threads than on one:
+    two workers per framework and workload, one with 1 thread and one with ``threads``, taking
+    turns in ``windows`` timed windows of ``seconds / windows`` each (the first alternating);
+    medians.
+
+    Returns
+    -------
+    dict
+        ``threads``, ``seconds``, ``windows``, ``cpu``, ``versions`` and ``rows``: one dict per
+        workload and installed framework with ``status`` (``"ok"`` or ``"failed"`` with a
+        ``reason``), and when ok ``one_thread`` and ``many_threads`` (samples/s, medians),
+        ``windows_one`` and ``windows_many`` (each window's rate) and ``speedup``.
+    """
+    if threads < 2:
+        raise ValueError(f"--scaling compares 1 thread with --threads N, which must be at least "
+                         f"2 (got {threads})")
+    progress = progress or (lambda message: None)
+    present = [f for f in frameworks if framework_installed(f)]
+    window = seconds / windows
+    timeout = 20 * window + 300
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fastnet-bench-") as directory:
+        for i, name in enumerate(workloads):
+            for framework in present:
+                label = f"[{i + 1}/{len(workloads)}] {name}, {FRAMEWORKS[framework][1]}"
+                row = {"workload": name, "framework": framework}
+                workers = {}
+                try:
+                    progress(f"{label}: starting 1 and {threads} threads")
+                    for t in (1, threads):
+                        workers[t] = Worker(framework, name, t, directory, spin_count)
+                    for worker in workers.values():
+                        worker.receive(900)
+                    for worker in workers.values():  # warm-up
+                        worker.request(timeout, cmd="train", seconds=window)
+                    rates = {t: [] for t in workers}
+                    for r in range(windows):
+                        progress(f"{label}: window {r + 1}/{windows}")
+                        for t in ((1, threads) if r % 2 == 0 else (threads, 1)):
+                            reply = workers[t].request(timeout, cmd="train", seconds=window)
+                            rates[t].append(reply["rate"])
+                    one, many = _median(rates[1]), _median(rates[threads])
+                    row.update(status="ok", one_thread=one, many_threads=many,
+                               windows_one=rates[1], windows_many=rates[threads],
+                               speedup=many / one)
+                except WorkerError as error:
+                    row.update(status="failed", reason=str(error))
+                    for worker in workers.values():
+                        worker.kill()
+                finally:
+                    for worker in workers.values():
+                        worker.close()
+                rows.append(row)
+    return {"threads": threads, "seconds": seconds, "windows": windows, "cpu": _cpu_name(),
+            "versions": {f: _framework_version(f) for f in present}, "rows": rows}
+
+
+def format_scaling_report(report):
+    """The thread-scaling report as a text table."""
+    threads = report["threads"]
+    lines = [f"fastnet bench --scaling: 1 thread against {threads}, {report['seconds']:g} s of "
+             f"training per worker in {report['windows']} alternating windows; "
+             f"{report['cpu']}",
+             f"{'workload':<20} {'framework':<9} {'1 thread':>11} {f'{threads} threads':>11} "
+             f"{'speed-up':>9}"]
+    for row in report["rows"]:
+        name = FRAMEWORKS[row["framework"]][1]
+        if row["status"] != "ok":
+            lines.append(f"{row['workload']:<20} {name:<9} failed: {row['reason']}")
+            continue
+        lines.append(f"{row['workload']:<20} {name:<9} {row['one_thread']:>11,.0f} "
+                     f"{row['many_threads']:>11,.0f} {row['speedup']:>8.2f}x")
+    lines.append("samples/s, medians over the windows; speed-up: the second over the first")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- GEMM report
 
 
@@ -1374,6 +1457,9 @@ def add_arguments(parser):
     parser.add_argument("--gemm", action="store_true",
                         help="instead: the built-in GEMM against the BLAS, at 1024^3 and at the "
                              "GEMM shapes of the workloads")
+    parser.add_argument("--scaling", action="store_true",
+                        help="instead: each framework's training on 1 thread against "
+                             "--threads N (at least 2), in alternating windows: the speed-up")
     parser.add_argument("--list", action="store_true",
                         help="instead: print the workloads and their networks, layer by layer")
     parser.add_argument("--spin-count", type=_non_negative_int, default=None, metavar="N",
@@ -1397,7 +1483,15 @@ def handle(args):
                   f"{forward_flops(network, shape) / 1e6:.2f} MFLOP per sample forward")
             print("  " + describe(network).replace("\n", "\n  "))
         return 0
-    if args.gemm:
+    if args.gemm and args.scaling:
+        raise ValueError("--gemm and --scaling are separate reports: give one")
+    if args.scaling:
+        seconds = args.seconds or 3.0
+        document = scaling_report(args.workloads, args.frameworks, threads, seconds,
+                                  args.windows, progress, args.spin_count)
+        progress.done()
+        text = format_scaling_report(document)
+    elif args.gemm:
         seconds = args.seconds or 0.4
         report = gemm_report(args.workloads, threads, seconds, args.windows, progress)
         progress.done()

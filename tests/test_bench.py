@@ -110,6 +110,31 @@ def test_gemm_report(capsys):
     assert summary["ratio"] == pytest.approx(summary["blas_ms"] / summary["builtin_ms"])
 
 
+def test_scaling_report(capsys):
+    report = run_json(capsys, "--scaling", "--frameworks", "fastnet", "--workloads",
+                      "mlp_small_b32", "--threads", "2")
+    assert report["threads"] == 2 and report["windows"] == 2
+    (row,) = report["rows"]
+    assert row["status"] == "ok" and (row["workload"], row["framework"]) == ("mlp_small_b32",
+                                                                             "fastnet")
+    assert len(row["windows_one"]) == len(row["windows_many"]) == 2
+    assert row["one_thread"] > 0 and row["many_threads"] > 0
+    assert row["speedup"] == pytest.approx(row["many_threads"] / row["one_thread"])
+    assert bench.main(["--scaling", "--frameworks", "fastnet", "--workloads", "mlp_small_b32",
+                       "--threads", "2", *FAST]) == 0
+    table = capsys.readouterr().out
+    assert "1 thread" in table and "2 threads" in table and "mlp_small_b32" in table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scaling", "--threads", "1"], "at least 2"),
+    (["--scaling", "--gemm", "--threads", "2"], "separate reports"),
+])
+def test_scaling_refuses_bad_options(capsys, args, message):
+    assert bench.main([*args, *FAST]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_gemm_shapes_follow_the_layers():
     shapes = bench.gemm_shapes(["mlp_mnist_b128", "resnet8_cifar_b128"])
     mlp = [s for s in shapes if s["workload"] == "mlp_mnist_b128"]
