@@ -179,6 +179,45 @@ def test_max_pool_routes_ties_to_the_first_element():
     assert grad.tolist() == [[0.0, 10.0, 20.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
 
 
+def max_pool_2x2_reference(x, grad_y):
+    """The first maximal element of each 2 x 2 window (stride 2, floor mode), in the order
+    (0, 0), (0, 1), (1, 0), (1, 1): output and input gradient, with plain loops."""
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, h // 2, w // 2))
+    grad_x = np.zeros(x.shape)
+    for b, ch, i, j in np.ndindex(y.shape):
+        window = [(2 * i + r, 2 * j + q) for r in (0, 1) for q in (0, 1)]
+        best = max(window, key=lambda at: (x[b, ch][at], -window.index(at)))
+        y[b, ch, i, j] = x[b, ch][best]
+        grad_x[b, ch][best] += grad_y[b, ch, i, j]
+    return y, grad_x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 4, 6), (3, 5, 7), (1, 2, 3)])
+def test_max_pool_2x2_with_ties_and_odd_sizes(dtype, shape, threads):
+    # The most common window, against plain loops: values from {-1, 0, 1} (ties everywhere,
+    # -0.0 among them) and odd sizes whose last row or column no window covers; then twice in
+    # one graph, so that backward also adds to a gradient.
+    rng = np.random.default_rng(11)
+    batch = 3
+    x = rng.choice([-1.0, -0.0, 0.0, 1.0], size=(batch,) + shape).astype(dtype)
+    grad_y = rng.standard_normal((batch, shape[0], shape[1] // 2, shape[2] // 2)).astype(dtype)
+    expected_y, expected_grad = max_pool_2x2_reference(x.astype(np.float64), grad_y)
+    model = make(shape, [{"op": "max_pool2d", "kernel_size": 2}], dtype)
+    y = model.forward(x.reshape(batch, -1), keep=True)
+    np.testing.assert_array_equal(y.reshape(expected_y.shape), expected_y.astype(dtype))
+    grad_x = model.backward(grad_y.reshape(batch, -1), True).reshape(x.shape)
+    np.testing.assert_allclose(grad_x, expected_grad, rtol=1e-6)
+    twice = make(shape, [{"name": "p", "op": "max_pool2d", "kernel_size": 2, "inputs": ["input"]},
+                         {"name": "q", "op": "max_pool2d", "kernel_size": 2, "stride": 2,
+                          "inputs": ["input"]},
+                         {"name": "s", "op": "add", "inputs": ["p", "q"]}], dtype)
+    twice.forward(x.reshape(batch, -1), keep=True)
+    grad_x = twice.backward(grad_y.reshape(batch, -1), True).reshape(x.shape)
+    np.testing.assert_allclose(grad_x, 2 * expected_grad, rtol=1e-6)
+
+
 def test_pool_integer_kernel_and_default_stride():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 6, 6))
