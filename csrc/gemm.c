@@ -419,55 +419,61 @@ static fn_status gemm_check(const char *fn, fn_dtype dtype, int trans_a, int tra
 
 /* ---------------------------------------------------------------- public entry points */
 
+/* The three entry points differ only in which implementation runs the product (each as
+ * fn_gemm_fXX, fn_gemm_builtin_fXX and fn_gemm_blas_fXX below); argument checks and the
+ * dispatch on dtype are shared. */
+typedef enum { GEMM_AS_TRAINING_RUNS, GEMM_BUILTIN_ONLY, GEMM_BLAS_ONLY } gemm_kernel;
+
+typedef void (*gemm_f32_fn)(bool, bool, int64_t, int64_t, int64_t, float, const float *, int64_t,
+                            const float *, int64_t, float, float *, int64_t, int);
+typedef void (*gemm_f64_fn)(bool, bool, int64_t, int64_t, int64_t, double, const double *,
+                            int64_t, const double *, int64_t, double, double *, int64_t, int);
+static const gemm_f32_fn gemm_entry_f32[] = {fn_gemm_f32, fn_gemm_builtin_f32, fn_gemm_blas_f32};
+static const gemm_f64_fn gemm_entry_f64[] = {fn_gemm_f64, fn_gemm_builtin_f64, fn_gemm_blas_f64};
+
+static fn_status gemm_entry(const char *fn, gemm_kernel kernel, fn_dtype dtype, int trans_a,
+                            int trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                            const void *a, int64_t lda, const void *b, int64_t ldb, double beta,
+                            void *c, int64_t ldc, int threads) {
+    FN_TRY(gemm_check(fn, dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc));
+    if (kernel == GEMM_BLAS_ONLY && !fn_blas_installed(dtype)) {
+        return fn_error(FN_ESTATE, "%s: no BLAS is installed for %s", fn,
+                        dtype == FN_FLOAT64 ? "float64" : "float32");
+    }
+    if (kernel == GEMM_BLAS_ONLY && (m > INT_MAX || n > INT_MAX || k > INT_MAX ||
+                                     lda > INT_MAX || ldb > INT_MAX || ldc > INT_MAX)) {
+        return fn_error(FN_EINVAL, "%s: a size or stride exceeds the BLAS's int", fn);
+    }
+    if (threads < 1) threads = 1;
+    if (dtype == FN_FLOAT64) {
+        gemm_entry_f64[kernel](trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta,
+                               c, ldc, threads);
+    } else {
+        gemm_entry_f32[kernel](trans_a != 0, trans_b != 0, m, n, k, (float)alpha, a, lda, b, ldb,
+                               (float)beta, c, ldc, threads);
+    }
+    return FN_OK;
+}
+
 fn_status fn_gemm(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                   double alpha, const void *a, int64_t lda, const void *b, int64_t ldb,
                   double beta, void *c, int64_t ldc, int threads) {
-    FN_TRY(gemm_check("fn_gemm", dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc));
-    if (dtype == FN_FLOAT64) {
-        fn_gemm_f64(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                    threads);
-    } else {
-        fn_gemm_f32(trans_a != 0, trans_b != 0, m, n, k, (float)alpha, a, lda, b, ldb,
-                    (float)beta, c, ldc, threads);
-    }
-    return FN_OK;
+    return gemm_entry("fn_gemm", GEMM_AS_TRAINING_RUNS, dtype, trans_a, trans_b, m, n, k, alpha,
+                      a, lda, b, ldb, beta, c, ldc, threads);
 }
 
 fn_status fn_gemm_builtin(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n,
                           int64_t k, double alpha, const void *a, int64_t lda, const void *b,
                           int64_t ldb, double beta, void *c, int64_t ldc, int threads) {
-    FN_TRY(gemm_check("fn_gemm_builtin", dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c,
-                      ldc));
-    if (dtype == FN_FLOAT64) {
-        fn_gemm_builtin_f64(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c,
-                            ldc, threads);
-    } else {
-        fn_gemm_builtin_f32(trans_a != 0, trans_b != 0, m, n, k, (float)alpha, a, lda, b, ldb,
-                            (float)beta, c, ldc, threads);
-    }
-    return FN_OK;
+    return gemm_entry("fn_gemm_builtin", GEMM_BUILTIN_ONLY, dtype, trans_a, trans_b, m, n, k,
+                      alpha, a, lda, b, ldb, beta, c, ldc, threads);
 }
 
 fn_status fn_gemm_blas(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int64_t n,
                        int64_t k, double alpha, const void *a, int64_t lda, const void *b,
                        int64_t ldb, double beta, void *c, int64_t ldc, int threads) {
-    FN_TRY(gemm_check("fn_gemm_blas", dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc));
-    if (!fn_blas_installed(dtype)) {
-        return fn_error(FN_ESTATE, "fn_gemm_blas: no BLAS is installed for %s",
-                        dtype == FN_FLOAT64 ? "float64" : "float32");
-    }
-    if (m > INT_MAX || n > INT_MAX || k > INT_MAX || lda > INT_MAX || ldb > INT_MAX ||
-        ldc > INT_MAX) {
-        return fn_error(FN_EINVAL, "fn_gemm_blas: a size or stride exceeds the BLAS's int");
-    }
-    if (dtype == FN_FLOAT64) {
-        fn_gemm_blas_f64(trans_a != 0, trans_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                         threads > 0 ? threads : 1);
-    } else {
-        fn_gemm_blas_f32(trans_a != 0, trans_b != 0, m, n, k, (float)alpha, a, lda, b, ldb,
-                         (float)beta, c, ldc, threads > 0 ? threads : 1);
-    }
-    return FN_OK;
+    return gemm_entry("fn_gemm_blas", GEMM_BLAS_ONLY, dtype, trans_a, trans_b, m, n, k, alpha, a,
+                      lda, b, ldb, beta, c, ldc, threads);
 }
 
 /* Whether a single-threaded product of these sizes runs faster on the built-in kernel than on

@@ -176,10 +176,11 @@ def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, bint 
         C = np.zeros((m, n), dtype=numpy_dtype(dtype))
     else:
         C = out
-        if (C.shape[0], C.shape[1]) != (m, n) or C.dtype != numpy_dtype(dtype) \
+        if np.shape(C) != (m, n) or C.dtype != numpy_dtype(dtype) \
                 or not C.flags.c_contiguous or not C.flags.writeable:
-            raise ValueError(f"gemm: out must be a writeable C-contiguous {numpy_dtype(dtype)} "
-                             f"array of shape {(m, n)}, got {C.dtype} {np.shape(C)}")
+            raise ValueError(f"gemm: out must be a writeable C-contiguous "
+                             f"{np.dtype(numpy_dtype(dtype))} array of shape {(m, n)}, got "
+                             f"{C.dtype} {np.shape(C)}")
     cdef int nthreads = fn_get_num_threads() if threads is None else threads
     cdef fn_status status
     with nogil:
