@@ -61,7 +61,9 @@ static fn_status activation_forward_f64(fn_node *node, const fn_model_ctx *ctx);
 static fn_status activation_backward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status activation_backward_f64(fn_node *node, const fn_model_ctx *ctx);
 
-#define FN_ACTIVATION_OP(op_name, type_name)                                                     \
+/* reads_output: backward needs y only (ReLU, sigmoid, tanh), which also lets forward overwrite x;
+ * the others need x only. */
+#define FN_ACTIVATION_OP(op_name, type_name, reads_output)                                       \
     const fn_op op_name = {                                                                      \
         .type = type_name,                                                                       \
         .min_inputs = 1,                                                                         \
@@ -70,15 +72,18 @@ static fn_status activation_backward_f64(fn_node *node, const fn_model_ctx *ctx)
         .init = NULL,                                                                            \
         .forward = {activation_forward_f32, activation_forward_f64},                             \
         .backward = {activation_backward_f32, activation_backward_f64},                          \
+        .backward_ignores_output = !(reads_output),                                              \
+        .backward_ignores_inputs = (reads_output),                                               \
+        .in_place = (reads_output),                                                              \
     };
-FN_ACTIVATION_OP(fn_op_relu, "relu")
-FN_ACTIVATION_OP(fn_op_leaky_relu, "leaky_relu")
-FN_ACTIVATION_OP(fn_op_sigmoid, "sigmoid")
-FN_ACTIVATION_OP(fn_op_tanh, "tanh")
-FN_ACTIVATION_OP(fn_op_elu, "elu")
-FN_ACTIVATION_OP(fn_op_gelu, "gelu")
-FN_ACTIVATION_OP(fn_op_silu, "silu")
-FN_ACTIVATION_OP(fn_op_softplus, "softplus")
+FN_ACTIVATION_OP(fn_op_relu, "relu", true)
+FN_ACTIVATION_OP(fn_op_leaky_relu, "leaky_relu", false)
+FN_ACTIVATION_OP(fn_op_sigmoid, "sigmoid", true)
+FN_ACTIVATION_OP(fn_op_tanh, "tanh", true)
+FN_ACTIVATION_OP(fn_op_elu, "elu", false)
+FN_ACTIVATION_OP(fn_op_gelu, "gelu", false)
+FN_ACTIVATION_OP(fn_op_silu, "silu", false)
+FN_ACTIVATION_OP(fn_op_softplus, "softplus", false)
 
 /* The kind an op computes; GELU's approximation is an attribute, resolved by configure. */
 fn_activation_kind fn_activation_kind_of(const fn_op *op) {

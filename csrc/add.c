@@ -34,6 +34,9 @@ const fn_op fn_op_add = {
     .configure = add_configure,
     .forward = {add_forward_f32, add_forward_f64},
     .backward = {add_backward_f32, add_backward_f64},
+    .backward_ignores_output = true,
+    .backward_ignores_inputs = true,
+    .in_place = true,
 };
 
 #define FN_TEMPLATE_FILE "add.c"
@@ -45,7 +48,8 @@ const fn_op fn_op_add = {
 static fn_status FN_T(add_forward)(fn_node *node, const fn_model_ctx *ctx) {
     int64_t count = ctx->batch * node->out_size;
     real *y = node->out;
-    FN_T(fn_copy_or_add)(y, node->in[0], count, false, ctx->threads);
+    if (y != node->in[0]) /* else planned in place: y already holds input 0 */
+        FN_T(fn_copy_or_add)(y, node->in[0], count, false, ctx->threads);
     for (int j = 1; j < node->n_inputs; j++)
         FN_T(fn_copy_or_add)(y, node->in[j], count, true, ctx->threads);
     return FN_OK;

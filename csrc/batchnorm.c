@@ -132,6 +132,7 @@ const fn_op fn_op_batch_norm = {
     .saved = batch_norm_saved,
     .forward = {batch_norm_forward_f32, batch_norm_forward_f64},
     .backward = {batch_norm_backward_f32, batch_norm_backward_f64},
+    .backward_ignores_output = true, /* x is normalised again from the saved statistics */
 };
 
 #define FN_TEMPLATE_FILE "batchnorm.c"

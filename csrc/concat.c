@@ -37,6 +37,8 @@ const fn_op fn_op_concat = {
     .configure = concat_configure,
     .forward = {concat_forward_f32, concat_forward_f64},
     .backward = {concat_backward_f32, concat_backward_f64},
+    .backward_ignores_output = true,
+    .backward_ignores_inputs = true,
 };
 
 #define FN_TEMPLATE_FILE "concat.c"

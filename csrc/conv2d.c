@@ -290,6 +290,7 @@ const fn_op fn_op_conv2d = {
     .workspace = conv_workspace,
     .forward = {conv_forward_f32, conv_forward_f64},
     .backward = {conv_backward_f32, conv_backward_f64},
+    .backward_ignores_output = true,
 };
 
 #define FN_TEMPLATE_FILE "conv2d.c"

@@ -49,6 +49,9 @@ const fn_op fn_op_dropout = {
     .configure = dropout_configure,
     .forward = {dropout_forward_f32, dropout_forward_f64},
     .backward = {dropout_backward_f32, dropout_backward_f64},
+    .backward_ignores_output = true, /* the mask is drawn again */
+    .backward_ignores_inputs = true,
+    .in_place = true,
 };
 
 #define FN_TEMPLATE_FILE "dropout.c"
@@ -87,7 +90,7 @@ void FN_T(fn_dropout_backward)(const real *grad_y, real *grad_x, bool accumulate
 static fn_status FN_T(dropout_forward)(fn_node *node, const fn_model_ctx *ctx) {
     int64_t count = ctx->batch * node->out_size;
     if (!ctx->training) { /* eval mode: the identity */
-        memcpy(node->out, node->in[0], (size_t)count * sizeof(real));
+        if (node->out != node->in[0]) memcpy(node->out, node->in[0], (size_t)count * sizeof(real));
         return FN_OK;
     }
     FN_T(fn_dropout_forward)((const real *)node->in[0], (real *)node->out, node->attr.dropout.p,

@@ -1,5 +1,5 @@
-/* flatten.c — (C, H, W) per sample to (C*H*W): the layout is already flat, so this is a copy
- * (each node keeps a buffer of its own, which the runtime's gradient hand-off relies on). */
+/* flatten.c — (C, H, W) per sample to (C*H*W): the layout is already flat, so this is a copy, or
+ * nothing at all when the buffer planner gives the output its input's memory (in place). */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
 #include "model.h"
@@ -22,6 +22,9 @@ const fn_op fn_op_flatten = {
     .configure = flatten_configure,
     .forward = {flatten_forward_f32, flatten_forward_f64},
     .backward = {flatten_backward_f32, flatten_backward_f64},
+    .backward_ignores_output = true,
+    .backward_ignores_inputs = true,
+    .in_place = true,
 };
 
 #define FN_TEMPLATE_FILE "flatten.c"
@@ -31,7 +34,9 @@ const fn_op fn_op_flatten = {
 
 /* x and y are (n, size). */
 static fn_status FN_T(flatten_forward)(fn_node *node, const fn_model_ctx *ctx) {
-    FN_T(fn_copy_or_add)(node->out, node->in[0], ctx->batch * node->out_size, false, ctx->threads);
+    if (node->out != node->in[0]) /* else planned in place: nothing to do */
+        FN_T(fn_copy_or_add)(node->out, node->in[0], ctx->batch * node->out_size, false,
+                             ctx->threads);
     return FN_OK;
 }
 

@@ -69,6 +69,7 @@ const fn_op fn_op_linear = {
     .init = linear_init,
     .forward = {linear_forward_f32, linear_forward_f64},
     .backward = {linear_backward_f32, linear_backward_f64},
+    .backward_ignores_output = true,
 };
 
 #define FN_TEMPLATE_FILE "linear.c"

@@ -47,6 +47,7 @@ const fn_op fn_op_maxout = {
     .configure = maxout_configure,
     .forward = {maxout_forward_f32, maxout_forward_f64},
     .backward = {maxout_backward_f32, maxout_backward_f64},
+    .backward_ignores_output = true,
 };
 
 #define FN_TEMPLATE_FILE "maxout.c"

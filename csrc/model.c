@@ -167,8 +167,27 @@ fn_status fn_model_node_output(const fn_model *m, int i, const void **data, int6
                               "last forward (predict keeps none); run a forward or a train_step first"
                             : "node_output: no forward has completed on the current buffers; run "
                               "a forward or a train_step first");
-    *data = m->nodes[i].out;
+    const fn_node *node = &m->nodes[i];
+    if (!node->out_kept)
+        return fn_error(FN_ESTATE,
+                        "node_output: the output of node '%s' (%s) is not kept: backward does not "
+                        "read it, so a later layer's output reuses its memory; "
+                        "fn_model_set_keep_outputs(m, 1) gives every output memory of its own",
+                        node->name, node->op->type);
+    *data = node->out;
     *rows = m->output_batch;
+    return FN_OK;
+}
+
+void fn_model_set_keep_outputs(fn_model *m, int keep) {
+    if (m) m->keep_outputs = keep != 0; /* the next forward lays the buffers out again */
+}
+
+int fn_model_keep_outputs(const fn_model *m) { return m && m->keep_outputs; }
+
+fn_status fn_model_memory_use(const fn_model *m, fn_memory_use *out) {
+    if (!m || !out) return fn_error(FN_EINVAL, "memory_use: model or out is NULL");
+    *out = m->memory;
     return FN_OK;
 }
 
@@ -201,6 +220,7 @@ static fn_status plan_saved(fn_model *m, int64_t batch) {
     }
     fn_free(m->saved);
     m->saved = fn_alloc(total);
+    m->memory.saved = m->saved ? total : 0;
     if (!m->saved) return fn_error(FN_ENOMEM, "cannot allocate %zu bytes of saved state", total);
     char *next = m->saved;
     for (int i = 0; i < m->n_nodes; i++) {
@@ -229,17 +249,158 @@ static fn_status plan_workspace(fn_model *m, int64_t batch, int threads) {
     if (!workspace) return fn_error(FN_ENOMEM, "cannot allocate %zu bytes of workspace", need);
     fn_free(m->workspace);
     m->workspace = workspace;
-    m->workspace_size = need;
+    m->workspace_size = m->memory.workspace = need;
+    return FN_OK;
+}
+
+/* Slots for the buffer planners below: a slot holds one buffer at a time and grows to the largest
+ * it holds; sizes are in elements of one sample. */
+typedef struct {
+    int count;
+    int64_t *size; /* after slot_pool_layout: each slot's offset */
+    bool *busy;
+} slot_pool;
+
+static fn_status slot_pool_init(slot_pool *pool, int capacity, const char *what) {
+    pool->count = 0;
+    pool->size = malloc((size_t)capacity * sizeof *pool->size);
+    pool->busy = malloc((size_t)capacity * sizeof *pool->busy);
+    if (!pool->size || !pool->busy) {
+        free(pool->size);
+        free(pool->busy);
+        return fn_error(FN_ENOMEM, "cannot plan the %s", what);
+    }
+    return FN_OK;
+}
+
+static void slot_pool_free(slot_pool *pool) {
+    free(pool->size);
+    free(pool->busy);
+}
+
+/* A free slot for a buffer of `need` elements: the smallest free one that is large enough, else
+ * the largest free one (which grows), else a new one. */
+static int slot_take(slot_pool *pool, int64_t need) {
+    int best = -1;
+    for (int s = 0; s < pool->count; s++) {
+        if (pool->busy[s]) continue;
+        bool fits = pool->size[s] >= need, best_fits = best >= 0 && pool->size[best] >= need;
+        if (best < 0 || (fits && (!best_fits || pool->size[s] < pool->size[best])) ||
+            (!fits && !best_fits && pool->size[s] > pool->size[best]))
+            best = s;
+    }
+    if (best < 0) {
+        best = pool->count++;
+        pool->size[best] = 0;
+    }
+    if (pool->size[best] < need) pool->size[best] = need;
+    pool->busy[best] = true;
+    return best;
+}
+
+/* Lays the slots out one after another: size[s] becomes slot s's offset; returns the total. */
+static int64_t slot_pool_layout(slot_pool *pool) {
+    int64_t offset = 0;
+    for (int s = 0; s < pool->count; s++) {
+        int64_t size = pool->size[s];
+        pool->size[s] = offset;
+        offset += size;
+    }
+    return offset;
+}
+
+/* Places every node's output, sharing memory between outputs that are never needed at the same
+ * time, unless m->keep_outputs. An output is needed from its node's forward to its last
+ * consumer's forward, and on to the end of backward when a backward reads it (its own node's,
+ * unless the op declares backward_ignores_output; a consumer's, unless it declares
+ * backward_ignores_inputs) or it is the model's output. Walking forward's order, an output takes a
+ * slot before its node runs and gives it back after its last reader has run (not before: a node
+ * reads its inputs while it writes its output). An op that works in place (ReLU, add, dropout,
+ * flatten) takes its first input's slot instead when that input is needed by nothing after it:
+ * batch norm's output becomes the ReLU's, and the copy that add or flatten would make is gone.
+ * In a ResNet only the outputs that backward reads (convolutions', ReLUs') then take memory of
+ * their own. out_kept says which outputs are still there after the forward. */
+static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *total) {
+    const int n = m->n_nodes;
+    int *last_use = malloc((size_t)n * sizeof *last_use); /* n: to the end of backward */
+    int *slot_of = malloc((size_t)n * sizeof *slot_of);
+    slot_pool pool = {0};
+    fn_status status = slot_pool_init(&pool, n, "activation buffers");
+    if (status == FN_OK && (!last_use || !slot_of))
+        status = fn_error(FN_ENOMEM, "cannot plan the activation buffers");
+    if (status != FN_OK) {
+        free(last_use);
+        free(slot_of);
+        if (pool.size) slot_pool_free(&pool);
+        return status;
+    }
+    for (int i = 0; i < n; i++) {
+        const fn_node *node = &m->nodes[i];
+        bool backward_reads = m->keep_outputs || i == m->output_node ||
+                              !node->op->backward_ignores_output;
+        last_use[i] = backward_reads ? n : i;
+    }
+    for (int j = 0; j < n; j++) {
+        const fn_node *consumer = &m->nodes[j];
+        for (int k = 0; k < consumer->n_inputs; k++) {
+            int i = consumer->input[k];
+            if (i == FN_MODEL_INPUT) continue;
+            if (!consumer->op->backward_ignores_inputs) last_use[i] = n;
+            if (last_use[i] < j) last_use[i] = j;
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        fn_node *node = &m->nodes[j];
+        int first = node->n_inputs > 0 ? node->input[0] : FN_MODEL_INPUT;
+        bool in_place = node->op->in_place && node->op->backward_ignores_inputs &&
+                        first != FN_MODEL_INPUT && last_use[first] == j;
+        for (int k = 1; k < node->n_inputs && in_place; k++) in_place = node->input[k] != first;
+        if (in_place) {
+            slot_of[j] = slot_of[first];
+            if (pool.size[slot_of[j]] < node->out_size) pool.size[slot_of[j]] = node->out_size;
+        } else {
+            slot_of[j] = slot_take(&pool, node->out_size);
+        }
+        for (int k = 0; k < node->n_inputs; k++) {
+            int i = node->input[k];
+            if (i != FN_MODEL_INPUT && last_use[i] == j && slot_of[i] != slot_of[j])
+                pool.busy[slot_of[i]] = false;
+        }
+        if (last_use[j] == j) pool.busy[slot_of[j]] = false; /* read by nothing */
+    }
+    *total = slot_pool_layout(&pool);
+    for (int i = n - 1, s; i >= 0; i--) {
+        s = slot_of[i];
+        out_offset[i] = pool.size[s];
+        /* Kept unless a later node's output shares the slot; pool.busy marks those now. */
+        m->nodes[i].out_kept = true;
+    }
+    for (int s = 0; s < pool.count; s++) pool.busy[s] = false;
+    for (int i = n - 1; i >= 0; i--) {
+        m->nodes[i].out_kept = !pool.busy[slot_of[i]];
+        pool.busy[slot_of[i]] = true;
+    }
+    free(last_use);
+    free(slot_of);
+    slot_pool_free(&pool);
     return FN_OK;
 }
 
 static fn_status plan_activations(fn_model *m, int64_t batch) {
-    if (batch <= m->capacity && m->activations) return FN_OK;
-    size_t elem = fn_dtype_size(m->dtype), total = 0, bytes, input_bytes;
-    for (int i = 0; i < m->n_nodes; i++) total += (size_t)m->nodes[i].out_size;
-    if (!fn_mul_size(total, (size_t)batch * elem, &bytes) ||
-        !fn_mul_size((size_t)m->input_size, (size_t)batch * elem, &input_bytes))
-        return fn_error(FN_ENOMEM, "batch of %lld samples is too large", (long long)batch);
+    if (batch <= m->capacity && m->activations && m->planned_keep_outputs == m->keep_outputs)
+        return FN_OK;
+    size_t elem = fn_dtype_size(m->dtype), bytes, input_bytes;
+    int64_t *out_offset = malloc((size_t)m->n_nodes * sizeof *out_offset), total = 0;
+    if (!out_offset) return fn_error(FN_ENOMEM, "cannot plan the activation buffers");
+    fn_status status = plan_output_slots(m, out_offset, &total);
+    if (status == FN_OK &&
+        (!fn_mul_size((size_t)total, (size_t)batch * elem, &bytes) ||
+         !fn_mul_size((size_t)m->input_size, (size_t)batch * elem, &input_bytes)))
+        status = fn_error(FN_ENOMEM, "batch of %lld samples is too large", (long long)batch);
+    if (status != FN_OK) {
+        free(out_offset);
+        return status;
+    }
     fn_free(m->activations);
     fn_free(m->input_copy);
     fn_free(m->gradients); /* laid out for the old capacity */
@@ -251,15 +412,19 @@ static fn_status plan_activations(fn_model *m, int64_t batch) {
     m->forward_batch = 0;
     m->output_batch = 0; /* the new buffers hold nothing yet */
     m->outputs_predicted = false;
-    if (!m->activations || !m->input_copy)
+    if (!m->activations || !m->input_copy) {
+        free(out_offset);
         return fn_error(FN_ENOMEM, "cannot allocate %zu bytes of activations for a batch of %lld",
                         bytes + input_bytes, (long long)batch);
-    m->capacity = batch;
-    char *next = m->activations;
-    for (int i = 0; i < m->n_nodes; i++) {
-        m->nodes[i].out = next;
-        next += (size_t)m->nodes[i].out_size * (size_t)batch * elem;
     }
+    m->capacity = batch;
+    m->planned_keep_outputs = m->keep_outputs;
+    m->memory.activations = bytes;
+    m->memory.input = input_bytes;
+    m->memory.gradients = 0;
+    for (int i = 0; i < m->n_nodes; i++)
+        m->nodes[i].out = (char *)m->activations + (size_t)out_offset[i] * (size_t)batch * elem;
+    free(out_offset);
     FN_TRY(plan_saved(m, batch));
     for (int i = 0; i < m->n_nodes; i++) {
         fn_node *node = &m->nodes[i];
@@ -276,22 +441,21 @@ static fn_status plan_activations(fn_model *m, int64_t batch) {
  * i's own backward, and it is needed in between; the output node's is written by the loss before
  * backward starts. Walking backward's order, a gradient takes a slot when its first writer runs
  * and gives it back once its own node has run (not before: a node reads its output gradient
- * while it writes its inputs'). A slot serves gradients one after another and is as large as
- * the largest; a free slot at least as large as the gradient is preferred, the smallest such.
- * In a chain of layers two or three slots serve the whole network, which halves the memory a
- * training step needs beside the activations. Sizes are in elements of one sample. */
+ * while it writes its inputs'). In a chain of layers two or three slots serve the whole network,
+ * which halves the memory a training step needs beside the activations. */
 static fn_status plan_gradient_slots(fn_model *m, int64_t *grad_offset, int64_t *total) {
     int n = m->n_nodes;
     int *slot_of = malloc((size_t)n * sizeof *slot_of);
-    int64_t *slot_size = malloc((size_t)n * sizeof *slot_size);
-    bool *slot_busy = malloc((size_t)n * sizeof *slot_busy);
-    if (!slot_of || !slot_size || !slot_busy) {
-        free(slot_of);
-        free(slot_size);
-        free(slot_busy);
-        return fn_error(FN_ENOMEM, "cannot plan the gradient buffers");
+    slot_pool pool = {0};
+    fn_status status = slot_pool_init(&pool, n, "gradient buffers");
+    if (status == FN_OK && !slot_of) {
+        slot_pool_free(&pool);
+        status = fn_error(FN_ENOMEM, "cannot plan the gradient buffers");
     }
-    int slots = 0;
+    if (status != FN_OK) {
+        free(slot_of);
+        return status;
+    }
     for (int i = 0; i < n; i++) slot_of[i] = -1;
     for (int j = n; j >= 0; j--) {
         /* j == n: before backward, the loss writes the output's gradient. */
@@ -300,36 +464,14 @@ static fn_status plan_gradient_slots(fn_model *m, int64_t *grad_offset, int64_t 
         for (int k = 0; k < count; k++) {
             int i = writer ? writer->input[k] : m->output_node;
             if (i == FN_MODEL_INPUT || slot_of[i] >= 0) continue;
-            int64_t need = m->nodes[i].out_size;
-            int best = -1;
-            for (int s = 0; s < slots; s++) {
-                if (slot_busy[s]) continue;
-                bool fits = slot_size[s] >= need, best_fits = best >= 0 && slot_size[best] >= need;
-                if (best < 0 || (fits && (!best_fits || slot_size[s] < slot_size[best])) ||
-                    (!fits && !best_fits && slot_size[s] > slot_size[best]))
-                    best = s;
-            }
-            if (best < 0) {
-                best = slots++;
-                slot_size[best] = 0;
-            }
-            if (slot_size[best] < need) slot_size[best] = need;
-            slot_busy[best] = true;
-            slot_of[i] = best;
+            slot_of[i] = slot_take(&pool, m->nodes[i].out_size);
         }
-        if (writer) slot_busy[slot_of[j]] = false;
+        if (writer) pool.busy[slot_of[j]] = false;
     }
-    int64_t offset = 0;
-    for (int s = 0; s < slots; s++) {
-        int64_t size = slot_size[s];
-        slot_size[s] = offset; /* from here on: the slot's offset */
-        offset += size;
-    }
-    for (int i = 0; i < n; i++) grad_offset[i] = slot_size[slot_of[i]];
-    *total = offset;
+    *total = slot_pool_layout(&pool);
+    for (int i = 0; i < n; i++) grad_offset[i] = pool.size[slot_of[i]];
     free(slot_of);
-    free(slot_size);
-    free(slot_busy);
+    slot_pool_free(&pool);
     return FN_OK;
 }
 
@@ -343,6 +485,7 @@ static fn_status plan_gradients(fn_model *m, bool want_input_grad) {
         fn_status status = plan_gradient_slots(m, grad_offset, &total);
         if (status == FN_OK) {
             m->gradients = fn_alloc((size_t)total * (size_t)m->capacity * elem);
+            m->memory.gradients = m->gradients ? (size_t)total * (size_t)m->capacity * elem : 0;
             if (!m->gradients)
                 status = fn_error(FN_ENOMEM,
                                   "cannot allocate gradient buffers for a batch of %lld",
@@ -357,6 +500,7 @@ static fn_status plan_gradients(fn_model *m, bool want_input_grad) {
     }
     if (want_input_grad && !m->input_grad) {
         m->input_grad = fn_alloc((size_t)m->input_size * (size_t)m->capacity * elem);
+        if (m->input_grad) m->memory.input += (size_t)m->input_size * (size_t)m->capacity * elem;
         if (!m->input_grad)
             return fn_error(FN_ENOMEM, "cannot allocate the input gradient");
     }
@@ -421,6 +565,7 @@ static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
     m->output_batch = n;
     m->outputs_predicted = false;
     m->forward_rng_step = m->rng_step;
+    m->forward_threads = threads;
     if (m->training) m->rng_step++; /* the next forward draws new dropout masks */
     return FN_OK;
 }
@@ -512,14 +657,39 @@ void fn_model_zero_grad(fn_model *m) {
 
 /* ---------------------------------------------------------------- the fused training step */
 
-/* FN_ENUMERIC for a non-finite loss, naming the first node whose output holds a non-finite
- * value: where a bad value starts is what one needs to know, and the activations of this forward
- * are all still there. Runs only on this failure, so it costs a step nothing. */
-static fn_status nonfinite_loss_error(fn_model *m, int64_t n, double value) {
+/* The first node (execution order) whose output in the forward just run holds a non-finite value,
+ * or -1; *bad is its first such element. Outputs whose memory later nodes reused are gone, so the
+ * forward then runs again, each output checked while it is there: the same input, mode, dropout
+ * masks and thread count give the same values. The whole forward runs, so that every kept output
+ * is as it was; batch norm's running statistics, which it updates again, are put back by the
+ * failed step with the rest. */
+static int first_nonfinite_output(fn_model *m, int64_t n, int64_t *bad) {
+    bool all_kept = true;
+    for (int i = 0; i < m->n_nodes; i++) all_kept = all_kept && m->nodes[i].out_kept;
+    fn_model_ctx ctx = make_ctx(m, n, m->forward_threads);
+    ctx.rng_step = m->forward_rng_step;
+    int first = -1;
     for (int i = 0; i < m->n_nodes; i++) {
+        fn_node *node = &m->nodes[i];
+        if (!all_kept) (void)node->op->forward[m->dtype](node, &ctx); /* it succeeded before */
+        int64_t at = fn_first_nonfinite(m->dtype, node->out, n * node->out_size);
+        if (at >= 0 && first < 0) {
+            first = i;
+            *bad = at;
+            if (all_kept) break;
+        }
+    }
+    return first;
+}
+
+/* FN_ENUMERIC for a non-finite loss, naming the first node whose output holds a non-finite
+ * value: where a bad value starts is what one needs to know. Runs only on this failure, so it
+ * costs a step nothing. */
+static fn_status nonfinite_loss_error(fn_model *m, int64_t n, double value) {
+    int64_t bad = -1;
+    int i = first_nonfinite_output(m, n, &bad);
+    if (i >= 0) {
         const fn_node *node = &m->nodes[i];
-        int64_t bad = fn_first_nonfinite(m->dtype, node->out, n * node->out_size);
-        if (bad < 0) continue;
         m->nonfinite_node = i;
         return fn_error(FN_ENUMERIC,
                         "train_step: the loss is %g; the first non-finite values appear in the "

@@ -80,6 +80,16 @@ typedef struct fn_op {
      * rule out, such as batch norm training on one value per channel. */
     fn_status (*forward[2])(fn_node *node, const fn_model_ctx *ctx);
     fn_status (*backward[2])(fn_node *node, const fn_model_ctx *ctx);
+    /* What backward reads besides the gradients, parameters and saved state, for the buffer
+     * planner (model.c): an output, or inputs, that backward never reads can give up their memory
+     * as soon as forward is done with them. Left false, they are kept to the end of backward,
+     * which is always safe. */
+    bool backward_ignores_output, backward_ignores_inputs;
+    /* forward may run with out == in[0]: element by element, each input element read before the
+     * output element at the same place is written. The planner then lets the output take its
+     * first input's memory when nothing else needs that input any more (and backward_ignores_inputs
+     * must hold, since the input is gone by then). */
+    bool in_place;
 } fn_op;
 
 struct fn_node {
@@ -125,6 +135,8 @@ struct fn_node {
     /* Pointers set when buffers are planned (fn_model_plan) and when the arenas are allocated. */
     const void *in[FN_MAX_INPUTS]; /* (batch, in_size) */
     void *out;                     /* (batch, out_size) */
+    bool out_kept;                 /* out still holds this node's output after a forward: no
+                                    * later node's output shares its memory */
     void *grad_out;                /* (batch, out_size): d loss / d out */
     void *grad_in[FN_MAX_INPUTS];  /* (batch, in_size) or NULL when not needed */
     bool grad_in_accumulate[FN_MAX_INPUTS]; /* another consumer already wrote it in backward */
@@ -189,6 +201,10 @@ struct fn_model {
     /* Buffers planned for up to `capacity` samples; the last forward's batch and mode. */
     int64_t capacity;
     void *activations;     /* every node's out, one allocation */
+    /* Every node's out in memory of its own (fn_model_set_keep_outputs), and whether the buffers
+     * were planned so; otherwise outputs that backward does not read share memory. */
+    bool keep_outputs, planned_keep_outputs;
+    fn_memory_use memory; /* bytes of the buffers above (fn_model_memory_use) */
     void *gradients;       /* every node's grad_out */
     void *input_copy;      /* (capacity, input_size): the validated copy of x */
     void *input_grad;      /* (capacity, input_size), allocated on first request */
@@ -202,6 +218,7 @@ struct fn_model {
     int64_t output_batch;
     bool outputs_predicted;
     uint64_t forward_rng_step; /* rng_step of that forward, for backward's dropout masks */
+    int forward_threads;       /* and its thread count, to run it again the same way */
     int64_t train_correct; /* argmax hits of the last train_step */
 };
 

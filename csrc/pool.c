@@ -145,6 +145,7 @@ const fn_op fn_op_max_pool2d = {
     .configure = pool_configure,
     .forward = {max_pool_forward_f32, max_pool_forward_f64},
     .backward = {max_pool_backward_f32, max_pool_backward_f64},
+    .backward_ignores_output = true,
 };
 
 const fn_op fn_op_avg_pool2d = {
@@ -154,6 +155,8 @@ const fn_op fn_op_avg_pool2d = {
     .configure = pool_configure,
     .forward = {avg_pool_forward_f32, avg_pool_forward_f64},
     .backward = {avg_pool_backward_f32, avg_pool_backward_f64},
+    .backward_ignores_output = true,
+    .backward_ignores_inputs = true,
 };
 
 const fn_op fn_op_global_avg_pool2d = {
@@ -163,6 +166,8 @@ const fn_op fn_op_global_avg_pool2d = {
     .configure = global_avg_pool_configure,
     .forward = {global_avg_pool_forward_f32, global_avg_pool_forward_f64},
     .backward = {global_avg_pool_backward_f32, global_avg_pool_backward_f64},
+    .backward_ignores_output = true,
+    .backward_ignores_inputs = true,
 };
 
 /* Whether v replaces best as a window's maximum: when it is larger, or when it is the first NaN

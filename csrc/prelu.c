@@ -64,6 +64,7 @@ const fn_op fn_op_prelu = {
     .workspace = prelu_workspace,
     .forward = {prelu_forward_f32, prelu_forward_f64},
     .backward = {prelu_backward_f32, prelu_backward_f64},
+    .backward_ignores_output = true,
 };
 
 #define FN_TEMPLATE_FILE "prelu.c"

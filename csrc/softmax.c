@@ -53,6 +53,7 @@ static fn_status softmax_backward_f64(fn_node *node, const fn_model_ctx *ctx);
         .configure = softmax_configure,                                                          \
         .forward = {softmax_forward_f32, softmax_forward_f64},                                   \
         .backward = {softmax_backward_f32, softmax_backward_f64},                                \
+        .backward_ignores_inputs = true,                                                         \
     };
 FN_SOFTMAX_OP(fn_op_softmax, "softmax")
 FN_SOFTMAX_OP(fn_op_log_softmax, "log_softmax")

@@ -1,22 +1,61 @@
-"""Fills the C core's BLAS table from SciPy's BLAS (``scipy.linalg.cython_blas``).
+"""Fills the C core's BLAS table from SciPy's BLAS.
 
-SciPy exports its Fortran-ABI ``sgemm``/``dgemm`` as PyCapsules in ``cython_blas.__pyx_capi__``, so
-no SciPy headers are needed at build time. fastnet calls the BLAS single-threaded from inside its
-own OpenMP partitions; OpenBLAS's ``openblas_set_num_threads_local`` lets it do so for its own
-threads only, leaving the rest of the process (and the user's SciPy calls) as they were.
+A SciPy wheel bundles OpenBLAS (``scipy.libs/libscipy_openblas*.so``, exporting ``scipy_sgemm_``,
+``scipy_dgemm_`` and ``openblas_set_num_threads_local``): fastnet loads that library with ctypes,
+without importing ``scipy.linalg``, which would cost about 30 MB of resident memory and a tenth
+of a second for modules fastnet never uses. Any other SciPy (built against a system BLAS) is
+reached through ``scipy.linalg.cython_blas``, which exports its Fortran-ABI ``sgemm``/``dgemm`` as
+PyCapsules, so no SciPy headers are needed at build time either way. fastnet calls the BLAS
+single-threaded from inside its own OpenMP partitions; OpenBLAS's
+``openblas_set_num_threads_local`` lets it do so for its own threads only, leaving the rest of
+the process (and the user's SciPy calls) as they were.
 """
 import ctypes
 import glob
+import importlib.util
 import os
 
 from fastnet import _core
 
-#: How the table was filled: "scipy-openblas", "scipy" (no per-thread setter found) or "builtin".
+#: How the table was filled: "scipy-openblas" (OpenBLAS with its per-thread setter), "scipy" (no
+#: such setter found) or "builtin".
 source = "builtin"
 
 
+def _scipy_directory():
+    """The directory SciPy is installed in, found without importing it; None without SciPy."""
+    try:
+        spec = importlib.util.find_spec("scipy")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def _bundled_openblas():
+    """(sgemm, dgemm, setter) addresses from the OpenBLAS a SciPy wheel bundles, or None."""
+    directory = _scipy_directory()
+    if directory is None:
+        return None
+    libs = os.path.join(os.path.dirname(directory), "scipy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        found = []
+        for names in (("scipy_sgemm_", "sgemm_"), ("scipy_dgemm_", "dgemm_"),
+                      ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads_local")):
+            function = next((getattr(lib, name) for name in names if hasattr(lib, name)), None)
+            found.append(ctypes.cast(function, ctypes.c_void_p).value or 0 if function else 0)
+        if found[0] and found[1]:
+            return tuple(found)
+    return None
+
+
 def _openblas_libraries():
-    """Paths of the OpenBLAS libraries mapped into this process, then SciPy's bundled ones."""
+    """Paths of the OpenBLAS libraries mapped into this process."""
     paths = []
     try:
         with open("/proc/self/maps") as maps:
@@ -26,15 +65,11 @@ def _openblas_libraries():
                     paths.append(path)
     except OSError:
         pass
-    import scipy
-
-    libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
-    paths += [p for p in sorted(glob.glob(os.path.join(libs, "*openblas*"))) if p not in paths]
     return paths
 
 
 def _thread_local_setter():
-    """Address of openblas_set_num_threads_local in the OpenBLAS that SciPy uses, or 0."""
+    """Address of openblas_set_num_threads_local in an OpenBLAS mapped into this process, or 0."""
     for path in _openblas_libraries():
         try:
             lib = ctypes.CDLL(path)
@@ -48,19 +83,23 @@ def _thread_local_setter():
 
 
 def install():
-    """Installs SciPy's BLAS if it is importable; otherwise the built-in GEMM stays in use."""
+    """Installs SciPy's BLAS if SciPy is there; otherwise the built-in GEMM stays in use."""
     global source
     if os.environ.get("FASTNET_BLAS", "").lower() == "builtin":
         _core.uninstall_blas()
         source = "builtin"
         return source
-    try:
-        from scipy.linalg import cython_blas
-    except ImportError:
-        source = "builtin"
-        return source
-    capsules = cython_blas.__pyx_capi__
-    setter = _thread_local_setter()
-    _core.install_blas(capsules["sgemm"], capsules["dgemm"], setter)
+    bundled = _bundled_openblas()
+    if bundled is not None:
+        sgemm, dgemm, setter = bundled
+    else:
+        try:
+            from scipy.linalg import cython_blas
+        except ImportError:
+            source = "builtin"
+            return source
+        sgemm, dgemm = cython_blas.__pyx_capi__["sgemm"], cython_blas.__pyx_capi__["dgemm"]
+        setter = _thread_local_setter()
+    _core.install_blas(sgemm, dgemm, setter)
     source = "scipy-openblas" if setter else "scipy"
     return source

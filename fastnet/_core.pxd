@@ -112,6 +112,11 @@ cdef extern from "include/fastnet.h" nogil:
     int fn_model_node_count(const fn_model *m)
     fn_status fn_model_node_info(const fn_model *m, int i, fn_node_info *info)
     fn_status fn_model_node_output(const fn_model *m, int i, const void **data, int64_t *rows)
+    void fn_model_set_keep_outputs(fn_model *m, int keep)
+    int fn_model_keep_outputs(const fn_model *m)
+    ctypedef struct fn_memory_use:
+        size_t activations, gradients, input, saved, workspace
+    fn_status fn_model_memory_use(const fn_model *m, fn_memory_use *out)
     int fn_model_tensor_count(const fn_model *m)
     fn_status fn_model_tensor_info(const fn_model *m, int i, fn_tensor_info *info)
     void fn_model_set_training(fn_model *m, int training)

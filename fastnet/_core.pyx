@@ -133,12 +133,24 @@ def get_deterministic():
     return bool(fn_get_deterministic())
 
 
-def install_blas(sgemm_capsule, dgemm_capsule, uintptr_t set_threads_local=0):
-    """Installs Fortran-ABI sgemm/dgemm given as PyCapsules (SciPy's cython_blas exports them),
-    and optionally the BLAS's per-thread thread-count setter (an address)."""
+cdef void *function_pointer(function, what) except NULL:
+    """The address in a PyCapsule (SciPy's cython_blas exports its functions so) or an int."""
+    cdef void *address
+    if isinstance(function, int):
+        address = <void *><uintptr_t>function
+    else:
+        address = PyCapsule_GetPointer(function, PyCapsule_GetName(function))
+    if address == NULL:
+        raise ValueError(f"install_blas: {what} is a null pointer")
+    return address
+
+
+def install_blas(sgemm, dgemm, uintptr_t set_threads_local=0):
+    """Installs Fortran-ABI sgemm/dgemm, each a PyCapsule or an address, and optionally the
+    BLAS's per-thread thread-count setter (an address)."""
     cdef fn_blas table
-    table.sgemm = <fn_sgemm_fn>PyCapsule_GetPointer(sgemm_capsule, PyCapsule_GetName(sgemm_capsule))
-    table.dgemm = <fn_dgemm_fn>PyCapsule_GetPointer(dgemm_capsule, PyCapsule_GetName(dgemm_capsule))
+    table.sgemm = <fn_sgemm_fn>function_pointer(sgemm, "sgemm")
+    table.dgemm = <fn_dgemm_fn>function_pointer(dgemm, "dgemm")
     table.set_threads_local = <fn_blas_threads_fn>set_threads_local
     fn_set_blas(&table)
 
@@ -386,7 +398,8 @@ cdef class Model:
     def node_output(self, int i):
         """A copy of node i's output (execution order, as node_info) from the last forward or
         train_step: shape (rows, *per-sample shape), rows that forward's batch. RuntimeError if
-        there was none, or predict has run since (it keeps no activations)."""
+        there was none, predict has run since (it keeps no activations), or the output is not
+        kept (see keep_outputs)."""
         cdef const void *data = NULL
         cdef int64_t rows = 0
         cdef fn_node_info info
@@ -398,6 +411,24 @@ cdef class Model:
             count *= info.shape[d]
         return np.array(array_view(self, <void *>data, count, fn_model_dtype(self.handle)),
                         copy=True).reshape(shape)
+
+    @property
+    def keep_outputs(self):
+        """Whether every node's output keeps memory of its own (node_output can read them all).
+        False by default: outputs that backward never reads share memory with later ones."""
+        return bool(fn_model_keep_outputs(self.handle))
+
+    @keep_outputs.setter
+    def keep_outputs(self, bint keep):
+        fn_model_set_keep_outputs(self.handle, keep)
+
+    def memory_use(self):
+        """Bytes held for running the model, as planned so far: a dict of activations,
+        gradients, input, saved (kept from forward to backward) and workspace."""
+        cdef fn_memory_use use
+        check(fn_model_memory_use(self.handle, &use))
+        return {"activations": use.activations, "gradients": use.gradients, "input": use.input,
+                "saved": use.saved, "workspace": use.workspace}
 
     def tensor_info(self):
         """[(name, shape, offset, is_buffer, is_integer)] of every parameter and buffer, in

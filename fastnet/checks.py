@@ -738,10 +738,16 @@ def activation_stats(model, x, training=True):
     (True, None)
     """
     x = _as_arrays(model, x)
-    info = model._core.node_info()
-    with _preserved(model), model.mode(training=training):
-        model(x.astype(model.dtype, copy=False))
-        outputs = _node_outputs(model)
+    core = model._core
+    info = core.node_info()
+    keep = core.keep_outputs
+    core.keep_outputs = True  # outputs that backward does not need otherwise share memory
+    try:
+        with _preserved(model), model.mode(training=training):
+            model(x.astype(model.dtype, copy=False))
+            outputs = _node_outputs(model)
+    finally:
+        core.keep_outputs = keep
     stats = []
     for (name, op, shape), out in zip(info, outputs):
         values = np.asarray(out, dtype=np.float64).reshape((len(x),) + tuple(shape))

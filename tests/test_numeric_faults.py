@@ -7,8 +7,12 @@ import pytest
 import fastnet as fn
 
 
-def mlp(dtype="float32", seed=0):
-    return fn.Sequential(fn.Linear(6, 5), fn.ReLU(), fn.Linear(5, 3), dtype=dtype, seed=seed)
+def mlp(dtype="float32", seed=0, keep_outputs=True):
+    """Linear-ReLU-Linear; keep_outputs: every node's output readable after a forward (by
+    default the first layer's output would become the ReLU's)."""
+    model = fn.Sequential(fn.Linear(6, 5), fn.ReLU(), fn.Linear(5, 3), dtype=dtype, seed=seed)
+    model._core.keep_outputs = keep_outputs
+    return model
 
 
 def reference_outputs(model, x):
@@ -38,6 +42,7 @@ def test_node_outputs_match_numpy_after_a_forward(keep):
 def test_node_output_shapes_are_per_sample_shapes():
     model = fn.Sequential(fn.Conv2d(1, 2, 3, padding=1), fn.ReLU(), fn.MaxPool2d(2), fn.Flatten(),
                           fn.Linear(32, 4), input_shape=(1, 8, 8))
+    model._core.keep_outputs = True
     x = np.random.default_rng(1).random((3, 1, 8, 8), dtype=np.float32)
     model._core.forward(x, False)
     for i, (_, _, shape) in enumerate(model._core.node_info()):
@@ -164,20 +169,51 @@ def test_a_nan_input_is_refused_before_the_step():
 
 
 def test_a_huge_learning_rate_names_the_first_layer_that_overflows():
-    model = fn.Sequential(fn.Linear(6, 16), fn.Tanh(), fn.Linear(16, 16), fn.ReLU(),
-                          fn.Linear(16, 3), seed=1)
-    core = model._core
-    core.set_optimizer(fn._core.OPT_SGD, lr=1e36)
-    x, y = data(seed=1)
-    with pytest.raises(FloatingPointError) as failure:
-        for _ in range(20):
-            before = snapshot(core)
-            core.train_step(x, y)
+    def run(keep_outputs):
+        model = fn.Sequential(fn.Linear(6, 16), fn.Tanh(), fn.Linear(16, 16), fn.ReLU(),
+                              fn.Linear(16, 3), seed=1)
+        core = model._core
+        core.keep_outputs = keep_outputs
+        core.set_optimizer(fn._core.OPT_SGD, lr=1e36)
+        x, y = data(seed=1)
+        with pytest.raises(FloatingPointError) as failure:
+            for _ in range(20):
+                before = snapshot(core)
+                core.train_step(x, y)
+        assert_unchanged(before, core)
+        return core, str(failure.value)
+
+    core, message = run(keep_outputs=True)
     layer = core.last_nonfinite_layer
     first = next(i for i in range(5) if not np.all(np.isfinite(core.node_output(i))))
     assert layer == str(first)
-    assert f"layer '{layer}'" in str(failure.value)
+    assert f"layer '{layer}'" in message
+    # With shared buffers the same layer is named, from a second forward.
+    core, shared_message = run(keep_outputs=False)
+    assert core.last_nonfinite_layer == layer
+    assert shared_message == message
+
+
+def test_a_layer_whose_output_is_not_kept_is_still_named():
+    # Dropout's output is overwritten by the ReLU after it (in place), so the overflow that
+    # dropout's scaling causes is found by running the forward again.
+    model = fn.Sequential(fn.Linear(6, 5), fn.Dropout(0.5), fn.ReLU(), fn.Linear(5, 3), seed=2)
+    dict(model.named_parameters())["0.weight"].data[...] = 1
+    dict(model.named_parameters())["0.bias"].data[...] = 0
+    core = model._core
+    adam(core)
+    x, y = data()
+    x[:] = np.abs(x)
+    x[5] = 5e37  # six of them sum to 3e38, finite; dropout's factor 2 makes that inf
+    before = snapshot(core)
+    with pytest.raises(FloatingPointError,
+                       match=r"output of layer '1' \(dropout\), sample 5, element \d"):
+        core.train_step(x, y)
+    assert core.last_nonfinite_layer == "1"
     assert_unchanged(before, core)
+    with pytest.raises(RuntimeError, match="'1' \\(dropout\\) is not kept"):
+        core.node_output(1)
+    assert not np.all(np.isfinite(core.node_output(2)))  # kept, and as the failed forward left it
 
 
 def test_a_loss_that_overflows_alone_says_so():

@@ -352,9 +352,27 @@ FN_API fn_status fn_model_node_info(const fn_model *m, int i, fn_node_info *info
  * points into the model's activation buffer, (*rows, node's per-sample size) elements of the
  * model's dtype, valid until the next call that runs the model or changes its batch size; *rows
  * is that forward's batch. FN_ESTATE, with *data NULL and *rows 0, when no forward has completed
- * on the current buffers, or when fn_model_predict has run since (a prediction runs in chunks
- * and keeps no activations). */
+ * on the current buffers, when fn_model_predict has run since (a prediction runs in chunks and
+ * keeps no activations), or when the node's output is not kept (below). */
 FN_API fn_status fn_model_node_output(const fn_model *m, int i, const void **data, int64_t *rows);
+/* By default the outputs that backward never reads (batch norm's before a ReLU, a residual sum's,
+ * dropout's) share memory with later outputs, and ReLU, add, dropout and flatten write over
+ * their input where nothing else needs it: a training step then needs memory only for what
+ * backward reads. Such outputs are gone after the forward, and fn_model_node_output refuses
+ * them. keep != 0 gives every node's output memory of its own from the next forward on (more
+ * memory, the same results); 0 goes back to sharing. */
+FN_API void fn_model_set_keep_outputs(fn_model *m, int keep);
+FN_API int fn_model_keep_outputs(const fn_model *m);
+
+/* The memory a model holds for running it, in bytes, as the forwards and backwards so far have
+ * planned it (all 0 before the first): every node's output, the output gradients, the copy of
+ * the input (and the input gradient once backward was asked for it), what nodes keep from
+ * forward to backward, and the scratch all nodes share. Parameters, their gradients, the
+ * buffers and the optimizer's state are not included (fn_model_param_total and friends). */
+typedef struct {
+    size_t activations, gradients, input, saved, workspace;
+} fn_memory_use;
+FN_API fn_status fn_model_memory_use(const fn_model *m, fn_memory_use *out);
 
 /* Train mode (the default) uses batch statistics in batch norm and applies dropout; eval mode
  * uses the running statistics and no dropout. Forward, backward and train_step run in the

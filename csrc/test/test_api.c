@@ -342,6 +342,55 @@ static void test_predict(void) {
 
 /* ---------------------------------------------------------------- tensors by name */
 
+/* Outputs that backward does not read share memory unless kept, with the same results either way.
+ * In NORM_SPEC batch norm's output (32 per sample) becomes the ReLU's; the other outputs are read
+ * by backward (the linear layers' inputs, the ReLU's output) or are the model's output. */
+static void test_keep_outputs(void) {
+    fn_model *shared = create(NORM_SPEC), *kept = create(NORM_SPEC);
+    fn_model_set_keep_outputs(kept, 1);
+    CHECK(fn_model_keep_outputs(kept) == 1 && fn_model_keep_outputs(shared) == 0);
+    fn_memory_use use;
+    CHECK(fn_model_memory_use(shared, &use) == FN_OK && use.activations == 0);
+    EXPECT_ERROR(fn_model_memory_use(shared, NULL), FN_EINVAL, "NULL");
+    dataset d = make_data(512, 4);
+    set_sgd(shared, 0.05, 0.9);
+    set_sgd(kept, 0.05, 0.9);
+    double loss_shared = train(shared, &d, 20, 64), loss_kept = train(kept, &d, 20, 64);
+    CHECK(loss_shared == loss_kept);
+    CHECK(memcmp(fn_model_params(shared), fn_model_params(kept),
+                 (size_t)fn_model_param_total(shared) * sizeof(float)) == 0);
+    CHECK(memcmp(fn_model_buffers(shared), fn_model_buffers(kept),
+                 (size_t)fn_model_buffer_total(shared) * sizeof(float)) == 0);
+
+    fn_memory_use a, b;
+    CHECK(fn_model_memory_use(shared, &a) == FN_OK && fn_model_memory_use(kept, &b) == FN_OK);
+    CHECK(a.activations == 64 * (32 + 32 + 32 + 4) * sizeof(float));
+    CHECK(b.activations == 64 * (32 + 32 + 32 + 32 + 4) * sizeof(float));
+    CHECK(a.input == 64 * 16 * sizeof(float) && a.gradients == b.gradients && a.gradients > 0);
+    CHECK(a.saved == 2 * 32 * sizeof(double) && a.workspace == b.workspace);
+
+    const void *out = NULL, *out_kept = NULL;
+    int64_t rows = 0;
+    EXPECT_ERROR(fn_model_node_output(shared, 1, &out, &rows), FN_ESTATE, "not kept");
+    CHECK(out == NULL && rows == 0);
+    CHECK(fn_model_node_output(kept, 1, &out_kept, &rows) == FN_OK && rows == 64);
+    for (int i = 0; i < 5; i++) {
+        if (i == 1) continue;
+        CHECK(fn_model_node_output(shared, i, &out, &rows) == FN_OK && rows == 64);
+        CHECK(fn_model_node_output(kept, i, &out_kept, &rows) == FN_OK);
+        CHECK(memcmp(out, out_kept, 64 * 32 * sizeof(float) / (i == 4 ? 8 : 1)) == 0);
+    }
+    /* Switching lays the buffers out again at the next forward: nothing to read until then. */
+    fn_model_set_keep_outputs(shared, 1);
+    CHECK(fn_model_forward(shared, d.x, 10, NULL, 0) == FN_OK);
+    CHECK(fn_model_node_output(shared, 1, &out, &rows) == FN_OK && rows == 10);
+    CHECK(fn_model_memory_use(shared, &a) == FN_OK);
+    CHECK(a.activations == 10 * (32 + 32 + 32 + 32 + 4) * sizeof(float));
+    free_data(&d);
+    fn_model_free(shared);
+    fn_model_free(kept);
+}
+
 static void test_tensors(void) {
     fn_model *m = create(NORM_SPEC);
     fn_tensor_info info;
@@ -950,6 +999,7 @@ int main(void) {
     test_version_and_blas();
     test_create_and_train();
     test_predict();
+    test_keep_outputs();
     test_tensors();
     test_files();
     test_stale_temporaries();

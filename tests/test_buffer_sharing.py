@@ -1,0 +1,164 @@
+"""Activation memory: outputs that backward never reads share memory with later outputs, and ReLU,
+add, dropout and flatten write over their input where nothing else needs it. The results must be
+bit for bit those of a model that keeps every output, and the memory must be what the plan says."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnet as fn
+from fastnet import _core
+
+
+def resnet():
+    block = fn.Residual(fn.Sequential(fn.Conv2d(8, 8, 3, padding=1, bias=False),
+                                      fn.BatchNorm2d(8), fn.ReLU(),
+                                      fn.Conv2d(8, 8, 3, padding=1, bias=False),
+                                      fn.BatchNorm2d(8)))
+    down = fn.Residual(fn.Sequential(fn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False),
+                                     fn.BatchNorm2d(16), fn.ReLU(),
+                                     fn.Conv2d(16, 16, 3, padding=1, bias=False),
+                                     fn.BatchNorm2d(16)),
+                       shortcut=fn.Sequential(fn.Conv2d(8, 16, 1, stride=2, bias=False),
+                                              fn.BatchNorm2d(16)))
+    return fn.Sequential(fn.Conv2d(3, 8, 3, padding=1, bias=False), fn.BatchNorm2d(8), fn.ReLU(),
+                         block, fn.ReLU(), down, fn.ReLU(), fn.AdaptiveAvgPool2d(1),
+                         fn.Flatten(), fn.Linear(16, 5), input_shape=(3, 8, 8), seed=1)
+
+
+def cnn():
+    return fn.Sequential(fn.Conv2d(3, 6, 3), fn.ReLU(), fn.Conv2d(6, 8, 3), fn.ReLU(),
+                         fn.MaxPool2d(2), fn.Dropout(0.25), fn.Flatten(), fn.Linear(32, 16),
+                         fn.ReLU(), fn.Dropout(0.5), fn.Linear(16, 5), input_shape=(3, 8, 8),
+                         seed=2)
+
+
+def mixed():
+    """Every op kind the planner treats differently: in place (sigmoid, tanh, dropout), reading
+    only the input (leaky ReLU, ELU, GELU, PReLU, maxout), reading the output (softmax), both
+    (local response norm), and concatenated branches."""
+    branches = fn.Concat(fn.Sequential(fn.Conv2d(3, 4, 3, padding=1), fn.Sigmoid()),
+                         fn.Sequential(fn.Conv2d(3, 4, 1), fn.Tanh(), fn.Dropout(0.3)),
+                         fn.Conv2d(3, 2, 3, padding=1))
+    return fn.Sequential(branches, fn.LeakyReLU(0.1), fn.LocalResponseNorm(3),
+                         fn.AvgPool2d(2), fn.ELU(), fn.Flatten(), fn.Linear(160, 24),
+                         fn.BatchNorm1d(24), fn.GELU(), fn.PReLU(), fn.Maxout(2),
+                         fn.Linear(12, 5), fn.Softmax(), input_shape=(3, 8, 8), seed=3)
+
+
+NETWORKS = {"resnet": resnet, "cnn": cnn, "mixed": mixed}
+
+
+def train(model, keep_outputs, steps=4):
+    model._core.keep_outputs = keep_outputs
+    opt = fn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(steps):
+        x = rng.standard_normal((6, 3, 8, 8)).astype(np.float32)
+        y = rng.integers(0, 5, 6)
+        losses.append(model.train_step(x, y, fn.CrossEntropyLoss(), opt))
+    return losses
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("network", sorted(NETWORKS))
+def test_sharing_changes_no_bit_of_training(network, threads):
+    before = fn.get_num_threads()
+    fn.set_num_threads(threads)
+    try:
+        shared, kept = NETWORKS[network](), NETWORKS[network]()
+        assert train(shared, False) == train(kept, True)
+        np.testing.assert_array_equal(shared._core.param_arena(), kept._core.param_arena())
+        np.testing.assert_array_equal(shared._core.buffer_arena(), kept._core.buffer_arena())
+    finally:
+        fn.set_num_threads(before)
+
+
+@pytest.mark.parametrize("network", sorted(NETWORKS))
+def test_sharing_changes_no_bit_of_the_input_gradient(network):
+    shared, kept = NETWORKS[network](), NETWORKS[network]()
+    shared._core.keep_outputs, kept._core.keep_outputs = False, True
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
+    g = rng.standard_normal((5, 5)).astype(np.float32)
+    grads = []
+    for model in (shared, kept):
+        y = model._core.forward(x, True)
+        grads.append((y, model._core.backward(g, True)))
+    np.testing.assert_array_equal(grads[0][0], grads[1][0])
+    np.testing.assert_array_equal(grads[0][1], grads[1][1])
+
+
+def test_only_what_backward_reads_keeps_memory_in_a_resnet():
+    model = resnet()
+    train(model, False, steps=1)
+    info = model._core.node_info()
+    sizes = {name: 6 * 4 * int(np.prod(shape)) for name, _, shape in info}
+    use = model._core.memory_use()
+    # Kept by backward: the convolutions' outputs (batch norm reads its input), the ReLUs'
+    # (which hold the batch norms' and the sums' memory) and the logits; the strided block's
+    # shortcut batch norm is read only by the sum, which writes over the main path's; its memory
+    # then serves the global pool, which flatten writes over in place.
+    kept = sum(sizes[name] for name, op, _ in info if op in ("conv2d", "relu", "linear"))
+    assert use["activations"] == kept + sizes["5.shortcut.1"]
+    readable = []
+    for i, (name, op, _) in enumerate(info):
+        try:
+            model._core.node_output(i)
+            readable.append(name)
+        except RuntimeError as error:
+            assert "is not kept" in str(error) and "keep_outputs" in str(error)
+    assert readable == [name for name, op, _ in info
+                        if op in ("conv2d", "relu", "linear", "flatten")]
+    model._core.keep_outputs = True
+    train(model, True, steps=1)
+    assert model._core.memory_use()["activations"] == sum(sizes.values())
+    assert use["gradients"] == model._core.memory_use()["gradients"] > 0
+
+
+def test_memory_use_before_and_after_planning():
+    model = cnn()
+    assert model._core.memory_use() == dict(activations=0, gradients=0, input=0, saved=0,
+                                            workspace=0)
+    model._core.forward(np.zeros((4, 3, 8, 8), np.float32), False)
+    use = model._core.memory_use()
+    assert use["input"] == 4 * 3 * 8 * 8 * 4 and use["gradients"] == 0
+    assert use["activations"] > 0 and use["workspace"] > 0
+    model._core.forward(np.zeros((4, 3, 8, 8), np.float32), True)
+    model._core.backward(np.zeros((4, 5), np.float32), True)
+    after = model._core.memory_use()
+    assert after["gradients"] > 0 and after["input"] == 2 * use["input"]  # and its gradient
+
+
+def test_activation_stats_read_every_layer_and_leave_sharing_on():
+    from fastnet import checks
+
+    model = resnet()
+    x = np.random.default_rng(2).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    stats = checks.activation_stats(model, x)
+    assert [s["layer"] for s in stats] == [name for name, _, _ in model._core.node_info()]
+    assert model._core.keep_outputs is False
+    batch_norm = next(s for s in stats if s["layer"] == "1")  # overwritten by the ReLU otherwise
+    assert abs(batch_norm["mean"]) < 1e-5 and abs(batch_norm["std"] - 1) < 1e-2
+
+
+def test_the_bundled_openblas_is_used_without_importing_scipy_linalg():
+    from fastnet import _blas
+
+    if _blas._bundled_openblas() is None:
+        pytest.skip("this SciPy bundles no OpenBLAS (it is reached through cython_blas)")
+    code = ("import sys, fastnet, fastnet._blas as b; "
+            "print(b.source, 'scipy.linalg' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["scipy-openblas", "False"]
+
+
+def test_install_blas_refuses_a_null_function():
+    from fastnet import _blas
+
+    with pytest.raises(ValueError, match="sgemm is a null pointer"):
+        _core.install_blas(0, 1)
+    assert _blas.source == "builtin" or _core.blas_installed()
