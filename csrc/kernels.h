@@ -109,13 +109,13 @@ struct fn_update_args; /* model.h */
                                 bool accumulate, int64_t n, int64_t c, int64_t spatial,          \
                                 int threads);                                                    \
     /* pool.c: x (n, c, h, w) <-> y (n, c, oh, ow); pairs are (h, w) */                          \
-    void fn_max_pool2d_forward##S(const real *x, real *y, int64_t n, int64_t c, int64_t h,       \
-                                  int64_t w, const int64_t kernel[2], const int64_t stride[2],   \
-                                  const int64_t padding[2], int threads);                        \
-    void fn_max_pool2d_backward##S(const real *x, const real *grad_y, real *grad_x,              \
+    void fn_max_pool2d_forward##S(const real *x, real *y, int32_t *argmax, int64_t n, int64_t c, \
+                                  int64_t h, int64_t w, const int64_t kernel[2],                 \
+                                  const int64_t stride[2], const int64_t padding[2],             \
+                                  int threads);                                                  \
+    void fn_max_pool2d_backward##S(const int32_t *argmax, const real *grad_y, real *grad_x,      \
                                    bool accumulate, int64_t n, int64_t c, int64_t h, int64_t w,  \
-                                   const int64_t kernel[2], const int64_t stride[2],             \
-                                   const int64_t padding[2], int threads);                       \
+                                   int64_t oh, int64_t ow, int threads);                         \
     void fn_avg_pool2d_forward##S(const real *x, real *y, int64_t n, int64_t c, int64_t h,       \
                                   int64_t w, const int64_t kernel[2], const int64_t stride[2],   \
                                   const int64_t padding[2], int threads);                        \

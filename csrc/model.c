@@ -557,6 +557,7 @@ static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
     int threads = fn_threads_get();
     FN_TRY(plan_workspace(m, n, threads));
     fn_model_ctx ctx = make_ctx(m, n, threads);
+    ctx.keep = keep;
     m->forward_batch = 0;
     m->output_batch = 0; /* a node that fails leaves the outputs half written */
     for (int i = 0; i < m->n_nodes; i++)
@@ -668,6 +669,7 @@ static int first_nonfinite_output(fn_model *m, int64_t n, int64_t *bad) {
     for (int i = 0; i < m->n_nodes; i++) all_kept = all_kept && m->nodes[i].out_kept;
     fn_model_ctx ctx = make_ctx(m, n, m->forward_threads);
     ctx.rng_step = m->forward_rng_step;
+    ctx.keep = true; /* as the training step's forward */
     int first = -1;
     for (int i = 0; i < m->n_nodes; i++) {
         fn_node *node = &m->nodes[i];

@@ -43,6 +43,7 @@ struct fn_model_ctx {
     int threads;
     bool deterministic;          /* fn_get_deterministic, read once per pass */
     bool training;               /* train mode: batch statistics, dropout active */
+    bool keep;                   /* forward: a backward follows, so save what it needs */
     bool accumulate_param_grads; /* manual backward accumulates; train_step overwrites */
     uint64_t seed;               /* the model's seed and the count of train-mode forwards: */
     uint64_t rng_step;           /*   dropout masks are a function of (seed, step, node, i) */

@@ -9,6 +9,10 @@
  *
  * Each (sample, channel) plane is independent and is handled whole by one thread, so the results,
  * including the overlapping scatter of the backward passes, do not depend on the thread count.
+ *
+ * max_pool2d's forward, when a backward will follow, saves where each output's maximum is (an
+ * int32 position in its plane, as many bytes as a float32 output): backward is then a scatter of
+ * the output gradient, with no second search through the input, which it no longer reads.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -125,6 +129,23 @@ static fn_status global_avg_pool_configure(fn_node *node, const fn_json *spec) {
     return FN_OK;
 }
 
+/* Where each output's maximum is: (batch, out_size) int32 positions in the input planes. */
+static size_t max_pool_saved(const fn_node *node, int64_t batch, size_t elem_size) {
+    (void)elem_size;
+    return (size_t)batch * (size_t)node->out_size * sizeof(int32_t);
+}
+
+static fn_status max_pool_configure(fn_node *node, const fn_json *spec) {
+    FN_TRY(pool_configure(node, spec));
+    const fn_shape *in = &node->in_shape[0];
+    if (in->dim[1] > INT32_MAX / in->dim[2]) /* positions in a plane are saved as int32 */
+        return fn_error(FN_EINVAL,
+                        "node '%s': max_pool2d supports input planes of at most 2^31 - 1 "
+                        "elements, got %lld x %lld",
+                        node->name, (long long)in->dim[1], (long long)in->dim[2]);
+    return FN_OK;
+}
+
 static fn_status max_pool_forward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status max_pool_forward_f64(fn_node *node, const fn_model_ctx *ctx);
 static fn_status max_pool_backward_f32(fn_node *node, const fn_model_ctx *ctx);
@@ -142,10 +163,12 @@ const fn_op fn_op_max_pool2d = {
     .type = "max_pool2d",
     .min_inputs = 1,
     .max_inputs = 1,
-    .configure = pool_configure,
+    .configure = max_pool_configure,
+    .saved = max_pool_saved,
     .forward = {max_pool_forward_f32, max_pool_forward_f64},
     .backward = {max_pool_backward_f32, max_pool_backward_f64},
     .backward_ignores_output = true,
+    .backward_ignores_inputs = true, /* the saved positions are enough */
 };
 
 const fn_op fn_op_avg_pool2d = {
@@ -175,9 +198,6 @@ const fn_op fn_op_global_avg_pool2d = {
  * on real data the outcome is a coin flip, and the loops below vectorise. */
 #define FN_POOL_TAKES(v, best) ((v) > (best) || ((v) != (v) && (best) == (best)))
 
-/* Outputs handled together by max pool's backward, whose running maxima live on the stack. */
-#define FN_POOL_BLOCK 256
-
 #define FN_TEMPLATE_FILE "pool.c"
 #include "template.h"
 
@@ -189,99 +209,121 @@ const fn_op fn_op_global_avg_pool2d = {
  * Each output still meets its window's elements in row-major order, so "first maximum" keeps
  * its meaning. */
 
-/* One (h, w) plane to its (oh, ow) maximum. */
-static void FN_T(max_pool_plane)(const real *plane, real *out, int64_t h, int64_t w, int64_t oh,
-                                 int64_t ow, const int64_t kernel[2], const int64_t stride[2],
-                                 const int64_t padding[2]) {
+/* One (h, w) plane to its (oh, ow) maximum; with track, where (oh, ow) receives the position in
+ * the plane of each output's first maximum (row-major within the window). Inlined with track a
+ * constant, so that a forward that saves nothing keeps the loop without the positions. */
+static inline __attribute__((always_inline)) void FN_T(max_pool_plane_body)(
+    const real *plane, real *out, int32_t *where, bool track, int64_t h, int64_t w, int64_t oh,
+    int64_t ow, const int64_t kernel[2], const int64_t stride[2], const int64_t padding[2]) {
     for (int64_t i = 0; i < oh; i++) {
         int64_t h0, h1;
         pool_rows(i, h, kernel[0], stride[0], padding[0], &h0, &h1);
         real *o = out + i * ow;
+        int32_t *at = track ? where + i * ow : NULL;
         for (int64_t j = 0; j < ow; j++) o[j] = -INFINITY;
+        /* The window's first element, for a window of -inf only (nothing takes over from it). */
+        if (track)
+            for (int64_t j = 0; j < ow; j++) {
+                int64_t col = j * stride[1] - padding[1];
+                at[j] = (int32_t)(h0 * w + (col > 0 ? col : 0));
+            }
         for (int64_t r = h0; r < h1; r++)
             for (int64_t b = 0; b < kernel[1]; b++) {
                 int64_t lo, hi, shift = b - padding[1];
                 pool_columns(b, w, ow, stride[1], padding[1], &lo, &hi);
                 const real *row = plane + r * w;
-                for (int64_t j = lo; j < hi; j++) {
-                    real v = row[j * stride[1] + shift];
-                    o[j] = FN_POOL_TAKES(v, o[j]) ? v : o[j];
+                if (track) {
+                    const int32_t base = (int32_t)(r * w + shift);
+                    for (int64_t j = lo; j < hi; j++) {
+                        real v = row[j * stride[1] + shift];
+                        bool take = FN_POOL_TAKES(v, o[j]);
+                        o[j] = take ? v : o[j];
+                        at[j] = take ? base + (int32_t)(j * stride[1]) : at[j];
+                    }
+                } else {
+                    for (int64_t j = lo; j < hi; j++) {
+                        real v = row[j * stride[1] + shift];
+                        o[j] = FN_POOL_TAKES(v, o[j]) ? v : o[j];
+                    }
                 }
             }
     }
 }
 
-/* One plane of max pool's backward: each output's gradient is added at the first maximal
- * element of its window. */
-static void FN_T(max_pool_backward_plane)(const real *plane, const real *grad_y, real *grad_x,
-                                          int64_t h, int64_t w, int64_t oh, int64_t ow,
-                                          const int64_t kernel[2], const int64_t stride[2],
-                                          const int64_t padding[2]) {
-    real best[FN_POOL_BLOCK];
-    int64_t where[FN_POOL_BLOCK];
+/* The common 2 x 2 window with stride 2 and no padding, as max_pool_plane_body computes it (the
+ * same maxima and positions): one loop along each output row, each output comparing its four
+ * inputs in row-major order. The general loops make four passes of ow elements per output row,
+ * which for the 12-wide rows of a 24 x 24 image cost more than the comparisons; this one
+ * vectorises whole. */
+static inline __attribute__((always_inline)) void FN_T(max_pool_2x2_body)(
+    const real *plane, real *out, int32_t *where, bool track, int64_t w, int64_t oh, int64_t ow) {
     for (int64_t i = 0; i < oh; i++) {
-        int64_t h0, h1;
-        pool_rows(i, h, kernel[0], stride[0], padding[0], &h0, &h1);
-        for (int64_t j0 = 0; j0 < ow; j0 += FN_POOL_BLOCK) {
-            int64_t j1 = ow - j0 < FN_POOL_BLOCK ? ow : j0 + FN_POOL_BLOCK;
-            /* Start from the window's first element (a window is never empty), so that an
-             * index is set even when every value is -inf. */
-            for (int64_t j = j0; j < j1; j++) {
-                int64_t col = j * stride[1] - padding[1];
-                where[j - j0] = h0 * w + (col > 0 ? col : 0);
-                best[j - j0] = plane[where[j - j0]];
-            }
-            for (int64_t r = h0; r < h1; r++)
-                for (int64_t b = 0; b < kernel[1]; b++) {
-                    int64_t lo, hi, shift = b - padding[1];
-                    pool_columns(b, w, ow, stride[1], padding[1], &lo, &hi);
-                    lo = lo > j0 ? lo : j0;
-                    hi = hi < j1 ? hi : j1;
-                    const real *row = plane + r * w;
-                    for (int64_t j = lo; j < hi; j++) {
-                        int64_t at = j * stride[1] + shift;
-                        bool take = FN_POOL_TAKES(row[at], best[j - j0]);
-                        best[j - j0] = take ? row[at] : best[j - j0];
-                        where[j - j0] = take ? r * w + at : where[j - j0];
-                    }
-                }
-            /* In order: overlapping windows may share their maximum. */
-            for (int64_t j = j0; j < j1; j++) grad_x[where[j - j0]] += grad_y[i * ow + j];
+        const real *r0 = plane + 2 * i * w, *r1 = r0 + w;
+        real *restrict o = out + i * ow;
+        int32_t *restrict at = track ? where + i * ow : NULL;
+        const int32_t base = (int32_t)(2 * i * w), below = (int32_t)w;
+        for (int64_t j = 0; j < ow; j++) {
+            real best = r0[2 * j], v;
+            int32_t offset = 0; /* of the maximum from the window's first element */
+            bool take;
+            v = r0[2 * j + 1], take = FN_POOL_TAKES(v, best);
+            best = take ? v : best, offset = take ? 1 : offset;
+            v = r1[2 * j], take = FN_POOL_TAKES(v, best);
+            best = take ? v : best, offset = take ? below : offset;
+            v = r1[2 * j + 1], take = FN_POOL_TAKES(v, best);
+            best = take ? v : best, offset = take ? below + 1 : offset;
+            o[j] = best;
+            if (track) at[j] = base + 2 * (int32_t)j + offset;
         }
     }
 }
 
-/* x is (n, c, h, w), y is (n, c, oh, ow) with oh, ow from the floor-mode rule. */
-void FN_T(fn_max_pool2d_forward)(const real *x, real *y, int64_t n, int64_t c, int64_t h,
-                                 int64_t w, const int64_t kernel[2], const int64_t stride[2],
-                                 const int64_t padding[2], int threads) {
+/* x is (n, c, h, w), y is (n, c, oh, ow) with oh, ow from the floor-mode rule; argmax (n, c, oh,
+ * ow), unless NULL, receives the position of each output's maximum in its input plane. */
+void FN_T(fn_max_pool2d_forward)(const real *x, real *y, int32_t *argmax, int64_t n, int64_t c,
+                                 int64_t h, int64_t w, const int64_t kernel[2],
+                                 const int64_t stride[2], const int64_t padding[2], int threads) {
     int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
     int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
     int t = fn_threads_for(n * c * oh * ow * kernel[0] * kernel[1], threads);
-    FN_PARALLEL_LOOP(t, p, n * c, {
-        FN_T(max_pool_plane)(x + p * h * w, y + p * oh * ow, h, w, oh, ow, kernel, stride,
-                             padding);
-    });
+    bool two_by_two = kernel[0] == 2 && kernel[1] == 2 && stride[0] == 2 && stride[1] == 2 &&
+                      padding[0] == 0 && padding[1] == 0;
+    if (two_by_two && argmax) {
+        FN_PARALLEL_LOOP(t, p, n * c, {
+            FN_T(max_pool_2x2_body)(x + p * h * w, y + p * oh * ow, argmax + p * oh * ow, true, w,
+                                    oh, ow);
+        });
+    } else if (two_by_two) {
+        FN_PARALLEL_LOOP(t, p, n * c, {
+            FN_T(max_pool_2x2_body)(x + p * h * w, y + p * oh * ow, NULL, false, w, oh, ow);
+        });
+    } else if (argmax) {
+        FN_PARALLEL_LOOP(t, p, n * c, {
+            FN_T(max_pool_plane_body)(x + p * h * w, y + p * oh * ow, argmax + p * oh * ow, true,
+                                      h, w, oh, ow, kernel, stride, padding);
+        });
+    } else {
+        FN_PARALLEL_LOOP(t, p, n * c, {
+            FN_T(max_pool_plane_body)(x + p * h * w, y + p * oh * ow, NULL, false, h, w, oh, ow,
+                                      kernel, stride, padding);
+        });
+    }
 }
 
-/* x and grad_x are (n, c, h, w), grad_y is (n, c, oh, ow). Each output's gradient goes to the
- * first maximal element of its window, found again from x (forward saves nothing). grad_x is
- * overwritten, or added to with accumulate. */
-void FN_T(fn_max_pool2d_backward)(const real *x, const real *grad_y, real *grad_x,
+/* argmax and grad_y are (n, c, oh, ow), grad_x is (n, c, h, w): each output's gradient is added
+ * at its maximum's position, in output order (overlapping windows may share a maximum). grad_x
+ * is overwritten, or added to with accumulate. */
+void FN_T(fn_max_pool2d_backward)(const int32_t *argmax, const real *grad_y, real *grad_x,
                                   bool accumulate, int64_t n, int64_t c, int64_t h, int64_t w,
-                                  const int64_t kernel[2], const int64_t stride[2],
-                                  const int64_t padding[2], int threads) {
-    int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
-    int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
-    int t = fn_threads_for(n * c * oh * ow * kernel[0] * kernel[1], threads);
+                                  int64_t oh, int64_t ow, int threads) {
+    int t = fn_threads_for(n * c * (h * w + oh * ow), threads);
     FN_PARALLEL_LOOP(t, p, n * c, {
         real *gx = grad_x + p * h * w;
-        /* Gradients are summed into the plane (windows may overlap): clear it first unless
-         * another consumer's gradient is already there. */
+        const int32_t *at = argmax + p * oh * ow;
+        const real *gy = grad_y + p * oh * ow;
         if (!accumulate)
             for (int64_t i = 0; i < h * w; i++) gx[i] = 0;
-        FN_T(max_pool_backward_plane)(x + p * h * w, grad_y + p * oh * ow, gx, h, w, oh, ow,
-                                      kernel, stride, padding);
+        for (int64_t o = 0; o < oh * ow; o++) gx[at[o]] += gy[o];
     });
 }
 
@@ -386,7 +428,8 @@ void FN_T(fn_global_avg_pool2d_backward)(const real *grad_y, real *grad_x, bool 
 
 static fn_status FN_T(max_pool_forward)(fn_node *node, const fn_model_ctx *ctx) {
     const fn_shape *in = &node->in_shape[0];
-    FN_T(fn_max_pool2d_forward)((const real *)node->in[0], (real *)node->out, ctx->batch,
+    FN_T(fn_max_pool2d_forward)((const real *)node->in[0], (real *)node->out,
+                                ctx->keep ? (int32_t *)node->saved : NULL, ctx->batch,
                                 in->dim[0], in->dim[1], in->dim[2], node->attr.pool.kernel,
                                 node->attr.pool.stride, node->attr.pool.padding, ctx->threads);
     return FN_OK;
@@ -395,11 +438,11 @@ static fn_status FN_T(max_pool_forward)(fn_node *node, const fn_model_ctx *ctx) 
 static fn_status FN_T(max_pool_backward)(fn_node *node, const fn_model_ctx *ctx) {
     if (!node->grad_in[0]) return FN_OK;
     const fn_shape *in = &node->in_shape[0];
-    FN_T(fn_max_pool2d_backward)((const real *)node->in[0], (const real *)node->grad_out,
+    const fn_shape *out = &node->out_shape;
+    FN_T(fn_max_pool2d_backward)((const int32_t *)node->saved, (const real *)node->grad_out,
                                  (real *)node->grad_in[0], node->grad_in_accumulate[0],
-                                 ctx->batch, in->dim[0], in->dim[1], in->dim[2],
-                                 node->attr.pool.kernel, node->attr.pool.stride,
-                                 node->attr.pool.padding, ctx->threads);
+                                 ctx->batch, in->dim[0], in->dim[1], in->dim[2], out->dim[1],
+                                 out->dim[2], ctx->threads);
     return FN_OK;
 }
 

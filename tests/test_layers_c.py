@@ -218,6 +218,32 @@ def test_max_pool_2x2_with_ties_and_odd_sizes(dtype, shape, threads):
     np.testing.assert_allclose(grad_x, 2 * expected_grad, rtol=1e-6)
 
 
+@pytest.mark.parametrize("pool", [{"kernel_size": 2},  # the 2 x 2 kernel
+                                  {"kernel_size": [2, 2], "stride": [2, 3]}])  # the general one
+def test_max_pool_infinite_windows(pool):
+    # Inputs are finite, so the infinities come from doubling +-3e38 in the graph: a window of
+    # -inf only gives -inf and routes the gradient to its first element; +inf is a maximum like
+    # any other, the first one taking the gradient.
+    model = make((1, 2, 6), [{"name": "d", "op": "add", "inputs": ["input", "input"]},
+                             {"name": "p", "op": "max_pool2d", "inputs": ["d"], **pool}],
+                 "float32")
+    big = 3e38
+    x = np.array([[-big, -big, -big, 1.0, big, big,
+                   -big, -big, big, 2.0, big, 0.0]], np.float32)
+    y = model.forward(x, keep=True)
+    general = "stride" in pool  # windows at columns 0-1 and 3-4
+    np.testing.assert_array_equal(y, [[-np.inf, np.inf]] if general
+                                  else [[-np.inf, np.inf, np.inf]])
+    grad = model.backward(np.array([[10.0, 20.0, 30.0][:y.shape[1]]], np.float32), True)
+    expected = np.zeros((1, 12))
+    expected[0, 0] = 2 * 10.0  # add's backward passes the gradient to both of its inputs
+    if general:
+        expected[0, 4] = 2 * 20.0
+    else:
+        expected[0, 8], expected[0, 4] = 2 * 20.0, 2 * 30.0
+    np.testing.assert_array_equal(grad, expected)
+
+
 def test_pool_integer_kernel_and_default_stride():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 6, 6))
