@@ -376,6 +376,56 @@ static void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
 
 #endif
 
+/* ---------------------------------------------------------------- transposed packing
+ *
+ * gemm_transpose_fXX(src, ld, dst, dst_stride): dst[q * dst_stride + r] = src[r * ld + q] for a
+ * square block of GEMM_TB_fXX, in registers. Packing a transposed operand is a transposition, and
+ * element by element it cost more than the product for the products that need it most (a
+ * convolution's weight gradient dY @ columns^T: 16 x 144 x 1024 spent two thirds of its time
+ * packing the columns). 0: no such block (plain C), element by element. */
+#if defined(__AVX__)
+#define GEMM_TB_f32 8
+#define GEMM_TB_f64 4
+
+GEMM_INLINE void gemm_transpose_f32(const float *src, int64_t ld, float *dst,
+                                    int64_t dst_stride) {
+    __m256 r[8], t[8], s[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * ld);
+    for (int i = 0; i < 8; i += 2) { /* pairs of rows interleaved: columns {0,1,4,5}, {2,3,6,7} */
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) { /* four rows of columns q and q + 4 in each vector */
+        s[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int q = 0; q < 4; q++) { /* rows 0-3 and 4-7 of column q, then of column q + 4 */
+        _mm256_storeu_ps(dst + q * dst_stride, _mm256_permute2f128_ps(s[q], s[q + 4], 0x20));
+        _mm256_storeu_ps(dst + (q + 4) * dst_stride,
+                         _mm256_permute2f128_ps(s[q], s[q + 4], 0x31));
+    }
+}
+
+GEMM_INLINE void gemm_transpose_f64(const double *src, int64_t ld, double *dst,
+                                    int64_t dst_stride) {
+    __m256d r[4], t[4];
+    for (int i = 0; i < 4; i++) r[i] = _mm256_loadu_pd(src + i * ld);
+    t[0] = _mm256_unpacklo_pd(r[0], r[1]); /* columns 0 and 2 of rows 0, 1 */
+    t[1] = _mm256_unpackhi_pd(r[0], r[1]); /* columns 1 and 3 */
+    t[2] = _mm256_unpacklo_pd(r[2], r[3]);
+    t[3] = _mm256_unpackhi_pd(r[2], r[3]);
+    _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t[0], t[2], 0x20));
+    _mm256_storeu_pd(dst + dst_stride, _mm256_permute2f128_pd(t[1], t[3], 0x20));
+    _mm256_storeu_pd(dst + 2 * dst_stride, _mm256_permute2f128_pd(t[0], t[2], 0x31));
+    _mm256_storeu_pd(dst + 3 * dst_stride, _mm256_permute2f128_pd(t[1], t[3], 0x31));
+}
+#else
+#define GEMM_TB_f32 0
+#define GEMM_TB_f64 0
+#endif
+
 /* ---------------------------------------------------------------- argument checks */
 
 /* Checks one operand: `rows` rows of `row_length` elements, `ld` apart. */
@@ -477,13 +527,15 @@ fn_status fn_gemm_blas(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int6
 }
 
 /* Whether a single-threaded product of these sizes runs faster on the built-in kernel than on
- * the installed BLAS (SciPy's OpenBLAS 0.3.30). Measured on a Sapphire Rapids core over the GEMMs
- * of the four benchmark networks (csrc/test/bench_gemm.c prints the table; float64 the same):
+ * the installed BLAS (SciPy's OpenBLAS 0.3.30). Measured on Sapphire and Emerald Rapids cores
+ * over the GEMMs of the four benchmark networks (`fastnet bench --gemm`, csrc/test/bench_gemm.c):
  *   - op(B) not transposed, at least 16 rows, 64 columns and 2^20 multiply-adds: the built-in
- *     kernel is 1.1-1.8x faster (the 3x3 convolutions' forward and input-gradient products with
- *     16-64 output channels, 1.3-1.8x; the large linear layers' backward products, 1.3x);
- *   - op(B) transposed (a linear layer's forward, a convolution's weight gradient): its packing
- *     reads B across rows, and the built-in kernel is 0.8-0.95x of OpenBLAS;
+ *     kernel is 1.1-1.9x faster (the 3x3 convolutions' forward and input-gradient products with
+ *     16-64 output channels, 1.1-1.9x; the large linear layers' backward products, 1.1-1.8x);
+ *   - op(B) transposed (a linear layer's forward, a convolution's weight gradient), at least 16
+ *     rows, 64 columns and 2^18 multiply-adds: since its packing transposes blocks in registers,
+ *     1.05-1.5x (the 3x3 convolutions' weight gradients 1.2-1.4x, the linear layers' forward
+ *     1.0-1.5x);
  *   - fewer columns than two tiles, fewer rows than 16, or a small product: packing a whole B
  *     panel for one or two rows of tiles costs more than OpenBLAS's small-size paths (0.2-0.9x);
  *   - except a single row times a transposed B (a linear layer's batch-1 forward): OpenBLAS packs
@@ -492,7 +544,8 @@ fn_status fn_gemm_blas(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int6
  * deterministic mode (whose blocks come from the sizes) the same for every thread count. */
 bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
     if (m == 1 && trans_b) return true;
-    return !trans_b && m >= 16 && n >= 64 && (double)m * (double)n * (double)k >= (double)(1 << 20);
+    double work = (double)m * (double)n * (double)k;
+    return m >= 16 && n >= 64 && work >= (trans_b ? (double)(1 << 18) : (double)(1 << 20));
 }
 
 #define FN_TEMPLATE_FILE "gemm.c"
@@ -571,8 +624,21 @@ static void FN_T(gemm_pack_b)(bool trans_b, const real *b, int64_t ldb, int64_t 
                 for (int64_t j = cols; j < GEMM_NR; j++) out[j] = 0;
             }
         } else {
-            /* Column j of op(B) is row j of b: read each row once, write it down the sliver. */
-            for (int64_t j = 0; j < cols; j++) {
+            /* Column j of op(B) is row j of b: blocks of TB rows transposed in registers, the
+             * rest read a row at a time and written down the sliver. */
+            int64_t j = 0;
+#if FN_T(GEMM_TB) > 0
+            enum { TB = FN_T(GEMM_TB) };
+            for (; j + TB <= cols; j += TB) {
+                const real *src = b + (j0 + j) * ldb;
+                int64_t p = 0;
+                for (; p + TB <= kc; p += TB)
+                    FN_T(gemm_transpose)(src + p, ldb, dst + p * GEMM_NR + j, GEMM_NR);
+                for (; p < kc; p++)
+                    for (int r = 0; r < TB; r++) dst[p * GEMM_NR + j + r] = src[r * ldb + p];
+            }
+#endif
+            for (; j < cols; j++) {
                 const real *src = b + (j0 + j) * ldb;
                 for (int64_t p = 0; p < kc; p++) dst[p * GEMM_NR + j] = src[p];
             }
@@ -589,7 +655,21 @@ static void FN_T(gemm_pack_b)(bool trans_b, const real *b, int64_t ldb, int64_t 
 static void FN_T(gemm_pack_a)(bool trans_a, const real *a, int64_t lda, int64_t rows, int64_t kc,
                               real *restrict dst) {
     if (!trans_a) {
-        for (int64_t i = 0; i < rows; i++) {
+        /* A transposition too: blocks of TB rows in registers (see gemm_pack_b), the rest a row
+         * at a time. */
+        int64_t i = 0;
+#if FN_T(GEMM_TB) > 0
+        enum { TB = FN_T(GEMM_TB) };
+        for (; i + TB <= rows; i += TB) {
+            const real *src = a + i * lda;
+            int64_t p = 0;
+            for (; p + TB <= kc; p += TB)
+                FN_T(gemm_transpose)(src + p, lda, dst + p * GEMM_MR + i, GEMM_MR);
+            for (; p < kc; p++)
+                for (int r = 0; r < TB; r++) dst[p * GEMM_MR + i + r] = src[r * lda + p];
+        }
+#endif
+        for (; i < rows; i++) {
             const real *src = a + i * lda;
             for (int64_t p = 0; p < kc; p++) dst[p * GEMM_MR + i] = src[p];
         }

@@ -465,8 +465,9 @@ static void test_blas_table(void) {
 }
 
 /* Products that measured faster on the built-in kernel than on OpenBLAS run on it although a
- * BLAS is installed (gemm.c, fn_gemm_prefers_builtin): op(B) not transposed, at least 16 rows,
- * 64 columns and 2^20 multiply-adds per single-threaded call. Each call is counted here. */
+ * BLAS is installed (gemm.c, fn_gemm_prefers_builtin): at least 16 rows, 64 columns and 2^20
+ * multiply-adds per single-threaded call (2^18 with op(B) transposed). Each call is counted
+ * here. */
 static void test_builtin_preferred(void) {
     fn_blas table = {reference_sgemm, reference_dgemm, fake_set_threads_local};
     fn_set_blas(&table);
@@ -485,7 +486,10 @@ static void test_builtin_preferred(void) {
     } cases[] = {
         {0, 16, 256, 256, 1, false, "16 x 256 x 256: built in"},
         {0, 16, 512, 256, 2, false, "16 x 512 x 256 on two threads (calls of 256 columns): built in"},
-        {1, 16, 256, 256, 1, true, "transposed B: BLAS"},
+        {1, 16, 256, 64, 1, false, "transposed B, 2^18 multiply-adds: built in"},
+        {1, 16, 256, 63, 1, true, "transposed B, fewer than 2^18 multiply-adds: BLAS"},
+        {1, 16, 63, 512, 1, true, "transposed B, 63 columns: BLAS"},
+        {1, 15, 256, 512, 1, true, "transposed B, 15 rows: BLAS"},
         {0, 15, 256, 512, 1, true, "15 rows: BLAS"},
         {0, 256, 63, 256, 1, true, "63 columns: BLAS"},
         {0, 16, 256, 255, 1, true, "fewer than 2^20 multiply-adds: BLAS"},
@@ -571,11 +575,13 @@ int main(void) {
      * blocks of k (531) and of columns (1100), so that blocking and beta are both exercised;
      * B read in place (up to 24 rows, or a small B) and packed (1024^3); the dot products of
      * narrow products with B transposed (16 columns or fewer: short blocks of rows and columns,
-     * k shorter than, equal to and past a vector with a remainder). */
+     * k shorter than, equal to and past a vector with a remainder); transposed packing in square
+     * blocks with rows, columns and k left over (20 rows: a tile of 12, then one of 8). */
     int64_t shapes[][3] = {{1, 1, 1},    {3, 7, 5},     {257, 129, 65}, {0, 7, 5},
                            {6, 0, 5},    {6, 7, 0},     {0, 0, 0},      {11, 33, 17},
                            {10, 65, 531}, {2, 1100, 300}, {37, 10, 531}, {6, 16, 16},
-                           {13, 9, 40},  {32, 17, 676}, {1, 1000, 300}, {1, 5, 7}};
+                           {13, 9, 40},  {32, 17, 676}, {1, 1000, 300}, {1, 5, 7},
+                           {20, 45, 37}};
     for (int d = 0; d < 2; d++) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             run_shape((fn_dtype)d, shapes[s][0], shapes[s][1], shapes[s][2], true);
