@@ -16,6 +16,12 @@
 #include "kernels.h"
 #include "model.h"
 
+/* Independent partial sums of bn_sums: enough for the additions of several vector registers to
+ * be in flight at once (their latency, not the memory, bounded the statistics passes with 8). */
+#ifndef BN_LANES
+#define BN_LANES 32
+#endif
+
 /* weight, bias (when affine), running_mean, running_var, num_batches_tracked */
 #define BN_TENSORS(affine) ((affine) ? 5 : 3)
 
@@ -143,29 +149,29 @@ const fn_op fn_op_batch_norm = {
 /* The two sums of one row of `count` values, d = x - shift:
  *     dy == NULL:  *s1 += sum(d),  *s2 += sum(d^2)          (forward's statistics)
  *     otherwise:   *s1 += sum(dy), *s2 += sum(dy * d)       (backward's)
- * in double, over 8 independent partial sums: one running sum would wait on the latency of each
- * addition, and a floating-point sum is not the compiler's to reorder. The order depends on
+ * in double, over BN_LANES independent partial sums: one running sum would wait on the latency of
+ * each addition, and a floating-point sum is not the compiler's to reorder. The order depends on
  * `count` alone, so not on the thread count. */
 static inline void FN_T(bn_sums)(const real *x, const real *dy, int64_t count, double shift,
                                  double *s1, double *s2) {
     double a = 0, b = 0;
     int64_t s = 0;
-    if (count >= 16) { /* a (N, C) input has rows of one value: no lanes to set up for it */
-        double la[8] = {0}, lb[8] = {0};
+    if (count >= 2 * BN_LANES) { /* a (N, C) input has rows of one value: no lanes for it */
+        double la[BN_LANES] = {0}, lb[BN_LANES] = {0};
         if (dy)
-            for (; s + 8 <= count; s += 8)
-                for (int l = 0; l < 8; l++) {
+            for (; s + BN_LANES <= count; s += BN_LANES)
+                for (int l = 0; l < BN_LANES; l++) {
                     la[l] += dy[s + l];
                     lb[l] += dy[s + l] * ((double)x[s + l] - shift);
                 }
         else
-            for (; s + 8 <= count; s += 8)
-                for (int l = 0; l < 8; l++) {
+            for (; s + BN_LANES <= count; s += BN_LANES)
+                for (int l = 0; l < BN_LANES; l++) {
                     double d = (double)x[s + l] - shift;
                     la[l] += d;
                     lb[l] += d * d;
                 }
-        for (int l = 0; l < 8; l++) {
+        for (int l = 0; l < BN_LANES; l++) {
             a += la[l];
             b += lb[l];
         }

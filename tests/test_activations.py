@@ -272,6 +272,21 @@ def test_maxout_routes_ties_to_the_first_channel_and_propagates_nan():
     assert np.isnan(out[0, 0]) and out[0, 1] == 1
 
 
+@pytest.mark.parametrize("layer", [fn.ReLU(), fn.LeakyReLU(0.1), fn.ELU(), fn.GELU(), fn.SiLU(),
+                                   fn.Softplus(), fn.Sigmoid(), fn.Tanh()])
+def test_activations_propagate_nan(layer):
+    # 0 * inf in the linear layer makes a NaN inside the model; an activation must pass it on
+    # (as PyTorch's do) rather than hide it from the loss and the non-finite checks. ReLU with
+    # x > 0 ? x : 0 turned it into 0.
+    model = fn.Sequential(fn.Linear(2, 3, bias=False), layer, dtype="float64")
+    model.parameters()[0].data[...] = [[np.inf, 0], [1, 0], [-1, 0]]
+    out = model(np.array([[0.0, 2.0], [-1.0, 1.0]]))
+    assert np.isnan(out[0, 0])
+    assert np.all(np.isfinite(out[0, 1:])) and np.all(np.isfinite(out[1, 1:]))
+    relu = fn.Sequential(fn.ReLU(), input_shape=(3,), dtype="float64")
+    assert np.signbit(relu(np.array([[-0.0, 0.0, -1.0]]))).tolist() == [[False] * 3]
+
+
 def test_maxout_output_shape_and_model():
     model = fn.Sequential(fn.Conv2d(3, 8, 3, padding=1), fn.Maxout(4), fn.Flatten(),
                           fn.Linear(2 * 5 * 5, 3), input_shape=(3, 5, 5))
