@@ -47,7 +47,10 @@ def compiler_accepts(compiler, source, compile_args, link_args):
 class BuildWithProbedFlags(build_ext):
     def build_extensions(self):
         compiler = self.compiler
-        compile_args = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+        # -fno-trapping-math as in csrc/Makefile (FP operations taken not to trap: vectorised
+        # selects, the same bits).
+        compile_args = ["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math", "-Wall",
+                        "-Wno-unused-function"]
         link_args = []
         if os.environ.get("FASTNET_PORTABLE", "") not in ("", "0"):
             print("fastnet: FASTNET_PORTABLE set, building for a generic CPU")

@@ -188,8 +188,10 @@ void FN_T(fn_activation_backward)(fn_activation_kind kind, const fn_activation_p
     const real rsqrt2pi = (real)0.39894228040143267794;
     switch (kind) {
     case FN_ACT_RELU:
+        /* g read whatever y is: a conditional read would keep the loop from vectorising. */
         FN_PARALLEL_LOOP(t, i, count, {
-            grad_x[i] = (accumulate ? grad_x[i] : 0) + (y[i] > 0 ? grad_y[i] : 0);
+            real g = grad_y[i];
+            grad_x[i] = (accumulate ? grad_x[i] : 0) + (y[i] > 0 ? g : 0);
         });
         break;
     case FN_ACT_LEAKY_RELU:

@@ -37,6 +37,7 @@ const fn_op fn_op_add = {
     .backward_ignores_output = true,
     .backward_ignores_inputs = true,
     .in_place = true,
+    .fuses_relu = true,
 };
 
 #define FN_TEMPLATE_FILE "add.c"
@@ -44,24 +45,52 @@ const fn_op fn_op_add = {
 
 #else /* templated half */
 
-/* inputs are k arrays of (n, size); y (n, size) is their sum. */
+/* inputs are k arrays of (n, size); y (n, size) is their sum, or its ReLU when one is fused
+ * (applied with the last input, as the ReLU kernel does: NaN passes). */
 static fn_status FN_T(add_forward)(fn_node *node, const fn_model_ctx *ctx) {
     int64_t count = ctx->batch * node->out_size;
     real *y = node->out;
     if (y != node->in[0]) /* else planned in place: y already holds input 0 */
         FN_T(fn_copy_or_add)(y, node->in[0], count, false, ctx->threads);
-    for (int j = 1; j < node->n_inputs; j++)
+    int last = node->n_inputs - 1;
+    for (int j = 1; j < last; j++)
         FN_T(fn_copy_or_add)(y, node->in[j], count, true, ctx->threads);
+    const real *x = node->in[last];
+    int t = fn_threads_for(count, ctx->threads);
+    if (node->relu_fused) {
+        FN_PARALLEL_LOOP(t, i, count, {
+            real v = y[i] + x[i];
+            y[i] = !(v <= 0) ? v : 0;
+        });
+    } else {
+        FN_T(fn_copy_or_add)(y, x, count, true, ctx->threads);
+    }
     return FN_OK;
 }
 
-/* Every input's gradient is the output's. */
+/* Every input's gradient is the output's; with a fused ReLU, where its output is positive. */
 static fn_status FN_T(add_backward)(fn_node *node, const fn_model_ctx *ctx) {
     int64_t count = ctx->batch * node->out_size;
-    for (int j = 0; j < node->n_inputs; j++)
-        if (node->grad_in[j])
-            FN_T(fn_copy_or_add)(node->grad_in[j], node->grad_out, count,
-                                 node->grad_in_accumulate[j], ctx->threads);
+    const real *gy = node->grad_out, *y = node->out;
+    int t = fn_threads_for(count, ctx->threads);
+    for (int j = 0; j < node->n_inputs; j++) {
+        real *gx = node->grad_in[j];
+        if (!gx) continue;
+        if (!node->relu_fused) {
+            FN_T(fn_copy_or_add)(gx, gy, count, node->grad_in_accumulate[j], ctx->threads);
+        } else if (node->grad_in_accumulate[j]) {
+            /* g read whatever y is: a conditional read would keep the loop from vectorising */
+            FN_PARALLEL_LOOP(t, i, count, {
+                real g = gy[i];
+                gx[i] += y[i] > 0 ? g : 0;
+            });
+        } else {
+            FN_PARALLEL_LOOP(t, i, count, {
+                real g = gy[i];
+                gx[i] = y[i] > 0 ? g : 0;
+            });
+        }
+    }
     return FN_OK;
 }
 

@@ -11,6 +11,11 @@
  * inner loop runs along contiguous memory both for a large spatial size and for (N, C) inputs
  * (where a channel's values are C apart); a channel's sums are taken in the same order whatever
  * the split, so results do not depend on the thread count.
+ *
+ * A ReLU that directly follows and takes over the output's memory (model.c) is applied here
+ * instead: forward clamps y in the normalise pass, and backward reads the ReLU's output gradient
+ * and output, passing the gradient where the output is positive, as the ReLU's backward would
+ * have. The same values, two passes over the activations fewer.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -21,6 +26,9 @@
 #ifndef BN_LANES
 #define BN_LANES 32
 #endif
+
+/* What bn_sums adds up (below). */
+enum { BN_STATISTICS, BN_GRADIENT, BN_GRADIENT_RELU };
 
 /* weight, bias (when affine), running_mean, running_var, num_batches_tracked */
 #define BN_TENSORS(affine) ((affine) ? 5 : 3)
@@ -139,6 +147,7 @@ const fn_op fn_op_batch_norm = {
     .forward = {batch_norm_forward_f32, batch_norm_forward_f64},
     .backward = {batch_norm_backward_f32, batch_norm_backward_f64},
     .backward_ignores_output = true, /* x is normalised again from the saved statistics */
+    .fuses_relu = true,
 };
 
 #define FN_TEMPLATE_FILE "batchnorm.c"
@@ -146,31 +155,40 @@ const fn_op fn_op_batch_norm = {
 
 #else /* templated half */
 
+/* The gradient reaching batch norm's output with a fused ReLU whose output is y: dy where y is
+ * positive and 0 elsewhere, which is what the ReLU's backward would have passed on. A function,
+ * so that dy is read whatever y is (a conditional read keeps a loop from vectorising), and in
+ * double, as the sums are (GCC does not vectorise a float select feeding double sums). */
+static inline double FN_T(bn_pass)(real dy, real y) {
+    double g = dy, v = y;
+    return v > 0 ? g : 0.0;
+}
+#define FN_BN_DY(dy, relu_y, s) FN_T(bn_pass)((dy)[s], (relu_y)[s])
+
 /* The two sums of one row of `count` values, d = x - shift:
- *     dy == NULL:  *s1 += sum(d),  *s2 += sum(d^2)          (forward's statistics)
- *     otherwise:   *s1 += sum(dy), *s2 += sum(dy * d)       (backward's)
+ *     kind BN_STATISTICS:     *s1 += sum(d),  *s2 += sum(d^2)     (forward's statistics)
+ *     kind BN_GRADIENT:       *s1 += sum(dy), *s2 += sum(dy * d)  (backward's)
+ *     kind BN_GRADIENT_RELU:  the same with FN_BN_DY for dy
  * in double, over BN_LANES independent partial sums: one running sum would wait on the latency of
  * each addition, and a floating-point sum is not the compiler's to reorder. The order depends on
- * `count` alone, so not on the thread count. */
-static inline void FN_T(bn_sums)(const real *x, const real *dy, int64_t count, double shift,
-                                 double *s1, double *s2) {
+ * `count` alone, so not on the thread count. Inlined with `kind` a constant, so that each kind
+ * is a loop of its own that vectorises. */
+static inline __attribute__((always_inline)) void FN_T(bn_sums_of)(
+    const int kind, const real *x, const real *dy, const real *relu_y, int64_t count,
+    double shift, double *s1, double *s2) {
     double a = 0, b = 0;
     int64_t s = 0;
     if (count >= 2 * BN_LANES) { /* a (N, C) input has rows of one value: no lanes for it */
         double la[BN_LANES] = {0}, lb[BN_LANES] = {0};
-        if (dy)
-            for (; s + BN_LANES <= count; s += BN_LANES)
-                for (int l = 0; l < BN_LANES; l++) {
-                    la[l] += dy[s + l];
-                    lb[l] += dy[s + l] * ((double)x[s + l] - shift);
-                }
-        else
-            for (; s + BN_LANES <= count; s += BN_LANES)
-                for (int l = 0; l < BN_LANES; l++) {
-                    double d = (double)x[s + l] - shift;
-                    la[l] += d;
-                    lb[l] += d * d;
-                }
+        for (; s + BN_LANES <= count; s += BN_LANES)
+            for (int l = 0; l < BN_LANES; l++) {
+                double d = (double)x[s + l] - shift;
+                double g = kind == BN_STATISTICS ? d
+                           : kind == BN_GRADIENT ? (double)dy[s + l]
+                                                 : (double)FN_BN_DY(dy, relu_y, s + l);
+                la[l] += g;
+                lb[l] += g * d;
+            }
         for (int l = 0; l < BN_LANES; l++) {
             a += la[l];
             b += lb[l];
@@ -178,11 +196,25 @@ static inline void FN_T(bn_sums)(const real *x, const real *dy, int64_t count, d
     }
     for (; s < count; s++) {
         double d = (double)x[s] - shift;
-        a += dy ? dy[s] : d;
-        b += dy ? dy[s] * d : d * d;
+        double g = kind == BN_STATISTICS ? d
+                   : kind == BN_GRADIENT ? (double)dy[s]
+                                         : (double)FN_BN_DY(dy, relu_y, s);
+        a += g;
+        b += g * d;
     }
     *s1 += a;
     *s2 += b;
+}
+
+/* bn_sums_of for dy == NULL (statistics), relu_y == NULL (gradient) or neither. */
+static void FN_T(bn_sums)(const real *x, const real *dy, const real *relu_y, int64_t count,
+                          double shift, double *s1, double *s2) {
+    if (!dy)
+        FN_T(bn_sums_of)(BN_STATISTICS, x, dy, relu_y, count, shift, s1, s2);
+    else if (!relu_y)
+        FN_T(bn_sums_of)(BN_GRADIENT, x, dy, relu_y, count, shift, s1, s2);
+    else
+        FN_T(bn_sums_of)(BN_GRADIENT_RELU, x, dy, relu_y, count, shift, s1, s2);
 }
 
 typedef struct {
@@ -190,7 +222,7 @@ typedef struct {
     real *y;
     const real *gamma, *beta;
     real *running_mean, *running_var;
-    bool training;
+    bool training, relu;
     double momentum, eps;
     double *mean, *invstd;
     int64_t n, c, spatial;
@@ -209,7 +241,8 @@ static void FN_T(bn_forward_part)(int id, int parts, void *arg) {
         for (int64_t c = c0; c < c1; c++) mean[c] = invstd[c] = 0;
         for (int64_t i = 0; i < N; i++)
             for (int64_t c = c0; c < c1; c++)
-                FN_T(bn_sums)(a->x + (i * C + c) * S, NULL, S, a->x[c * S], &mean[c], &invstd[c]);
+                FN_T(bn_sums)(a->x + (i * C + c) * S, NULL, NULL, S, a->x[c * S], &mean[c],
+                              &invstd[c]);
         double keep = 1 - a->momentum, unbias = M / (M - 1);
         for (int64_t c = c0; c < c1; c++) {
             double s1 = mean[c], s2 = invstd[c];
@@ -233,21 +266,28 @@ static void FN_T(bn_forward_part)(int id, int parts, void *arg) {
             real *out = a->y + (i * C + c) * S;
             real scale = (real)(invstd[c] * (a->gamma ? a->gamma[c] : 1));
             real m = (real)mean[c], shift = a->beta ? a->beta[c] : 0;
-            for (int64_t s = 0; s < S; s++) out[s] = (row[s] - m) * scale + shift;
+            if (a->relu) /* as the ReLU kernel: NaN passes */
+                for (int64_t s = 0; s < S; s++) {
+                    real v = (row[s] - m) * scale + shift;
+                    out[s] = !(v <= 0) ? v : 0;
+                }
+            else
+                for (int64_t s = 0; s < S; s++) out[s] = (row[s] - m) * scale + shift;
         }
 }
 
 /* x and y are (n, c, spatial); gamma, beta are (c) or NULL (no affine); running_mean and
  * running_var are (c), updated in training with factor `momentum`; mean and invstd are (c)
- * outputs: the statistics used (the batch's in training, the running ones otherwise).
- * Training needs n * spatial > 1. */
+ * outputs: the statistics used (the batch's in training, the running ones otherwise). relu: y is
+ * max(y, 0) (NaN passing). Training needs n * spatial > 1. */
 void FN_T(fn_batch_norm_forward)(const real *x, real *y, const real *gamma, const real *beta,
-                                 real *running_mean, real *running_var, bool training,
+                                 real *running_mean, real *running_var, bool training, bool relu,
                                  double momentum, double eps, double *mean, double *invstd,
                                  int64_t n, int64_t c, int64_t spatial, int threads) {
     FN_T(bn_forward_args) args = {.x = x, .y = y, .gamma = gamma, .beta = beta,
                                   .running_mean = running_mean, .running_var = running_var,
-                                  .training = training, .momentum = momentum, .eps = eps,
+                                  .training = training, .relu = relu, .momentum = momentum,
+                                  .eps = eps,
                                   .mean = mean, .invstd = invstd, .n = n, .c = c,
                                   .spatial = spatial};
     int parts = fn_threads_for(2 * n * c * spatial, threads);
@@ -255,7 +295,7 @@ void FN_T(fn_batch_norm_forward)(const real *x, real *y, const real *gamma, cons
 }
 
 typedef struct {
-    const real *x, *grad_y, *gamma;
+    const real *x, *grad_y, *relu_y, *gamma;
     const double *mean, *invstd;
     bool training;
     real *grad_x;
@@ -280,7 +320,8 @@ static void FN_T(bn_backward_part)(int id, int parts, void *arg) {
         for (int64_t c = c0; c < c1; c++) sum_dy[c] = sum_dy_xhat[c] = 0;
         for (int64_t i = 0; i < N; i++)
             for (int64_t c = c0; c < c1; c++)
-                FN_T(bn_sums)(a->x + (i * C + c) * S, a->grad_y + (i * C + c) * S, S, mean[c],
+                FN_T(bn_sums)(a->x + (i * C + c) * S, a->grad_y + (i * C + c) * S,
+                              a->relu_y ? a->relu_y + (i * C + c) * S : NULL, S, mean[c],
                               &sum_dy[c], &sum_dy_xhat[c]);
         /* That was sum(dy * (x - mean)); xhat = (x - mean) * invstd. */
         for (int64_t c = c0; c < c1; c++) sum_dy_xhat[c] *= invstd[c];
@@ -297,6 +338,7 @@ static void FN_T(bn_backward_part)(int id, int parts, void *arg) {
     for (int64_t i = 0; i < N; i++)
         for (int64_t c = c0; c < c1; c++) {
             const real *row = a->x + (i * C + c) * S, *gy = a->grad_y + (i * C + c) * S;
+            const real *ry = a->relu_y ? a->relu_y + (i * C + c) * S : NULL;
             real *gx = a->grad_x + (i * C + c) * S;
             double g = invstd[c] * (a->gamma ? a->gamma[c] : 1);
             real k_dy = (real)g, k_x = 0, k_0 = 0, m = (real)mean[c];
@@ -304,24 +346,33 @@ static void FN_T(bn_backward_part)(int id, int parts, void *arg) {
                 k_x = (real)(-g * invstd[c] * sum_dy_xhat[c] / M);
                 k_0 = (real)(-g * sum_dy[c] / M);
             }
-            if (a->accumulate)
+            if (a->accumulate && ry)
+                for (int64_t s = 0; s < S; s++)
+                    gx[s] += k_dy * (real)FN_BN_DY(gy, ry, s) + k_x * (row[s] - m) + k_0;
+            else if (a->accumulate)
                 for (int64_t s = 0; s < S; s++) gx[s] += k_dy * gy[s] + k_x * (row[s] - m) + k_0;
+            else if (ry)
+                for (int64_t s = 0; s < S; s++)
+                    gx[s] = k_dy * (real)FN_BN_DY(gy, ry, s) + k_x * (row[s] - m) + k_0;
             else
                 for (int64_t s = 0; s < S; s++) gx[s] = k_dy * gy[s] + k_x * (row[s] - m) + k_0;
         }
 }
 
-/* x, grad_y and grad_x are (n, c, spatial); gamma is (c) or NULL; mean and invstd are (c), as
- * forward left them; training selects the formula of the mode forward ran in. grad_x (or NULL)
- * is overwritten, or added to with accumulate; grad_gamma and grad_beta (c), both or neither,
- * likewise with accumulate_params. scratch holds 2 * c doubles. */
-void FN_T(fn_batch_norm_backward)(const real *x, const real *grad_y, const real *gamma,
+/* x, grad_y and grad_x are (n, c, spatial); relu_y, when forward applied a ReLU, is its output
+ * (n, c, spatial), and grad_y is then the ReLU's output gradient; gamma is (c) or NULL; mean and
+ * invstd are (c), as forward left them; training selects the formula of the mode forward ran in.
+ * grad_x (or NULL) is overwritten, or added to with accumulate; grad_gamma and grad_beta (c), both
+ * or neither, likewise with accumulate_params. scratch holds 2 * c doubles. */
+void FN_T(fn_batch_norm_backward)(const real *x, const real *grad_y, const real *relu_y,
+                                  const real *gamma,
                                   const double *mean, const double *invstd, bool training,
                                   real *grad_x, bool accumulate, real *grad_gamma,
                                   real *grad_beta, bool accumulate_params, double *scratch,
                                   int64_t n, int64_t c, int64_t spatial, int threads) {
     if (!grad_x && !grad_gamma) return;
-    FN_T(bn_backward_args) args = {.x = x, .grad_y = grad_y, .gamma = gamma, .mean = mean,
+    FN_T(bn_backward_args) args = {.x = x, .grad_y = grad_y, .relu_y = relu_y, .gamma = gamma,
+                                   .mean = mean,
                                    .invstd = invstd, .training = training, .grad_x = grad_x,
                                    .accumulate = accumulate, .grad_gamma = grad_gamma,
                                    .grad_beta = grad_beta,
@@ -348,8 +399,8 @@ static fn_status FN_T(batch_norm_forward)(fn_node *node, const fn_model_ctx *ctx
                                 affine ? (const real *)node->param[0] : NULL,
                                 affine ? (const real *)node->param[1] : NULL,
                                 (real *)node->param[b], (real *)node->param[b + 1], ctx->training,
-                                momentum, node->attr.batch_norm.eps, mean, mean + c, ctx->batch,
-                                c, spatial, ctx->threads);
+                                node->relu_fused, momentum, node->attr.batch_norm.eps, mean,
+                                mean + c, ctx->batch, c, spatial, ctx->threads);
     return FN_OK;
 }
 
@@ -358,6 +409,7 @@ static fn_status FN_T(batch_norm_backward)(fn_node *node, const fn_model_ctx *ct
     bool affine = node->attr.batch_norm.affine;
     const double *mean = (const double *)node->saved;
     FN_T(fn_batch_norm_backward)((const real *)node->in[0], (const real *)node->grad_out,
+                                 node->relu_fused ? (const real *)node->out : NULL,
                                  affine ? (const real *)node->param[0] : NULL, mean, mean + c,
                                  ctx->training, (real *)node->grad_in[0],
                                  node->grad_in_accumulate[0],

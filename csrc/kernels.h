@@ -130,9 +130,11 @@ struct fn_update_args; /* model.h */
     /* batchnorm.c: x (n, c, spatial); per-channel statistics in double */                       \
     void fn_batch_norm_forward##S(const real *x, real *y, const real *gamma, const real *beta,   \
                                   real *running_mean, real *running_var, bool training,          \
-                                  double momentum, double eps, double *mean, double *invstd,     \
+                                  bool relu, double momentum, double eps, double *mean,          \
+                                  double *invstd,                                                \
                                   int64_t n, int64_t c, int64_t spatial, int threads);           \
-    void fn_batch_norm_backward##S(const real *x, const real *grad_y, const real *gamma,         \
+    void fn_batch_norm_backward##S(const real *x, const real *grad_y, const real *relu_y,        \
+                                   const real *gamma,                                            \
                                    const double *mean, const double *invstd, bool training,      \
                                    real *grad_x, bool accumulate, real *grad_gamma,              \
                                    real *grad_beta, bool accumulate_params, double *scratch,     \

@@ -319,7 +319,11 @@ static int64_t slot_pool_layout(slot_pool *pool) {
  * flatten) takes its first input's slot instead when that input is needed by nothing after it:
  * batch norm's output becomes the ReLU's, and the copy that add or flatten would make is gone.
  * In a ResNet only the outputs that backward reads (convolutions', ReLUs') then take memory of
- * their own. out_kept says which outputs are still there after the forward. */
+ * their own. out_kept says which outputs are still there after the forward.
+ *
+ * A ReLU that so takes over the output of the node just before it, when that node's op can apply
+ * it (fuses_relu: batch norm, add), is fused: the producer applies it (relu_fused) and the ReLU
+ * node is skipped (fused_away), saving a pass over the activations each way. */
 static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *total) {
     const int n = m->n_nodes;
     int *last_use = malloc((size_t)n * sizeof *last_use); /* n: to the end of backward */
@@ -335,10 +339,11 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
         return status;
     }
     for (int i = 0; i < n; i++) {
-        const fn_node *node = &m->nodes[i];
+        fn_node *node = &m->nodes[i];
         bool backward_reads = m->keep_outputs || i == m->output_node ||
                               !node->op->backward_ignores_output;
         last_use[i] = backward_reads ? n : i;
+        node->relu_fused = node->fused_away = false;
     }
     for (int j = 0; j < n; j++) {
         const fn_node *consumer = &m->nodes[j];
@@ -358,6 +363,8 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
         if (in_place) {
             slot_of[j] = slot_of[first];
             if (pool.size[slot_of[j]] < node->out_size) pool.size[slot_of[j]] = node->out_size;
+            if (node->op == &fn_op_relu && first == j - 1 && m->nodes[first].op->fuses_relu)
+                m->nodes[first].relu_fused = node->fused_away = true;
         } else {
             slot_of[j] = slot_take(&pool, node->out_size);
         }
@@ -464,9 +471,11 @@ static fn_status plan_gradient_slots(fn_model *m, int64_t *grad_offset, int64_t 
         for (int k = 0; k < count; k++) {
             int i = writer ? writer->input[k] : m->output_node;
             if (i == FN_MODEL_INPUT || slot_of[i] >= 0) continue;
-            slot_of[i] = slot_take(&pool, m->nodes[i].out_size);
+            /* A fused ReLU's producer reads the ReLU's output gradient as its own. */
+            slot_of[i] = writer && writer->fused_away ? slot_of[j]
+                                                      : slot_take(&pool, m->nodes[i].out_size);
         }
-        if (writer) pool.busy[slot_of[j]] = false;
+        if (writer && !writer->fused_away) pool.busy[slot_of[j]] = false;
     }
     *total = slot_pool_layout(&pool);
     for (int i = 0; i < n; i++) grad_offset[i] = pool.size[slot_of[i]];
@@ -561,7 +570,7 @@ static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
     m->forward_batch = 0;
     m->output_batch = 0; /* a node that fails leaves the outputs half written */
     for (int i = 0; i < m->n_nodes; i++)
-        FN_TRY(m->nodes[i].op->forward[m->dtype](&m->nodes[i], &ctx));
+        if (!m->nodes[i].fused_away) FN_TRY(m->nodes[i].op->forward[m->dtype](&m->nodes[i], &ctx));
     m->forward_batch = keep ? n : 0;
     m->output_batch = n;
     m->outputs_predicted = false;
@@ -578,7 +587,8 @@ static fn_status run_backward(fn_model *m, int64_t n, bool accumulate_param_grad
     ctx.rng_step = m->forward_rng_step; /* the masks of the forward being differentiated */
     ctx.accumulate_param_grads = accumulate_param_grads;
     for (int i = m->n_nodes - 1; i >= 0; i--)
-        FN_TRY(m->nodes[i].op->backward[m->dtype](&m->nodes[i], &ctx));
+        if (!m->nodes[i].fused_away)
+            FN_TRY(m->nodes[i].op->backward[m->dtype](&m->nodes[i], &ctx));
     return FN_OK;
 }
 
@@ -673,7 +683,8 @@ static int first_nonfinite_output(fn_model *m, int64_t n, int64_t *bad) {
     int first = -1;
     for (int i = 0; i < m->n_nodes; i++) {
         fn_node *node = &m->nodes[i];
-        if (!all_kept) (void)node->op->forward[m->dtype](node, &ctx); /* it succeeded before */
+        if (!all_kept && !node->fused_away) /* it succeeded before */
+            (void)node->op->forward[m->dtype](node, &ctx);
         int64_t at = fn_first_nonfinite(m->dtype, node->out, n * node->out_size);
         if (at >= 0 && first < 0) {
             first = i;

@@ -91,6 +91,10 @@ typedef struct fn_op {
      * first input's memory when nothing else needs that input any more (and backward_ignores_inputs
      * must hold, since the input is gone by then). */
     bool in_place;
+    /* forward can end with a ReLU (node->relu_fused) and backward then takes the ReLU's output
+     * gradient, passing it where the output is positive: set where that saves the passes of a
+     * ReLU that directly follows (batch norm, add). */
+    bool fuses_relu;
 } fn_op;
 
 struct fn_node {
@@ -138,6 +142,9 @@ struct fn_node {
     void *out;                     /* (batch, out_size) */
     bool out_kept;                 /* out still holds this node's output after a forward: no
                                     * later node's output shares its memory */
+    bool relu_fused;               /* this node applies the ReLU that follows it (op->fuses_relu) */
+    bool fused_away;               /* a ReLU that its producer applies: forward and backward skip
+                                    * it (its output and gradient are the producer's memory) */
     void *grad_out;                /* (batch, out_size): d loss / d out */
     void *grad_in[FN_MAX_INPUTS];  /* (batch, in_size) or NULL when not needed */
     bool grad_in_accumulate[FN_MAX_INPUTS]; /* another consumer already wrote it in backward */
@@ -225,6 +232,7 @@ struct fn_model {
 
 /* op registry (ops.c) */
 const fn_op *fn_op_find(const char *type);
+extern const fn_op fn_op_relu; /* the buffer planner fuses it into its producer (model.c) */
 
 /* spec.c: parses spec_json into an unconfigured model (nodes, shapes, params declared). */
 fn_status fn_spec_build(const char *spec_json, fn_model *m);

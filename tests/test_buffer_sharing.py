@@ -2,6 +2,7 @@
 add, dropout and flatten write over their input where nothing else needs it. The results must be
 bit for bit those of a model that keeps every output, and the memory must be what the plan says."""
 
+import json
 import subprocess
 import sys
 
@@ -162,3 +163,71 @@ def test_install_blas_refuses_a_null_function():
     with pytest.raises(ValueError, match="sgemm is a null pointer"):
         _core.install_blas(0, 1)
     assert _blas.source == "builtin" or _core.blas_installed()
+
+
+# ---------------------------------------------------------------------------- graphs by hand
+
+
+def graph(nodes, input_shape=(4, 5, 5)):
+    spec = {"format": "fastnet.model", "version": 1, "dtype": "float32", "seed": 4,
+            "input_shape": list(input_shape), "nodes": nodes}
+    return _core.Model(json.dumps(spec))
+
+
+def conv(name, inputs, channels=4):
+    return {"name": name, "op": "conv2d", "in_channels": channels, "out_channels": 4,
+            "kernel_size": [3, 3], "padding": [1, 1], "inputs": inputs}
+
+
+def head(inputs, width=4 * 5 * 5):
+    return [{"name": "flat", "op": "flatten", "inputs": inputs},
+            {"name": "out", "op": "linear", "in_features": width, "out_features": 3,
+             "inputs": ["flat"]}]
+
+
+# A ReLU right after batch norm or a sum is applied by them (fused); these graphs put a ReLU
+# where it must not be, or where the producer's output is needed elsewhere.
+GRAPHS = {
+    "batch norm, ReLU": [conv("c", ["input"]), {"name": "b", "op": "batch_norm",
+                                                "num_features": 4, "inputs": ["c"]},
+                         {"name": "r", "op": "relu", "inputs": ["b"]}] + head(["r"]),
+    "sum, ReLU": [conv("c", ["input"]), {"name": "s", "op": "add", "inputs": ["c", "input"]},
+                  {"name": "r", "op": "relu", "inputs": ["s"]}] + head(["r"]),
+    "batch norm read twice": [
+        conv("c", ["input"]),
+        {"name": "b", "op": "batch_norm", "num_features": 4, "inputs": ["c"]},
+        {"name": "r", "op": "relu", "inputs": ["b"]},
+        {"name": "s", "op": "add", "inputs": ["r", "b"]}] + head(["s"]),
+    "a node between": [
+        conv("c", ["input"]),
+        {"name": "b", "op": "batch_norm", "num_features": 4, "inputs": ["c"]},
+        conv("d", ["input"]),
+        {"name": "r", "op": "relu", "inputs": ["b"]},
+        {"name": "s", "op": "add", "inputs": ["r", "d"]}] + head(["s"]),
+    "leaky ReLU": [conv("c", ["input"]), {"name": "b", "op": "batch_norm",
+                                          "num_features": 4, "inputs": ["c"]},
+                   {"name": "r", "op": "leaky_relu", "negative_slope": 0.2,
+                    "inputs": ["b"]}] + head(["r"]),
+    "ReLU of the sum of three, summed again": [
+        conv("c", ["input"]), conv("d", ["input"]),
+        {"name": "s", "op": "add", "inputs": ["c", "d", "input"]},
+        {"name": "r", "op": "relu", "inputs": ["s"]},
+        {"name": "t", "op": "add", "inputs": ["r", "r"]}] + head(["t"]),
+}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_fused_relus_give_the_bits_of_separate_ones(name, mode):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 4, 5, 5)).astype(np.float32)
+    g = rng.standard_normal((6, 3)).astype(np.float32)
+    results = []
+    for keep in (False, True):
+        core = graph(GRAPHS[name])
+        core.keep_outputs = keep
+        core.training = mode == "train"
+        y = core.forward(x, True)
+        results.append((y, core.backward(g, True), core.grad_arena().copy()))
+    for shared, kept in zip(*results):
+        np.testing.assert_array_equal(shared, kept)
