@@ -335,6 +335,21 @@ static const real *FN_T(conv_columns)(const FN_T(conv_job) *job, const real *x, 
     return col;
 }
 
+/* The sum of a plane of n values, over 16 partial sums added pairwise at the end: one running sum
+ * waits on the latency of every addition (the bias gradient of the CNN's second convolution cost
+ * 3.7% of its training step that way). The order depends on n alone. */
+static real FN_T(conv_plane_sum)(const real *x, int64_t n) {
+    enum { LANES = 16 };
+    real lanes[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) lanes[l] += x[i + l];
+    for (int l = 0; i < n; i++, l++) lanes[l] += x[i];
+    for (int width = LANES / 2; width > 0; width /= 2)
+        for (int l = 0; l < width; l++) lanes[l] += lanes[l + width];
+    return lanes[0];
+}
+
 /* Part `id` of `parts`: its share of the images of x (batch, channels, height, width) ->
  * y (batch, out_channels, out_h, out_w) = weight (out_channels, k) per group @ columns + bias. */
 static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
@@ -405,9 +420,7 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
                             grad_weight + group * g->group_out * g->k, g->k);
             if (grad_bias) {
                 for (int64_t o = 0; o < g->group_out; o++) {
-                    const real *row = grad_y_group + o * g->plane;
-                    real sum = 0;
-                    for (int64_t p = 0; p < g->plane; p++) sum += row[p];
+                    real sum = FN_T(conv_plane_sum)(grad_y_group + o * g->plane, g->plane);
                     real *b = &grad_bias[group * g->group_out + o];
                     *b = add ? *b + sum : sum;
                 }
