@@ -603,6 +603,30 @@ static void FN_T(gemm_scale)(int64_t m, int64_t n, real beta, real *c, int64_t l
     }
 }
 
+/* dst[p * width + i] = src[i * ld + p] for i < rows, p < kc: `rows` rows of src written down the
+ * columns of a sliver `width` wide, the transposition at the heart of packing A (untransposed)
+ * and B (transposed). Blocks of TB rows by TB columns are transposed in registers, the rest
+ * element by element. */
+static void FN_T(gemm_pack_rows)(const real *src, int64_t ld, int64_t rows, int64_t kc,
+                                 real *restrict dst, int64_t width) {
+    int64_t i = 0;
+#if FN_T(GEMM_TB) > 0
+    enum { TB = FN_T(GEMM_TB) };
+    for (; i + TB <= rows; i += TB) {
+        const real *block = src + i * ld;
+        int64_t p = 0;
+        for (; p + TB <= kc; p += TB)
+            FN_T(gemm_transpose)(block + p, ld, dst + p * width + i, width);
+        for (; p < kc; p++)
+            for (int r = 0; r < TB; r++) dst[p * width + i + r] = block[r * ld + p];
+    }
+#endif
+    for (; i < rows; i++) {
+        const real *row = src + i * ld;
+        for (int64_t p = 0; p < kc; p++) dst[p * width + i] = row[p];
+    }
+}
+
 /* Packs the (kc, nc) block of op(B) whose first element is at b into NR-column slivers:
  * dst (ceil(nc / NR), kc, NR), columns past nc zero so that edge tiles need no special case in
  * the micro-kernel. With trans_b, op(B)[p][j] is b[j * ldb + p]. */
@@ -624,24 +648,8 @@ static void FN_T(gemm_pack_b)(bool trans_b, const real *b, int64_t ldb, int64_t 
                 for (int64_t j = cols; j < GEMM_NR; j++) out[j] = 0;
             }
         } else {
-            /* Column j of op(B) is row j of b: blocks of TB rows transposed in registers, the
-             * rest read a row at a time and written down the sliver. */
-            int64_t j = 0;
-#if FN_T(GEMM_TB) > 0
-            enum { TB = FN_T(GEMM_TB) };
-            for (; j + TB <= cols; j += TB) {
-                const real *src = b + (j0 + j) * ldb;
-                int64_t p = 0;
-                for (; p + TB <= kc; p += TB)
-                    FN_T(gemm_transpose)(src + p, ldb, dst + p * GEMM_NR + j, GEMM_NR);
-                for (; p < kc; p++)
-                    for (int r = 0; r < TB; r++) dst[p * GEMM_NR + j + r] = src[r * ldb + p];
-            }
-#endif
-            for (; j < cols; j++) {
-                const real *src = b + (j0 + j) * ldb;
-                for (int64_t p = 0; p < kc; p++) dst[p * GEMM_NR + j] = src[p];
-            }
+            /* Column j of op(B) is row j of b. */
+            FN_T(gemm_pack_rows)(b + j0 * ldb, ldb, cols, kc, dst, GEMM_NR);
             for (int64_t j = cols; j < GEMM_NR; j++) {
                 for (int64_t p = 0; p < kc; p++) dst[p * GEMM_NR + j] = 0;
             }
@@ -655,24 +663,7 @@ static void FN_T(gemm_pack_b)(bool trans_b, const real *b, int64_t ldb, int64_t 
 static void FN_T(gemm_pack_a)(bool trans_a, const real *a, int64_t lda, int64_t rows, int64_t kc,
                               real *restrict dst) {
     if (!trans_a) {
-        /* A transposition too: blocks of TB rows in registers (see gemm_pack_b), the rest a row
-         * at a time. */
-        int64_t i = 0;
-#if FN_T(GEMM_TB) > 0
-        enum { TB = FN_T(GEMM_TB) };
-        for (; i + TB <= rows; i += TB) {
-            const real *src = a + i * lda;
-            int64_t p = 0;
-            for (; p + TB <= kc; p += TB)
-                FN_T(gemm_transpose)(src + p, lda, dst + p * GEMM_MR + i, GEMM_MR);
-            for (; p < kc; p++)
-                for (int r = 0; r < TB; r++) dst[p * GEMM_MR + i + r] = src[r * lda + p];
-        }
-#endif
-        for (; i < rows; i++) {
-            const real *src = a + i * lda;
-            for (int64_t p = 0; p < kc; p++) dst[p * GEMM_MR + i] = src[p];
-        }
+        FN_T(gemm_pack_rows)(a, lda, rows, kc, dst, GEMM_MR);
     } else {
         for (int64_t p = 0; p < kc; p++) {
             const real *src = a + p * lda;
