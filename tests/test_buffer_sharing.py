@@ -146,14 +146,16 @@ def test_activation_stats_read_every_layer_and_leave_sharing_on():
     assert abs(batch_norm["mean"]) < 1e-5 and abs(batch_norm["std"] - 1) < 1e-2
 
 
-def test_the_bundled_openblas_is_used_without_importing_scipy_linalg():
+def test_the_bundled_openblas_is_used_without_importing_scipy_linalg(tmp_path):
     from fastnet import _blas
 
     if _blas._bundled_openblas() is None:
         pytest.skip("this SciPy bundles no OpenBLAS (it is reached through cython_blas)")
     code = ("import sys, fastnet, fastnet._blas as b; "
             "print(b.source, 'scipy.linalg' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # Away from the source tree, whose fastnet/ would shadow the installed package.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
     assert out.stdout.split() == ["scipy-openblas", "False"]
 
 
