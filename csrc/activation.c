@@ -134,9 +134,7 @@ void FN_T(fn_activation_forward)(fn_activation_kind kind, const fn_activation_pa
     const real k0 = (real)0.79788456080286535588, rsqrt2 = (real)0.70710678118654752440;
     switch (kind) {
     case FN_ACT_RELU:
-        /* Not x > 0 ? x : 0, which would turn a NaN into 0 and hide it from every later check;
-         * NaN propagates, as in PyTorch. */
-        FN_PARALLEL_LOOP(t, i, count, { y[i] = !(x[i] <= 0) ? x[i] : 0; });
+        FN_PARALLEL_LOOP(t, i, count, { y[i] = FN_RELU(x[i]); });
         break;
     case FN_ACT_LEAKY_RELU:
         FN_PARALLEL_LOOP(t, i, count, { y[i] = x[i] > 0 ? x[i] : negative_slope * x[i]; });

@@ -46,7 +46,7 @@ const fn_op fn_op_add = {
 #else /* templated half */
 
 /* inputs are k arrays of (n, size); y (n, size) is their sum, or its ReLU when one is fused
- * (applied with the last input, as the ReLU kernel does: NaN passes). */
+ * (applied with the last input). */
 static fn_status FN_T(add_forward)(fn_node *node, const fn_model_ctx *ctx) {
     int64_t count = ctx->batch * node->out_size;
     real *y = node->out;
@@ -60,7 +60,7 @@ static fn_status FN_T(add_forward)(fn_node *node, const fn_model_ctx *ctx) {
     if (node->relu_fused) {
         FN_PARALLEL_LOOP(t, i, count, {
             real v = y[i] + x[i];
-            y[i] = !(v <= 0) ? v : 0;
+            y[i] = FN_RELU(v);
         });
     } else {
         FN_T(fn_copy_or_add)(y, x, count, true, ctx->threads);

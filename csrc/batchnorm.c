@@ -266,10 +266,10 @@ static void FN_T(bn_forward_part)(int id, int parts, void *arg) {
             real *out = a->y + (i * C + c) * S;
             real scale = (real)(invstd[c] * (a->gamma ? a->gamma[c] : 1));
             real m = (real)mean[c], shift = a->beta ? a->beta[c] : 0;
-            if (a->relu) /* as the ReLU kernel: NaN passes */
+            if (a->relu)
                 for (int64_t s = 0; s < S; s++) {
                     real v = (row[s] - m) * scale + shift;
-                    out[s] = !(v <= 0) ? v : 0;
+                    out[s] = FN_RELU(v);
                 }
             else
                 for (int64_t s = 0; s < S; s++) out[s] = (row[s] - m) * scale + shift;

@@ -20,6 +20,10 @@ typedef enum {
     FN_ACT_SOFTPLUS,
 } fn_activation_kind;
 
+/* max(v, 0) with NaN passed on, as PyTorch's ReLU does (v > 0 ? v : 0 would turn a NaN into 0 and
+ * hide it from the loss and the checks): the ReLU kernel and the ops that apply a fused ReLU. */
+#define FN_RELU(v) (!((v) <= 0) ? (v) : 0)
+
 /* The hyper-parameters of the elementwise activations (each reads its own). */
 typedef struct {
     double negative_slope; /* LeakyReLU */

@@ -261,6 +261,7 @@ typedef struct {
     bool *busy;
 } slot_pool;
 
+/* On failure the pool holds nothing (slot_pool_free is still safe). */
 static fn_status slot_pool_init(slot_pool *pool, int capacity, const char *what) {
     pool->count = 0;
     pool->size = malloc((size_t)capacity * sizeof *pool->size);
@@ -268,6 +269,8 @@ static fn_status slot_pool_init(slot_pool *pool, int capacity, const char *what)
     if (!pool->size || !pool->busy) {
         free(pool->size);
         free(pool->busy);
+        pool->size = NULL;
+        pool->busy = NULL;
         return fn_error(FN_ENOMEM, "cannot plan the %s", what);
     }
     return FN_OK;
@@ -328,14 +331,14 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
     const int n = m->n_nodes;
     int *last_use = malloc((size_t)n * sizeof *last_use); /* n: to the end of backward */
     int *slot_of = malloc((size_t)n * sizeof *slot_of);
-    slot_pool pool = {0};
+    slot_pool pool;
     fn_status status = slot_pool_init(&pool, n, "activation buffers");
     if (status == FN_OK && (!last_use || !slot_of))
         status = fn_error(FN_ENOMEM, "cannot plan the activation buffers");
     if (status != FN_OK) {
         free(last_use);
         free(slot_of);
-        if (pool.size) slot_pool_free(&pool);
+        slot_pool_free(&pool);
         return status;
     }
     for (int i = 0; i < n; i++) {
@@ -376,12 +379,9 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
         if (last_use[j] == j) pool.busy[slot_of[j]] = false; /* read by nothing */
     }
     *total = slot_pool_layout(&pool);
-    for (int i = n - 1, s; i >= 0; i--) {
-        s = slot_of[i];
-        out_offset[i] = pool.size[s];
-        /* Kept unless a later node's output shares the slot; pool.busy marks those now. */
-        m->nodes[i].out_kept = true;
-    }
+    for (int i = 0; i < n; i++) out_offset[i] = pool.size[slot_of[i]];
+    /* An output is kept unless a later node's shares its slot: walking back, busy marks the slots
+     * a later node has used. */
     for (int s = 0; s < pool.count; s++) pool.busy[s] = false;
     for (int i = n - 1; i >= 0; i--) {
         m->nodes[i].out_kept = !pool.busy[slot_of[i]];
@@ -453,14 +453,13 @@ static fn_status plan_activations(fn_model *m, int64_t batch) {
 static fn_status plan_gradient_slots(fn_model *m, int64_t *grad_offset, int64_t *total) {
     int n = m->n_nodes;
     int *slot_of = malloc((size_t)n * sizeof *slot_of);
-    slot_pool pool = {0};
+    slot_pool pool;
     fn_status status = slot_pool_init(&pool, n, "gradient buffers");
-    if (status == FN_OK && !slot_of) {
-        slot_pool_free(&pool);
+    if (status == FN_OK && !slot_of)
         status = fn_error(FN_ENOMEM, "cannot plan the gradient buffers");
-    }
     if (status != FN_OK) {
         free(slot_of);
+        slot_pool_free(&pool);
         return status;
     }
     for (int i = 0; i < n; i++) slot_of[i] = -1;

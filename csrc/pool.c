@@ -278,6 +278,22 @@ static inline __attribute__((always_inline)) void FN_T(max_pool_2x2_body)(
     }
 }
 
+/* One plane on the loops its window calls for, saving the positions or not. */
+static void FN_T(max_pool_plane)(const real *plane, real *out, int32_t *where, int64_t h,
+                                 int64_t w, int64_t oh, int64_t ow, const int64_t kernel[2],
+                                 const int64_t stride[2], const int64_t padding[2]) {
+    bool two_by_two = kernel[0] == 2 && kernel[1] == 2 && stride[0] == 2 && stride[1] == 2 &&
+                      padding[0] == 0 && padding[1] == 0;
+    if (two_by_two && where)
+        FN_T(max_pool_2x2_body)(plane, out, where, true, w, oh, ow);
+    else if (two_by_two)
+        FN_T(max_pool_2x2_body)(plane, out, NULL, false, w, oh, ow);
+    else if (where)
+        FN_T(max_pool_plane_body)(plane, out, where, true, h, w, oh, ow, kernel, stride, padding);
+    else
+        FN_T(max_pool_plane_body)(plane, out, NULL, false, h, w, oh, ow, kernel, stride, padding);
+}
+
 /* x is (n, c, h, w), y is (n, c, oh, ow) with oh, ow from the floor-mode rule; argmax (n, c, oh,
  * ow), unless NULL, receives the position of each output's maximum in its input plane. */
 void FN_T(fn_max_pool2d_forward)(const real *x, real *y, int32_t *argmax, int64_t n, int64_t c,
@@ -286,28 +302,10 @@ void FN_T(fn_max_pool2d_forward)(const real *x, real *y, int32_t *argmax, int64_
     int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
     int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
     int t = fn_threads_for(n * c * oh * ow * kernel[0] * kernel[1], threads);
-    bool two_by_two = kernel[0] == 2 && kernel[1] == 2 && stride[0] == 2 && stride[1] == 2 &&
-                      padding[0] == 0 && padding[1] == 0;
-    if (two_by_two && argmax) {
-        FN_PARALLEL_LOOP(t, p, n * c, {
-            FN_T(max_pool_2x2_body)(x + p * h * w, y + p * oh * ow, argmax + p * oh * ow, true, w,
-                                    oh, ow);
-        });
-    } else if (two_by_two) {
-        FN_PARALLEL_LOOP(t, p, n * c, {
-            FN_T(max_pool_2x2_body)(x + p * h * w, y + p * oh * ow, NULL, false, w, oh, ow);
-        });
-    } else if (argmax) {
-        FN_PARALLEL_LOOP(t, p, n * c, {
-            FN_T(max_pool_plane_body)(x + p * h * w, y + p * oh * ow, argmax + p * oh * ow, true,
-                                      h, w, oh, ow, kernel, stride, padding);
-        });
-    } else {
-        FN_PARALLEL_LOOP(t, p, n * c, {
-            FN_T(max_pool_plane_body)(x + p * h * w, y + p * oh * ow, NULL, false, h, w, oh, ow,
-                                      kernel, stride, padding);
-        });
-    }
+    FN_PARALLEL_LOOP(t, p, n * c, {
+        FN_T(max_pool_plane)(x + p * h * w, y + p * oh * ow, argmax ? argmax + p * oh * ow : NULL,
+                             h, w, oh, ow, kernel, stride, padding);
+    });
 }
 
 /* argmax and grad_y are (n, c, oh, ow), grad_x is (n, c, h, w): each output's gradient is added

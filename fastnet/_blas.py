@@ -2,7 +2,7 @@
 
 A SciPy wheel bundles OpenBLAS (``scipy.libs/libscipy_openblas*.so``, exporting ``scipy_sgemm_``,
 ``scipy_dgemm_`` and ``openblas_set_num_threads_local``): fastnet loads that library with ctypes,
-without importing ``scipy.linalg``, which would cost about 30 MB of resident memory and a tenth
+without importing ``scipy.linalg``, which would cost about 20 MB of resident memory and a tenth
 of a second for modules fastnet never uses. Any other SciPy (built against a system BLAS) is
 reached through ``scipy.linalg.cython_blas``, which exports its Fortran-ABI ``sgemm``/``dgemm`` as
 PyCapsules, so no SciPy headers are needed at build time either way. fastnet calls the BLAS
@@ -33,6 +33,19 @@ def _scipy_directory():
     return list(spec.submodule_search_locations)[0]
 
 
+#: The per-thread thread-count setter, under the names OpenBLAS builds give it.
+_SETTER_NAMES = ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads_local")
+
+
+def _address(lib, names):
+    """The address of the first of ``names`` that ``lib`` exports, or 0."""
+    for name in names:
+        function = getattr(lib, name, None)
+        if function is not None:
+            return ctypes.cast(function, ctypes.c_void_p).value or 0
+    return 0
+
+
 def _bundled_openblas():
     """(sgemm, dgemm, setter) addresses from the OpenBLAS a SciPy wheel bundles, or None."""
     directory = _scipy_directory()
@@ -44,13 +57,10 @@ def _bundled_openblas():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        found = []
-        for names in (("scipy_sgemm_", "sgemm_"), ("scipy_dgemm_", "dgemm_"),
-                      ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads_local")):
-            function = next((getattr(lib, name) for name in names if hasattr(lib, name)), None)
-            found.append(ctypes.cast(function, ctypes.c_void_p).value or 0 if function else 0)
+        found = tuple(_address(lib, names) for names in
+                      (("scipy_sgemm_", "sgemm_"), ("scipy_dgemm_", "dgemm_"), _SETTER_NAMES))
         if found[0] and found[1]:
-            return tuple(found)
+            return found
     return None
 
 
@@ -75,10 +85,9 @@ def _thread_local_setter():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads_local"):
-            function = getattr(lib, name, None)
-            if function is not None:
-                return ctypes.cast(function, ctypes.c_void_p).value or 0
+        setter = _address(lib, _SETTER_NAMES)
+        if setter:
+            return setter
     return 0
 
 
