@@ -17,6 +17,11 @@
  * depends on the thread count but never on scheduling; in deterministic mode the chunks come from
  * the sizes alone (fn_reduction_parts) and the threads take whole chunks, so it does not depend on
  * the thread count either.
+ *
+ * A ReLU that directly follows, on this layer's output alone, is applied here (relu_fused): to
+ * each image's output right after its GEMMs, while it is still in cache, and in backward by
+ * passing each image's gradient where the output is positive, into the part's buffer, before the
+ * GEMMs read it. The separate passes of the ReLU over the whole batch each way are gone.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -199,14 +204,15 @@ static conv_geometry conv_geometry_of(const fn_node *node) {
 /* How a batch is shared: `parts` threads take whole images with single-threaded kernels, or, for
  * a batch smaller than the thread count, one part runs kernels on `inner_threads` threads. The
  * batch is cut into `chunks` of consecutive images for the gradient sums (see the top of the
- * file), each part taking whole chunks. The workspace holds a column buffer of col_bytes per part,
+ * file), each part taking whole chunks. The workspace holds a column buffer of col_bytes per part
+ * (followed, with a fused ReLU, by one image's output gradient: mask_bytes),
  * then a weight-and-bias partial of partial_bytes for each chunk after the first. unsplit: the
  * GEMMs run single-threaded for every thread count, so they need not be cut into deterministic
  * mode's blocks (fn_gemm_unsplit). */
 typedef struct {
     int parts, chunks, inner_threads;
     bool unsplit;
-    size_t col_bytes, partial_bytes;
+    size_t col_bytes, mask_bytes, partial_bytes;
 } conv_plan;
 
 static size_t conv_round64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
@@ -223,7 +229,7 @@ static int conv_useful_threads(double work, int threads) {
 #define CONV_SPLIT_WORK ((double)(1 << 22))
 
 static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads,
-                              bool deterministic, size_t elem_size) {
+                              bool deterministic, bool relu_fused, size_t elem_size) {
     conv_plan plan;
     double work = (double)batch * (double)g->out_channels * (double)g->k * (double)g->plane;
     if (deterministic) {
@@ -248,13 +254,15 @@ static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads
         plan.unsplit = plan.inner_threads == 1; /* what fn_gemm does on one thread */
     }
     plan.col_bytes = g->pointwise ? 0 : conv_round64((size_t)(g->k * g->plane) * elem_size);
+    plan.mask_bytes =
+        relu_fused ? conv_round64((size_t)(g->out_channels * g->plane) * elem_size) : 0;
     plan.partial_bytes =
         conv_round64((size_t)(g->out_channels * g->k + g->out_channels) * elem_size);
     return plan;
 }
 
 static size_t conv_plan_bytes(const conv_plan *plan) {
-    return (size_t)plan->parts * plan->col_bytes +
+    return (size_t)plan->parts * (plan->col_bytes + plan->mask_bytes) +
            (size_t)(plan->chunks - 1) * plan->partial_bytes;
 }
 
@@ -262,8 +270,8 @@ static size_t conv_plan_bytes(const conv_plan *plan) {
  * for either mode: the mode is process-wide, and may change between planning and running. */
 static size_t conv_workspace(const fn_node *node, int64_t batch, int threads, size_t elem_size) {
     conv_geometry g = conv_geometry_of(node);
-    conv_plan usual = conv_plan_of(&g, batch, threads, false, elem_size);
-    conv_plan fixed = conv_plan_of(&g, batch, threads, true, elem_size);
+    conv_plan usual = conv_plan_of(&g, batch, threads, false, node->relu_fused, elem_size);
+    conv_plan fixed = conv_plan_of(&g, batch, threads, true, node->relu_fused, elem_size);
     size_t a = conv_plan_bytes(&usual), b = conv_plan_bytes(&fixed);
     return a > b ? a : b;
 }
@@ -291,6 +299,7 @@ const fn_op fn_op_conv2d = {
     .forward = {conv_forward_f32, conv_forward_f64},
     .backward = {conv_backward_f32, conv_backward_f64},
     .backward_ignores_output = true,
+    .fuses_relu = true,
 };
 
 #define FN_TEMPLATE_FILE "conv2d.c"
@@ -320,6 +329,11 @@ static void FN_T(conv_gemm)(const FN_T(conv_job) *job, bool trans_a, int64_t m, 
     else
         FN_T(fn_gemm)(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc,
                       job->plan.inner_threads);
+}
+
+/* Part `id`'s buffers: its column buffer, then (with a fused ReLU) its masked gradient. */
+static char *FN_T(conv_part_buffer)(const FN_T(conv_job) *job, int id) {
+    return job->workspace + (size_t)id * (job->plan.col_bytes + job->plan.mask_bytes);
 }
 
 /* The column matrix (k, plane) of group `group` of one image x (channels, height, width): the
@@ -357,7 +371,7 @@ static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
     const conv_geometry *g = &job->g;
     int64_t first, end;
     fn_partition(job->batch, parts, id, &first, &end);
-    real *col = (real *)(job->workspace + (size_t)id * job->plan.col_bytes);
+    real *col = (real *)FN_T(conv_part_buffer)(job, id);
     for (int64_t n = first; n < end; n++) {
         const real *x = job->x + n * g->channels * g->height * g->width;
         real *y = job->y + n * g->out_channels * g->plane;
@@ -378,6 +392,10 @@ static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
                             job->weight + group * g->group_out * g->k, g->k, columns, g->plane,
                             false, beta, y_group, g->plane);
         }
+        if (job->node->relu_fused) {
+            int t = fn_threads_for(g->out_channels * g->plane, job->plan.inner_threads);
+            FN_PARALLEL_LOOP(t, i, g->out_channels * g->plane, { y[i] = FN_RELU(y[i]); });
+        }
     }
 }
 
@@ -395,7 +413,7 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
     real *grad_weight = job->grad_weight, *grad_bias = job->grad_bias;
     bool add = job->grad_param_accumulate;
     if (chunk > 0) {
-        char *partials = job->workspace + (size_t)job->plan.parts * job->plan.col_bytes;
+        char *partials = FN_T(conv_part_buffer)(job, job->plan.parts);
         grad_weight = (real *)(partials + (size_t)(chunk - 1) * job->plan.partial_bytes);
         grad_bias = job->grad_bias ? grad_weight + g->out_channels * g->k : NULL;
         add = false;
@@ -411,6 +429,18 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
     for (int64_t n = first; n < end; n++) {
         const real *x = job->x + n * image_size;
         const real *grad_y = job->grad_y + n * g->out_channels * g->plane;
+        if (job->node->relu_fused) {
+            /* The ReLU's backward: its gradient where the output is positive. */
+            const real *y = (const real *)job->node->out + n * g->out_channels * g->plane;
+            real *masked = (real *)((char *)col + job->plan.col_bytes);
+            const real *gy = grad_y;
+            int t = fn_threads_for(g->out_channels * g->plane, job->plan.inner_threads);
+            FN_PARALLEL_LOOP(t, i, g->out_channels * g->plane, {
+                real gi = gy[i]; /* read whatever y is, so that the loop vectorises */
+                masked[i] = y[i] > 0 ? gi : 0;
+            });
+            grad_y = masked;
+        }
         for (int64_t group = 0; group < g->groups; group++) {
             const real *columns = FN_T(conv_columns)(job, x, group, col);
             const real *grad_y_group = grad_y + group * g->group_out * g->plane;
@@ -452,7 +482,7 @@ static void FN_T(conv_backward_part)(int id, int parts, void *arg) {
     const FN_T(conv_job) *job = arg;
     int64_t first, end;
     fn_partition(job->plan.chunks, parts, id, &first, &end);
-    real *col = (real *)(job->workspace + (size_t)id * job->plan.col_bytes);
+    real *col = (real *)FN_T(conv_part_buffer)(job, id);
     for (int64_t chunk = first; chunk < end; chunk++)
         FN_T(conv_backward_chunk)(job, (int)chunk, col);
 }
@@ -462,7 +492,8 @@ static FN_T(conv_job) FN_T(conv_job_of)(fn_node *node, const fn_model_ctx *ctx) 
     memset(&job, 0, sizeof job);
     job.node = node;
     job.g = conv_geometry_of(node);
-    job.plan = conv_plan_of(&job.g, ctx->batch, ctx->threads, ctx->deterministic, sizeof(real));
+    job.plan = conv_plan_of(&job.g, ctx->batch, ctx->threads, ctx->deterministic,
+                            node->relu_fused, sizeof(real));
     job.batch = ctx->batch;
     job.x = (const real *)node->in[0];
     job.weight = (const real *)node->param[0];
@@ -500,7 +531,7 @@ static fn_status FN_T(conv_backward)(fn_node *node, const fn_model_ctx *ctx) {
     if (chunks < 2) return FN_OK;
     const int64_t weight_count = g->out_channels * g->k;
     const int64_t count = weight_count + (job.grad_bias ? g->out_channels : 0);
-    const char *partials = job.workspace + (size_t)job.plan.parts * job.plan.col_bytes;
+    const char *partials = FN_T(conv_part_buffer)(&job, job.plan.parts);
     const size_t stride = job.plan.partial_bytes;
     real *grad_weight = job.grad_weight, *grad_bias = job.grad_bias;
     int t = fn_threads_for(count * (chunks - 1), ctx->threads);

@@ -187,9 +187,21 @@ def head(inputs, width=4 * 5 * 5):
              "inputs": ["flat"]}]
 
 
-# A ReLU right after batch norm or a sum is applied by them (fused); these graphs put a ReLU
-# where it must not be, or where the producer's output is needed elsewhere.
+# A ReLU right after a convolution, batch norm or a sum is applied by them (fused); these graphs
+# put a ReLU where it must not be, or where the producer's output is needed elsewhere.
 GRAPHS = {
+    "convolution, ReLU": [conv("c", ["input"]), {"name": "r", "op": "relu", "inputs": ["c"]}]
+    + head(["r"]),
+    "grouped strided convolution without bias, ReLU": [
+        {"name": "c", "op": "conv2d", "in_channels": 4, "out_channels": 6, "kernel_size": [3, 3],
+         "stride": [2, 2], "padding": [1, 1], "groups": 2, "bias": False, "inputs": ["input"]},
+        {"name": "r", "op": "relu", "inputs": ["c"]}] + head(["r"], width=6 * 3 * 3),
+    "convolution read twice": [
+        conv("c", ["input"]), {"name": "r", "op": "relu", "inputs": ["c"]},
+        {"name": "s", "op": "add", "inputs": ["r", "c"]}] + head(["s"]),
+    "convolution, ReLU, convolution": [
+        conv("c", ["input"]), {"name": "r", "op": "relu", "inputs": ["c"]},
+        conv("d", ["r"]), {"name": "q", "op": "relu", "inputs": ["d"]}] + head(["q"]),
     "batch norm, ReLU": [conv("c", ["input"]), {"name": "b", "op": "batch_norm",
                                                 "num_features": 4, "inputs": ["c"]},
                          {"name": "r", "op": "relu", "inputs": ["b"]}] + head(["r"]),
