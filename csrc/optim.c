@@ -526,9 +526,10 @@ fn_status fn_model_step(fn_model *m) {
 
 /* The sum of squares of x[0, n) in double, as FN_LANES interleaved partial sums added in a fixed
  * order: the same bits on every call, vectorised, and with enough independent sums to keep the
- * adds from waiting on each other. */
+ * adds from waiting on each other (32 measured 1.3x faster than 16 on a cached mlp_small
+ * gradient, 64 no faster than 32). */
 #ifndef FN_LANES
-#define FN_LANES 16
+#define FN_LANES 32
 #endif
 static double FN_T(sum_squares)(const real *x, int64_t n) {
     double acc[FN_LANES] = {0};
