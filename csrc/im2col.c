@@ -94,6 +94,23 @@ static inline void FN_T(im2col_copy)(real *restrict dst, const real *restrict sr
     }
 }
 
+/* `rows` rows of n elements, src_stride apart, to consecutive rows of dst; inlined where n is a
+ * constant, each row becomes a few vector moves. */
+static inline __attribute__((always_inline)) void FN_T(im2col_rows)(real *restrict dst,
+                                                                    const real *restrict src,
+                                                                    int64_t rows,
+                                                                    int64_t src_stride, int64_t n) {
+    for (int64_t r = 0; r < rows; r++, dst += n, src += src_stride)
+        memcpy(dst, src, (size_t)n * sizeof(real));
+}
+
+/* The same reading every other element of src (stride 2 across). */
+static inline __attribute__((always_inline)) void FN_T(im2col_rows_stride2)(
+    real *restrict dst, const real *restrict src, int64_t rows, int64_t src_stride, int64_t n) {
+    for (int64_t r = 0; r < rows; r++, dst += n, src += src_stride)
+        for (int64_t x = 0; x < n; x++) dst[x] = src[2 * x];
+}
+
 /* One plane without padding, every window inside it: plane (height, width) -> dst
  * (kh * kw, out_h * out_w). */
 static void FN_T(im2col_plane)(const real *restrict plane, int64_t width,
@@ -101,16 +118,35 @@ static void FN_T(im2col_plane)(const real *restrict plane, int64_t width,
     for (int64_t i = 0; i < g->kh; i++) {
         for (int64_t j = 0; j < g->kw; j++) {
             const real *src = plane + i * g->dh * width + j * g->dw;
-            for (int64_t oy = 0; oy < g->out_h; oy++, dst += g->out_w) {
-                const real *row = src + oy * g->sh * width;
-                if (g->sw == 1) {
-                    FN_T(im2col_copy)(dst, row, g->out_w);
-                } else if (g->sw == 2) {
-                    /* A constant stride vectorises (as shuffles); a variable one does not. */
-                    for (int64_t ox = 0; ox < g->out_w; ox++) dst[ox] = row[2 * ox];
-                } else {
-                    for (int64_t ox = 0; ox < g->out_w; ox++) dst[ox] = row[ox * g->sw];
+            const int64_t src_stride = g->sh * width;
+            if (g->sw == 1) {
+                /* Rows of the widths of small images take constant-size copies: a row costs a
+                 * few cycles of loop and size tests otherwise, as much as the copy itself
+                 * (3.5 ns a row, whatever its width up to 32). */
+                switch (g->out_w) {
+                case 8: FN_T(im2col_rows)(dst, src, g->out_h, src_stride, 8); break;
+                case 16: FN_T(im2col_rows)(dst, src, g->out_h, src_stride, 16); break;
+                case 24: FN_T(im2col_rows)(dst, src, g->out_h, src_stride, 24); break;
+                case 32: FN_T(im2col_rows)(dst, src, g->out_h, src_stride, 32); break;
+                default:
+                    for (int64_t oy = 0; oy < g->out_h; oy++)
+                        FN_T(im2col_copy)(dst + oy * g->out_w, src + oy * src_stride, g->out_w);
                 }
+                dst += g->out_h * g->out_w;
+                continue;
+            }
+            if (g->sw == 2) { /* likewise: a constant stride and width become shuffles */
+                switch (g->out_w) {
+                case 8: FN_T(im2col_rows_stride2)(dst, src, g->out_h, src_stride, 8); break;
+                case 16: FN_T(im2col_rows_stride2)(dst, src, g->out_h, src_stride, 16); break;
+                default: FN_T(im2col_rows_stride2)(dst, src, g->out_h, src_stride, g->out_w);
+                }
+                dst += g->out_h * g->out_w;
+                continue;
+            }
+            for (int64_t oy = 0; oy < g->out_h; oy++, dst += g->out_w) {
+                const real *row = src + oy * src_stride;
+                for (int64_t ox = 0; ox < g->out_w; ox++) dst[ox] = row[ox * g->sw];
             }
         }
     }
@@ -173,6 +209,23 @@ void FN_T(fn_im2col)(const real *x, int64_t channels, int64_t height, int64_t wi
     });
 }
 
+/* The adjoint of im2col_rows: consecutive rows of n elements of src added into `rows` rows of
+ * dst, dst_stride apart; with a constant n, a few vector operations a row. */
+static inline __attribute__((always_inline)) void FN_T(col2im_rows)(real *restrict dst,
+                                                                    const real *restrict src,
+                                                                    int64_t rows,
+                                                                    int64_t dst_stride, int64_t n) {
+    for (int64_t r = 0; r < rows; r++, src += n, dst += dst_stride)
+        for (int64_t x = 0; x < n; x++) dst[x] += src[x];
+}
+
+/* The adjoint of im2col_rows_stride2. */
+static inline __attribute__((always_inline)) void FN_T(col2im_rows_stride2)(
+    real *restrict dst, const real *restrict src, int64_t rows, int64_t dst_stride, int64_t n) {
+    for (int64_t r = 0; r < rows; r++, src += n, dst += dst_stride)
+        for (int64_t x = 0; x < n; x++) dst[2 * x] += src[x];
+}
+
 /* The adjoint of im2col_plane: src (kh * kw, out_h * out_w) added into plane (height, width),
  * every window inside it. */
 static void FN_T(col2im_plane)(const real *restrict src, int64_t width, const im2col_geometry *g,
@@ -180,16 +233,29 @@ static void FN_T(col2im_plane)(const real *restrict src, int64_t width, const im
     for (int64_t i = 0; i < g->kh; i++) {
         for (int64_t j = 0; j < g->kw; j++) {
             real *dst = plane + i * g->dh * width + j * g->dw;
-            for (int64_t oy = 0; oy < g->out_h; oy++, src += g->out_w) {
-                real *row = dst + oy * g->sh * width;
-                if (g->sw == 1) {
-                    for (int64_t ox = 0; ox < g->out_w; ox++) row[ox] += src[ox];
-                } else if (g->sw == 2) {
-                    for (int64_t ox = 0; ox < g->out_w; ox++) row[2 * ox] += src[ox];
-                } else {
-                    for (int64_t ox = 0; ox < g->out_w; ox++) row[ox * g->sw] += src[ox];
+            const int64_t dst_stride = g->sh * width;
+            if (g->sw == 1) { /* constant widths, as in im2col_plane */
+                switch (g->out_w) {
+                case 8: FN_T(col2im_rows)(dst, src, g->out_h, dst_stride, 8); break;
+                case 16: FN_T(col2im_rows)(dst, src, g->out_h, dst_stride, 16); break;
+                case 24: FN_T(col2im_rows)(dst, src, g->out_h, dst_stride, 24); break;
+                case 32: FN_T(col2im_rows)(dst, src, g->out_h, dst_stride, 32); break;
+                default: FN_T(col2im_rows)(dst, src, g->out_h, dst_stride, g->out_w);
+                }
+            } else if (g->sw == 2) {
+                switch (g->out_w) {
+                case 8: FN_T(col2im_rows_stride2)(dst, src, g->out_h, dst_stride, 8); break;
+                case 16: FN_T(col2im_rows_stride2)(dst, src, g->out_h, dst_stride, 16); break;
+                default: FN_T(col2im_rows_stride2)(dst, src, g->out_h, dst_stride, g->out_w);
+                }
+            } else {
+                for (int64_t oy = 0; oy < g->out_h; oy++) {
+                    real *row = dst + oy * dst_stride;
+                    const real *in = src + oy * g->out_w;
+                    for (int64_t ox = 0; ox < g->out_w; ox++) row[ox * g->sw] += in[ox];
                 }
             }
+            src += g->out_h * g->out_w;
         }
     }
 }

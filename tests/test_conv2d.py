@@ -41,6 +41,16 @@ GEOMETRIES = {
     # float64 only in the second.
     "large_plane": (1, 100, 90, 2, (3, 2), (2, 3), (2, 1), (2, 3), 1),
     "plane_64": (2, 64, 64, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    # Output widths that im2col and col2im copy with constant-size rows (8, 16, 24, 32 with
+    # stride 1 across; 8, 16 with stride 2), padded (through the stack buffer) or not.
+    "width_8": (2, 10, 8, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "width_16_unpadded": (2, 6, 18, 3, (3, 3), (1, 1), (0, 0), (1, 1), 1),
+    "width_24": (1, 5, 24, 2, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "width_32_stride_h2": (2, 9, 34, 3, (3, 3), (2, 1), (0, 0), (1, 1), 1),
+    "width_32_dilated": (2, 8, 36, 2, (3, 3), (1, 1), (1, 0), (2, 2), 1),
+    "stride2_width_8": (2, 16, 16, 3, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    "stride2_width_16_unpadded": (3, 7, 33, 2, (3, 3), (2, 2), (0, 0), (1, 1), 1),
+    "stride_w2_width_8": (2, 6, 15, 3, (3, 3), (1, 2), (1, 1), (1, 1), 1),
 }
 
 
