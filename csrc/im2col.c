@@ -192,19 +192,27 @@ void FN_T(fn_im2col)(const real *x, int64_t channels, int64_t height, int64_t wi
     const bool padded = g.ph > 0 || g.pw > 0;
     const bool fits = im2col_fits_stack(padded_h, padded_w, sizeof(real));
     int t = fn_threads_for(channels * rows * size, threads);
-    FN_PARALLEL_LOOP(t, c, channels, {
-        const real *plane = x + c * height * width;
-        real *dst = col + c * rows * size;
-        if (!padded) {
-            FN_T(im2col_plane)(plane, width, &g, dst);
-        } else if (fits) {
-            real buffer[IM2COL_STACK_BYTES / sizeof(real)];
+    /* Each thread takes a range of channels; through the stack buffer, its zero border is
+     * written once for the range, and each channel only fills the interior. */
+    FN_PARALLEL_LOOP(t, part, t, {
+        int64_t first, end;
+        fn_partition(channels, t, (int)part, &first, &end);
+        real buffer[IM2COL_STACK_BYTES / sizeof(real)];
+        if (padded && fits && first < end)
             memset(buffer, 0, (size_t)(padded_h * padded_w) * sizeof(real));
-            for (int64_t y = 0; y < height; y++)
-                FN_T(im2col_copy)(buffer + (y + g.ph) * padded_w + g.pw, plane + y * width, width);
-            FN_T(im2col_plane)(buffer, padded_w, &g, dst);
-        } else {
-            FN_T(im2col_plane_bounded)(plane, height, width, &g, dst);
+        for (int64_t c = first; c < end; c++) {
+            const real *plane = x + c * height * width;
+            real *dst = col + c * rows * size;
+            if (!padded) {
+                FN_T(im2col_plane)(plane, width, &g, dst);
+            } else if (fits) {
+                real *interior = buffer + g.ph * padded_w + g.pw;
+                for (int64_t y = 0; y < height; y++)
+                    FN_T(im2col_copy)(interior + y * padded_w, plane + y * width, width);
+                FN_T(im2col_plane)(buffer, padded_w, &g, dst);
+            } else {
+                FN_T(im2col_plane_bounded)(plane, height, width, &g, dst);
+            }
         }
     });
 }
