@@ -7,11 +7,10 @@
  * mode. Train mode also updates the running statistics, with the unbiased variance as PyTorch
  * does, and counts the batch in num_batches_tracked.
  *
- * Work is split over channels. A thread's sums take its channels one at a time, over every
- * sample's plane, when the planes are long enough for bn_sums' lanes, and sample by sample
- * otherwise (an (N, C) input, whose channels' values are C apart), so that the inner loop runs
- * along contiguous memory; its elementwise passes go sample by sample. A channel's sums are taken
- * in the same order whatever the split, so results do not depend on the thread count.
+ * Work is split over channels. Each thread walks its channel range sample by sample (its sums
+ * in blocks of channels), so that the inner loop runs along contiguous memory both for a large
+ * spatial size and for (N, C) inputs (where a channel's values are C apart); a channel's sums are
+ * taken in the same order whatever the split, so results do not depend on the thread count.
  *
  * A ReLU that directly follows and takes over the output's memory (model.c) is applied here
  * instead: forward clamps y in the normalise pass, and backward reads the ReLU's output gradient
@@ -166,97 +165,86 @@ static inline double FN_T(bn_pass)(real dy, real y) {
 }
 #define FN_BN_DY(dy, relu_y, s) FN_T(bn_pass)((dy)[s], (relu_y)[s])
 
-/* The two sums of a channel's values: `rows` rows of `count` values, row r at offset r * stride
- * in x (and dy, relu_y), d = x - shift:
- *     kind BN_STATISTICS:     *s1 += sum(d),  *s2 += sum(d^2)     (forward's statistics)
- *     kind BN_GRADIENT:       *s1 += sum(dy), *s2 += sum(dy * d)  (backward's)
+/* Adds one row of `count` values, d = x - shift, to a channel's partial sums la, lb
+ * (BN_LANES each):
+ *     kind BN_STATISTICS:     la += d,  lb += d^2     (forward's statistics)
+ *     kind BN_GRADIENT:       la += dy, lb += dy * d  (backward's)
  *     kind BN_GRADIENT_RELU:  the same with FN_BN_DY for dy
- * in double, over BN_LANES independent partial sums kept across the rows and added at the end:
- * one running sum would wait on the latency of each addition, a floating-point sum is not the
- * compiler's to reorder, and adding the lanes up after every row cost as much as the row for
- * ResNet-8's 8x8 planes. A row's last count % BN_LANES values go to the first lanes. Rows
- * shorter than the lanes take one running sum (the caller then passes one row at a time, sample
- * by sample: an (N, C) input has rows of one value, C apart). The order depends on the sizes
- * alone, so not on the thread count. Inlined with `kind` a constant, so
- * that each kind is a loop of its own that vectorises. */
-static inline __attribute__((always_inline)) void FN_T(bn_sums_of)(
-    const int kind, const real *x, const real *dy, const real *relu_y, int64_t rows,
-    int64_t stride, int64_t count, double shift, double *s1, double *s2) {
-#define BN_TERMS(at)                                                                              \
-    double d = (double)x[at] - shift;                                                             \
-    double g = kind == BN_STATISTICS ? d                                                          \
-               : kind == BN_GRADIENT ? (double)dy[at]                                             \
-                                     : (double)FN_BN_DY(dy, relu_y, at);
-    if (count < BN_LANES) {
-        double a = 0, b = 0;
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t s = r * stride; s < r * stride + count; s++) {
-                BN_TERMS(s)
-                a += g;
-                b += g * d;
-            }
-        *s1 += a;
-        *s2 += b;
-        return;
+ * in double, value s of each run of BN_LANES going to lane s, the last count % BN_LANES values to
+ * the first lanes: one running sum would wait on the latency of each addition, and a
+ * floating-point sum is not the compiler's to reorder. The lanes are held in registers for the
+ * row. Inlined with `kind` a constant, so that each kind is a loop of its own that vectorises. */
+static inline __attribute__((always_inline)) void FN_T(bn_row_sums)(
+    const int kind, const real *x, const real *dy, const real *relu_y, int64_t count,
+    double shift, double *restrict la, double *restrict lb) {
+    double a[BN_LANES], b[BN_LANES];
+    for (int l = 0; l < BN_LANES; l++) {
+        a[l] = la[l];
+        b[l] = lb[l];
     }
-    double la[BN_LANES] = {0}, lb[BN_LANES] = {0};
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t s = r * stride, end = s + count;
-        for (; s + BN_LANES <= end; s += BN_LANES)
-            for (int l = 0; l < BN_LANES; l++) {
-                BN_TERMS(s + l)
-                la[l] += g;
-                lb[l] += g * d;
-            }
-        for (int l = 0; s < end; s++, l++) {
-            BN_TERMS(s)
-            la[l] += g;
-            lb[l] += g * d;
-        }
+#define BN_TERMS(at, l)                                                                           \
+    {                                                                                             \
+        double d = (double)x[at] - shift;                                                         \
+        double g = kind == BN_STATISTICS ? d                                                      \
+                   : kind == BN_GRADIENT ? (double)dy[at]                                         \
+                                         : (double)FN_BN_DY(dy, relu_y, at);                      \
+        a[l] += g;                                                                                \
+        b[l] += g * d;                                                                            \
     }
+    int64_t s = 0;
+    for (; s + BN_LANES <= count; s += BN_LANES)
+        for (int l = 0; l < BN_LANES; l++) BN_TERMS(s + l, l)
+    for (int l = 0; s < count; s++, l++) BN_TERMS(s, l)
 #undef BN_TERMS
-    for (int width = BN_LANES / 2; width > 0; width /= 2) /* pairwise, in a fixed order */
-        for (int l = 0; l < width; l++) {
-            la[l] += la[l + width];
-            lb[l] += lb[l + width];
-        }
-    *s1 += la[0];
-    *s2 += lb[0];
+    for (int l = 0; l < BN_LANES; l++) {
+        la[l] = a[l];
+        lb[l] = b[l];
+    }
 }
 
-/* bn_sums_of for dy == NULL (statistics), relu_y == NULL (gradient) or neither. */
-static void FN_T(bn_sums_rows)(const real *x, const real *dy, const real *relu_y, int64_t rows,
-                               int64_t stride, int64_t count, double shift, double *s1,
-                               double *s2) {
+/* bn_row_sums for dy == NULL (statistics), relu_y == NULL (gradient) or neither. */
+static void FN_T(bn_row)(const real *x, const real *dy, const real *relu_y, int64_t count,
+                         double shift, double *la, double *lb) {
     if (!dy)
-        FN_T(bn_sums_of)(BN_STATISTICS, x, dy, relu_y, rows, stride, count, shift, s1, s2);
+        FN_T(bn_row_sums)(BN_STATISTICS, x, dy, relu_y, count, shift, la, lb);
     else if (!relu_y)
-        FN_T(bn_sums_of)(BN_GRADIENT, x, dy, relu_y, rows, stride, count, shift, s1, s2);
+        FN_T(bn_row_sums)(BN_GRADIENT, x, dy, relu_y, count, shift, la, lb);
     else
-        FN_T(bn_sums_of)(BN_GRADIENT_RELU, x, dy, relu_y, rows, stride, count, shift, s1, s2);
+        FN_T(bn_row_sums)(BN_GRADIENT_RELU, x, dy, relu_y, count, shift, la, lb);
 }
 
-/* The sums of channels [c0, c1) of x (and dy, relu_y) (n, C, S) into s1[c], s2[c], each shifted
- * by shift[c] (NULL: by the channel's first value, x[0, c, 0]): a channel at a time when its rows are long enough for the lanes, else sample by
- * sample, so that the inner loop runs along contiguous memory. */
+/* Channels summed at once by bn_sums: their lanes fit a few KB of stack. */
+#define BN_BLOCK 16
+
+/* The two sums of bn_row_sums over every sample of channels [c0, c1) of x (and dy, relu_y)
+ * (n, C, S), d = x - shift[c] (shift NULL: the channel's first value, x[0, c, 0]), into s1[c]
+ * and s2[c]. Blocks of BN_BLOCK channels are walked sample by sample, so that memory is read in
+ * runs of BN_BLOCK planes (a plane of a 32x32 image is a page: a run of one would restart the
+ * prefetcher at every plane), and each channel's lanes are added up, pairwise in a fixed order,
+ * once at the end (after every plane, that cost as much as the plane for 8x8 planes). The order
+ * depends on the sizes alone, so not on the thread count. */
 static void FN_T(bn_sums)(const real *x, const real *dy, const real *relu_y, int64_t n,
                           int64_t C, int64_t S, int64_t c0, int64_t c1, const double *shift,
                           double *s1, double *s2) {
-#define BN_SHIFT(c) (shift ? shift[c] : (double)x[(c) * S])
-    for (int64_t c = c0; c < c1; c++) s1[c] = s2[c] = 0;
-    if (S >= BN_LANES) {
-        for (int64_t c = c0; c < c1; c++)
-            FN_T(bn_sums_rows)(x + c * S, dy ? dy + c * S : NULL, relu_y ? relu_y + c * S : NULL,
-                               n, C * S, S, BN_SHIFT(c), &s1[c], &s2[c]);
-        return;
-    }
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t c = c0; c < c1; c++) {
-            int64_t at = (i * C + c) * S;
-            FN_T(bn_sums_rows)(x + at, dy ? dy + at : NULL, relu_y ? relu_y + at : NULL, 1, S, S,
-                               BN_SHIFT(c), &s1[c], &s2[c]);
+    for (int64_t block = c0; block < c1; block += BN_BLOCK) {
+        int64_t width = c1 - block < BN_BLOCK ? c1 - block : BN_BLOCK;
+        double la[BN_BLOCK][BN_LANES] = {{0}}, lb[BN_BLOCK][BN_LANES] = {{0}};
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t k = 0; k < width; k++) {
+                int64_t c = block + k, at = (i * C + c) * S;
+                FN_T(bn_row)(x + at, dy ? dy + at : NULL, relu_y ? relu_y + at : NULL, S,
+                             shift ? shift[c] : (double)x[c * S], la[k], lb[k]);
+            }
+        for (int64_t k = 0; k < width; k++) {
+            for (int half = BN_LANES / 2; half > 0; half /= 2)
+                for (int l = 0; l < half; l++) {
+                    la[k][l] += la[k][l + half];
+                    lb[k][l] += lb[k][l + half];
+                }
+            s1[block + k] = la[k][0];
+            s2[block + k] = lb[k][0];
         }
-#undef BN_SHIFT
+    }
 }
 
 typedef struct {
