@@ -144,6 +144,20 @@ static int gemm_thread_count(int64_t m, int64_t n, int64_t k, int64_t column_mul
 #define GEMM_PLAIN_MICRO_KERNEL 1
 #endif
 
+/* The rows of A a micro-kernel reads for a sliver of `rows` rows: the short tiles below (a third
+ * or two thirds of MR) read only theirs, and only those must be zero past `rows` (the same for
+ * both dtypes, whose MR are equal). */
+static inline int gemm_tile_height(int rows) {
+#if defined(__AVX512F__)
+    return rows > 8 ? 12 : rows > 4 ? 8 : 4;
+#elif defined(__AVX2__) && defined(__FMA__)
+    return rows > 4 ? 6 : rows > 2 ? 4 : 2;
+#else
+    (void)rows;
+    return GEMM_MR_f32;
+#endif
+}
+
 /* Splits `total` into near-equal blocks of at most `max_block` (rounded up to `multiple`). */
 static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multiple) {
     int64_t blocks = (total + max_block - 1) / max_block;
@@ -421,9 +435,33 @@ GEMM_INLINE void gemm_transpose_f64(const double *src, int64_t ld, double *dst,
     _mm256_storeu_pd(dst + 2 * dst_stride, _mm256_permute2f128_pd(t[0], t[2], 0x31));
     _mm256_storeu_pd(dst + 3 * dst_stride, _mm256_permute2f128_pd(t[1], t[3], 0x31));
 }
+
+/* The same for 4 rows by 8 columns of floats: dst[q * dst_stride + r] = src[r * ld + q] for
+ * r < 4, q < 8. A's last rows in a short sliver (MR = 12 leaves 4 rows after an 8 x 8 block for a
+ * 16-row A, a 16-channel convolution's) would otherwise be copied element by element. */
+#define GEMM_TB4_f32 1
+#define GEMM_TB4_f64 0
+GEMM_INLINE void gemm_transpose4_f32(const float *src, int64_t ld, float *dst,
+                                     int64_t dst_stride) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld);
+    __m256 r2 = _mm256_loadu_ps(src + 2 * ld), r3 = _mm256_loadu_ps(src + 3 * ld);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    /* Columns q and q + 4 of the four rows in each vector, q = 0..3. */
+    __m256 s[4] = {_mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)),
+                   _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
+                   _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)),
+                   _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2))};
+    for (int q = 0; q < 4; q++) {
+        _mm_storeu_ps(dst + q * dst_stride, _mm256_castps256_ps128(s[q]));
+        _mm_storeu_ps(dst + (q + 4) * dst_stride, _mm256_extractf128_ps(s[q], 1));
+    }
+}
 #else
 #define GEMM_TB_f32 0
 #define GEMM_TB_f64 0
+#define GEMM_TB4_f32 0
+#define GEMM_TB4_f64 0
 #endif
 
 /* ---------------------------------------------------------------- argument checks */
@@ -621,6 +659,16 @@ static void FN_T(gemm_pack_rows)(const real *src, int64_t ld, int64_t rows, int6
             for (int r = 0; r < TB; r++) dst[p * width + i + r] = block[r * ld + p];
     }
 #endif
+#if FN_T(GEMM_TB4) > 0
+    for (; i + 4 <= rows; i += 4) {
+        const real *block = src + i * ld;
+        int64_t p = 0;
+        for (; p + 8 <= kc; p += 8)
+            FN_T(gemm_transpose4)(block + p, ld, dst + p * width + i, width);
+        for (; p < kc; p++)
+            for (int r = 0; r < 4; r++) dst[p * width + i + r] = block[r * ld + p];
+    }
+#endif
     for (; i < rows; i++) {
         const real *row = src + i * ld;
         for (int64_t p = 0; p < kc; p++) dst[p * width + i] = row[p];
@@ -659,7 +707,8 @@ static void FN_T(gemm_pack_b)(bool trans_b, const real *b, int64_t ldb, int64_t 
 }
 
 /* Packs the (rows, kc) block of op(A) whose first element is at a (rows <= MR) into one sliver:
- * dst (kc, MR), rows past `rows` zero. With trans_a, op(A)[i][p] is a[p * lda + i]. */
+ * dst (kc, MR), the rows past `rows` that the micro-kernel reads (gemm_tile_height) zero. With
+ * trans_a, op(A)[i][p] is a[p * lda + i]. */
 static void FN_T(gemm_pack_a)(bool trans_a, const real *a, int64_t lda, int64_t rows, int64_t kc,
                               real *restrict dst) {
     if (!trans_a) {
@@ -670,7 +719,7 @@ static void FN_T(gemm_pack_a)(bool trans_a, const real *a, int64_t lda, int64_t 
             for (int64_t i = 0; i < rows; i++) dst[p * GEMM_MR + i] = src[i];
         }
     }
-    for (int64_t i = rows; i < GEMM_MR; i++) {
+    for (int64_t i = rows; i < gemm_tile_height((int)rows); i++) {
         for (int64_t p = 0; p < kc; p++) dst[p * GEMM_MR + i] = 0;
     }
 }
