@@ -464,6 +464,46 @@ GEMM_INLINE void gemm_transpose4_f32(const float *src, int64_t ld, float *dst,
 #define GEMM_TB4_f64 0
 #endif
 
+#if defined(__AVX512F__)
+/* 16 rows by 16 columns of floats in 512-bit registers: half the shuffles per element of the 8 x 8
+ * transposition, whose shuffles bound the packing of a transposed B (a convolution's columns,
+ * 16 rows at a time into a 32-column sliver). Interleaving pairs of rows, then pairs of pairs,
+ * leaves in 128-bit lane L of u[4k + c] column 4L + c of rows 4k..4k+3; two rounds of lane
+ * shuffles gather each column's four lanes. */
+#define GEMM_TB16_f32 1
+#define GEMM_TB16_f64 0
+GEMM_INLINE void gemm_transpose16_f32(const float *src, int64_t ld, float *dst,
+                                      int64_t dst_stride) {
+    __m512 r[16], t[16], u[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * ld);
+    for (int k = 0; k < 8; k++) {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512d lo = _mm512_castps_pd(t[4 * k]), lo2 = _mm512_castps_pd(t[4 * k + 2]);
+        __m512d hi = _mm512_castps_pd(t[4 * k + 1]), hi2 = _mm512_castps_pd(t[4 * k + 3]);
+        u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, lo2));
+        u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, lo2));
+        u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi, hi2));
+        u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi, hi2));
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88); /* lanes 0, 2 */
+        __m512 v2 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd); /* lanes 1, 3 */
+        __m512 w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        __m512 w2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
+        _mm512_storeu_ps(dst + c * dst_stride, _mm512_shuffle_f32x4(v1, w1, 0x88));
+        _mm512_storeu_ps(dst + (4 + c) * dst_stride, _mm512_shuffle_f32x4(v2, w2, 0x88));
+        _mm512_storeu_ps(dst + (8 + c) * dst_stride, _mm512_shuffle_f32x4(v1, w1, 0xdd));
+        _mm512_storeu_ps(dst + (12 + c) * dst_stride, _mm512_shuffle_f32x4(v2, w2, 0xdd));
+    }
+}
+#else
+#define GEMM_TB16_f32 0
+#define GEMM_TB16_f64 0
+#endif
+
 /* ---------------------------------------------------------------- argument checks */
 
 /* Checks one operand: `rows` rows of `row_length` elements, `ld` apart. */
@@ -648,6 +688,16 @@ static void FN_T(gemm_scale)(int64_t m, int64_t n, real beta, real *c, int64_t l
 static void FN_T(gemm_pack_rows)(const real *src, int64_t ld, int64_t rows, int64_t kc,
                                  real *restrict dst, int64_t width) {
     int64_t i = 0;
+#if FN_T(GEMM_TB16) > 0
+    for (; i + 16 <= rows; i += 16) {
+        const real *block = src + i * ld;
+        int64_t p = 0;
+        for (; p + 16 <= kc; p += 16)
+            FN_T(gemm_transpose16)(block + p, ld, dst + p * width + i, width);
+        for (; p < kc; p++)
+            for (int r = 0; r < 16; r++) dst[p * width + i + r] = block[r * ld + p];
+    }
+#endif
 #if FN_T(GEMM_TB) > 0
     enum { TB = FN_T(GEMM_TB) };
     for (; i + TB <= rows; i += TB) {
