@@ -372,30 +372,33 @@ static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
     int64_t first, end;
     fn_partition(job->batch, parts, id, &first, &end);
     real *col = (real *)FN_T(conv_part_buffer)(job, id);
+    const bool relu = job->node->relu_fused;
     for (int64_t n = first; n < end; n++) {
         const real *x = job->x + n * g->channels * g->height * g->width;
         real *y = job->y + n * g->out_channels * g->plane;
         for (int64_t group = 0; group < g->groups; group++) {
             const real *columns = FN_T(conv_columns)(job, x, group, col);
-            real *y_group = y + group * g->group_out * g->plane; /* (group_out, plane) */
-            real beta = 0;
-            if (job->bias) {
-                /* Seeding y with the bias lets the GEMM add the product in its own pass. */
-                for (int64_t o = 0; o < g->group_out; o++) {
-                    real b = job->bias[group * g->group_out + o];
-                    real *row = y_group + o * g->plane;
-                    for (int64_t p = 0; p < g->plane; p++) row[p] = b;
-                }
-                beta = 1;
-            }
             FN_T(conv_gemm)(job, false, g->group_out, g->plane, g->k,
                             job->weight + group * g->group_out * g->k, g->k, columns, g->plane,
-                            false, beta, y_group, g->plane);
+                            false, 0, y + group * g->group_out * g->plane, g->plane);
         }
-        if (job->node->relu_fused) {
-            int t = fn_threads_for(g->out_channels * g->plane, job->plan.inner_threads);
-            FN_PARALLEL_LOOP(t, i, g->out_channels * g->plane, { y[i] = FN_RELU(y[i]); });
-        }
+        if (!job->bias && !relu) continue;
+        /* The bias and the fused ReLU in one pass over the image's output, still in cache. */
+        const real *bias = job->bias;
+        const int64_t plane = g->plane;
+        int t = fn_threads_for(g->out_channels * plane, job->plan.inner_threads);
+        FN_PARALLEL_LOOP(t, o, g->out_channels, {
+            real *row = y + o * plane;
+            real b = bias ? bias[o] : 0;
+            if (relu) {
+                for (int64_t p = 0; p < plane; p++) {
+                    real v = row[p] + b;
+                    row[p] = FN_RELU(v);
+                }
+            } else {
+                for (int64_t p = 0; p < plane; p++) row[p] += b;
+            }
+        });
     }
 }
 

@@ -194,7 +194,9 @@ def max_pool_2x2_reference(x, grad_y):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(2, 4, 6), (3, 5, 7), (1, 2, 3)])
+@pytest.mark.parametrize("shape", [(2, 4, 6), (3, 5, 7), (1, 2, 3),
+                                   # output rows of the widths the kernel unrolls (4, 8, 12, 16)
+                                   (2, 8, 8), (1, 5, 17), (2, 24, 24), (1, 4, 33)])
 def test_max_pool_2x2_with_ties_and_odd_sizes(dtype, shape, threads):
     # The most common window, against plain loops: values from {-1, 0, 1} (ties everywhere,
     # -0.0 among them) and odd sizes whose last row or column no window covers; then twice in
