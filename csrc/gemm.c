@@ -681,43 +681,43 @@ static void FN_T(gemm_scale)(int64_t m, int64_t n, real beta, real *c, int64_t l
     }
 }
 
+/* Rows [i, rows) of gemm_pack_rows below, `height` at a time while whole blocks remain, each
+ * block `width_in` columns at a time by `transpose` (a gemm_transpose*: inlined, as its
+ * arguments are constants at every call), the last columns element by element. Returns the first
+ * row left. */
+GEMM_INLINE int64_t FN_T(gemm_pack_row_blocks)(
+    const real *src, int64_t ld, int64_t i, int64_t rows, int64_t kc, real *restrict dst,
+    int64_t width, const int height, const int width_in,
+    void (*transpose)(const real *, int64_t, real *, int64_t)) {
+    for (; i + height <= rows; i += height) {
+        const real *block = src + i * ld;
+        int64_t p = 0;
+        for (; p + width_in <= kc; p += width_in)
+            transpose(block + p, ld, dst + p * width + i, width);
+        for (; p < kc; p++)
+            for (int r = 0; r < height; r++) dst[p * width + i + r] = block[r * ld + p];
+    }
+    return i;
+}
+
 /* dst[p * width + i] = src[i * ld + p] for i < rows, p < kc: `rows` rows of src written down the
  * columns of a sliver `width` wide, the transposition at the heart of packing A (untransposed)
- * and B (transposed). Blocks of TB rows by TB columns are transposed in registers, the rest
- * element by element. */
+ * and B (transposed). Blocks of rows are transposed in registers, the largest first (16 x 16,
+ * then TB x TB, then 4 x 8, as the build has them), the rest element by element. */
 static void FN_T(gemm_pack_rows)(const real *src, int64_t ld, int64_t rows, int64_t kc,
                                  real *restrict dst, int64_t width) {
     int64_t i = 0;
 #if FN_T(GEMM_TB16) > 0
-    for (; i + 16 <= rows; i += 16) {
-        const real *block = src + i * ld;
-        int64_t p = 0;
-        for (; p + 16 <= kc; p += 16)
-            FN_T(gemm_transpose16)(block + p, ld, dst + p * width + i, width);
-        for (; p < kc; p++)
-            for (int r = 0; r < 16; r++) dst[p * width + i + r] = block[r * ld + p];
-    }
+    i = FN_T(gemm_pack_row_blocks)(src, ld, i, rows, kc, dst, width, 16, 16,
+                                   FN_T(gemm_transpose16));
 #endif
 #if FN_T(GEMM_TB) > 0
-    enum { TB = FN_T(GEMM_TB) };
-    for (; i + TB <= rows; i += TB) {
-        const real *block = src + i * ld;
-        int64_t p = 0;
-        for (; p + TB <= kc; p += TB)
-            FN_T(gemm_transpose)(block + p, ld, dst + p * width + i, width);
-        for (; p < kc; p++)
-            for (int r = 0; r < TB; r++) dst[p * width + i + r] = block[r * ld + p];
-    }
+    i = FN_T(gemm_pack_row_blocks)(src, ld, i, rows, kc, dst, width, FN_T(GEMM_TB),
+                                   FN_T(GEMM_TB), FN_T(gemm_transpose));
 #endif
 #if FN_T(GEMM_TB4) > 0
-    for (; i + 4 <= rows; i += 4) {
-        const real *block = src + i * ld;
-        int64_t p = 0;
-        for (; p + 8 <= kc; p += 8)
-            FN_T(gemm_transpose4)(block + p, ld, dst + p * width + i, width);
-        for (; p < kc; p++)
-            for (int r = 0; r < 4; r++) dst[p * width + i + r] = block[r * ld + p];
-    }
+    i = FN_T(gemm_pack_row_blocks)(src, ld, i, rows, kc, dst, width, 4, 8,
+                                   FN_T(gemm_transpose4));
 #endif
     for (; i < rows; i++) {
         const real *row = src + i * ld;
