@@ -199,6 +199,14 @@ GRAPHS = {
     "convolution read twice": [
         conv("c", ["input"]), {"name": "r", "op": "relu", "inputs": ["c"]},
         {"name": "s", "op": "add", "inputs": ["r", "c"]}] + head(["s"]),
+    "ReLU of a sum of a node with itself": [
+        conv("c", ["input"]), {"name": "s", "op": "add", "inputs": ["c", "c"]},
+        {"name": "r", "op": "relu", "inputs": ["s"]}] + head(["r"]),
+    "ReLU of a sum whose inputs' gradients both accumulate": [
+        conv("c", ["input"]), conv("d", ["input"]),
+        {"name": "s", "op": "add", "inputs": ["c", "d"]},
+        {"name": "r", "op": "relu", "inputs": ["s"]},
+        {"name": "t", "op": "add", "inputs": ["r", "c", "d"]}] + head(["t"]),
     "convolution, ReLU, convolution": [
         conv("c", ["input"]), {"name": "r", "op": "relu", "inputs": ["c"]},
         conv("d", ["r"]), {"name": "q", "op": "relu", "inputs": ["d"]}] + head(["q"]),
