@@ -68,38 +68,26 @@ static fn_status FN_T(add_forward)(fn_node *node, const fn_model_ctx *ctx) {
     return FN_OK;
 }
 
-/* Every input's gradient is the output's; with a fused ReLU, where its output is positive. The
- * masked gradient is computed once, into the first input gradient that is overwritten, and the
- * others copy it or add it: one array read for each of them instead of two. */
+/* Every input's gradient is the output's; with a fused ReLU, where its output is positive. */
 static fn_status FN_T(add_backward)(fn_node *node, const fn_model_ctx *ctx) {
     int64_t count = ctx->batch * node->out_size;
     const real *gy = node->grad_out, *y = node->out;
     int t = fn_threads_for(count, ctx->threads);
-    int masked = -1; /* the input whose gradient holds the masked gradient */
-    if (node->relu_fused) {
-        for (int j = 0; j < node->n_inputs; j++) {
-            real *gx = node->grad_in[j];
-            if (!gx || node->grad_in_accumulate[j]) continue;
+    for (int j = 0; j < node->n_inputs; j++) {
+        real *gx = node->grad_in[j];
+        if (!gx) continue;
+        if (!node->relu_fused) {
+            FN_T(fn_copy_or_add)(gx, gy, count, node->grad_in_accumulate[j], ctx->threads);
+        } else if (node->grad_in_accumulate[j]) {
             /* g read whatever y is: a conditional read would keep the loop from vectorising */
             FN_PARALLEL_LOOP(t, i, count, {
                 real g = gy[i];
-                gx[i] = y[i] > 0 ? g : 0;
+                gx[i] += y[i] > 0 ? g : 0;
             });
-            gy = gx; /* the masked gradient, for the other inputs */
-            masked = j;
-            break;
-        }
-    }
-    for (int j = 0; j < node->n_inputs; j++) {
-        real *gx = node->grad_in[j];
-        if (!gx || j == masked) continue;
-        if (masked >= 0 || !node->relu_fused) {
-            FN_T(fn_copy_or_add)(gx, gy, count, node->grad_in_accumulate[j], ctx->threads);
         } else {
-            /* Every input gradient accumulates: each adds the masked gradient itself. */
             FN_PARALLEL_LOOP(t, i, count, {
                 real g = gy[i];
-                gx[i] += y[i] > 0 ? g : 0;
+                gx[i] = y[i] > 0 ? g : 0;
             });
         }
     }
