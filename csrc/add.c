@@ -71,25 +71,16 @@ static fn_status FN_T(add_forward)(fn_node *node, const fn_model_ctx *ctx) {
 /* Every input's gradient is the output's; with a fused ReLU, where its output is positive. */
 static fn_status FN_T(add_backward)(fn_node *node, const fn_model_ctx *ctx) {
     int64_t count = ctx->batch * node->out_size;
-    const real *gy = node->grad_out, *y = node->out;
-    int t = fn_threads_for(count, ctx->threads);
+    const real *gy = node->grad_out;
     for (int j = 0; j < node->n_inputs; j++) {
         real *gx = node->grad_in[j];
         if (!gx) continue;
-        if (!node->relu_fused) {
+        if (node->relu_fused) /* the ReLU's backward, as its node would have run it */
+            FN_T(fn_activation_backward)(FN_ACT_RELU, &(fn_activation_params){0}, NULL, node->out,
+                                         gy, gx, node->grad_in_accumulate[j], count,
+                                         ctx->threads);
+        else
             FN_T(fn_copy_or_add)(gx, gy, count, node->grad_in_accumulate[j], ctx->threads);
-        } else if (node->grad_in_accumulate[j]) {
-            /* g read whatever y is: a conditional read would keep the loop from vectorising */
-            FN_PARALLEL_LOOP(t, i, count, {
-                real g = gy[i];
-                gx[i] += y[i] > 0 ? g : 0;
-            });
-        } else {
-            FN_PARALLEL_LOOP(t, i, count, {
-                real g = gy[i];
-                gx[i] = y[i] > 0 ? g : 0;
-            });
-        }
     }
     return FN_OK;
 }

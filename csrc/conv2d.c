@@ -433,15 +433,12 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
         const real *x = job->x + n * image_size;
         const real *grad_y = job->grad_y + n * g->out_channels * g->plane;
         if (job->node->relu_fused) {
-            /* The ReLU's backward: its gradient where the output is positive. */
+            /* The ReLU's backward, on this image: its gradient where the output is positive. */
             const real *y = (const real *)job->node->out + n * g->out_channels * g->plane;
             real *masked = (real *)((char *)col + job->plan.col_bytes);
-            const real *gy = grad_y;
-            int t = fn_threads_for(g->out_channels * g->plane, job->plan.inner_threads);
-            FN_PARALLEL_LOOP(t, i, g->out_channels * g->plane, {
-                real gi = gy[i]; /* read whatever y is, so that the loop vectorises */
-                masked[i] = y[i] > 0 ? gi : 0;
-            });
+            FN_T(fn_activation_backward)(FN_ACT_RELU, &(fn_activation_params){0}, NULL, y, grad_y,
+                                         masked, false, g->out_channels * g->plane,
+                                         job->plan.inner_threads);
             grad_y = masked;
         }
         for (int64_t group = 0; group < g->groups; group++) {

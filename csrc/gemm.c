@@ -144,9 +144,9 @@ static int gemm_thread_count(int64_t m, int64_t n, int64_t k, int64_t column_mul
 #define GEMM_PLAIN_MICRO_KERNEL 1
 #endif
 
-/* The rows of A a micro-kernel reads for a sliver of `rows` rows: the short tiles below (a third
- * or two thirds of MR) read only theirs, and only those must be zero past `rows` (the same for
- * both dtypes, whose MR are equal). */
+/* The rows of A a micro-kernel reads for a sliver of `rows` rows: the micro-kernels below run the
+ * tile of this height (a third, two thirds or all of MR), and pack_a zeroes the rows past `rows`
+ * up to it (the same for both dtypes, whose MR are equal). */
 static inline int gemm_tile_height(int rows) {
 #if defined(__AVX512F__)
     return rows > 8 ? 12 : rows > 4 ? 8 : 4;
@@ -228,12 +228,10 @@ GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const 
 static void gemm_micro_f32(int rows, int64_t kc, const float *restrict a,
                            const float *restrict b, int64_t b_stride, float *restrict c,
                            int64_t ldc, const float *alpha_beta) {
-    if (rows > 8) {
-        gemm_tile_f32(12, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
-    } else if (rows > 4) {
-        gemm_tile_f32(8, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
-    } else {
-        gemm_tile_f32(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
+    switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
+    case 12: gemm_tile_f32(12, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
+    case 8: gemm_tile_f32(8, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
+    default: gemm_tile_f32(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
@@ -278,12 +276,10 @@ GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const 
 static void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
                            const double *restrict b, int64_t b_stride, double *restrict c,
                            int64_t ldc, const double *alpha_beta) {
-    if (rows > 8) {
-        gemm_tile_f64(12, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
-    } else if (rows > 4) {
-        gemm_tile_f64(8, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
-    } else {
-        gemm_tile_f64(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
+    switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
+    case 12: gemm_tile_f64(12, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
+    case 8: gemm_tile_f64(8, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
+    default: gemm_tile_f64(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
@@ -332,12 +328,10 @@ GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const 
 static void gemm_micro_f32(int rows, int64_t kc, const float *restrict a,
                            const float *restrict b, int64_t b_stride, float *restrict c,
                            int64_t ldc, const float *alpha_beta) {
-    if (rows > 4) {
-        gemm_tile_f32(6, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
-    } else if (rows > 2) {
-        gemm_tile_f32(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
-    } else {
-        gemm_tile_f32(2, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
+    switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
+    case 6: gemm_tile_f32(6, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
+    case 4: gemm_tile_f32(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
+    default: gemm_tile_f32(2, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
@@ -379,12 +373,10 @@ GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const 
 static void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
                            const double *restrict b, int64_t b_stride, double *restrict c,
                            int64_t ldc, const double *alpha_beta) {
-    if (rows > 4) {
-        gemm_tile_f64(6, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
-    } else if (rows > 2) {
-        gemm_tile_f64(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
-    } else {
-        gemm_tile_f64(2, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
+    switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
+    case 6: gemm_tile_f64(6, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
+    case 4: gemm_tile_f64(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
+    default: gemm_tile_f64(2, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
