@@ -13,9 +13,16 @@
  * taken in the same order whatever the split, so results do not depend on the thread count.
  *
  * A ReLU that directly follows and takes over the output's memory (model.c) is applied here
- * instead: forward clamps y in the normalise pass, and backward reads the ReLU's output gradient
- * and output, passing the gradient where the output is positive, as the ReLU's backward would
- * have. The same values, two passes over the activations fewer.
+ * instead: forward clamps y in the normalise pass, and backward reads the ReLU's output gradient,
+ * passing it where the ReLU's input, normalised again from x, was positive, as the ReLU's backward
+ * would have. The same values, with four passes over the activations fewer (the ReLU's two, and
+ * backward's two reads of y).
+ *
+ * The input gradient is an affine function of dy and x per channel once backward's sums are
+ * known. After a convolution whose output only batch norm reads (model.c), backward computes the
+ * sums and leaves the input gradient to the convolution (input_grad_deferred), which derives it
+ * image by image (input_grad_of_sample) into a buffer that its GEMMs read while it is in cache:
+ * the batch's gradient is neither written out nor read back.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -29,6 +36,12 @@
 
 /* What bn_sums adds up (below). */
 enum { BN_STATISTICS, BN_GRADIENT, BN_GRADIENT_RELU };
+
+/* A channel's coefficients (coef[c * BN_COEFS + ...]): forward's mean, scale (invstd * weight)
+ * and shift (bias), which normalise x; backward's k_dy, k_x, k_0, which give the input gradient
+ * k_dy * dy + k_x * (x - mean) + k_0. */
+enum { BN_MEAN, BN_SCALE, BN_SHIFT, BN_K_DY, BN_K_X, BN_K_0, BN_COEFS };
+_Static_assert(BN_COEFS == FN_BATCH_NORM_COEFS, "kernels.h states the coefficients' count");
 
 /* weight, bias (when affine), running_mean, running_var, num_batches_tracked */
 #define BN_TENSORS(affine) ((affine) ? 5 : 3)
@@ -105,10 +118,11 @@ static void batch_norm_init(fn_node *node, fn_dtype dtype, void *const params[],
 }
 
 /* The mean and inverse standard deviation used by forward (batch or running), per channel, in
- * double whatever the dtype: backward normalises x again from them. */
+ * double whatever the dtype, then the channel's coefficients (BN_COEFS, in the dtype): backward
+ * normalises x again from them, and leaves its input gradient's coefficients there. */
 static size_t batch_norm_saved(const fn_node *node, int64_t batch, size_t elem_size) {
-    (void)batch, (void)elem_size;
-    return 2 * (size_t)node->attr.batch_norm.channels * sizeof(double);
+    (void)batch;
+    return (size_t)node->attr.batch_norm.channels * (2 * sizeof(double) + BN_COEFS * elem_size);
 }
 
 /* Backward's two per-channel sums, sum(dy) and sum(dy * xhat). */
@@ -135,6 +149,8 @@ static fn_status batch_norm_forward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status batch_norm_forward_f64(fn_node *node, const fn_model_ctx *ctx);
 static fn_status batch_norm_backward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status batch_norm_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+static void batch_norm_input_grad_of_sample_f32(const fn_node *node, int64_t sample, void *out);
+static void batch_norm_input_grad_of_sample_f64(const fn_node *node, int64_t sample, void *out);
 
 const fn_op fn_op_batch_norm = {
     .type = "batch_norm",
@@ -148,6 +164,8 @@ const fn_op fn_op_batch_norm = {
     .backward = {batch_norm_backward_f32, batch_norm_backward_f64},
     .backward_ignores_output = true, /* x is normalised again from the saved statistics */
     .fuses_relu = true,
+    .input_grad_of_sample = {batch_norm_input_grad_of_sample_f32,
+                             batch_norm_input_grad_of_sample_f64},
 };
 
 #define FN_TEMPLATE_FILE "batchnorm.c"
@@ -155,39 +173,50 @@ const fn_op fn_op_batch_norm = {
 
 #else /* templated half */
 
-/* The gradient reaching batch norm's output with a fused ReLU whose output is y: dy where y is
- * positive and 0 elsewhere, which is what the ReLU's backward would have passed on. A function,
- * so that dy is read whatever y is (a conditional read keeps a loop from vectorising), and in
- * double, as the sums are (GCC does not vectorise a float select feeding double sums). */
-static inline double FN_T(bn_pass)(real dy, real y) {
-    double g = dy, v = y;
+/* A value normalised as forward does it, with its channel's mean, scale (invstd * gamma) and
+ * shift (beta). Backward finds where a fused ReLU's input was positive by normalising x again
+ * with it, rather than reading the ReLU's output (one pass over the activations fewer), so both
+ * must round alike: both call this. */
+static inline real FN_T(bn_normalize)(real x, real mean, real scale, real shift) {
+    return (x - mean) * scale + shift;
+}
+
+/* The gradient a fused ReLU passes back to batch norm: dy where the ReLU's input v was positive
+ * (where its output was), 0 elsewhere, as the ReLU's backward would. A function, so that dy is
+ * read whatever v is (a conditional read keeps a loop from vectorising), and in double, as the
+ * sums are (GCC does not vectorise a float select feeding double sums). */
+static inline double FN_T(bn_pass)(real dy, real v) {
+    double g = dy;
     return v > 0 ? g : 0.0;
 }
-#define FN_BN_DY(dy, relu_y, s) FN_T(bn_pass)((dy)[s], (relu_y)[s])
 
 /* Adds one row of `count` values, d = x - shift, to a channel's partial sums la, lb
  * (BN_LANES each):
  *     kind BN_STATISTICS:     la += d,  lb += d^2     (forward's statistics)
  *     kind BN_GRADIENT:       la += dy, lb += dy * d  (backward's)
- *     kind BN_GRADIENT_RELU:  the same with FN_BN_DY for dy
+ *     kind BN_GRADIENT_RELU:  the same with bn_pass(dy, v) for dy, v = x normalised with the
+ *                             channel's coefficients coef
  * in double, value s of each run of BN_LANES going to lane s, the last count % BN_LANES values to
  * the first lanes: one running sum would wait on the latency of each addition, and a
  * floating-point sum is not the compiler's to reorder. The lanes are held in registers for the
  * row. Inlined with `kind` a constant, so that each kind is a loop of its own that vectorises. */
 static inline __attribute__((always_inline)) void FN_T(bn_row_sums)(
-    const int kind, const real *x, const real *dy, const real *relu_y, int64_t count,
+    const int kind, const real *x, const real *dy, const real *coef, int64_t count,
     double shift, double *restrict la, double *restrict lb) {
     double a[BN_LANES], b[BN_LANES];
     for (int l = 0; l < BN_LANES; l++) {
         a[l] = la[l];
         b[l] = lb[l];
     }
+    const real mean = coef ? coef[BN_MEAN] : 0, scale = coef ? coef[BN_SCALE] : 0,
+               beta = coef ? coef[BN_SHIFT] : 0;
 #define BN_TERMS(at, l)                                                                           \
     {                                                                                             \
         double d = (double)x[at] - shift;                                                         \
         double g = kind == BN_STATISTICS ? d                                                      \
                    : kind == BN_GRADIENT ? (double)dy[at]                                         \
-                                         : (double)FN_BN_DY(dy, relu_y, at);                      \
+                                         : FN_T(bn_pass)(dy[at], FN_T(bn_normalize)(              \
+                                                                     x[at], mean, scale, beta));  \
         a[l] += g;                                                                                \
         b[l] += g * d;                                                                            \
     }
@@ -202,28 +231,29 @@ static inline __attribute__((always_inline)) void FN_T(bn_row_sums)(
     }
 }
 
-/* bn_row_sums for dy == NULL (statistics), relu_y == NULL (gradient) or neither. */
-static void FN_T(bn_row)(const real *x, const real *dy, const real *relu_y, int64_t count,
+/* bn_row_sums for dy == NULL (statistics), relu_coef == NULL (gradient) or neither. */
+static void FN_T(bn_row)(const real *x, const real *dy, const real *relu_coef, int64_t count,
                          double shift, double *la, double *lb) {
     if (!dy)
-        FN_T(bn_row_sums)(BN_STATISTICS, x, dy, relu_y, count, shift, la, lb);
-    else if (!relu_y)
-        FN_T(bn_row_sums)(BN_GRADIENT, x, dy, relu_y, count, shift, la, lb);
+        FN_T(bn_row_sums)(BN_STATISTICS, x, dy, NULL, count, shift, la, lb);
+    else if (!relu_coef)
+        FN_T(bn_row_sums)(BN_GRADIENT, x, dy, NULL, count, shift, la, lb);
     else
-        FN_T(bn_row_sums)(BN_GRADIENT_RELU, x, dy, relu_y, count, shift, la, lb);
+        FN_T(bn_row_sums)(BN_GRADIENT_RELU, x, dy, relu_coef, count, shift, la, lb);
 }
 
 /* Channels summed at once by bn_sums: their lanes fit a few KB of stack. */
 #define BN_BLOCK 16
 
-/* The two sums of bn_row_sums over every sample of channels [c0, c1) of x (and dy, relu_y)
- * (n, C, S), d = x - shift[c] (shift NULL: the channel's first value, x[0, c, 0]), into s1[c]
- * and s2[c]. Blocks of BN_BLOCK channels are walked sample by sample, so that memory is read in
- * runs of BN_BLOCK planes (a plane of a 32x32 image is a page: a run of one would restart the
- * prefetcher at every plane), and each channel's lanes are added up, pairwise in a fixed order,
- * once at the end (after every plane, that cost as much as the plane for 8x8 planes). The order
- * depends on the sizes alone, so not on the thread count. */
-static void FN_T(bn_sums)(const real *x, const real *dy, const real *relu_y, int64_t n,
+/* The two sums of bn_row_sums over every sample of channels [c0, c1) of x (and dy) (n, C, S),
+ * d = x - shift[c] (shift NULL: the channel's first value, x[0, c, 0]), into s1[c] and s2[c];
+ * relu_coef (C, BN_COEFS) or NULL: the gradient passes a fused ReLU. Blocks of BN_BLOCK channels
+ * are walked sample by sample, so that memory is read in runs of BN_BLOCK planes (a plane of a
+ * 32x32 image is a page: a run of one would restart the prefetcher at every plane), and each
+ * channel's lanes are added up, pairwise in a fixed order, once at the end (after every plane,
+ * that cost as much as the plane for 8x8 planes). The order depends on the sizes alone, so not
+ * on the thread count. */
+static void FN_T(bn_sums)(const real *x, const real *dy, const real *relu_coef, int64_t n,
                           int64_t C, int64_t S, int64_t c0, int64_t c1, const double *shift,
                           double *s1, double *s2) {
     for (int64_t block = c0; block < c1; block += BN_BLOCK) {
@@ -232,7 +262,8 @@ static void FN_T(bn_sums)(const real *x, const real *dy, const real *relu_y, int
         for (int64_t i = 0; i < n; i++)
             for (int64_t k = 0; k < width; k++) {
                 int64_t c = block + k, at = (i * C + c) * S;
-                FN_T(bn_row)(x + at, dy ? dy + at : NULL, relu_y ? relu_y + at : NULL, S,
+                FN_T(bn_row)(x + at, dy ? dy + at : NULL,
+                             relu_coef ? relu_coef + c * BN_COEFS : NULL, S,
                              shift ? shift[c] : (double)x[c * S], la[k], lb[k]);
             }
         for (int64_t k = 0; k < width; k++) {
@@ -247,6 +278,37 @@ static void FN_T(bn_sums)(const real *x, const real *dy, const real *relu_y, int
     }
 }
 
+/* One sample's input gradient, channels [c0, c1) of x, grad_y and grad_x (C, spatial) (pointers
+ * to the sample's first channel): grad_x = or += k_dy * dy + k_x * (x - mean) + k_0 with the
+ * channel's coefficients from coef (C, BN_COEFS) as backward left them, dy being what a fused
+ * ReLU (relu) passes back. Batch norm's backward runs it on every sample, or leaves it to the
+ * node that produced x (input_grad_deferred), which runs it image by image just before reading
+ * the image's gradient: the same values, without writing the gradient out and reading it back. */
+void FN_T(fn_batch_norm_input_grad)(const real *x, const real *grad_y, bool relu,
+                                    const real *coef, int64_t c0, int64_t c1, int64_t spatial,
+                                    real *grad_x, bool accumulate) {
+    for (int64_t c = c0; c < c1; c++) {
+        const real *row = x + c * spatial, *gy = grad_y + c * spatial, *k = coef + c * BN_COEFS;
+        real *gx = grad_x + c * spatial;
+        const real m = k[BN_MEAN], scale = k[BN_SCALE], beta = k[BN_SHIFT];
+        const real k_dy = k[BN_K_DY], k_x = k[BN_K_X], k_0 = k[BN_K_0];
+        if (accumulate && relu)
+            for (int64_t s = 0; s < spatial; s++)
+                gx[s] += k_dy * (real)FN_T(bn_pass)(gy[s], FN_T(bn_normalize)(row[s], m, scale,
+                                                                               beta)) +
+                         k_x * (row[s] - m) + k_0;
+        else if (accumulate)
+            for (int64_t s = 0; s < spatial; s++) gx[s] += k_dy * gy[s] + k_x * (row[s] - m) + k_0;
+        else if (relu)
+            for (int64_t s = 0; s < spatial; s++)
+                gx[s] = k_dy * (real)FN_T(bn_pass)(gy[s], FN_T(bn_normalize)(row[s], m, scale,
+                                                                              beta)) +
+                        k_x * (row[s] - m) + k_0;
+        else
+            for (int64_t s = 0; s < spatial; s++) gx[s] = k_dy * gy[s] + k_x * (row[s] - m) + k_0;
+    }
+}
+
 typedef struct {
     const real *x;
     real *y;
@@ -255,6 +317,7 @@ typedef struct {
     bool training, relu;
     double momentum, eps;
     double *mean, *invstd;
+    real *coef;
     int64_t n, c, spatial;
 } FN_T(bn_forward_args);
 
@@ -285,44 +348,51 @@ static void FN_T(bn_forward_part)(int id, int parts, void *arg) {
             invstd[c] = 1 / sqrt((double)a->running_var[c] + a->eps);
         }
     }
+    for (int64_t c = c0; c < c1; c++) {
+        real *k = a->coef + c * BN_COEFS;
+        k[BN_MEAN] = (real)mean[c];
+        k[BN_SCALE] = (real)(invstd[c] * (a->gamma ? a->gamma[c] : 1));
+        k[BN_SHIFT] = a->beta ? a->beta[c] : 0;
+    }
     /* Normalise pass. */
     for (int64_t i = 0; i < N; i++)
         for (int64_t c = c0; c < c1; c++) {
-            const real *row = a->x + (i * C + c) * S;
+            const real *row = a->x + (i * C + c) * S, *k = a->coef + c * BN_COEFS;
             real *out = a->y + (i * C + c) * S;
-            real scale = (real)(invstd[c] * (a->gamma ? a->gamma[c] : 1));
-            real m = (real)mean[c], shift = a->beta ? a->beta[c] : 0;
+            const real m = k[BN_MEAN], scale = k[BN_SCALE], shift = k[BN_SHIFT];
             if (a->relu)
                 for (int64_t s = 0; s < S; s++) {
-                    real v = (row[s] - m) * scale + shift;
+                    real v = FN_T(bn_normalize)(row[s], m, scale, shift);
                     out[s] = FN_RELU(v);
                 }
             else
-                for (int64_t s = 0; s < S; s++) out[s] = (row[s] - m) * scale + shift;
+                for (int64_t s = 0; s < S; s++) out[s] = FN_T(bn_normalize)(row[s], m, scale, shift);
         }
 }
 
 /* x and y are (n, c, spatial); gamma, beta are (c) or NULL (no affine); running_mean and
  * running_var are (c), updated in training with factor `momentum`; mean and invstd are (c)
- * outputs: the statistics used (the batch's in training, the running ones otherwise). relu: y is
+ * outputs: the statistics used (the batch's in training, the running ones otherwise); coef
+ * (c, BN_COEFS) receives each channel's BN_MEAN, BN_SCALE and BN_SHIFT, for backward. relu: y is
  * max(y, 0) (NaN passing). Training needs n * spatial > 1. */
 void FN_T(fn_batch_norm_forward)(const real *x, real *y, const real *gamma, const real *beta,
                                  real *running_mean, real *running_var, bool training, bool relu,
                                  double momentum, double eps, double *mean, double *invstd,
-                                 int64_t n, int64_t c, int64_t spatial, int threads) {
+                                 real *coef, int64_t n, int64_t c, int64_t spatial, int threads) {
     FN_T(bn_forward_args) args = {.x = x, .y = y, .gamma = gamma, .beta = beta,
                                   .running_mean = running_mean, .running_var = running_var,
                                   .training = training, .relu = relu, .momentum = momentum,
-                                  .eps = eps,
-                                  .mean = mean, .invstd = invstd, .n = n, .c = c,
-                                  .spatial = spatial};
+                                  .eps = eps, .mean = mean, .invstd = invstd, .coef = coef,
+                                  .n = n, .c = c, .spatial = spatial};
     int parts = fn_threads_for(2 * n * c * spatial, threads);
     fn_run_team(parts < c ? parts : (int)c, FN_T(bn_forward_part), &args);
 }
 
 typedef struct {
-    const real *x, *grad_y, *relu_y, *gamma;
+    const real *x, *grad_y, *gamma;
+    bool relu;
     const double *mean, *invstd;
+    real *coef;
     bool training;
     real *grad_x;
     bool accumulate;
@@ -341,9 +411,10 @@ static void FN_T(bn_backward_part)(int id, int parts, void *arg) {
     double M = (double)(N * S);
     /* In training every x moved the batch statistics, so dx needs both sums; in eval mode only
      * the parameter gradients do. */
-    bool sums = a->grad_gamma || (a->training && a->grad_x);
+    bool sums = a->grad_gamma || a->training;
     if (sums) {
-        FN_T(bn_sums)(a->x, a->grad_y, a->relu_y, N, C, S, c0, c1, mean, sum_dy, sum_dy_xhat);
+        FN_T(bn_sums)(a->x, a->grad_y, a->relu ? a->coef : NULL, N, C, S, c0, c1, mean, sum_dy,
+                      sum_dy_xhat);
         /* That was sum(dy * (x - mean)); xhat = (x - mean) * invstd. */
         for (int64_t c = c0; c < c1; c++) sum_dy_xhat[c] *= invstd[c];
     }
@@ -353,48 +424,36 @@ static void FN_T(bn_backward_part)(int id, int parts, void *arg) {
                                       sum_dy_xhat[c]);
             a->grad_beta[c] = (real)((a->accumulate_params ? a->grad_beta[c] : 0) + sum_dy[c]);
         }
-    if (!a->grad_x) return;
     /* dx = gamma * invstd * (dy - sum(dy) / M - xhat * sum(dy * xhat) / M) in training,
      * gamma * invstd * dy in eval mode; as k_dy * dy + k_x * (x - mean) + k_0 per channel. */
+    for (int64_t c = c0; c < c1; c++) {
+        real *k = a->coef + c * BN_COEFS;
+        double g = invstd[c] * (a->gamma ? a->gamma[c] : 1);
+        k[BN_K_DY] = (real)g;
+        k[BN_K_X] = a->training ? (real)(-g * invstd[c] * sum_dy_xhat[c] / M) : 0;
+        k[BN_K_0] = a->training ? (real)(-g * sum_dy[c] / M) : 0;
+    }
+    if (!a->grad_x) return;
     for (int64_t i = 0; i < N; i++)
-        for (int64_t c = c0; c < c1; c++) {
-            const real *row = a->x + (i * C + c) * S, *gy = a->grad_y + (i * C + c) * S;
-            const real *ry = a->relu_y ? a->relu_y + (i * C + c) * S : NULL;
-            real *gx = a->grad_x + (i * C + c) * S;
-            double g = invstd[c] * (a->gamma ? a->gamma[c] : 1);
-            real k_dy = (real)g, k_x = 0, k_0 = 0, m = (real)mean[c];
-            if (a->training) {
-                k_x = (real)(-g * invstd[c] * sum_dy_xhat[c] / M);
-                k_0 = (real)(-g * sum_dy[c] / M);
-            }
-            if (a->accumulate && ry)
-                for (int64_t s = 0; s < S; s++)
-                    gx[s] += k_dy * (real)FN_BN_DY(gy, ry, s) + k_x * (row[s] - m) + k_0;
-            else if (a->accumulate)
-                for (int64_t s = 0; s < S; s++) gx[s] += k_dy * gy[s] + k_x * (row[s] - m) + k_0;
-            else if (ry)
-                for (int64_t s = 0; s < S; s++)
-                    gx[s] = k_dy * (real)FN_BN_DY(gy, ry, s) + k_x * (row[s] - m) + k_0;
-            else
-                for (int64_t s = 0; s < S; s++) gx[s] = k_dy * gy[s] + k_x * (row[s] - m) + k_0;
-        }
+        FN_T(fn_batch_norm_input_grad)(a->x + i * C * S, a->grad_y + i * C * S, a->relu, a->coef,
+                                       c0, c1, S, a->grad_x + i * C * S, a->accumulate);
 }
 
-/* x, grad_y and grad_x are (n, c, spatial); relu_y, when forward applied a ReLU, is its output
- * (n, c, spatial), and grad_y is then the ReLU's output gradient; gamma is (c) or NULL; mean and
- * invstd are (c), as forward left them; training selects the formula of the mode forward ran in.
- * grad_x (or NULL) is overwritten, or added to with accumulate; grad_gamma and grad_beta (c), both
- * or neither, likewise with accumulate_params. scratch holds 2 * c doubles. */
-void FN_T(fn_batch_norm_backward)(const real *x, const real *grad_y, const real *relu_y,
-                                  const real *gamma,
-                                  const double *mean, const double *invstd, bool training,
-                                  real *grad_x, bool accumulate, real *grad_gamma,
+/* x, grad_y and grad_x are (n, c, spatial); relu: forward applied a ReLU, and grad_y is the
+ * ReLU's output gradient; gamma is (c) or NULL; mean, invstd (c) and coef (c, BN_COEFS) as
+ * forward left them; training selects the formula of the mode forward ran in. coef receives
+ * BN_K_DY, BN_K_X and BN_K_0, the input gradient's coefficients (fn_batch_norm_input_grad).
+ * grad_x (or NULL: left to fn_batch_norm_input_grad) is overwritten, or added to with accumulate;
+ * grad_gamma and grad_beta (c), both or neither, likewise with accumulate_params. scratch holds
+ * 2 * c doubles. */
+void FN_T(fn_batch_norm_backward)(const real *x, const real *grad_y, bool relu, const real *gamma,
+                                  const double *mean, const double *invstd, real *coef,
+                                  bool training, real *grad_x, bool accumulate, real *grad_gamma,
                                   real *grad_beta, bool accumulate_params, double *scratch,
                                   int64_t n, int64_t c, int64_t spatial, int threads) {
-    if (!grad_x && !grad_gamma) return;
-    FN_T(bn_backward_args) args = {.x = x, .grad_y = grad_y, .relu_y = relu_y, .gamma = gamma,
-                                   .mean = mean,
-                                   .invstd = invstd, .training = training, .grad_x = grad_x,
+    FN_T(bn_backward_args) args = {.x = x, .grad_y = grad_y, .relu = relu, .gamma = gamma,
+                                   .mean = mean, .invstd = invstd, .coef = coef,
+                                   .training = training, .grad_x = grad_x,
                                    .accumulate = accumulate, .grad_gamma = grad_gamma,
                                    .grad_beta = grad_beta,
                                    .accumulate_params = accumulate_params, .sum_dy = scratch,
@@ -402,6 +461,11 @@ void FN_T(fn_batch_norm_backward)(const real *x, const real *grad_y, const real 
                                    .spatial = spatial};
     int parts = fn_threads_for(2 * n * c * spatial, threads);
     fn_run_team(parts < c ? parts : (int)c, FN_T(bn_backward_part), &args);
+}
+
+/* Where the node's saved state holds its coefficients (c, BN_COEFS): after mean and invstd. */
+static real *FN_T(bn_coef)(const fn_node *node) {
+    return (real *)((double *)node->saved + 2 * node->attr.batch_norm.channels);
 }
 
 static fn_status FN_T(batch_norm_forward)(fn_node *node, const fn_model_ctx *ctx) {
@@ -421,24 +485,35 @@ static fn_status FN_T(batch_norm_forward)(fn_node *node, const fn_model_ctx *ctx
                                 affine ? (const real *)node->param[1] : NULL,
                                 (real *)node->param[b], (real *)node->param[b + 1], ctx->training,
                                 node->relu_fused, momentum, node->attr.batch_norm.eps, mean,
-                                mean + c, ctx->batch, c, spatial, ctx->threads);
+                                mean + c, FN_T(bn_coef)(node), ctx->batch, c, spatial,
+                                ctx->threads);
     return FN_OK;
 }
 
 static fn_status FN_T(batch_norm_backward)(fn_node *node, const fn_model_ctx *ctx) {
     int64_t c = node->attr.batch_norm.channels, spatial = node->out_size / c;
     bool affine = node->attr.batch_norm.affine;
+    if (!node->grad_in[0] && !affine) return FN_OK; /* nothing wanted */
     const double *mean = (const double *)node->saved;
     FN_T(fn_batch_norm_backward)((const real *)node->in[0], (const real *)node->grad_out,
-                                 node->relu_fused ? (const real *)node->out : NULL,
-                                 affine ? (const real *)node->param[0] : NULL, mean, mean + c,
-                                 ctx->training, (real *)node->grad_in[0],
+                                 node->relu_fused, affine ? (const real *)node->param[0] : NULL,
+                                 mean, mean + c, FN_T(bn_coef)(node), ctx->training,
+                                 node->input_grad_deferred ? NULL : (real *)node->grad_in[0],
                                  node->grad_in_accumulate[0],
                                  affine ? (real *)node->grad[0] : NULL,
                                  affine ? (real *)node->grad[1] : NULL,
                                  ctx->accumulate_param_grads, (double *)ctx->workspace,
                                  ctx->batch, c, spatial, ctx->threads);
     return FN_OK;
+}
+
+/* Sample `sample`'s input gradient, for the node that produced the input (input_grad_deferred),
+ * after this node's backward has run. */
+static void FN_T(batch_norm_input_grad_of_sample)(const fn_node *node, int64_t sample, void *out) {
+    int64_t c = node->attr.batch_norm.channels, size = node->out_size;
+    FN_T(fn_batch_norm_input_grad)((const real *)node->in[0] + sample * size,
+                                   (const real *)node->grad_out + sample * size, node->relu_fused,
+                                   FN_T(bn_coef)(node), 0, c, size / c, (real *)out, false);
 }
 
 #endif

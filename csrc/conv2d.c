@@ -22,6 +22,8 @@
  * each image's output right after its GEMMs, while it is still in cache, and in backward by
  * passing each image's gradient where the output is positive, into the part's buffer, before the
  * GEMMs read it. The separate passes of the ReLU over the whole batch each way are gone.
+ * Likewise the batch norm that reads this layer's output alone leaves the output gradient to be
+ * derived here (grad_source), image by image into the part's buffer.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -228,8 +230,10 @@ static int conv_useful_threads(double work, int threads) {
 
 #define CONV_SPLIT_WORK ((double)(1 << 22))
 
+/* per_image_grad: backward rewrites each image's output gradient into the part's buffer (a fused
+ * ReLU, or a gradient derived from the consumer's). */
 static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads,
-                              bool deterministic, bool relu_fused, size_t elem_size) {
+                              bool deterministic, bool per_image_grad, size_t elem_size) {
     conv_plan plan;
     double work = (double)batch * (double)g->out_channels * (double)g->k * (double)g->plane;
     if (deterministic) {
@@ -255,7 +259,7 @@ static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads
     }
     plan.col_bytes = g->pointwise ? 0 : conv_round64((size_t)(g->k * g->plane) * elem_size);
     plan.mask_bytes =
-        relu_fused ? conv_round64((size_t)(g->out_channels * g->plane) * elem_size) : 0;
+        per_image_grad ? conv_round64((size_t)(g->out_channels * g->plane) * elem_size) : 0;
     plan.partial_bytes =
         conv_round64((size_t)(g->out_channels * g->k + g->out_channels) * elem_size);
     return plan;
@@ -270,8 +274,9 @@ static size_t conv_plan_bytes(const conv_plan *plan) {
  * for either mode: the mode is process-wide, and may change between planning and running. */
 static size_t conv_workspace(const fn_node *node, int64_t batch, int threads, size_t elem_size) {
     conv_geometry g = conv_geometry_of(node);
-    conv_plan usual = conv_plan_of(&g, batch, threads, false, node->relu_fused, elem_size);
-    conv_plan fixed = conv_plan_of(&g, batch, threads, true, node->relu_fused, elem_size);
+    bool per_image_grad = node->relu_fused || node->grad_source;
+    conv_plan usual = conv_plan_of(&g, batch, threads, false, per_image_grad, elem_size);
+    conv_plan fixed = conv_plan_of(&g, batch, threads, true, per_image_grad, elem_size);
     size_t a = conv_plan_bytes(&usual), b = conv_plan_bytes(&fixed);
     return a > b ? a : b;
 }
@@ -300,6 +305,7 @@ const fn_op fn_op_conv2d = {
     .backward = {conv_backward_f32, conv_backward_f64},
     .backward_ignores_output = true,
     .fuses_relu = true,
+    .derives_output_grad = true,
 };
 
 #define FN_TEMPLATE_FILE "conv2d.c"
@@ -432,14 +438,18 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
     for (int64_t n = first; n < end; n++) {
         const real *x = job->x + n * image_size;
         const real *grad_y = job->grad_y + n * g->out_channels * g->plane;
+        real *image_grad = (real *)((char *)col + job->plan.col_bytes);
         if (job->node->relu_fused) {
             /* The ReLU's backward, on this image: its gradient where the output is positive. */
             const real *y = (const real *)job->node->out + n * g->out_channels * g->plane;
-            real *masked = (real *)((char *)col + job->plan.col_bytes);
             FN_T(fn_activation_backward)(FN_ACT_RELU, &(fn_activation_params){0}, NULL, y, grad_y,
-                                         masked, false, g->out_channels * g->plane,
+                                         image_grad, false, g->out_channels * g->plane,
                                          job->plan.inner_threads);
-            grad_y = masked;
+            grad_y = image_grad;
+        } else if (job->node->grad_source) {
+            const fn_node *source = job->node->grad_source;
+            source->op->input_grad_of_sample[FN_DTYPE](source, n, image_grad);
+            grad_y = image_grad;
         }
         for (int64_t group = 0; group < g->groups; group++) {
             const real *columns = FN_T(conv_columns)(job, x, group, col);
@@ -493,7 +503,7 @@ static FN_T(conv_job) FN_T(conv_job_of)(fn_node *node, const fn_model_ctx *ctx) 
     job.node = node;
     job.g = conv_geometry_of(node);
     job.plan = conv_plan_of(&job.g, ctx->batch, ctx->threads, ctx->deterministic,
-                            node->relu_fused, sizeof(real));
+                            node->relu_fused || node->grad_source, sizeof(real));
     job.batch = ctx->batch;
     job.x = (const real *)node->in[0];
     job.weight = (const real *)node->param[0];

@@ -51,6 +51,9 @@ static inline double fn_sum_partials(const double *partials, int parts) {
 }
 
 struct fn_update_args; /* model.h */
+/* Per-channel coefficients batch norm keeps (batchnorm.c) */
+#define FN_BATCH_NORM_COEFS 6
+
 #define FN_NORM_BLOCK 8192 /* elements per partial sum of fn_grad_sum_squares */
 
 #define FN_KERNELS(real, S)                                                                      \
@@ -131,18 +134,23 @@ struct fn_update_args; /* model.h */
                                          int threads);                                           \
     void fn_global_avg_pool2d_backward##S(const real *grad_y, real *grad_x, bool accumulate,     \
                                           int64_t planes, int64_t area, int threads);            \
-    /* batchnorm.c: x (n, c, spatial); per-channel statistics in double */                       \
+    /* batchnorm.c: x (n, c, spatial); per-channel statistics in double; coef (c,                \
+     * FN_BATCH_NORM_COEFS): each channel's coefficients, left by forward for backward and by   \
+     * backward for fn_batch_norm_input_grad */                                                  \
     void fn_batch_norm_forward##S(const real *x, real *y, const real *gamma, const real *beta,   \
                                   real *running_mean, real *running_var, bool training,          \
                                   bool relu, double momentum, double eps, double *mean,          \
-                                  double *invstd,                                                \
+                                  double *invstd, real *coef,                                    \
                                   int64_t n, int64_t c, int64_t spatial, int threads);           \
-    void fn_batch_norm_backward##S(const real *x, const real *grad_y, const real *relu_y,        \
-                                   const real *gamma,                                            \
-                                   const double *mean, const double *invstd, bool training,      \
-                                   real *grad_x, bool accumulate, real *grad_gamma,              \
-                                   real *grad_beta, bool accumulate_params, double *scratch,     \
-                                   int64_t n, int64_t c, int64_t spatial, int threads);          \
+    void fn_batch_norm_backward##S(const real *x, const real *grad_y, bool relu,                 \
+                                   const real *gamma, const double *mean, const double *invstd,  \
+                                   real *coef, bool training, real *grad_x, bool accumulate,     \
+                                   real *grad_gamma, real *grad_beta, bool accumulate_params,    \
+                                   double *scratch, int64_t n, int64_t c, int64_t spatial,       \
+                                   int threads);                                                 \
+    void fn_batch_norm_input_grad##S(const real *x, const real *grad_y, bool relu,               \
+                                     const real *coef, int64_t c0, int64_t c1, int64_t spatial,  \
+                                     real *grad_x, bool accumulate);                             \
     /* dropout.c: the mask is a function of (seed, stream, element index) */                     \
     void fn_dropout_forward##S(const real *x, real *y, double p, uint64_t seed, uint64_t stream, \
                                int64_t count, int threads);                                      \

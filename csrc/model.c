@@ -331,13 +331,15 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
     const int n = m->n_nodes;
     int *last_use = malloc((size_t)n * sizeof *last_use); /* n: to the end of backward */
     int *slot_of = malloc((size_t)n * sizeof *slot_of);
+    int *readers = calloc((size_t)n, sizeof *readers); /* inputs of later nodes it is */
     slot_pool pool;
     fn_status status = slot_pool_init(&pool, n, "activation buffers");
-    if (status == FN_OK && (!last_use || !slot_of))
+    if (status == FN_OK && (!last_use || !slot_of || !readers))
         status = fn_error(FN_ENOMEM, "cannot plan the activation buffers");
     if (status != FN_OK) {
         free(last_use);
         free(slot_of);
+        free(readers);
         slot_pool_free(&pool);
         return status;
     }
@@ -346,15 +348,29 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
         bool backward_reads = m->keep_outputs || i == m->output_node ||
                               !node->op->backward_ignores_output;
         last_use[i] = backward_reads ? n : i;
-        node->relu_fused = node->fused_away = false;
+        node->relu_fused = node->fused_away = node->input_grad_deferred = false;
+        node->grad_source = NULL;
     }
     for (int j = 0; j < n; j++) {
         const fn_node *consumer = &m->nodes[j];
         for (int k = 0; k < consumer->n_inputs; k++) {
             int i = consumer->input[k];
             if (i == FN_MODEL_INPUT) continue;
+            readers[i]++;
             if (!consumer->op->backward_ignores_inputs) last_use[i] = n;
             if (last_use[i] < j) last_use[i] = j;
+        }
+    }
+    /* A node whose input gradient its input's producer can derive as it goes leaves it to that
+     * producer, when it is the output's only reader (the gradient is then all its own), and the
+     * output is not the model's (the loss writes that one's gradient). */
+    for (int j = 0; j < n; j++) {
+        fn_node *node = &m->nodes[j];
+        int i = node->n_inputs == 1 ? node->input[0] : FN_MODEL_INPUT;
+        if (i != FN_MODEL_INPUT && node->op->input_grad_of_sample[m->dtype] &&
+            m->nodes[i].op->derives_output_grad && readers[i] == 1 && i != m->output_node) {
+            node->input_grad_deferred = true;
+            m->nodes[i].grad_source = node;
         }
     }
     for (int j = 0; j < n; j++) {
@@ -389,6 +405,7 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
     }
     free(last_use);
     free(slot_of);
+    free(readers);
     slot_pool_free(&pool);
     return FN_OK;
 }
@@ -470,11 +487,15 @@ static fn_status plan_gradient_slots(fn_model *m, int64_t *grad_offset, int64_t 
         for (int k = 0; k < count; k++) {
             int i = writer ? writer->input[k] : m->output_node;
             if (i == FN_MODEL_INPUT || slot_of[i] >= 0) continue;
-            /* A fused ReLU's producer reads the ReLU's output gradient as its own. */
-            slot_of[i] = writer && writer->fused_away ? slot_of[j]
-                                                      : slot_take(&pool, m->nodes[i].out_size);
+            /* A fused ReLU's producer reads the ReLU's output gradient as its own; one that
+             * derives its output gradient reads its consumer's, which then lives until the
+             * producer's backward. */
+            slot_of[i] = writer && (writer->fused_away || writer->input_grad_deferred)
+                             ? slot_of[j]
+                             : slot_take(&pool, m->nodes[i].out_size);
         }
-        if (writer && !writer->fused_away) pool.busy[slot_of[j]] = false;
+        if (writer && !writer->fused_away && !writer->input_grad_deferred)
+            pool.busy[slot_of[j]] = false;
     }
     *total = slot_pool_layout(&pool);
     for (int i = 0; i < n; i++) grad_offset[i] = pool.size[slot_of[i]];

@@ -95,6 +95,14 @@ typedef struct fn_op {
      * gradient, passing it where the output is positive: set where that saves the passes of a
      * ReLU that directly follows (convolution, batch norm, add). */
     bool fuses_relu;
+    /* Optional: backward can leave the input gradient to the node that produced the input,
+     * computing only what it needs (input_grad_deferred); that node then gets each sample's input
+     * gradient from input_grad_of_sample (into out, (in_size) elements), after this node's
+     * backward has run, right before it reads it. */
+    void (*input_grad_of_sample[2])(const fn_node *node, int64_t sample, void *out);
+    /* backward can take its output gradient sample by sample from a consumer that left it
+     * (node->grad_source): set where the gradient is then read while in cache (convolution). */
+    bool derives_output_grad;
 } fn_op;
 
 struct fn_node {
@@ -145,6 +153,10 @@ struct fn_node {
     bool relu_fused;               /* this node applies the ReLU that follows it (op->fuses_relu) */
     bool fused_away;               /* a ReLU that its producer applies: forward and backward skip
                                     * it (its output and gradient are the producer's memory) */
+    bool input_grad_deferred;      /* backward leaves grad_in[0] to the input's producer */
+    const fn_node *grad_source;    /* the consumer that left this node's output gradient to it
+                                    * (input_grad_deferred): backward takes it from there, and
+                                    * grad_out is that node's (op->derives_output_grad) */
     void *grad_out;                /* (batch, out_size): d loss / d out */
     void *grad_in[FN_MAX_INPUTS];  /* (batch, in_size) or NULL when not needed */
     bool grad_in_accumulate[FN_MAX_INPUTS]; /* another consumer already wrote it in backward */

@@ -253,3 +253,72 @@ def test_fused_relus_give_the_bits_of_separate_ones(name, mode):
         results.append((y, core.backward(g, True), core.grad_arena().copy()))
     for shared, kept in zip(*results):
         np.testing.assert_array_equal(shared, kept)
+
+
+# Batch norm leaves its input gradient to the convolution before it, when it is that output's only
+# reader; a dropout with p = 0 between the two (an exact identity both ways) keeps the gradient a
+# buffer of its own. The convolution's GEMMs must read the same bits either way.
+def bn(name, inputs, channels=4, **options):
+    return {"name": name, "op": "batch_norm", "num_features": channels, "inputs": inputs,
+            **options}
+
+
+def identity(name, inputs):
+    return {"name": name, "op": "dropout", "p": 0.0, "inputs": inputs}
+
+
+DEFERRED = {
+    "convolution, batch norm, ReLU": lambda between: [
+        conv("c", ["input"]), *between("c"), bn("b", [between.last]),
+        {"name": "r", "op": "relu", "inputs": ["b"]}] + head(["r"]),
+    "convolution, batch norm without affine": lambda between: [
+        conv("c", ["input"]), *between("c"), bn("b", [between.last], affine=False)]
+        + head(["b"]),
+    "grouped strided convolution without bias, batch norm, ReLU": lambda between: [
+        {"name": "c", "op": "conv2d", "in_channels": 4, "out_channels": 6, "kernel_size": [3, 3],
+         "stride": [2, 2], "padding": [1, 1], "groups": 2, "bias": False, "inputs": ["input"]},
+        *between("c"), bn("b", [between.last], channels=6),
+        {"name": "r", "op": "relu", "inputs": ["b"]}] + head(["r"], width=6 * 3 * 3),
+    "a residual block": lambda between: [
+        conv("c", ["input"]), *between("c"), bn("b", [between.last]),
+        {"name": "r", "op": "relu", "inputs": ["b"]},
+        conv("d", ["r"]), bn("e", ["d"]),  # deferred in both
+        {"name": "s", "op": "add", "inputs": ["e", "input"]},
+        {"name": "q", "op": "relu", "inputs": ["s"]}] + head(["q"]),
+    "pointwise convolution, batch norm": lambda between: [
+        {"name": "c", "op": "conv2d", "in_channels": 4, "out_channels": 4, "kernel_size": [1, 1],
+         "inputs": ["input"]}, *between("c"), bn("b", [between.last])] + head(["b"]),
+}
+
+
+class Between:
+    """The nodes put between the convolution and the batch norm: none, or an identity."""
+
+    def __init__(self, with_identity):
+        self.with_identity = with_identity
+        self.last = None
+
+    def __call__(self, producer):
+        self.last = "i" if self.with_identity else producer
+        return [identity("i", [producer])] if self.with_identity else []
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", sorted(DEFERRED))
+def test_deferred_batch_norm_gradients_give_the_bits_of_separate_ones(name, mode, dtype, threads):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 4, 5, 5)).astype(dtype)
+    g = rng.standard_normal((6, 3)).astype(dtype)
+    results = []
+    for with_identity in (False, True):
+        spec = {"format": "fastnet.model", "version": 1, "dtype": dtype, "seed": 4,
+                "input_shape": [4, 5, 5], "nodes": DEFERRED[name](Between(with_identity))}
+        core = _core.Model(json.dumps(spec))
+        core.training = mode == "train"
+        for _ in range(2):  # the second backward accumulates the parameter gradients
+            y = core.forward(x, True)
+            grad_x = core.backward(g, True)
+        results.append((y, grad_x, core.grad_arena().copy()))
+    for deferred, separate in zip(*results):
+        np.testing.assert_array_equal(deferred, separate)
