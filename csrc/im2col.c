@@ -153,12 +153,14 @@ static void FN_T(im2col_plane)(const real *restrict plane, int64_t width,
 }
 
 /* One plane (height, width) with its padding read as zeros -> dst (kh * kw, out_h * out_w), for
- * planes too large for the stack buffer. */
+ * planes too large for the stack buffer; the output's rows start at row first_row of the
+ * convolution's. */
 static void FN_T(im2col_plane_bounded)(const real *restrict plane, int64_t height, int64_t width,
-                                       const im2col_geometry *g, real *restrict dst) {
+                                       const im2col_geometry *g, int64_t first_row,
+                                       real *restrict dst) {
     const int64_t size = g->out_h * g->out_w;
     for (int64_t i = 0; i < g->kh; i++) {
-        const int64_t y_offset = i * g->dh - g->ph;
+        const int64_t y_offset = first_row * g->sh + i * g->dh - g->ph;
         int64_t y_lo, y_hi;
         im2col_valid_range(y_offset, g->sh, height, g->out_h, &y_lo, &y_hi);
         for (int64_t j = 0; j < g->kw; j++, dst += size) {
@@ -181,19 +183,24 @@ static void FN_T(im2col_plane_bounded)(const real *restrict plane, int64_t heigh
 }
 
 /* x (channels, height, width) -> col (channels * kh * kw, out_h * out_w), every element written
- * (zeros for padding); kernel, stride, padding, dilation are (h, w) pairs. */
+ * (zeros for padding); kernel, stride, padding, dilation are (h, w) pairs. With rows, only the
+ * output rows [rows[0], rows[1]): col is then (channels * kh * kw, (rows[1] - rows[0]) * out_w),
+ * the columns of a band of the output (a convolution of one image split over threads by bands). */
 void FN_T(fn_im2col)(const real *x, int64_t channels, int64_t height, int64_t width,
                      const int64_t kernel[2], const int64_t stride[2], const int64_t padding[2],
-                     const int64_t dilation[2], real *col, int threads) {
-    const im2col_geometry g =
-        im2col_geometry_of(height, width, kernel, stride, padding, dilation);
-    const int64_t rows = g.kh * g.kw, size = g.out_h * g.out_w;
+                     const int64_t dilation[2], const int64_t rows[2], real *col, int threads) {
+    im2col_geometry g = im2col_geometry_of(height, width, kernel, stride, padding, dilation);
+    const int64_t first_row = rows ? rows[0] : 0;
+    if (rows) g.out_h = rows[1] - rows[0];
+    const int64_t taps = g.kh * g.kw, size = g.out_h * g.out_w;
     const int64_t padded_h = height + 2 * g.ph, padded_w = width + 2 * g.pw;
     const bool padded = g.ph > 0 || g.pw > 0;
     const bool fits = im2col_fits_stack(padded_h, padded_w, sizeof(real));
-    int t = fn_threads_for(channels * rows * size, threads);
+    /* The input rows the band reads, in padded coordinates (all of them without rows). */
+    int64_t y_lo = first_row * g.sh, y_hi = (first_row + g.out_h - 1) * g.sh + (g.kh - 1) * g.dh + 1;
+    int t = fn_threads_for(channels * taps * size, threads);
     /* Each thread takes a range of channels; through the stack buffer, its zero border is
-     * written once for the range, and each channel only fills the interior. */
+     * written once for the range, and each channel only fills the interior rows it reads. */
     FN_PARALLEL_LOOP(t, part, t, {
         int64_t first, end;
         fn_partition(channels, t, (int)part, &first, &end);
@@ -202,16 +209,18 @@ void FN_T(fn_im2col)(const real *x, int64_t channels, int64_t height, int64_t wi
             memset(buffer, 0, (size_t)(padded_h * padded_w) * sizeof(real));
         for (int64_t c = first; c < end; c++) {
             const real *plane = x + c * height * width;
-            real *dst = col + c * rows * size;
+            real *dst = col + c * taps * size;
             if (!padded) {
-                FN_T(im2col_plane)(plane, width, &g, dst);
+                FN_T(im2col_plane)(plane + first_row * g.sh * width, width, &g, dst);
             } else if (fits) {
                 real *interior = buffer + g.ph * padded_w + g.pw;
-                for (int64_t y = 0; y < height; y++)
+                int64_t from = y_lo - g.ph > 0 ? y_lo - g.ph : 0;
+                int64_t to = y_hi - g.ph < height ? y_hi - g.ph : height;
+                for (int64_t y = from; y < to; y++)
                     FN_T(im2col_copy)(interior + y * padded_w, plane + y * width, width);
-                FN_T(im2col_plane)(buffer, padded_w, &g, dst);
+                FN_T(im2col_plane)(buffer + y_lo * padded_w, padded_w, &g, dst);
             } else {
-                FN_T(im2col_plane_bounded)(plane, height, width, &g, dst);
+                FN_T(im2col_plane_bounded)(plane, height, width, &g, first_row, dst);
             }
         }
     });

@@ -81,11 +81,12 @@ struct fn_update_args; /* model.h */
                                real *grad_x, real grad_x_beta, real *grad_weight,                \
                                real *grad_bias, real grad_param_beta, int64_t n, int64_t in,     \
                                int64_t out, int threads);                                        \
-    /* im2col.c: x (c, h, w) <-> col (c*kh*kw, out_h*out_w); pairs are (h, w) */                 \
+    /* im2col.c: x (c, h, w) <-> col (c*kh*kw, out_h*out_w); pairs are (h, w); im2col's       \
+     * rows[2]: the output rows [rows[0], rows[1]) whose columns it writes, or NULL for all */    \
     void fn_im2col##S(const real *x, int64_t channels, int64_t height, int64_t width,            \
                       const int64_t kernel[2], const int64_t stride[2],                          \
-                      const int64_t padding[2], const int64_t dilation[2], real *col,            \
-                      int threads);                                                              \
+                      const int64_t padding[2], const int64_t dilation[2],                       \
+                      const int64_t rows[2], real *col, int threads);                            \
     void fn_col2im##S(const real *col, int64_t channels, int64_t height, int64_t width,          \
                       const int64_t kernel[2], const int64_t stride[2],                          \
                       const int64_t padding[2], const int64_t dilation[2], real *x,              \

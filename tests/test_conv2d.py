@@ -348,6 +348,43 @@ def test_input_gradient_accumulates_over_consumers(threads):
     np.testing.assert_allclose(grad_x, expected, rtol=1e-10, atol=1e-10)
 
 
+# Batch-1 forwards large enough (>= 2^20 multiply-adds, >= 128 output positions a band) to be cut
+# into bands of output rows, one per thread, each from the columns of its own rows.
+BANDED = {
+    "3x3_pad": (16, 32, 32, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "odd_rows": (16, 33, 31, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "stride2_pad": (32, 35, 33, 32, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    "dilation2": (16, 32, 30, 16, (3, 3), (1, 1), (2, 2), (2, 2), 1),
+    "grouped": (32, 32, 32, 32, (3, 3), (1, 1), (1, 1), (1, 1), 2),
+    "pointwise": (64, 32, 32, 64, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    "5x5_no_padding": (8, 36, 36, 32, (5, 5), (1, 1), (0, 0), (1, 1), 1),
+    "plane_beyond_the_stack_buffer": (4, 100, 100, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "asymmetric": (8, 40, 24, 32, (3, 5), (1, 2), (2, 1), (1, 1), 1),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(BANDED))
+def test_forward_of_one_image_in_bands(name, dtype, threads):
+    geometry = BANDED[name]
+    C, H, W, O, kernel, stride, padding, dilation, groups = geometry
+    model = make_model(geometry, True, dtype)
+    rng = np.random.default_rng(3)
+    weight, b = random_params(model, rng)
+    x = rng.standard_normal((1, C, H, W)).astype(dtype)
+    expected = reference_forward(x, weight, b, stride, padding, dilation, groups)
+    np.testing.assert_allclose(model.forward(x).reshape(expected.shape), expected,
+                               **tolerance(dtype))
+    # With a fused ReLU, which each band applies to its own rows.
+    spec = conv_spec(C, H, W, O, kernel, stride, padding, dilation, groups, True, dtype)
+    spec["nodes"].append({"name": "r", "op": "relu", "inputs": ["0"]})
+    fused = _core.Model(json.dumps(spec))
+    fused.param_arena()[:] = model.param_arena()
+    fused.training = False
+    np.testing.assert_allclose(fused.forward(x).reshape(expected.shape), np.maximum(expected, 0),
+                               **tolerance(dtype))
+
+
 # ---------------------------------------------------------------- threads
 
 
