@@ -213,10 +213,13 @@ static conv_geometry conv_geometry_of(const fn_node *node) {
  * mode's blocks (fn_gemm_unsplit). */
 typedef struct {
     int parts, chunks, inner_threads;
-    /* Forward of a batch smaller than the thread count: each image's output rows are cut into
+    /* Forward of a batch smaller than the thread count: each image's output is cut into
      * `bands` (> 1), one per thread, each with its own columns and single-threaded GEMMs, so
-     * that no thread reads columns another one wrote (inner_threads otherwise). */
+     * that no thread reads columns another one wrote (inner_threads otherwise): bands of output
+     * rows, each from the columns of its rows, or, for small planes, of output channels
+     * (band_channels), each from all the columns. */
     int bands;
+    bool band_channels;
     bool unsplit;
     size_t col_bytes, mask_bytes, partial_bytes;
 } conv_plan;
@@ -234,14 +237,16 @@ static int conv_useful_threads(double work, int threads) {
 
 #define CONV_SPLIT_WORK ((double)(1 << 22))
 
-/* Forward splits an image into bands of output rows from this many multiply-adds, each band of
- * at least CONV_BAND_COLUMNS output positions: a thread's share is independent there (its own
- * columns, its own GEMM), so it pays earlier than the inner split, but waking the team costs
- * ~5-10 us. Measured on batch-1 convolutions, two threads against one: 16 channels of 32 x 32,
- * 3 x 3 (2.4 M multiply-adds), 1.28x faster; 32 of 16 x 16 (2.4 M), 1.32x; 64 of 8 x 8 (2.4 M,
- * bands of 32 positions), 0.83x; 3 to 16 channels of 32 x 32 (0.44 M), 0.69x. */
+/* Forward splits an image into bands from this many multiply-adds: a thread's share is
+ * independent there (its own columns, its own GEMM), so it pays earlier than the inner split, but
+ * waking the team costs ~5-10 us. Bands of rows hold at least CONV_BAND_COLUMNS output positions,
+ * else bands of channels at least CONV_BAND_CHANNELS channels (each computes all the columns).
+ * Measured on batch-1 convolutions, two threads against one: 16 channels of 32 x 32, 3 x 3
+ * (2.4 M multiply-adds), 1.28x faster; 32 of 16 x 16 (2.4 M), 1.32x; 64 of 8 x 8 (2.4 M) in bands
+ * of 4 rows, 0.83x; 3 to 16 channels of 32 x 32 (0.44 M), 0.69x. */
 #define CONV_BAND_WORK ((double)(1 << 20))
 #define CONV_BAND_COLUMNS 128
+#define CONV_BAND_CHANNELS 16
 
 /* per_image_grad: backward rewrites each image's output gradient into the part's buffer (a fused
  * ReLU, or a gradient derived from the consumer's). */
@@ -260,6 +265,7 @@ static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads
          * (one thread is one part); with one chunk they run on all the threads there are. */
         plan.unsplit = plan.chunks > 1;
         plan.bands = 1; /* bands would make the GEMMs' bits depend on the thread count */
+        plan.band_channels = false;
     } else {
         int useful = conv_useful_threads(work, threads);
         bool by_images = batch >= useful;
@@ -272,6 +278,8 @@ static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads
         plan.unsplit = plan.inner_threads == 1; /* what fn_gemm does on one thread */
         int64_t bands = g->plane / CONV_BAND_COLUMNS < g->out_h ? g->plane / CONV_BAND_COLUMNS
                                                                  : g->out_h;
+        plan.band_channels = bands < 2 && g->groups == 1;
+        if (plan.band_channels) bands = g->out_channels / CONV_BAND_CHANNELS;
         plan.bands = by_images || work < CONV_BAND_WORK || bands < 2 ? 1
                      : bands < threads                                ? (int)bands
                                                                       : threads;
@@ -391,18 +399,18 @@ static real FN_T(conv_plane_sum)(const real *x, int64_t n) {
     return lanes[0];
 }
 
-/* The bias and the fused ReLU, in one pass over columns [first, first + count) of every output
- * plane of one image y (out_channels, plane), still in cache after its GEMMs. */
-static void FN_T(conv_bias_relu)(const FN_T(conv_job) *job, real *y, int64_t first, int64_t count,
-                                 int threads) {
+/* The bias and the fused ReLU, in one pass over columns [first, first + count) of output planes
+ * [c0, c1) of one image y (out_channels, plane), still in cache after its GEMMs. */
+static void FN_T(conv_bias_relu)(const FN_T(conv_job) *job, real *y, int64_t c0, int64_t c1,
+                                 int64_t first, int64_t count, int threads) {
     const real *bias = job->bias;
     const bool relu = job->node->relu_fused;
     if (!bias && !relu) return;
     const int64_t plane = job->g.plane;
-    int t = fn_threads_for(job->g.out_channels * count, threads);
-    FN_PARALLEL_LOOP(t, o, job->g.out_channels, {
-        real *row = y + o * plane + first;
-        real b = bias ? bias[o] : 0;
+    int t = fn_threads_for((c1 - c0) * count, threads);
+    FN_PARALLEL_LOOP(t, o, c1 - c0, {
+        real *row = y + (c0 + o) * plane + first;
+        real b = bias ? bias[c0 + o] : 0;
         if (relu) {
             for (int64_t p = 0; p < count; p++) {
                 real v = row[p] + b;
@@ -431,20 +439,24 @@ static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
                             job->weight + group * g->group_out * g->k, g->k, columns, g->plane,
                             false, 0, y + group * g->group_out * g->plane, g->plane);
         }
-        FN_T(conv_bias_relu)(job, y, 0, g->plane, job->plan.inner_threads);
+        FN_T(conv_bias_relu)(job, y, 0, g->out_channels, 0, g->plane, job->plan.inner_threads);
     }
 }
 
-/* Band `id` of the plan's bands: output rows [r0, r1) of every image, from the columns of those
- * rows alone (fn_im2col's rows), single-threaded. The same products as conv_forward_part's, cut
- * by columns: the built-in GEMM's bits do not depend on the cut. */
+/* Band `id` of the plan's bands, single-threaded, for every image: output rows [r0, r1) from the
+ * columns of those rows alone (fn_im2col's rows), or output channels [c0, c1) (band_channels,
+ * one group) from all the columns. The same products as conv_forward_part's, cut by columns or
+ * rows of C: the built-in GEMM's bits do not depend on the cut. */
 static void FN_T(conv_forward_band)(int id, int bands, void *arg) {
     const FN_T(conv_job) *job = arg;
     const conv_geometry *g = &job->g;
-    int64_t rows[2];
-    fn_partition(g->out_h, bands, id, &rows[0], &rows[1]);
+    int64_t rows[2] = {0, g->out_h}, c0 = 0, c1 = g->group_out;
+    if (job->plan.band_channels)
+        fn_partition(g->out_channels, bands, id, &c0, &c1);
+    else
+        fn_partition(g->out_h, bands, id, &rows[0], &rows[1]);
     const int64_t first = rows[0] * g->out_w, count = (rows[1] - rows[0]) * g->out_w;
-    if (count == 0) return;
+    if (count == 0 || c0 == c1) return;
     real *col = (real *)FN_T(conv_part_buffer)(job, id);
     const int64_t group_size = g->group_in * g->height * g->width;
     for (int64_t n = 0; n < job->batch; n++) {
@@ -461,11 +473,14 @@ static void FN_T(conv_forward_band)(int id, int bands, void *arg) {
                 columns = col;
                 ld = count;
             }
-            FN_T(fn_gemm_unsplit)(false, false, g->group_out, count, g->k, 1,
-                                  job->weight + group * g->group_out * g->k, g->k, columns, ld,
-                                  0, y + group * g->group_out * g->plane + first, g->plane);
+            int64_t out = group * g->group_out + c0;
+            FN_T(fn_gemm_unsplit)(false, false, c1 - c0, count, g->k, 1, job->weight + out * g->k,
+                                  g->k, columns, ld, 0, y + out * g->plane + first, g->plane);
         }
-        FN_T(conv_bias_relu)(job, y, first, count, 1);
+        if (job->plan.band_channels)
+            FN_T(conv_bias_relu)(job, y, c0, c1, 0, g->plane, 1);
+        else
+            FN_T(conv_bias_relu)(job, y, 0, g->out_channels, first, count, 1);
     }
 }
 

@@ -348,9 +348,15 @@ def test_input_gradient_accumulates_over_consumers(threads):
     np.testing.assert_allclose(grad_x, expected, rtol=1e-10, atol=1e-10)
 
 
-# Batch-1 forwards large enough (>= 2^20 multiply-adds, >= 128 output positions a band) to be cut
-# into bands of output rows, one per thread, each from the columns of its own rows.
+# Batch-1 forwards large enough (>= 2^20 multiply-adds) to be cut into bands, one per thread: of
+# output rows (>= 128 output positions a band), each from the columns of its own rows, or for
+# smaller planes of output channels (>= 16 a band), each from all the columns.
 BANDED = {
+    "channels_3x3": (64, 8, 8, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "channels_stride2": (32, 16, 16, 64, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    "channels_uneven": (48, 8, 8, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "channels_pointwise": (64, 8, 8, 256, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    "channels_grouped_not_cut": (64, 8, 8, 64, (3, 3), (1, 1), (1, 1), (1, 1), 2),
     "3x3_pad": (16, 32, 32, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "odd_rows": (16, 33, 31, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "stride2_pad": (32, 35, 33, 32, (3, 3), (2, 2), (1, 1), (1, 1), 1),
