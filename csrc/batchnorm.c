@@ -43,6 +43,13 @@ enum { BN_STATISTICS, BN_GRADIENT, BN_GRADIENT_RELU };
 enum { BN_MEAN, BN_SCALE, BN_SHIFT, BN_K_DY, BN_K_X, BN_K_0, BN_COEFS };
 _Static_assert(BN_COEFS == FN_BATCH_NORM_COEFS, "kernels.h states the coefficients' count");
 
+/* From this many values per channel and sample (spatial size), training statistics are taken
+ * sample by sample and then combined (bn_sample_stats, bn_combine), so that the producer of the
+ * input can take them while each sample is still in its cache (input_stats_of_sample); for fewer
+ * (BatchNorm1d), a sample's row of a channel is too short for that to pay, and bn_sums reads
+ * the whole batch. */
+#define BN_SAMPLE_STATS_MIN 16
+
 /* weight, bias (when affine), running_mean, running_var, num_batches_tracked */
 #define BN_TENSORS(affine) ((affine) ? 5 : 3)
 
@@ -117,12 +124,19 @@ static void batch_norm_init(fn_node *node, fn_dtype dtype, void *const params[],
     fn_fill_constant(dtype, params[p++], 1, 0.0);
 }
 
+static bool bn_stats_by_sample(const fn_node *node) {
+    return node->out_size / node->attr.batch_norm.channels >= BN_SAMPLE_STATS_MIN;
+}
+
 /* The mean and inverse standard deviation used by forward (batch or running), per channel, in
  * double whatever the dtype, then the channel's coefficients (BN_COEFS, in the dtype): backward
- * normalises x again from them, and leaves its input gradient's coefficients there. */
+ * normalises x again from them, and leaves its input gradient's coefficients there. With
+ * statistics by sample, each sample's mean and squared deviations per channel follow (batch, c, 2
+ * doubles; 6 * c elements keep them 8-byte aligned). */
 static size_t batch_norm_saved(const fn_node *node, int64_t batch, size_t elem_size) {
-    (void)batch;
-    return (size_t)node->attr.batch_norm.channels * (2 * sizeof(double) + BN_COEFS * elem_size);
+    size_t c = (size_t)node->attr.batch_norm.channels;
+    size_t by_sample = bn_stats_by_sample(node) ? (size_t)batch * c * 2 * sizeof(double) : 0;
+    return c * (2 * sizeof(double) + BN_COEFS * elem_size) + by_sample;
 }
 
 /* Backward's two per-channel sums, sum(dy) and sum(dy * xhat). */
@@ -151,6 +165,8 @@ static fn_status batch_norm_backward_f32(fn_node *node, const fn_model_ctx *ctx)
 static fn_status batch_norm_backward_f64(fn_node *node, const fn_model_ctx *ctx);
 static void batch_norm_input_grad_of_sample_f32(const fn_node *node, int64_t sample, void *out);
 static void batch_norm_input_grad_of_sample_f64(const fn_node *node, int64_t sample, void *out);
+static void batch_norm_input_stats_of_sample_f32(fn_node *node, int64_t sample, const void *x);
+static void batch_norm_input_stats_of_sample_f64(fn_node *node, int64_t sample, const void *x);
 
 const fn_op fn_op_batch_norm = {
     .type = "batch_norm",
@@ -166,7 +182,33 @@ const fn_op fn_op_batch_norm = {
     .fuses_relu = true,
     .input_grad_of_sample = {batch_norm_input_grad_of_sample_f32,
                              batch_norm_input_grad_of_sample_f64},
+    .input_stats_of_sample = {batch_norm_input_stats_of_sample_f32,
+                              batch_norm_input_stats_of_sample_f64},
 };
+
+/* The sum of a channel's BN_LANES partial sums, pairwise in a fixed order. */
+static double bn_lanes_total(double *lanes) {
+    for (int half = BN_LANES / 2; half > 0; half /= 2)
+        for (int l = 0; l < half; l++) lanes[l] += lanes[l + half];
+    return lanes[0];
+}
+
+/* Channel c's mean and biased variance over n samples of S values from their bn_sample_stats
+ * (stats: (n, C, 2)), combined sample by sample in order with Chan, Golub and LeVeque's pairwise
+ * update: deviations between means, never raw sums, so no cancellation either. */
+static void bn_combine(const double *stats, int64_t n, int64_t C, int64_t S, int64_t c,
+                       double *mean, double *var) {
+    double m = stats[2 * c], squares = stats[2 * c + 1], count = (double)S;
+    for (int64_t i = 1; i < n; i++) {
+        const double *sample = stats + (i * C + c) * 2;
+        double total = count + (double)S, delta = sample[0] - m;
+        m += delta * (double)S / total;
+        squares += sample[1] + delta * delta * count * (double)S / total;
+        count = total;
+    }
+    *mean = m;
+    *var = squares / count;
+}
 
 #define FN_TEMPLATE_FILE "batchnorm.c"
 #include "template.h"
@@ -267,16 +309,28 @@ static void FN_T(bn_sums)(const real *x, const real *dy, const real *relu_coef, 
                              shift ? shift[c] : (double)x[c * S], la[k], lb[k]);
             }
         for (int64_t k = 0; k < width; k++) {
-            for (int half = BN_LANES / 2; half > 0; half /= 2)
-                for (int l = 0; l < half; l++) {
-                    la[k][l] += la[k][l + half];
-                    lb[k][l] += lb[k][l + half];
-                }
-            s1[block + k] = la[k][0];
-            s2[block + k] = lb[k][0];
+            s1[block + k] = bn_lanes_total(la[k]);
+            s2[block + k] = bn_lanes_total(lb[k]);
         }
     }
 }
+
+/* One sample's statistics, channels [c0, c1) of x (C, S): each channel's mean and the sum of the
+ * squared deviations from it, into stats[2 c] and stats[2 c + 1]; from the sums of
+ * d = x - x[c, 0] (a value of the row: no cancellation, as in forward's bn_sums). */
+static void FN_T(bn_sample_stats)(const real *x, int64_t S, int64_t c0, int64_t c1,
+                                  double *stats) {
+    for (int64_t c = c0; c < c1; c++) {
+        const real *row = x + c * S;
+        double la[BN_LANES] = {0}, lb[BN_LANES] = {0}, shift = (double)row[0];
+        FN_T(bn_row)(row, NULL, NULL, S, shift, la, lb);
+        double s1 = bn_lanes_total(la), s2 = bn_lanes_total(lb);
+        double squares = s2 - s1 * s1 / (double)S;
+        stats[2 * c] = shift + s1 / (double)S;
+        stats[2 * c + 1] = squares > 0 ? squares : 0; /* rounding */
+    }
+}
+
 
 /* One sample's input gradient, channels [c0, c1) of x, grad_y and grad_x (C, spatial) (pointers
  * to the sample's first channel): grad_x = or += k_dy * dy + k_x * (x - mean) + k_0 with the
@@ -318,6 +372,8 @@ typedef struct {
     double momentum, eps;
     double *mean, *invstd;
     real *coef;
+    double *sample_stats; /* statistics by sample (bn_stats_by_sample), or NULL */
+    bool sample_stats_ready;
     int64_t n, c, spatial;
 } FN_T(bn_forward_args);
 
@@ -327,17 +383,28 @@ static void FN_T(bn_forward_part)(int id, int parts, void *arg) {
     fn_partition(C, parts, id, &c0, &c1);
     double *mean = a->mean, *invstd = a->invstd;
     if (a->training) {
-        /* Statistics pass. Sums of d = x - x[0, c, 0] rather than of x: shifting by a value of
-         * the channel keeps sum(d^2) - sum(d)^2 / M free of cancellation when the mean is large
-         * next to the standard deviation, in one pass. mean and invstd hold the two sums. */
+        /* Statistics pass, unless the producer took them sample by sample (sample_stats_ready).
+         * By sample: each sample's mean and squared deviations, combined. Otherwise sums of
+         * d = x - x[0, c, 0] rather than of x: shifting by a value of the channel keeps
+         * sum(d^2) - sum(d)^2 / M free of cancellation when the mean is large next to the
+         * standard deviation, in one pass; mean and invstd hold the two sums. */
         double M = (double)(N * S);
-        FN_T(bn_sums)(a->x, NULL, NULL, N, C, S, c0, c1, NULL, mean, invstd);
+        if (a->sample_stats && !a->sample_stats_ready)
+            for (int64_t i = 0; i < N; i++)
+                FN_T(bn_sample_stats)(a->x + i * C * S, S, c0, c1, a->sample_stats + i * C * 2);
+        else if (!a->sample_stats)
+            FN_T(bn_sums)(a->x, NULL, NULL, N, C, S, c0, c1, NULL, mean, invstd);
         double keep = 1 - a->momentum, unbias = M / (M - 1);
         for (int64_t c = c0; c < c1; c++) {
-            double s1 = mean[c], s2 = invstd[c];
-            double var = (s2 - s1 * s1 / M) / M;
-            if (var < 0) var = 0; /* rounding */
-            mean[c] = (double)a->x[c * S] + s1 / M;
+            double var;
+            if (a->sample_stats) {
+                bn_combine(a->sample_stats, N, C, S, c, &mean[c], &var);
+            } else {
+                double s1 = mean[c], s2 = invstd[c];
+                var = (s2 - s1 * s1 / M) / M;
+                if (var < 0) var = 0; /* rounding */
+                mean[c] = (double)a->x[c * S] + s1 / M;
+            }
             invstd[c] = 1 / sqrt(var + a->eps);
             a->running_mean[c] = (real)(keep * a->running_mean[c] + a->momentum * mean[c]);
             a->running_var[c] = (real)(keep * a->running_var[c] + a->momentum * var * unbias);
@@ -374,15 +441,20 @@ static void FN_T(bn_forward_part)(int id, int parts, void *arg) {
  * running_var are (c), updated in training with factor `momentum`; mean and invstd are (c)
  * outputs: the statistics used (the batch's in training, the running ones otherwise); coef
  * (c, BN_COEFS) receives each channel's BN_MEAN, BN_SCALE and BN_SHIFT, for backward. relu: y is
- * max(y, 0) (NaN passing). Training needs n * spatial > 1. */
+ * max(y, 0) (NaN passing). Training needs n * spatial > 1. sample_stats: with spatial >=
+ * BN_SAMPLE_STATS_MIN, room for (n, c, 2) doubles, which hold every sample's statistics already
+ * if sample_stats_ready (handed over by the producer: input_stats_of_sample); NULL otherwise. */
 void FN_T(fn_batch_norm_forward)(const real *x, real *y, const real *gamma, const real *beta,
                                  real *running_mean, real *running_var, bool training, bool relu,
                                  double momentum, double eps, double *mean, double *invstd,
-                                 real *coef, int64_t n, int64_t c, int64_t spatial, int threads) {
+                                 real *coef, double *sample_stats, bool sample_stats_ready,
+                                 int64_t n, int64_t c, int64_t spatial, int threads) {
     FN_T(bn_forward_args) args = {.x = x, .y = y, .gamma = gamma, .beta = beta,
                                   .running_mean = running_mean, .running_var = running_var,
                                   .training = training, .relu = relu, .momentum = momentum,
                                   .eps = eps, .mean = mean, .invstd = invstd, .coef = coef,
+                                  .sample_stats = sample_stats,
+                                  .sample_stats_ready = sample_stats_ready,
                                   .n = n, .c = c, .spatial = spatial};
     int parts = fn_threads_for(2 * n * c * spatial, threads);
     fn_run_team(parts < c ? parts : (int)c, FN_T(bn_forward_part), &args);
@@ -468,6 +540,12 @@ static real *FN_T(bn_coef)(const fn_node *node) {
     return (real *)((double *)node->saved + 2 * node->attr.batch_norm.channels);
 }
 
+/* And its statistics by sample (batch, c, 2), after the coefficients; NULL without. */
+static double *FN_T(bn_sample_stats_of)(const fn_node *node) {
+    if (!bn_stats_by_sample(node)) return NULL;
+    return (double *)(FN_T(bn_coef)(node) + BN_COEFS * node->attr.batch_norm.channels);
+}
+
 static fn_status FN_T(batch_norm_forward)(fn_node *node, const fn_model_ctx *ctx) {
     int64_t c = node->attr.batch_norm.channels, spatial = node->out_size / c;
     if (ctx->training && ctx->batch * spatial == 1) return single_value_error(node, ctx->batch);
@@ -485,8 +563,9 @@ static fn_status FN_T(batch_norm_forward)(fn_node *node, const fn_model_ctx *ctx
                                 affine ? (const real *)node->param[1] : NULL,
                                 (real *)node->param[b], (real *)node->param[b + 1], ctx->training,
                                 node->relu_fused, momentum, node->attr.batch_norm.eps, mean,
-                                mean + c, FN_T(bn_coef)(node), ctx->batch, c, spatial,
-                                ctx->threads);
+                                mean + c, FN_T(bn_coef)(node), FN_T(bn_sample_stats_of)(node),
+                                node->input_stats_ready, ctx->batch, c, spatial, ctx->threads);
+    node->input_stats_ready = false; /* used */
     return FN_OK;
 }
 
@@ -505,6 +584,14 @@ static fn_status FN_T(batch_norm_backward)(fn_node *node, const fn_model_ctx *ct
                                  ctx->accumulate_param_grads, (double *)ctx->workspace,
                                  ctx->batch, c, spatial, ctx->threads);
     return FN_OK;
+}
+
+/* Sample `sample`'s statistics, from the node that produced the input, as it writes it. */
+static void FN_T(batch_norm_input_stats_of_sample)(fn_node *node, int64_t sample, const void *x) {
+    double *stats = FN_T(bn_sample_stats_of)(node);
+    if (!stats) return; /* too few values a sample: forward reads the batch instead */
+    int64_t c = node->attr.batch_norm.channels;
+    FN_T(bn_sample_stats)((const real *)x, node->out_size / c, 0, c, stats + sample * c * 2);
 }
 
 /* Sample `sample`'s input gradient, for the node that produced the input (input_grad_deferred),

@@ -23,7 +23,8 @@
  * passing each image's gradient where the output is positive, into the part's buffer, before the
  * GEMMs read it. The separate passes of the ReLU over the whole batch each way are gone.
  * Likewise the batch norm that reads this layer's output alone leaves the output gradient to be
- * derived here (grad_source), image by image into the part's buffer.
+ * derived here (fused_consumer), image by image into the part's buffer, and in a training forward
+ * takes its statistics of each image of the output here, right after the image's GEMMs.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -303,7 +304,7 @@ static size_t conv_plan_bytes(const conv_plan *plan) {
  * for either mode: the mode is process-wide, and may change between planning and running. */
 static size_t conv_workspace(const fn_node *node, int64_t batch, int threads, size_t elem_size) {
     conv_geometry g = conv_geometry_of(node);
-    bool per_image_grad = node->relu_fused || node->grad_source;
+    bool per_image_grad = node->relu_fused || node->fused_consumer;
     conv_plan usual = conv_plan_of(&g, batch, threads, false, per_image_grad, elem_size);
     conv_plan fixed = conv_plan_of(&g, batch, threads, true, per_image_grad, elem_size);
     size_t a = conv_plan_bytes(&usual), b = conv_plan_bytes(&fixed);
@@ -352,6 +353,7 @@ typedef struct {
     real *y, *grad_x, *grad_weight, *grad_bias;
     bool grad_x_accumulate, grad_param_accumulate;
     char *workspace; /* the parts' column buffers, then the chunks' partials */
+    fn_node *stats_consumer; /* forward hands it each image of y (input_stats_of_sample) */
 } FN_T(conv_job);
 
 /* C (m, n) = op(A) (m, k) @ B (k, n) + beta * C, row strides lda, ldb, ldc, on the part's
@@ -440,6 +442,8 @@ static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
                             false, 0, y + group * g->group_out * g->plane, g->plane);
         }
         FN_T(conv_bias_relu)(job, y, 0, g->out_channels, 0, g->plane, job->plan.inner_threads);
+        if (job->stats_consumer) /* while the image is in cache */
+            job->stats_consumer->op->input_stats_of_sample[FN_DTYPE](job->stats_consumer, n, y);
     }
 }
 
@@ -522,8 +526,8 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
                                          image_grad, false, g->out_channels * g->plane,
                                          job->plan.inner_threads);
             grad_y = image_grad;
-        } else if (job->node->grad_source) {
-            const fn_node *source = job->node->grad_source;
+        } else if (job->node->fused_consumer) {
+            const fn_node *source = job->node->fused_consumer;
             source->op->input_grad_of_sample[FN_DTYPE](source, n, image_grad);
             grad_y = image_grad;
         }
@@ -579,7 +583,7 @@ static FN_T(conv_job) FN_T(conv_job_of)(fn_node *node, const fn_model_ctx *ctx) 
     job.node = node;
     job.g = conv_geometry_of(node);
     job.plan = conv_plan_of(&job.g, ctx->batch, ctx->threads, ctx->deterministic,
-                            node->relu_fused || node->grad_source, sizeof(real));
+                            node->relu_fused || node->fused_consumer, sizeof(real));
     job.batch = ctx->batch;
     job.x = (const real *)node->in[0];
     job.weight = (const real *)node->param[0];
@@ -592,10 +596,17 @@ static fn_status FN_T(conv_forward)(fn_node *node, const fn_model_ctx *ctx) {
     FN_TRY(conv_check_workspace(node, ctx, &job.plan));
     job.bias = node->attr.conv.bias ? (const real *)node->param[1] : NULL;
     job.y = (real *)node->out;
-    if (job.plan.bands > 1)
+    fn_node *consumer = node->fused_consumer;
+    if (consumer) consumer->input_stats_ready = false;
+    if (job.plan.bands > 1) {
         fn_run_team(job.plan.bands, FN_T(conv_forward_band), &job);
-    else
+    } else {
+        /* A consumer's training statistics, image by image (bands cut the images). */
+        if (consumer && ctx->training && consumer->op->input_stats_of_sample[FN_DTYPE])
+            job.stats_consumer = consumer;
         fn_run_team(job.plan.parts, FN_T(conv_forward_part), &job);
+        if (job.stats_consumer) consumer->input_stats_ready = true;
+    }
     return FN_OK;
 }
 

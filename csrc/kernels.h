@@ -141,7 +141,8 @@ struct fn_update_args; /* model.h */
     void fn_batch_norm_forward##S(const real *x, real *y, const real *gamma, const real *beta,   \
                                   real *running_mean, real *running_var, bool training,          \
                                   bool relu, double momentum, double eps, double *mean,          \
-                                  double *invstd, real *coef,                                    \
+                                  double *invstd, real *coef, double *sample_stats,              \
+                                  bool sample_stats_ready,                                       \
                                   int64_t n, int64_t c, int64_t spatial, int threads);           \
     void fn_batch_norm_backward##S(const real *x, const real *grad_y, bool relu,                 \
                                    const real *gamma, const double *mean, const double *invstd,  \

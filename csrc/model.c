@@ -349,7 +349,8 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
                               !node->op->backward_ignores_output;
         last_use[i] = backward_reads ? n : i;
         node->relu_fused = node->fused_away = node->input_grad_deferred = false;
-        node->grad_source = NULL;
+        node->input_stats_ready = false;
+        node->fused_consumer = NULL;
     }
     for (int j = 0; j < n; j++) {
         const fn_node *consumer = &m->nodes[j];
@@ -370,7 +371,7 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
         if (i != FN_MODEL_INPUT && node->op->input_grad_of_sample[m->dtype] &&
             m->nodes[i].op->derives_output_grad && readers[i] == 1 && i != m->output_node) {
             node->input_grad_deferred = true;
-            m->nodes[i].grad_source = node;
+            m->nodes[i].fused_consumer = node;
         }
     }
     for (int j = 0; j < n; j++) {

@@ -100,8 +100,14 @@ typedef struct fn_op {
      * gradient from input_grad_of_sample (into out, (in_size) elements), after this node's
      * backward has run, right before it reads it. */
     void (*input_grad_of_sample[2])(const fn_node *node, int64_t sample, void *out);
-    /* backward can take its output gradient sample by sample from a consumer that left it
-     * (node->grad_source): set where the gradient is then read while in cache (convolution). */
+    /* Optional, with input_grad_of_sample: in a training forward, the producer may hand over each
+     * sample of the input as it writes it (x: (in_size) elements, still in cache), for the
+     * statistics this node would otherwise read the input again for; it then sets
+     * node->input_stats_ready. */
+    void (*input_stats_of_sample[2])(fn_node *node, int64_t sample, const void *x);
+    /* backward can take its output gradient sample by sample from a consumer that left it, and
+     * forward hand that consumer each sample (node->fused_consumer): set where the gradient and
+     * the output are then read while in cache (convolution). */
     bool derives_output_grad;
 } fn_op;
 
@@ -154,9 +160,12 @@ struct fn_node {
     bool fused_away;               /* a ReLU that its producer applies: forward and backward skip
                                     * it (its output and gradient are the producer's memory) */
     bool input_grad_deferred;      /* backward leaves grad_in[0] to the input's producer */
-    const fn_node *grad_source;    /* the consumer that left this node's output gradient to it
+    bool input_stats_ready;        /* the producer handed over every sample of this training
+                                    * forward's input (op->input_stats_of_sample) */
+    fn_node *fused_consumer;       /* the consumer that left this node's output gradient to it
                                     * (input_grad_deferred): backward takes it from there, and
-                                    * grad_out is that node's (op->derives_output_grad) */
+                                    * grad_out is that node's; forward may hand it each sample of
+                                    * the output (op->derives_output_grad) */
     void *grad_out;                /* (batch, out_size): d loss / d out */
     void *grad_in[FN_MAX_INPUTS];  /* (batch, in_size) or NULL when not needed */
     bool grad_in_accumulate[FN_MAX_INPUTS]; /* another consumer already wrote it in backward */
