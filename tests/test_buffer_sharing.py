@@ -322,3 +322,29 @@ def test_deferred_batch_norm_gradients_give_the_bits_of_separate_ones(name, mode
         results.append((y, grad_x, core.grad_arena().copy()))
     for deferred, separate in zip(*results):
         np.testing.assert_array_equal(deferred, separate)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_deferred_batch_norm_after_a_convolution_cut_in_bands(batch, threads):
+    # A batch smaller than the thread count cuts the convolution's forward into bands of output
+    # rows: batch norm then takes its statistics itself, and still leaves its input gradient to
+    # the convolution.
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((batch, 16, 32, 32)).astype(np.float32)
+    g = rng.standard_normal((batch, 3)).astype(np.float32)
+
+    def nodes(between):
+        return [{"name": "c", "op": "conv2d", "in_channels": 16, "out_channels": 16,
+                 "kernel_size": [3, 3], "padding": [1, 1], "inputs": ["input"]},
+                *between("c"), bn("b", [between.last], channels=16),
+                {"name": "r", "op": "relu", "inputs": ["b"]}] + head(["r"], width=16 * 32 * 32)
+
+    results = []
+    for with_identity in (False, True):
+        spec = {"format": "fastnet.model", "version": 1, "dtype": "float32", "seed": 4,
+                "input_shape": [16, 32, 32], "nodes": nodes(Between(with_identity))}
+        core = _core.Model(json.dumps(spec))
+        y = core.forward(x, True)
+        results.append((y, core.backward(g, True), core.grad_arena().copy()))
+    for deferred, separate in zip(*results):
+        np.testing.assert_array_equal(deferred, separate)
