@@ -271,15 +271,17 @@ cdef const double *weight_array(LossCall call, object weights, int64_t *count,
     return <const double *>w.data
 
 
+LOSS_FIELDS = frozenset({"kind", "label_smoothing", "weight", "temperature", "alpha", "delta",
+                         "pos_weight"})
+
+
 cdef LossCall make_loss_call(dict spec, fn_dtype dtype, int64_t n, int64_t c, object labels,
                              object values, object teacher):
     """spec: {"kind": LOSS_*, and the loss's hyper-parameters by their fn_loss field names}."""
     cdef LossCall call = LossCall()
     call.arrays = []
-    unknown = set(spec) - {"kind", "label_smoothing", "weight", "temperature", "alpha", "delta",
-                           "pos_weight"}
-    if unknown:
-        raise TypeError(f"unknown loss fields {sorted(unknown)}")
+    if not LOSS_FIELDS.issuperset(spec):
+        raise TypeError(f"unknown loss fields {sorted(set(spec) - LOSS_FIELDS)}")
     cdef int kind = spec["kind"]
     call.loss.kind = <fn_loss_kind>kind
     call.loss.label_smoothing = spec.get("label_smoothing", 0.0)

@@ -9,6 +9,7 @@ import numpy as np
 from fastnet import _core
 from fastnet.init import check_scheme
 from fastnet.layers import Graph, Layer, layer_from_config
+from fastnet.losses import Loss
 
 SPEC_FORMAT = "fastnet.model"
 SPEC_VERSION = 1
@@ -426,8 +427,6 @@ class Sequential(Layer):
         float
             The loss of the batch, before the update.
         """
-        from fastnet.losses import Loss
-
         if not isinstance(loss, Loss):
             raise TypeError(f"train_step expects a fastnet loss (fastnet.CrossEntropyLoss, "
                             f"fastnet.MSELoss, ...), got {loss!r}")

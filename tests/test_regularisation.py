@@ -671,6 +671,24 @@ def test_c_param_groups_are_checked():
         core.set_optimizer(fn._core.OPT_ADAGRAD, lr=0.1, initial_accumulator_value=-1.0)
 
 
+def test_a_group_dict_that_lost_a_key_is_refused_until_it_is_given_back():
+    model = mlp()
+    weights, rest = split(model)
+    opt = fn.optim.SGD([{"params": weights}, {"params": rest, "lr": 0.05}], lr=0.1)
+    apply_grads(model, model_grads(model, 1, seed=21)[0])
+    opt.step()
+    before = [p.data.copy() for p in model.parameters()]
+    del opt.param_groups[1]["lr"]
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['lr'\] must be a finite number, "
+                                         r"got None"):
+        opt.step()
+    for p, old in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.data, old)
+    opt.param_groups[1]["lr"] = 0.02
+    opt.step()
+    assert fn._core.Model.group_lr(model._core, 1) == 0.02
+
+
 def test_setting_groups_every_step_allocates_nothing():
     model = mlp()
     weights, rest = split(model)
