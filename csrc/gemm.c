@@ -612,8 +612,21 @@ fn_status fn_gemm_blas(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int6
  *     all of B for it, the built-in dot products stream it once (784 x 1024: 2-3x faster).
  * The choice is a function of the sizes of the call alone, so it is the same in every run, and in
  * deterministic mode (whose blocks come from the sizes) the same for every thread count. */
+/* Whether C = A @ B^T with m rows and a long k is faster as dot products along k (gemm_dot) than
+ * packed, whatever n: packing transposes all of B for at most m rows of tiles, while the dot
+ * products read A and B where they lie and their final sums cost little next to a long loop.
+ * Measured with AVX-512 (GFLOP/s, dot products against packed): 16x144x1024 205 / 117,
+ * 16x144x256 143 / 113, 32x144x1024 180 / 146; 32x288x256 143 / 166, 64x288x576 184 / 193,
+ * 32x128x64 65 / 160. */
+static bool gemm_dot_pays(int64_t m, int64_t k) {
+    return (m <= 16 && k >= 256) || (m <= 32 && k >= 512);
+}
+
 bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
     if (m == 1 && trans_b) return true;
+    /* OpenBLAS on 16x27x1024 (the first convolution's weight gradient): 150 GFLOP/s, the dot
+     * products 194. */
+    if (trans_b && gemm_dot_pays(m, k) && n > 16) return true;
     double work = (double)m * (double)n * (double)k;
     return m >= 16 && n >= 64 && work >= (trans_b ? (double)(1 << 18) : (double)(1 << 20));
 }
@@ -877,16 +890,57 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
  *     16 inputs per output channel): a packed panel would be mostly zero padding, and packing A
  *     would cost more than the product;
  *   - a single row (batch-1 inference): the product streams B once, and packing it would double
- *     the memory traffic.
+ *     the memory traffic;
+ *   - a few rows and a long k (gemm_dot_pays: a convolution's weight gradient with 16 output
+ *     channels sums over 1024 positions): packing would transpose all of B for one or two rows of
+ *     tiles.
  * A block of `rows` rows by `cols` columns keeps its sums in rows * cols vector registers (GCC /
  * Clang vector types, as wide as the micro-kernel's vectors): per vector of k it loads
  * rows + cols vectors for rows * cols multiply-adds. The lanes are added in a fixed order at
- * the end, and the last k % lanes steps go to the first lanes, so the bits depend on the sizes
- * only. Those final sums cost about as much as the loop when k is short (128): such products
- * reach a third to a half of OpenBLAS's speed, which packs and transposes instead. */
+ * the end (pairwise, on register halves), and the last k % lanes steps go to the first lanes, so
+ * the bits depend on the sizes only. */
 #define DOT_LANES (GEMM_NR / 2)
 #define DOT_MAX 8
 typedef real FN_T(dot_vector) __attribute__((vector_size(DOT_LANES * sizeof(real))));
+
+/* The sum of a vector's lanes, pairwise: lane l and lane l + h for h = LANES / 2, ..., 1, each
+ * round on the vector's halves (a register operation), where a running sum over the lanes waits
+ * on every addition's latency: with k = 128, those sums had cost as much as the products. */
+/* Keeps a loaded vector in a register: GCC otherwise folds its load into each of the `cols`
+ * multiply-adds that use it, loading it `cols` times (1.35x slower on a 16x144x1024 product). */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define DOT_IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define DOT_IN_REGISTER(v) ((void)0)
+#endif
+typedef real FN_T(dot_v8) __attribute__((vector_size(8 * sizeof(real))));
+typedef real FN_T(dot_v4) __attribute__((vector_size(4 * sizeof(real))));
+typedef real FN_T(dot_v2) __attribute__((vector_size(2 * sizeof(real))));
+/* half = lower half of v + upper half (memcpy: register extracts, whatever the alignment) */
+#define DOT_HALVES(half, type, v)                                                                 \
+    type half;                                                                                    \
+    {                                                                                             \
+        type lo_, hi_;                                                                            \
+        memcpy(&lo_, &(v), sizeof lo_);                                                           \
+        memcpy(&hi_, (const char *)&(v) + sizeof lo_, sizeof hi_);                                \
+        half = lo_ + hi_;                                                                         \
+    }
+GEMM_INLINE real FN_T(dot_total)(FN_T(dot_vector) v) {
+#if DOT_LANES == 16
+    DOT_HALVES(v8, FN_T(dot_v8), v)
+    DOT_HALVES(v4, FN_T(dot_v4), v8)
+    DOT_HALVES(v2, FN_T(dot_v2), v4)
+#elif DOT_LANES == 8
+    DOT_HALVES(v4, FN_T(dot_v4), v)
+    DOT_HALVES(v2, FN_T(dot_v2), v4)
+#elif DOT_LANES == 4
+    DOT_HALVES(v2, FN_T(dot_v2), v)
+#else
+    FN_T(dot_v2) v2 = v; /* DOT_LANES == 2 */
+#endif
+    return v2[0] + v2[1];
+}
+#undef DOT_HALVES
 
 /* One block: rows a_rows[0 .. rows) by columns b_rows[0 .. cols) of C, whose first element is
  * at c; only the first `store_rows` rows and `store_cols` columns are stored (the others repeat
@@ -901,12 +955,15 @@ GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows,
     }
     int64_t p = 0;
     for (; p + DOT_LANES <= k; p += DOT_LANES) {
-        vector va[DOT_MAX], vb[DOT_MAX];
-        /* memcpy: an unaligned vector load, whatever the strides. */
-        for (int r = 0; r < rows; r++) memcpy(&va[r], a_rows[r] + p, sizeof(vector));
+        /* memcpy: an unaligned vector load, whatever the strides. B's vectors first, then A's
+         * one at a time, each used at once: fewer registers live than with A's all loaded. */
+        vector vb[DOT_MAX];
         for (int q = 0; q < cols; q++) memcpy(&vb[q], b_rows[q] + p, sizeof(vector));
         for (int r = 0; r < rows; r++) {
-            for (int q = 0; q < cols; q++) acc[r][q] += va[r] * vb[q];
+            vector va;
+            memcpy(&va, a_rows[r] + p, sizeof(vector));
+            DOT_IN_REGISTER(va);
+            for (int q = 0; q < cols; q++) acc[r][q] += va * vb[q];
         }
     }
     if (p < k) {
@@ -921,8 +978,7 @@ GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows,
     for (int r = 0; r < store_rows; r++) {
         real *row = c + r * ldc;
         for (int q = 0; q < store_cols; q++) {
-            real sum = 0;
-            for (int l = 0; l < DOT_LANES; l++) sum += acc[r][q][l];
+            real sum = FN_T(dot_total)(acc[r][q]);
             row[q] = beta == 0 ? alpha * sum : alpha * sum + beta * row[q];
         }
     }
@@ -1002,7 +1058,8 @@ static void FN_T(gemm_part)(int id, int parts, void *arg) {
         FN_T(gemm_blas_call)(job->table, job->trans_a, job->trans_b, job->m, j1 - j0, job->k,
                              job->alpha, job->a, job->lda, b_block, job->ldb, job->beta,
                              job->c + j0, job->ldc);
-    } else if (job->trans_b && !job->trans_a && (job->n <= GEMM_NR / 2 || job->m == 1)) {
+    } else if (job->trans_b && !job->trans_a &&
+               (job->n <= GEMM_NR / 2 || job->m == 1 || gemm_dot_pays(job->m, job->k))) {
         /* Decided on the whole product's sizes, so that every part of it takes the same path. */
         FN_T(gemm_dot)(job->m, j1 - j0, job->k, job->alpha, job->a, job->lda, b_block, job->ldb,
                        job->beta, job->c + j0, job->ldc);

@@ -466,8 +466,9 @@ static void test_blas_table(void) {
 
 /* Products that measured faster on the built-in kernel than on OpenBLAS run on it although a
  * BLAS is installed (gemm.c, fn_gemm_prefers_builtin): at least 16 rows, 64 columns and 2^20
- * multiply-adds per single-threaded call (2^18 with op(B) transposed). Each call is counted
- * here. */
+ * multiply-adds per single-threaded call (2^18 with op(B) transposed), or with op(B) transposed
+ * more than 16 columns and a long k for few rows (the dot products: up to 16 rows from k = 256,
+ * up to 32 from 512). Each call is counted here. */
 static void test_builtin_preferred(void) {
     fn_blas table = {reference_sgemm, reference_dgemm, fake_set_threads_local};
     fn_set_blas(&table);
@@ -488,8 +489,13 @@ static void test_builtin_preferred(void) {
         {0, 16, 512, 256, 2, false, "16 x 512 x 256 on two threads (calls of 256 columns): built in"},
         {1, 16, 256, 64, 1, false, "transposed B, 2^18 multiply-adds: built in"},
         {1, 16, 256, 63, 1, true, "transposed B, fewer than 2^18 multiply-adds: BLAS"},
-        {1, 16, 63, 512, 1, true, "transposed B, 63 columns: BLAS"},
-        {1, 15, 256, 512, 1, true, "transposed B, 15 rows: BLAS"},
+        {1, 64, 63, 512, 1, true, "transposed B, 63 columns: BLAS"},
+        {1, 16, 63, 512, 1, false, "transposed B, 16 rows, k 512: built in (dot products)"},
+        {1, 15, 256, 512, 1, false, "transposed B, 15 rows, k 512: built in (dot products)"},
+        {1, 15, 256, 255, 1, true, "transposed B, 15 rows, k 255: BLAS"},
+        {1, 32, 256, 512, 1, false, "transposed B, 32 rows, k 512: built in (dot products)"},
+        {1, 33, 63, 600, 1, true, "transposed B, 33 rows, 63 columns, k 600: BLAS"},
+        {1, 16, 16, 512, 1, true, "transposed B, 16 columns: BLAS"},
         {0, 15, 256, 512, 1, true, "15 rows: BLAS"},
         {0, 256, 63, 256, 1, true, "63 columns: BLAS"},
         {0, 16, 256, 255, 1, true, "fewer than 2^20 multiply-adds: BLAS"},
@@ -575,13 +581,16 @@ int main(void) {
      * blocks of k (531) and of columns (1100), so that blocking and beta are both exercised;
      * B read in place (up to 24 rows, or a small B) and packed (1024^3); the dot products of
      * narrow products with B transposed (16 columns or fewer: short blocks of rows and columns,
-     * k shorter than, equal to and past a vector with a remainder); transposed packing in square
-     * blocks with rows, columns and k left over (20 rows: a tile of 12, then one of 8). */
+     * k shorter than, equal to and past a vector with a remainder; and those of few rows and a
+     * long k, whatever the columns: 16x144x1024, a convolution's weight gradient, and short
+     * blocks of rows and columns with a remainder of k); transposed packing in square blocks with
+     * rows, columns and k left over (20 rows: a tile of 12, then one of 8). */
     int64_t shapes[][3] = {{1, 1, 1},    {3, 7, 5},     {257, 129, 65}, {0, 7, 5},
                            {6, 0, 5},    {6, 7, 0},     {0, 0, 0},      {11, 33, 17},
                            {10, 65, 531}, {2, 1100, 300}, {37, 10, 531}, {6, 16, 16},
                            {13, 9, 40},  {32, 17, 676}, {1, 1000, 300}, {1, 5, 7},
-                           {20, 45, 37}};
+                           {20, 45, 37}, {16, 144, 1024}, {16, 27, 1024}, {15, 50, 256},
+                           {5, 20, 257}};
     for (int d = 0; d < 2; d++) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             run_shape((fn_dtype)d, shapes[s][0], shapes[s][1], shapes[s][2], true);
