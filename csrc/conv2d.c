@@ -182,6 +182,13 @@ typedef struct {
     int64_t plane;                          /* its columns: out_h * out_w */
     /* 1x1, stride 1, no padding: each group's input planes are its column matrix already. */
     bool pointwise;
+    /* The weight gradient reads the input's windows from planes shifted by each kernel column
+     * instead of unrolling them (conv_weight_grad_windows): stride 1 along the width, so that
+     * a window's row is a contiguous run; rows of a multiple of 16 outputs, aligned whole
+     * vectors of the dot products; few output channels for many output positions, where the
+     * weight gradient is computed as dot products anyway (fn_gemm_dot_pays); and the shifted
+     * planes with the taps' offsets fit the column buffer. */
+    bool windows;
 } conv_geometry;
 
 static conv_geometry conv_geometry_of(const fn_node *node) {
@@ -201,6 +208,12 @@ static conv_geometry conv_geometry_of(const fn_node *node) {
     g.pointwise = node->attr.conv.kernel[0] == 1 && node->attr.conv.kernel[1] == 1 &&
                   node->attr.conv.stride[0] == 1 && node->attr.conv.stride[1] == 1 &&
                   node->attr.conv.padding[0] == 0 && node->attr.conv.padding[1] == 0;
+    /* In 4-byte units, the tighter case: 8-byte offsets against float columns. */
+    double shifted = (double)node->attr.conv.kernel[1] * (double)g.group_in *
+                     (double)(g.height + 2 * node->attr.conv.padding[0]) * (double)g.out_w;
+    g.windows = !g.pointwise && node->attr.conv.stride[1] == 1 && g.out_w % 16 == 0 &&
+                fn_gemm_dot_pays(g.group_out, g.plane) &&
+                shifted + 2.0 * (double)g.k + 2 <= (double)g.k * (double)g.plane;
     return g;
 }
 
@@ -488,6 +501,76 @@ static void FN_T(conv_forward_band)(int id, int bands, void *arg) {
     }
 }
 
+/* The weight gradient of one image's group without unrolling its windows
+ * (geometry.windows): grad_weight (group_out, k) = (or += with add) grad_y (group_out, plane)
+ * @ columns^T by fn_gemm_dot_runs, where column (c, i, j) of the weight, the input under tap
+ * (i, j) at every output position, is read from `shifted` where it lies. shifted holds, for each
+ * kernel column j, the group's padded planes shifted left by j * dilation_w and cut to out_w
+ * columns (kw, group_in, padded height, out_w): under tap (i, j), output row y reads row
+ * y * stride_h + i * dilation_h of plane (j, c) whole, so the column is one run of the plane
+ * (stride_h 1) or a run per output row, each aligned like the buffer. Written: kw planes per
+ * channel, where im2col writes kh * kw; in the column buffer (this path needs no columns),
+ * followed by the columns' offsets. */
+static void FN_T(conv_weight_grad_windows)(const FN_T(conv_job) *job, const real *x,
+                                           const real *grad_y, char *buffer, bool add,
+                                           real *grad_weight) {
+    const conv_geometry *g = &job->g;
+    const int64_t *kernel = job->node->attr.conv.kernel, *padding = job->node->attr.conv.padding;
+    const int64_t *dilation = job->node->attr.conv.dilation, *stride = job->node->attr.conv.stride;
+    const int64_t ph = padding[0], pw = padding[1], hp = g->height + 2 * ph, ow = g->out_w;
+    const int64_t plane = hp * ow; /* one shifted plane */
+    real *shifted = (real *)buffer;
+    /* Each input row is padded once (on the stack when it fits), then copied kw times at the
+     * kernel columns' shifts: copies of out_w values, constant-size for the widths of 16 and 32
+     * (a row copy of varying length costs more than the copy itself at these widths). */
+    const int64_t padded_w = g->width + 2 * pw;
+    real stack_row[256];
+    real *padded_row = padded_w <= 256 ? stack_row : NULL;
+    for (int64_t c = 0; c < g->group_in; c++) {
+        const real *src = x + c * g->height * g->width;
+        for (int64_t j = 0; j < kernel[1]; j++) {
+            real *out = shifted + (j * g->group_in + c) * plane;
+            memset(out, 0, (size_t)(ph * ow) * sizeof(real));
+            memset(out + (ph + g->height) * ow, 0, (size_t)(ph * ow) * sizeof(real));
+        }
+        for (int64_t y = 0; y < g->height; y++) {
+            const real *row = src + y * g->width;
+            if (padded_row) {
+                memset(padded_row, 0, (size_t)pw * sizeof(real));
+                memcpy(padded_row + pw, row, (size_t)g->width * sizeof(real));
+                memset(padded_row + pw + g->width, 0, (size_t)pw * sizeof(real));
+            }
+            for (int64_t j = 0; j < kernel[1]; j++) {
+                real *out = shifted + ((j * g->group_in + c) * hp + y + ph) * ow;
+                const int64_t shift = j * dilation[1] - pw; /* input column of output column 0 */
+                if (padded_row && ow == 16) {
+                    memcpy(out, padded_row + pw + shift, 16 * sizeof(real));
+                } else if (padded_row && ow == 32) {
+                    memcpy(out, padded_row + pw + shift, 32 * sizeof(real));
+                } else {
+                    /* Output columns [lo, hi) read inside the row, the others the padding. */
+                    const int64_t lo = shift < 0 ? -shift : 0;
+                    const int64_t hi = g->width - shift < ow ? g->width - shift : ow;
+                    for (int64_t o = 0; o < ow; o++)
+                        out[o] = o >= lo && o < hi ? row[o + shift] : 0;
+                }
+            }
+        }
+    }
+    size_t offsets_at =
+        ((size_t)(kernel[1] * g->group_in * plane) * sizeof(real) + 7) & ~(size_t)7;
+    int64_t *offsets = (int64_t *)(buffer + offsets_at);
+    for (int64_t c = 0, r = 0; c < g->group_in; c++)
+        for (int64_t i = 0; i < kernel[0]; i++)
+            for (int64_t j = 0; j < kernel[1]; j++, r++)
+                offsets[r] = (j * g->group_in + c) * plane + i * dilation[0] * ow;
+    /* With stride_h 1 the rows a column reads follow each other: one run of the whole plane. */
+    const bool one_run = stride[0] == 1;
+    FN_T(fn_gemm_dot_runs)(g->group_out, g->k, one_run ? 1 : g->out_h,
+                           one_run ? g->plane : ow, 1, grad_y, g->plane, ow, shifted, offsets,
+                           stride[0] * ow, add ? 1 : 0, grad_weight, g->k);
+}
+
 /* Chunk `chunk` of the job's chunks, with x and grad_y as in forward, using the column buffer
  * col (k, plane):
  *   weight gradient (out_channels, k) += grad_y per group (group_out, plane) @ columns^T, and bias
@@ -532,12 +615,17 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
             grad_y = image_grad;
         }
         for (int64_t group = 0; group < g->groups; group++) {
-            const real *columns = FN_T(conv_columns)(job, x, group, col);
             const real *grad_y_group = grad_y + group * g->group_out * g->plane;
             const real *weight_group = job->weight + group * g->group_out * g->k;
-            FN_T(conv_gemm)(job, false, g->group_out, g->k, g->plane, grad_y_group, g->plane,
-                            columns, g->plane, true, add ? 1 : 0,
-                            grad_weight + group * g->group_out * g->k, g->k);
+            real *grad_weight_group = grad_weight + group * g->group_out * g->k;
+            if (g->windows && job->plan.unsplit) {
+                FN_T(conv_weight_grad_windows)(job, x + group * group_size, grad_y_group,
+                                               (char *)col, add, grad_weight_group);
+            } else {
+                const real *columns = FN_T(conv_columns)(job, x, group, col);
+                FN_T(conv_gemm)(job, false, g->group_out, g->k, g->plane, grad_y_group, g->plane,
+                                columns, g->plane, true, add ? 1 : 0, grad_weight_group, g->k);
+            }
             if (grad_bias) {
                 for (int64_t o = 0; o < g->group_out; o++) {
                     real sum = FN_T(conv_plane_sum)(grad_y_group + o * g->plane, g->plane);

@@ -618,7 +618,7 @@ fn_status fn_gemm_blas(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int6
  * Measured with AVX-512 (GFLOP/s, dot products against packed): 16x144x1024 205 / 117,
  * 16x144x256 143 / 113, 32x144x1024 180 / 146; 32x288x256 143 / 166, 64x288x576 184 / 193,
  * 32x128x64 65 / 160. */
-static bool gemm_dot_pays(int64_t m, int64_t k) {
+bool fn_gemm_dot_pays(int64_t m, int64_t k) {
     return (m <= 16 && k >= 256) || (m <= 32 && k >= 512);
 }
 
@@ -626,7 +626,7 @@ bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
     if (m == 1 && trans_b) return true;
     /* OpenBLAS on 16x27x1024 (the first convolution's weight gradient): 150 GFLOP/s, the dot
      * products 194. */
-    if (trans_b && gemm_dot_pays(m, k) && n > 16) return true;
+    if (trans_b && fn_gemm_dot_pays(m, k) && n > 16) return true;
     double work = (double)m * (double)n * (double)k;
     return m >= 16 && n >= 64 && work >= (trans_b ? (double)(1 << 18) : (double)(1 << 20));
 }
@@ -891,7 +891,7 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
  *     would cost more than the product;
  *   - a single row (batch-1 inference): the product streams B once, and packing it would double
  *     the memory traffic;
- *   - a few rows and a long k (gemm_dot_pays: a convolution's weight gradient with 16 output
+ *   - a few rows and a long k (fn_gemm_dot_pays: a convolution's weight gradient with 16 output
  *     channels sums over 1024 positions): packing would transpose all of B for one or two rows of
  *     tiles.
  * A block of `rows` rows by `cols` columns keeps its sums in rows * cols vector registers (GCC /
@@ -945,34 +945,46 @@ GEMM_INLINE real FN_T(dot_total)(FN_T(dot_vector) v) {
 /* One block: rows a_rows[0 .. rows) by columns b_rows[0 .. cols) of C, whose first element is
  * at c; only the first `store_rows` rows and `store_cols` columns are stored (the others repeat
  * a row or column so that the block has a constant size). */
+/* The k products of a dot_block: `segments` runs of `len` elements, run s of A's rows
+ * s * a_step and of B's rows s * b_step past their starts (a run of k when segments == 1). */
+typedef struct {
+    int64_t segments, len, a_step, b_step;
+} FN_T(dot_runs);
+
 GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows, int store_cols,
-                                 int64_t k, real alpha, const real *const *a_rows,
-                                 const real *const *b_rows, real beta, real *c, int64_t ldc) {
+                                 const FN_T(dot_runs) *runs, real alpha,
+                                 const real *const *a_rows, const real *const *b_rows, real beta,
+                                 real *c, int64_t ldc) {
     typedef FN_T(dot_vector) vector;
     vector acc[DOT_MAX][DOT_MAX];
     for (int r = 0; r < rows; r++) {
         for (int q = 0; q < cols; q++) acc[r][q] = (vector){0};
     }
-    int64_t p = 0;
-    for (; p + DOT_LANES <= k; p += DOT_LANES) {
-        /* memcpy: an unaligned vector load, whatever the strides. B's vectors first, then A's
-         * one at a time, each used at once: fewer registers live than with A's all loaded. */
-        vector vb[DOT_MAX];
-        for (int q = 0; q < cols; q++) memcpy(&vb[q], b_rows[q] + p, sizeof(vector));
-        for (int r = 0; r < rows; r++) {
-            vector va;
-            memcpy(&va, a_rows[r] + p, sizeof(vector));
-            DOT_IN_REGISTER(va);
-            for (int q = 0; q < cols; q++) acc[r][q] += va * vb[q];
+    const int64_t len = runs->len;
+    for (int64_t seg = 0; seg < runs->segments; seg++) {
+        const int64_t a_at = seg * runs->a_step, b_at = seg * runs->b_step;
+        int64_t p = 0;
+        for (; p + DOT_LANES <= len; p += DOT_LANES) {
+            /* memcpy: an unaligned vector load, whatever the strides. B's vectors first, then
+             * A's one at a time, each used at once: fewer registers live than with A's all
+             * loaded. */
+            vector vb[DOT_MAX];
+            for (int q = 0; q < cols; q++) memcpy(&vb[q], b_rows[q] + b_at + p, sizeof(vector));
+            for (int r = 0; r < rows; r++) {
+                vector va;
+                memcpy(&va, a_rows[r] + a_at + p, sizeof(vector));
+                DOT_IN_REGISTER(va);
+                for (int q = 0; q < cols; q++) acc[r][q] += va * vb[q];
+            }
         }
-    }
-    if (p < k) {
-        size_t rest = sizeof(real) * (size_t)(k - p);
-        vector va[DOT_MAX] = {{0}}, vb[DOT_MAX] = {{0}};
-        for (int r = 0; r < rows; r++) memcpy(&va[r], a_rows[r] + p, rest);
-        for (int q = 0; q < cols; q++) memcpy(&vb[q], b_rows[q] + p, rest);
-        for (int r = 0; r < rows; r++) {
-            for (int q = 0; q < cols; q++) acc[r][q] += va[r] * vb[q];
+        if (p < len) {
+            size_t rest = sizeof(real) * (size_t)(len - p);
+            vector va[DOT_MAX] = {{0}}, vb[DOT_MAX] = {{0}};
+            for (int r = 0; r < rows; r++) memcpy(&va[r], a_rows[r] + a_at + p, rest);
+            for (int q = 0; q < cols; q++) memcpy(&vb[q], b_rows[q] + b_at + p, rest);
+            for (int r = 0; r < rows; r++) {
+                for (int q = 0; q < cols; q++) acc[r][q] += va[r] * vb[q];
+            }
         }
     }
     for (int r = 0; r < store_rows; r++) {
@@ -984,33 +996,56 @@ GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows,
     }
 }
 
-static void FN_T(gemm_dot)(int64_t m, int64_t n, int64_t k, real alpha, const real *a,
-                           int64_t lda, const real *b, int64_t ldb, real beta, real *c,
-                           int64_t ldc) {
+/* C (m, n) = alpha * A @ B^T + beta * C, row i of A at a + i * lda, row j of B at
+ * b + (b_rows ? b_rows[j] : j * ldb), each read as runs (dot_runs). */
+static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs, real alpha,
+                                const real *a, int64_t lda, const real *b, int64_t ldb,
+                                const int64_t *b_rows, real beta, real *c, int64_t ldc) {
     /* 4 x 3 blocks (12 sums, 7 loads per vector of k); one row: 1 x 8 (8 sums, 9 loads). */
     const int block_rows = m == 1 ? 1 : 4, block_cols = m == 1 ? 8 : 3;
     for (int64_t i0 = 0; i0 < m; i0 += block_rows) {
         /* Short blocks repeat their last row or column: computed, then not stored. */
-        const real *a_rows[DOT_MAX], *b_rows[DOT_MAX];
+        const real *a_block[DOT_MAX], *b_block[DOT_MAX];
         for (int r = 0; r < block_rows; r++) {
-            a_rows[r] = a + (i0 + r < m ? i0 + r : m - 1) * lda;
+            a_block[r] = a + (i0 + r < m ? i0 + r : m - 1) * lda;
         }
         int store_rows = (int)(m - i0 < block_rows ? m - i0 : block_rows);
         for (int64_t j0 = 0; j0 < n; j0 += block_cols) {
             for (int q = 0; q < block_cols; q++) {
-                b_rows[q] = b + (j0 + q < n ? j0 + q : n - 1) * ldb;
+                int64_t j = j0 + q < n ? j0 + q : n - 1;
+                b_block[q] = b + (b_rows ? b_rows[j] : j * ldb);
             }
             int store_cols = (int)(n - j0 < block_cols ? n - j0 : block_cols);
             real *c_block = c + i0 * ldc + j0;
             if (m == 1) {
-                FN_T(dot_block)(1, 8, store_rows, store_cols, k, alpha, a_rows, b_rows, beta,
+                FN_T(dot_block)(1, 8, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
                                 c_block, ldc);
             } else {
-                FN_T(dot_block)(4, 3, store_rows, store_cols, k, alpha, a_rows, b_rows, beta,
+                FN_T(dot_block)(4, 3, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
                                 c_block, ldc);
             }
         }
     }
+}
+
+static void FN_T(gemm_dot)(int64_t m, int64_t n, int64_t k, real alpha, const real *a,
+                           int64_t lda, const real *b, int64_t ldb, real beta, real *c,
+                           int64_t ldc) {
+    const FN_T(dot_runs) runs = {1, k, 0, 0};
+    FN_T(gemm_dot_runs)(m, n, &runs, alpha, a, lda, b, ldb, NULL, beta, c, ldc);
+}
+
+/* C (m, n) = alpha * sum over runs s of A_s @ B_s^T + beta * C on the calling thread, where row i
+ * of A_s is the `len` elements at a + i * lda + s * a_step and row j of B_s those at
+ * b + b_rows[j] + s * b_step: a convolution's weight gradient from the output gradient's rows and
+ * the input's windows where they lie (conv2d.c), as the dot products of gemm_dot. */
+void FN_T(fn_gemm_dot_runs)(int64_t m, int64_t n, int64_t segments, int64_t len, real alpha,
+                            const real *a, int64_t lda, int64_t a_step, const real *b,
+                            const int64_t *b_rows, int64_t b_step, real beta, real *c,
+                            int64_t ldc) {
+    if (m <= 0 || n <= 0) return;
+    const FN_T(dot_runs) runs = {segments, len, a_step, b_step};
+    FN_T(gemm_dot_runs)(m, n, &runs, alpha, a, lda, b, 0, b_rows, beta, c, ldc);
 }
 #undef DOT_LANES
 #undef DOT_MAX
@@ -1059,7 +1094,7 @@ static void FN_T(gemm_part)(int id, int parts, void *arg) {
                              job->alpha, job->a, job->lda, b_block, job->ldb, job->beta,
                              job->c + j0, job->ldc);
     } else if (job->trans_b && !job->trans_a &&
-               (job->n <= GEMM_NR / 2 || job->m == 1 || gemm_dot_pays(job->m, job->k))) {
+               (job->n <= GEMM_NR / 2 || job->m == 1 || fn_gemm_dot_pays(job->m, job->k))) {
         /* Decided on the whole product's sizes, so that every part of it takes the same path. */
         FN_T(gemm_dot)(job->m, j1 - j0, job->k, job->alpha, job->a, job->lda, b_block, job->ldb,
                        job->beta, job->c + j0, job->ldc);

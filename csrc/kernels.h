@@ -56,6 +56,10 @@ struct fn_update_args; /* model.h */
 
 #define FN_NORM_BLOCK 8192 /* elements per partial sum of fn_grad_sum_squares */
 
+/* gemm.c: whether C = A @ B^T with m rows and inner size k runs as dot products along k
+ * (fn_gemm_dot_runs) rather than packed: few rows and a long k. */
+bool fn_gemm_dot_pays(int64_t m, int64_t k);
+
 #define FN_KERNELS(real, S)                                                                      \
     /* gemm.c: row-major C = alpha*op(A)@op(B) + beta*C through the BLAS table or built-in */   \
     void fn_gemm##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, real alpha,     \
@@ -68,6 +72,10 @@ struct fn_update_args; /* model.h */
                          real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,     \
                          real beta, real *c, int64_t ldc, int threads);                          \
     /* the same in one call on the calling thread (never divided into blocks) */                 \
+    void fn_gemm_dot_runs##S(int64_t m, int64_t n, int64_t segments, int64_t len, real alpha,    \
+                             const real *a, int64_t lda, int64_t a_step, const real *b,          \
+                             const int64_t *b_rows, int64_t b_step, real beta, real *c,          \
+                             int64_t ldc);                                                       \
     void fn_gemm_unsplit##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
                             real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
                             real beta, real *c, int64_t ldc);                                    \
