@@ -386,16 +386,22 @@ static char *FN_T(conv_part_buffer)(const FN_T(conv_job) *job, int id) {
     return job->workspace + (size_t)id * (job->plan.col_bytes + job->plan.mask_bytes);
 }
 
-/* The column matrix (k, plane) of group `group` of one image x (channels, height, width): the
- * image's own planes when pointwise, else fn_im2col into col. */
+/* The column matrix of group `group` of one image x (channels, height, width), for output rows
+ * [rows[0], rows[1]) (rows NULL: all of them, (k, plane)): the image's own planes when pointwise,
+ * else fn_im2col into col on `threads` threads; *ld is its row stride. */
 static const real *FN_T(conv_columns)(const FN_T(conv_job) *job, const real *x, int64_t group,
-                                      real *col) {
+                                      const int64_t rows[2], int threads, real *col,
+                                      int64_t *ld) {
     const conv_geometry *g = &job->g;
     const real *planes = x + group * g->group_in * g->height * g->width;
-    if (g->pointwise) return planes;
+    if (g->pointwise) {
+        *ld = g->plane;
+        return rows ? planes + rows[0] * g->out_w : planes;
+    }
     FN_T(fn_im2col)(planes, g->group_in, g->height, g->width, job->node->attr.conv.kernel,
                     job->node->attr.conv.stride, job->node->attr.conv.padding,
-                    job->node->attr.conv.dilation, NULL, col, job->plan.inner_threads);
+                    job->node->attr.conv.dilation, rows, col, threads);
+    *ld = rows ? (rows[1] - rows[0]) * g->out_w : g->plane;
     return col;
 }
 
@@ -449,10 +455,12 @@ static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
         const real *x = job->x + n * g->channels * g->height * g->width;
         real *y = job->y + n * g->out_channels * g->plane;
         for (int64_t group = 0; group < g->groups; group++) {
-            const real *columns = FN_T(conv_columns)(job, x, group, col);
+            int64_t ld;
+            const real *columns =
+                FN_T(conv_columns)(job, x, group, NULL, job->plan.inner_threads, col, &ld);
             FN_T(conv_gemm)(job, false, g->group_out, g->plane, g->k,
-                            job->weight + group * g->group_out * g->k, g->k, columns, g->plane,
-                            false, 0, y + group * g->group_out * g->plane, g->plane);
+                            job->weight + group * g->group_out * g->k, g->k, columns, ld, false,
+                            0, y + group * g->group_out * g->plane, g->plane);
         }
         FN_T(conv_bias_relu)(job, y, 0, g->out_channels, 0, g->plane, job->plan.inner_threads);
         if (job->stats_consumer) /* while the image is in cache */
@@ -475,21 +483,12 @@ static void FN_T(conv_forward_band)(int id, int bands, void *arg) {
     const int64_t first = rows[0] * g->out_w, count = (rows[1] - rows[0]) * g->out_w;
     if (count == 0 || c0 == c1) return;
     real *col = (real *)FN_T(conv_part_buffer)(job, id);
-    const int64_t group_size = g->group_in * g->height * g->width;
     for (int64_t n = 0; n < job->batch; n++) {
         const real *x = job->x + n * g->channels * g->height * g->width;
         real *y = job->y + n * g->out_channels * g->plane;
         for (int64_t group = 0; group < g->groups; group++) {
-            const real *planes = x + group * group_size, *columns = planes + first;
-            int64_t ld = g->plane;
-            if (!g->pointwise) {
-                FN_T(fn_im2col)(planes, g->group_in, g->height, g->width,
-                                job->node->attr.conv.kernel, job->node->attr.conv.stride,
-                                job->node->attr.conv.padding, job->node->attr.conv.dilation,
-                                rows, col, 1);
-                columns = col;
-                ld = count;
-            }
+            int64_t ld;
+            const real *columns = FN_T(conv_columns)(job, x, group, rows, 1, col, &ld);
             int64_t out = group * g->group_out + c0;
             FN_T(fn_gemm_unsplit)(false, false, c1 - c0, count, g->k, 1, job->weight + out * g->k,
                                   g->k, columns, ld, 0, y + out * g->plane + first, g->plane);
@@ -622,9 +621,11 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
                 FN_T(conv_weight_grad_windows)(job, x + group * group_size, grad_y_group,
                                                (char *)col, add, grad_weight_group);
             } else {
-                const real *columns = FN_T(conv_columns)(job, x, group, col);
+                int64_t ld;
+                const real *columns =
+                    FN_T(conv_columns)(job, x, group, NULL, inner, col, &ld);
                 FN_T(conv_gemm)(job, false, g->group_out, g->k, g->plane, grad_y_group, g->plane,
-                                columns, g->plane, true, add ? 1 : 0, grad_weight_group, g->k);
+                                columns, ld, true, add ? 1 : 0, grad_weight_group, g->k);
             }
             if (grad_bias) {
                 for (int64_t o = 0; o < g->group_out; o++) {
