@@ -60,6 +60,10 @@ struct fn_update_args; /* model.h */
  * (fn_gemm_dot_runs) rather than packed: few rows and a long k. */
 bool fn_gemm_dot_pays(int64_t m, int64_t k);
 
+/* winograd.c: the elements of fn_winograd_conv's work buffer for in_c input and `cols` output
+ * channels over `tiles` tiles, `tile_cols` of them a row. */
+int64_t fn_winograd_work(int64_t in_c, int64_t cols, int64_t tiles, int64_t tile_cols);
+
 #define FN_KERNELS(real, S)                                                                      \
     /* gemm.c: row-major C = alpha*op(A)@op(B) + beta*C through the BLAS table or built-in */   \
     void fn_gemm##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, real alpha,     \
@@ -79,6 +83,19 @@ bool fn_gemm_dot_pays(int64_t m, int64_t k);
     void fn_gemm_unsplit##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
                             real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
                             real beta, real *c, int64_t ldc);                                    \
+    void fn_gemm_builtin_unsplit##S(bool trans_a, bool trans_b, int64_t m, int64_t n,           \
+                                    int64_t k, real alpha, const real *a, int64_t lda,          \
+                                    const real *b, int64_t ldb, real beta, real *c,             \
+                                    int64_t ldc);                                               \
+    /* winograd.c: 3x3 stride-1 convolutions by F(2x2, 3x3); w (out_c, in_c, 3, 3) -> u       \
+     * (16, in_c, out_c), or flipped (16, out_c, in_c); x (in_c, h, w) -> y (out_c, oh, ow) */   \
+    void fn_winograd_weights##S(const real *w, int64_t out_c, int64_t in_c, bool flip,          \
+                                real *u);                                                        \
+    void fn_winograd_conv##S(const real *x, int64_t in_c, int64_t height, int64_t width,        \
+                             int64_t ph, int64_t pw, const real *u, int64_t out_c,              \
+                             int64_t out_h, int64_t out_w, const int64_t tile_rows[2],          \
+                             int64_t c0, int64_t c1, const real *bias, bool relu,               \
+                             bool accumulate, real *y, real *work);                             \
     /* copy.c */                                                                                 \
     void fn_copy_or_add##S(real *dst, const real *src, int64_t count, bool accumulate,           \
                            int threads);                                                         \
