@@ -9,6 +9,11 @@
  * cache when its GEMM reads them. A batch smaller than the thread count (inference on one image)
  * runs image after image instead, with im2col and the GEMM split over the threads.
  *
+ * 3x3 convolutions of stride 1 with enough channels and columns (geometry.winograd) run each
+ * image by Winograd's F(2x2, 3x3) instead (winograd.c), forward and input gradient (the output
+ * gradient convolved with the kernels rotated); the weight gradient stays a GEMM. Batch-1
+ * forwards cut into bands keep im2col.
+ *
  * Backward recomputes the columns rather than keeping them from forward: they are kh * kw times
  * the input's size, more memory than the rest of a network's activations. The weight and bias
  * gradients are sums over images; the batch is cut into chunks of consecutive images, each chunk
@@ -194,16 +199,15 @@ typedef struct {
      * 2 - p), at least WINOGRAD_MIN_CHANNELS channels in and out and outputs at least
      * WINOGRAD_MIN_WIDTH wide. */
     bool winograd;
-    int64_t tile_rows, tile_cols;         /* the output's 2x2 tiles */
-    int64_t grad_tile_rows, grad_tile_cols; /* the input gradient's */
+    int64_t tile_rows, grad_tile_rows; /* rows of 2x2 tiles of the output, of the input */
 } conv_geometry;
 
 /* Where Winograd's transforms cost less than the multiplications they save (measured on one
- * image, against im2col and the GEMM: 16 channels of 32 x 32 in and out 1.35x, 16 to 32 1.73x;
- * 32 of 16 x 16 0.82x, 64 of 8 x 8 0.36x, where the products of 64 and 16 tiles run below the
- * kernel's speed; 8 of 32 x 32 1.06x). */
+ * image's forward, against im2col and the GEMM: 16 channels of 32 x 32 in and out 1.30x, 16 to
+ * 32 1.63x, 32 of 16 x 16 1.17x, 32 to 64 of 26 x 26 unpadded 1.40x; 64 of 8 x 8 0.58x, where
+ * the 16 tiles of an image make products too small for the kernel; 8 of 32 x 32 0.98x). */
 #define WINOGRAD_MIN_CHANNELS 16
-#define WINOGRAD_MIN_WIDTH 32
+#define WINOGRAD_MIN_WIDTH 16
 
 static conv_geometry conv_geometry_of(const fn_node *node) {
     conv_geometry g;
@@ -236,9 +240,7 @@ static conv_geometry conv_geometry_of(const fn_node *node) {
                  g.out_channels >= WINOGRAD_MIN_CHANNELS && g.out_w >= WINOGRAD_MIN_WIDTH &&
                  g.width >= WINOGRAD_MIN_WIDTH;
     g.tile_rows = (g.out_h + 1) / 2;
-    g.tile_cols = (g.out_w + 1) / 2;
     g.grad_tile_rows = (g.height + 1) / 2;
-    g.grad_tile_cols = (g.width + 1) / 2;
     return g;
 }
 
@@ -329,11 +331,9 @@ static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads
     if (g->winograd) {
         /* A part's Winograd buffers take the column buffer's place: the forward's, and the
          * input gradient's (its in and out channels swapped). */
-        int64_t forward = fn_winograd_work(g->channels, g->out_channels,
-                                           g->tile_rows * g->tile_cols, g->tile_cols);
-        int64_t backward = fn_winograd_work(g->out_channels, g->channels,
-                                            g->grad_tile_rows * g->grad_tile_cols,
-                                            g->grad_tile_cols);
+        int64_t forward = fn_winograd_work(g->channels, g->out_channels, g->tile_rows, g->out_w);
+        int64_t backward =
+            fn_winograd_work(g->out_channels, g->channels, g->grad_tile_rows, g->width);
         size_t most = (size_t)(forward > backward ? forward : backward) * elem_size;
         if (conv_round64(most) > plan.col_bytes) plan.col_bytes = conv_round64(most);
         plan.u_bytes = conv_round64((size_t)(16 * g->channels * g->out_channels) * elem_size);
@@ -538,23 +538,6 @@ static void FN_T(conv_forward_band)(int id, int bands, void *arg) {
     const FN_T(conv_job) *job = arg;
     const conv_geometry *g = &job->g;
     int64_t rows[2] = {0, g->out_h}, c0 = 0, c1 = g->group_out;
-    if (g->winograd) {
-        /* Bands of whole tile rows: each output value is computed as in a whole image. */
-        int64_t tiles[2] = {0, g->tile_rows};
-        if (job->plan.band_channels)
-            fn_partition(g->out_channels, bands, id, &c0, &c1);
-        else
-            fn_partition(g->tile_rows, bands, id, &tiles[0], &tiles[1]);
-        real *work = (real *)FN_T(conv_part_buffer)(job, id);
-        const int64_t *padding = job->node->attr.conv.padding;
-        for (int64_t n = 0; n < job->batch; n++)
-            FN_T(fn_winograd_conv)(job->x + n * g->channels * g->height * g->width, g->channels,
-                                   g->height, g->width, padding[0], padding[1], job->winograd_u,
-                                   g->out_channels, g->out_h, g->out_w, tiles, c0, c1, job->bias,
-                                   job->node->relu_fused, false,
-                                   job->y + n * g->out_channels * g->plane, work);
-        return;
-    }
     if (job->plan.band_channels)
         fn_partition(g->out_channels, bands, id, &c0, &c1);
     else
@@ -773,12 +756,16 @@ static fn_status FN_T(conv_forward)(fn_node *node, const fn_model_ctx *ctx) {
     FN_TRY(conv_check_workspace(node, ctx, &job.plan));
     job.bias = node->attr.conv.bias ? (const real *)node->param[1] : NULL;
     job.y = (real *)node->out;
-    if (job.g.winograd) job.winograd_u = FN_T(conv_winograd_weights)(&job, false);
     fn_node *consumer = node->fused_consumer;
     if (consumer) consumer->input_stats_ready = false;
     if (job.plan.bands > 1) {
+        /* Bands by im2col even where whole images run by Winograd: the transformed weights,
+         * computed on one thread for every call, and the small products of a band's tiles cost
+         * more than Winograd saves on one image (batch-1 ResNet-8 0.90x, CNN 0.93x). */
+        job.g.winograd = false;
         fn_run_team(job.plan.bands, FN_T(conv_forward_band), &job);
     } else {
+        if (job.g.winograd) job.winograd_u = FN_T(conv_winograd_weights)(&job, false);
         /* A consumer's training statistics, image by image (bands cut the images). */
         if (consumer && ctx->training && consumer->op->input_stats_of_sample[FN_DTYPE])
             job.stats_consumer = consumer;

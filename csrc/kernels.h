@@ -61,8 +61,8 @@ struct fn_update_args; /* model.h */
 bool fn_gemm_dot_pays(int64_t m, int64_t k);
 
 /* winograd.c: the elements of fn_winograd_conv's work buffer for in_c input and `cols` output
- * channels over `tiles` tiles, `tile_cols` of them a row. */
-int64_t fn_winograd_work(int64_t in_c, int64_t cols, int64_t tiles, int64_t tile_cols);
+ * channels over `tile_rows` rows of 2x2 tiles of an output out_w wide. */
+int64_t fn_winograd_work(int64_t in_c, int64_t cols, int64_t tile_rows, int64_t out_w);
 
 #define FN_KERNELS(real, S)                                                                      \
     /* gemm.c: row-major C = alpha*op(A)@op(B) + beta*C through the BLAS table or built-in */   \

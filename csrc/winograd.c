@@ -35,13 +35,16 @@ enum { WINOGRAD_STORE, WINOGRAD_STORE_RELU, WINOGRAD_ADD };
 /* Elements between consecutive matrices of V and of M beyond their size: one cache line. */
 #define WINOGRAD_SKEW 16
 
-/* The work buffer fn_winograd_conv needs, in elements, for in_c input and `cols` output channels
- * and `tiles` tiles of `tile_cols` tiles a row: V, M, the d B of a channel's padded rows and
- * those rows. */
-int64_t fn_winograd_work(int64_t in_c, int64_t cols, int64_t tiles, int64_t tile_cols) {
-    int64_t padded_rows = 2 * (tiles / tile_cols) + 2, w1 = tile_cols + 1;
-    return 16 * ((in_c + cols) * tiles + 2 * WINOGRAD_SKEW) + 4 * (padded_rows * w1 - 1) +
-           padded_rows * 2 * w1;
+/* Tiles a run of the input transform computes at once (winograd_input_runs). */
+#define WINOGRAD_RUN 16
+
+/* The work buffer fn_winograd_conv needs, in elements, for in_c input and `cols` output
+ * channels over `tile_rows` rows of tiles of an output out_w wide: V, M, the d B of a channel's
+ * padded rows, those rows, and a channel's outputs (see fn_winograd_conv for the layout). */
+int64_t fn_winograd_work(int64_t in_c, int64_t cols, int64_t tile_rows, int64_t out_w) {
+    int64_t w1 = (out_w + 1) / 2 + 1, tiles = tile_rows * (w1 - 1), ld = (tiles + 31) / 32 * 32;
+    int64_t n = (tile_rows + 1) * w1 + WINOGRAD_RUN;
+    return 16 * ((in_c + cols) * ld + 2 * WINOGRAD_SKEW) + 8 * n + 2 * (2 * n + 2) + 4 * tiles;
 }
 
 #define FN_TEMPLATE_FILE "winograd.c"
@@ -51,40 +54,59 @@ int64_t fn_winograd_work(int64_t in_c, int64_t cols, int64_t tiles, int64_t tile
 
 /* w (out_c, in_c, 3, 3) -> u (16, in_c, out_c): u[e][ci][co] = (G w[co][ci] G^T)[e], e = 4 i + j.
  * flip: the weights of the input gradient's convolution (in_c and out_c swapped, each kernel
- * rotated by 180 degrees): u (16, out_c, in_c), u[e][co][ci] = (G rot(w[co][ci]) G^T)[e]. */
+ * rotated by 180 degrees): u (16, out_c, in_c), u[e][co][ci] = (G rot(w[co][ci]) G^T)[e].
+ * Written in order, 16 pairs at a time (a cache line of each of the 16 matrices): pair by pair,
+ * the 16 stores a matrix apart thrashed the cache (64 x 32 channels took 76 us). */
 void FN_T(fn_winograd_weights)(const real *w, int64_t out_c, int64_t in_c, bool flip, real *u) {
-    const int64_t pairs = out_c * in_c;
-    for (int64_t co = 0; co < out_c; co++)
-        for (int64_t ci = 0; ci < in_c; ci++) {
+    enum { BLOCK = 16 };
+    const int64_t pairs = out_c * in_c, inner = flip ? in_c : out_c;
+    int64_t outer_index = 0, inner_index = 0; /* of pair `first` */
+    for (int64_t first = 0; first < pairs; first += BLOCK) {
+        const int64_t count = pairs - first < BLOCK ? pairs - first : BLOCK;
+        /* The block's kernels, tap by tap (rotated with flip), then G g G^T along the block. */
+        real g[9][BLOCK] = {{0}}, t[4][3][BLOCK], block[16][BLOCK];
+        for (int64_t p = 0; p < count; p++) {
+            const int64_t co = flip ? outer_index : inner_index;
+            const int64_t ci = flip ? inner_index : outer_index;
             const real *k = w + (co * in_c + ci) * 9;
-            real g[3][3], t[4][3];
-            for (int i = 0; i < 3; i++)
-                for (int j = 0; j < 3; j++) g[i][j] = flip ? k[(2 - i) * 3 + 2 - j] : k[i * 3 + j];
-            for (int j = 0; j < 3; j++) { /* G g */
-                t[0][j] = g[0][j];
-                t[1][j] = (g[0][j] + g[1][j] + g[2][j]) / 2;
-                t[2][j] = (g[0][j] - g[1][j] + g[2][j]) / 2;
-                t[3][j] = g[2][j];
-            }
-            int64_t at = flip ? co * in_c + ci : ci * out_c + co;
-            for (int i = 0; i < 4; i++) { /* (G g) G^T */
-                real row[4] = {t[i][0], (t[i][0] + t[i][1] + t[i][2]) / 2,
-                               (t[i][0] - t[i][1] + t[i][2]) / 2, t[i][2]};
-                for (int j = 0; j < 4; j++) u[(i * 4 + j) * pairs + at] = row[j];
+            for (int tap = 0; tap < 9; tap++) g[tap][p] = k[flip ? 8 - tap : tap];
+            if (++inner_index == inner) {
+                inner_index = 0;
+                outer_index++;
             }
         }
+        for (int j = 0; j < 3; j++) /* G g */
+            for (int p = 0; p < BLOCK; p++) {
+                real g0 = g[j][p], g1 = g[3 + j][p], g2 = g[6 + j][p];
+                t[0][j][p] = g0;
+                t[1][j][p] = (g0 + g1 + g2) / 2;
+                t[2][j][p] = (g0 - g1 + g2) / 2;
+                t[3][j][p] = g2;
+            }
+        for (int i = 0; i < 4; i++) /* (G g) G^T */
+            for (int p = 0; p < BLOCK; p++) {
+                real t0 = t[i][0][p], t1 = t[i][1][p], t2 = t[i][2][p];
+                block[4 * i + 0][p] = t0;
+                block[4 * i + 1][p] = (t0 + t1 + t2) / 2;
+                block[4 * i + 2][p] = (t0 - t1 + t2) / 2;
+                block[4 * i + 3][p] = t2;
+            }
+        for (int e = 0; e < 16; e++) {
+            real *out = u + e * pairs + first;
+            if (count == BLOCK) /* a constant size: a vector move, not a call */
+                memcpy(out, block[e], sizeof block[e]);
+            else
+                for (int64_t p = 0; p < count; p++) out[p] = block[e][p];
+        }
+    }
 }
 
-/* Tiles are processed in runs of at most this many along a tile row, in local arrays. */
-#define WINOGRAD_RUN 64
-
-/* d B of every row of a band's padded plane p (rows, 2 w1) into q (4, rows * w1 - 1): for the
- * four values at columns 2 t .. 2 t + 3 of a row, d0 - d2, d1 + d2, d2 - d1 and d1 - d3, at
- * q[j * n + r * w1 + t] (t = w1 - 1, which reads into the next row, is never used). One flat
- * loop over the whole band: rows of a few vectors would cost more in loop bookkeeping than in
- * work. */
-static void FN_T(winograd_row_transform)(const real *restrict p, int64_t n,
-                                         real *restrict q) {
+/* d B of every row of a padded plane p (rows, 2 w1), flattened: for the four values at
+ * columns 2 t .. 2 t + 3 of a row, d0 - d2, d1 + d2, d2 - d1 and d1 - d3 into
+ * q[j * n + r * w1 + t], for all n = rows * w1 positions (t = w1 - 1 reads past its row: its
+ * tile is one that no output uses, and p holds two values more for the last one). One flat loop
+ * over the plane: rows of a few vectors each would cost more in loop bookkeeping than in work. */
+static void FN_T(winograd_row_transform)(const real *restrict p, int64_t n, real *restrict q) {
     real *restrict q0 = q, *restrict q1 = q + n, *restrict q2 = q + 2 * n,
                    *restrict q3 = q + 3 * n;
     for (int64_t i = 0; i < n; i++) {
@@ -96,74 +118,112 @@ static void FN_T(winograd_row_transform)(const real *restrict p, int64_t n,
     }
 }
 
-/* B^T (d B) of a tile row from the d B of its four padded rows (r0..r3, each j's values n
- * apart): v[(4 i + j) * stride + tx]. */
+/* B^T (d B) of the tiles of `rows` tile rows of tw, from the d B of the even padded rows (qe)
+ * and of the odd ones (qo), each 4 arrays n apart, rows w1 apart: tile row ty reads padded rows
+ * 2 ty .. 2 ty + 3, which are rows ty and ty + 1 of qe and qo. Into v[(4 i + j) * stride + t],
+ * tile t = ty * tw + tx: the GEMMs' columns, without the spare tiles. */
 static inline __attribute__((always_inline)) void FN_T(winograd_input_tiles)(
-    const real *restrict r0, const real *restrict r1, const real *restrict r2,
-    const real *restrict r3, int64_t tw, int64_t n, real *restrict v, int64_t stride) {
-    for (int j = 0; j < 4; j++) {
-        const real *a = r0 + j * n, *b = r1 + j * n, *c = r2 + j * n, *d = r3 + j * n;
-        real *v0 = v + j * stride, *v1 = v0 + 4 * stride, *v2 = v1 + 4 * stride,
-             *v3 = v2 + 4 * stride;
-        for (int64_t t = 0; t < tw; t++) {
-            v0[t] = a[t] - c[t];
-            v1[t] = b[t] + c[t];
-            v2[t] = c[t] - b[t];
-            v3[t] = b[t] - d[t];
+    const real *restrict qe, const real *restrict qo, int64_t n, int64_t w1, int64_t rows,
+    const int64_t tw, real *restrict v, int64_t stride) {
+    for (int j = 0; j < 4; j++)
+        for (int64_t ty = 0; ty < rows; ty++) {
+            const real *a = qe + j * n + ty * w1, *b = qo + j * n + ty * w1, *c = a + w1,
+                       *d = b + w1;
+            real *restrict v0 = v + j * stride + ty * tw, *restrict v1 = v0 + 4 * stride,
+                           *restrict v2 = v1 + 4 * stride, *restrict v3 = v2 + 4 * stride;
+            for (int64_t t = 0; t < tw; t++) {
+                v0[t] = a[t] - c[t];
+                v1[t] = b[t] + c[t];
+                v2[t] = c[t] - b[t];
+                v3[t] = b[t] - d[t];
+            }
+        }
+}
+
+/* winograd_input_tiles for any width, in runs of WINOGRAD_RUN tiles: the last run of a row
+ * computes past its end (into the next row's tiles, which are written after it, or, for the
+ * last row, into the spare columns), reading past the row in q (which has WINOGRAD_RUN values
+ * of slack). A run of a constant length is straight vector code. */
+static void FN_T(winograd_input_runs)(const real *restrict qe, const real *restrict qo,
+                                      int64_t n, int64_t w1, int64_t rows, int64_t tw,
+                                      real *restrict v, int64_t stride) {
+    for (int j = 0; j < 4; j++)
+        for (int64_t ty = 0; ty < rows; ty++)
+            for (int64_t t0 = 0; t0 < tw; t0 += WINOGRAD_RUN) {
+                const real *a = qe + j * n + ty * w1 + t0, *b = qo + j * n + ty * w1 + t0;
+                const real *c = a + w1, *d = b + w1;
+                real *restrict v0 = v + j * stride + ty * tw + t0, *restrict v1 = v0 + 4 * stride,
+                               *restrict v2 = v1 + 4 * stride, *restrict v3 = v2 + 4 * stride;
+                for (int t = 0; t < WINOGRAD_RUN; t++) {
+                    v0[t] = a[t] - c[t];
+                    v1[t] = b[t] + c[t];
+                    v2[t] = c[t] - b[t];
+                    v3[t] = b[t] - d[t];
+                }
+        }
+}
+
+/* winograd_input_tiles with rows of 16, 12 and 8 tiles (outputs 32, 24 and 16 wide) compiled
+ * with the width a constant, other widths in runs (winograd_input_runs): a loop of a variable
+ * count of one or two vectors costs more in its bookkeeping than in its work (the input
+ * transform of a 24-wide output took 2.8x longer that way, 1.4x in runs). */
+static void FN_T(winograd_input_rows)(const real *restrict qe, const real *restrict qo,
+                                      int64_t n, int64_t w1, int64_t rows, int64_t tw,
+                                      real *restrict v, int64_t stride) {
+    if (tw == 16)
+        FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 16, v, stride);
+    else if (tw == 12)
+        FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 12, v, stride);
+    else if (tw == 8)
+        FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 8, v, stride);
+    else
+        FN_T(winograd_input_runs)(qe, qo, n, w1, rows, tw, v, stride);
+}
+
+/* A^T m A of every tile, m[e * stride + t] for t < tiles, into the four outputs of each tile,
+ * out[(2 i + j) * tiles + t] (row i, column j of the 2x2 block), plus the bias, then a ReLU
+ * (mode WINOGRAD_STORE_RELU). */
+static inline __attribute__((always_inline)) void FN_T(winograd_output_tiles)(
+    const int mode, const real *restrict m, int64_t stride, int64_t tiles, real bias,
+    real *restrict out) {
+    for (int64_t t = 0; t < tiles; t++) {
+        real s[4][2];
+        for (int i = 0; i < 4; i++) { /* m A, row i */
+            const real *row = m + 4 * i * stride + t;
+            real a = row[0], b = row[stride], c = row[2 * stride], d = row[3 * stride];
+            s[i][0] = a + b + c;
+            s[i][1] = b - c - d;
+        }
+        for (int j = 0; j < 2; j++) { /* A^T (m A) */
+            real top = s[0][j] + s[1][j] + s[2][j] + bias;
+            real bottom = s[1][j] - s[2][j] - s[3][j] + bias;
+            if (mode == WINOGRAD_STORE_RELU) {
+                top = FN_RELU(top);
+                bottom = FN_RELU(bottom);
+            }
+            out[j * tiles + t] = top;
+            out[(2 + j) * tiles + t] = bottom;
         }
     }
 }
 
-/* A^T m A of the tiles [0, tw) of one tile row of one output channel, m[e * stride + tx], into
- * output rows y0 and y1 (y1 NULL: the output has an odd height and this is its last row),
- * columns 2 tx and 2 tx + 1 (the last column dropped when out_w is odd): overwritten with the
- * bias added (and a ReLU, mode WINOGRAD_STORE_RELU), or added to (WINOGRAD_ADD). Computed into
- * local runs along the tile row, then interleaved into the output rows. */
-static inline __attribute__((always_inline)) void FN_T(winograd_output_tiles)(
-    const int mode, const real *restrict m, int64_t stride, int64_t tw, int64_t out_w,
-    real bias, real *restrict y0, real *restrict y1) {
-    for (int64_t t0 = 0; t0 < tw; t0 += WINOGRAD_RUN) {
-        const int64_t n = tw - t0 < WINOGRAD_RUN ? tw - t0 : WINOGRAD_RUN;
-        real s[4][2][WINOGRAD_RUN], out[2][2][WINOGRAD_RUN];
-        for (int i = 0; i < 4; i++) { /* m A, row i */
-            const real *a = m + 4 * i * stride + t0, *b = a + stride, *c = b + stride,
-                       *d = c + stride;
-            for (int64_t t = 0; t < n; t++) {
-                s[i][0][t] = a[t] + b[t] + c[t];
-                s[i][1][t] = b[t] - c[t] - d[t];
-            }
+/* Output row y (out_w values) from the tiles of one tile row: y[2 tx + j] = or += row[j][tx],
+ * the odd width's last column from its tile's first. */
+static inline void FN_T(winograd_store_row)(const real *restrict left, const real *restrict right,
+                                            int64_t out_w, bool add, real *restrict y) {
+    const int64_t pairs = out_w / 2;
+    if (add) {
+        for (int64_t t = 0; t < pairs; t++) {
+            y[2 * t] += left[t];
+            y[2 * t + 1] += right[t];
         }
-        for (int j = 0; j < 2; j++) /* A^T (m A) */
-            for (int64_t t = 0; t < n; t++) {
-                real top = s[0][j][t] + s[1][j][t] + s[2][j][t] + bias;
-                real bottom = s[1][j][t] - s[2][j][t] - s[3][j][t] + bias;
-                if (mode == WINOGRAD_STORE_RELU) {
-                    top = FN_RELU(top);
-                    bottom = FN_RELU(bottom);
-                }
-                out[0][j][t] = top;
-                out[1][j][t] = bottom;
-            }
-        /* Tiles with both columns inside the output, then the odd width's last column. */
-        const int64_t last = 2 * (t0 + n) <= out_w ? n : n - 1;
-        for (int i = 0; i < 2; i++) {
-            real *y = (i == 0 ? y0 : y1);
-            if (!y) break;
-            y += 2 * t0;
-            if (mode == WINOGRAD_ADD) {
-                for (int64_t t = 0; t < last; t++) {
-                    y[2 * t] += out[i][0][t];
-                    y[2 * t + 1] += out[i][1][t];
-                }
-                if (last < n) y[2 * last] += out[i][0][last];
-            } else {
-                for (int64_t t = 0; t < last; t++) {
-                    y[2 * t] = out[i][0][t];
-                    y[2 * t + 1] = out[i][1][t];
-                }
-                if (last < n) y[2 * last] = out[i][0][last];
-            }
+        if (out_w % 2) y[out_w - 1] += left[pairs];
+    } else {
+        for (int64_t t = 0; t < pairs; t++) {
+            y[2 * t] = left[t];
+            y[2 * t + 1] = right[t];
         }
+        if (out_w % 2) y[out_w - 1] = left[pairs];
     }
 }
 
@@ -173,90 +233,84 @@ static inline __attribute__((always_inline)) void FN_T(winograd_output_tiles)(
  * 2 t0 to 2 t1 - 1, within out_h) only:
  *     y = conv + bias[co] (bias NULL: none), then max(y, 0) with relu, or y += conv with
  *     accumulate (no bias nor ReLU then),
- * on the calling thread, in work (fn_winograd_work elements for c1 - c0 output channels and the
- * rows' tiles). out_h and out_w are height + 2 ph - 2 and width + 2 pw - 2. */
-static inline __attribute__((always_inline)) void FN_T(winograd_conv_rows)(
-    const int64_t tw, const real *x, int64_t in_c, int64_t height, int64_t width, int64_t ph,
-    int64_t pw, const real *u, int64_t out_c, int64_t out_h, int64_t out_w, int64_t t0,
-    int64_t t1, int64_t c0, int64_t c1, const real *bias, bool relu, bool accumulate, real *y,
-    real *work) {
-    const int64_t tiles = (t1 - t0) * tw, cols = c1 - c0;
-    if (tiles <= 0 || cols <= 0) return;
-    /* The band's padded plane (padded_rows, 2 w1): its padding is zeroed once, every channel
-     * then writes the same interior. */
-    const int64_t padded_rows = 2 * (t1 - t0) + 2, w1 = tw + 1, wp = 2 * w1;
-    const int64_t q_count = padded_rows * w1 - 1;
-    /* The 16 matrices of V and of M each one cache line further than a multiple of a page:
-     * the transforms read or write all 16 at once, and 16 streams a power of two apart would
-     * meet in the same few sets of the L1 cache. */
-    const int64_t v_stride = in_c * tiles + WINOGRAD_SKEW, m_stride = cols * tiles + WINOGRAD_SKEW;
-    real *v = work, *m = v + 16 * v_stride;
-    real *q = m + 16 * m_stride, *padded = q + 4 * q_count;
-    memset(padded, 0, (size_t)(padded_rows * wp) * sizeof(real));
-    const int64_t y_first = 2 * t0 - ph; /* the input row of padded row 0 */
-    int64_t r_lo = y_first < 0 ? -y_first : 0, r_hi = height - y_first;
-    if (r_hi > padded_rows) r_hi = padded_rows;
-    const int64_t copy = width < wp - pw ? width : wp - pw; /* columns of a row inside */
-
-    /* V[e] (in_c, tiles): each channel's padded band through d B, then each tile row's four
-     * rows through B^T. */
-    for (int64_t ci = 0; ci < in_c; ci++) {
-        const real *plane = x + ci * height * width;
-        for (int64_t r = r_lo; r < r_hi; r++) { /* a loop: a call to memcpy costs more */
-            const real *src = plane + (y_first + r) * width;
-            real *dst = padded + r * wp + pw;
-            for (int64_t c = 0; c < copy; c++) dst[c] = src[c];
-        }
-        FN_T(winograd_row_transform)(padded, q_count, q);
-        for (int64_t ty = t0; ty < t1; ty++) {
-            const real *rows = q + 2 * (ty - t0) * w1;
-            FN_T(winograd_input_tiles)(rows, rows + w1, rows + 2 * w1, rows + 3 * w1, tw,
-                                       q_count, v + ci * tiles + (ty - t0) * tw, v_stride);
-        }
-    }
-    /* M[e] (cols, tiles) = U[e]^T (cols, in_c) @ V[e] (in_c, tiles), by the built-in kernel on
-     * this thread, whatever BLAS is installed: its bits do not depend on the band. */
-    for (int e = 0; e < 16; e++)
-        FN_T(fn_gemm_builtin_unsplit)(true, false, cols, tiles, in_c, 1, u + e * in_c * out_c + c0,
-                                      out_c, v + e * v_stride, tiles, 0,
-                                      m + e * m_stride, tiles);
-    /* Y = A^T M A, tile row by tile row. */
-    for (int64_t o = 0; o < cols; o++) {
-        const int64_t co = c0 + o;
-        const real b = bias ? bias[co] : 0;
-        real *plane = y + co * out_h * out_w;
-        for (int64_t ty = t0; ty < t1; ty++) {
-            const real *tile_m = m + o * tiles + (ty - t0) * tw;
-            real *y0 = plane + 2 * ty * out_w, *y1 = 2 * ty + 1 < out_h ? y0 + out_w : NULL;
-            if (accumulate)
-                FN_T(winograd_output_tiles)(WINOGRAD_ADD, tile_m, m_stride, tw, out_w, 0, y0, y1);
-            else if (relu)
-                FN_T(winograd_output_tiles)(WINOGRAD_STORE_RELU, tile_m, m_stride, tw, out_w, b,
-                                            y0, y1);
-            else
-                FN_T(winograd_output_tiles)(WINOGRAD_STORE, tile_m, m_stride, tw, out_w, b, y0,
-                                            y1);
-        }
-    }
-}
-
+ * on the calling thread, in work (fn_winograd_work elements for in_c, c1 - c0 channels and the
+ * band's tiles). out_h and out_w are height + 2 ph - 2 and width + 2 pw - 2.
+ *
+ * The padded rows are 2 w1 values wide, w1 = ceil(out_w / 2) + 1 being one tile more than a row
+ * has: with that spare tile, the d B of every padded row of the band is one flat loop, which
+ * vectorises whatever the width (rows of one or two vectors would cost more in loop bookkeeping
+ * than in work). */
 void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t width,
                             int64_t ph, int64_t pw, const real *u, int64_t out_c, int64_t out_h,
                             int64_t out_w, const int64_t tile_rows[2], int64_t c0, int64_t c1,
                             const real *bias, bool relu, bool accumulate, real *y, real *work) {
-    /* Rows of 16 and 8 tiles (outputs 32 and 16 wide) compiled with the width a constant: their
-     * loops become straight vector code, where a loop of a variable count of one or two vectors
-     * costs more in its bookkeeping than in its work. */
-    const int64_t tw = (out_w + 1) / 2, t0 = tile_rows[0], t1 = tile_rows[1];
-    if (tw == 16)
-        FN_T(winograd_conv_rows)(16, x, in_c, height, width, ph, pw, u, out_c, out_h, out_w, t0,
-                                 t1, c0, c1, bias, relu, accumulate, y, work);
-    else if (tw == 8)
-        FN_T(winograd_conv_rows)(8, x, in_c, height, width, ph, pw, u, out_c, out_h, out_w, t0,
-                                 t1, c0, c1, bias, relu, accumulate, y, work);
-    else
-        FN_T(winograd_conv_rows)(tw, x, in_c, height, width, ph, pw, u, out_c, out_h, out_w, t0,
-                                 t1, c0, c1, bias, relu, accumulate, y, work);
+    const int64_t t0 = tile_rows[0], t1 = tile_rows[1], cols = c1 - c0;
+    const int64_t w1 = (out_w + 1) / 2 + 1, wp = 2 * w1, band = t1 - t0;
+    if (band <= 0 || cols <= 0) return;
+    const int64_t tw = w1 - 1, tiles = band * tw;
+    /* The GEMMs run over ld >= tiles columns, a multiple of 32 (a whole number of the
+     * micro-kernel's column slivers: a sliver cut by the edge cost as much as half the product
+     * of 16 x 272 x 16); the columns past the tiles are zero. */
+    const int64_t ld = (tiles + 31) / 32 * 32;
+    /* d B values of a padded plane, per j: its rows, and a run's slack. */
+    const int64_t n = (band + 1) * w1 + WINOGRAD_RUN;
+    const int64_t plane = 2 * n + 2; /* its (band + 1) rows of wp, then zeros */
+    /* The 16 matrices of V and of M each one cache line further than a multiple of a page:
+     * the transforms read or write all 16 at once, and 16 streams a power of two apart would
+     * meet in the same few sets of the L1 cache. */
+    const int64_t v_stride = in_c * ld + WINOGRAD_SKEW, m_stride = cols * ld + WINOGRAD_SKEW;
+    real *v = work, *m = v + 16 * v_stride;
+    real *q = m + 16 * m_stride;          /* the even rows' d B, then the odd rows' */
+    real *padded = q + 8 * n;             /* the band's even padded rows, then its odd ones */
+    real *out = padded + 2 * plane;       /* one channel's tile outputs */
+
+    /* The padded rows of the band, split by parity: padded row r is row r / 2 of plane r % 2.
+     * The padding is zeroed once; every channel then writes the same interior. */
+    memset(padded, 0, (size_t)(2 * plane) * sizeof(real));
+    const int64_t y_first = 2 * t0 - ph; /* the input row of the band's padded row 0 */
+    int64_t r_lo = y_first < 0 ? -y_first : 0, r_hi = height - y_first;
+    if (r_hi > 2 * band + 2) r_hi = 2 * band + 2;
+    const int64_t copy = width < wp - pw ? width : wp - pw; /* columns of a row inside */
+
+    /* V[e] (in_c, tiles): each channel's padded rows through d B, then the tiles through B^T. */
+    for (int64_t ci = 0; ci < in_c; ci++) {
+        const real *source = x + ci * height * width;
+        for (int64_t r = r_lo; r < r_hi; r++) { /* a loop: a call to memcpy costs more */
+            const real *src = source + (y_first + r) * width;
+            real *dst = padded + (r % 2) * plane + (r / 2) * wp + pw;
+            for (int64_t c = 0; c < copy; c++) dst[c] = src[c];
+        }
+        FN_T(winograd_row_transform)(padded, n, q);
+        FN_T(winograd_row_transform)(padded + plane, n, q + 4 * n);
+        FN_T(winograd_input_rows)(q, q + 4 * n, n, w1, band, tw, v + ci * ld, v_stride);
+    }
+    for (int64_t row = 0; row < 16 * in_c && ld > tiles; row++) { /* the spare columns */
+        real *spare = v + row / in_c * v_stride + row % in_c * ld;
+        for (int64_t t = tiles; t < ld; t++) spare[t] = 0;
+    }
+    /* M[e] (cols, tiles) = U[e]^T (cols, in_c) @ V[e] (in_c, tiles), by the built-in kernel on
+     * this thread, whatever BLAS is installed: its bits do not depend on the band. */
+    for (int e = 0; e < 16; e++)
+        FN_T(fn_gemm_builtin_unsplit)(true, false, cols, ld, in_c, 1, u + e * in_c * out_c + c0,
+                                      out_c, v + e * v_stride, ld, 0, m + e * m_stride, ld);
+    /* Y = A^T M A, a channel at a time, then its rows written out. */
+    for (int64_t o = 0; o < cols; o++) {
+        const int64_t co = c0 + o;
+        const real b = bias && !accumulate ? bias[co] : 0;
+        if (relu && !accumulate)
+            FN_T(winograd_output_tiles)(WINOGRAD_STORE_RELU, m + o * ld, m_stride, tiles, b, out);
+        else
+            FN_T(winograd_output_tiles)(WINOGRAD_STORE, m + o * ld, m_stride, tiles, b, out);
+        real *plane_y = y + co * out_h * out_w;
+        for (int64_t ty = t0; ty < t1; ty++) {
+            const int64_t at = (ty - t0) * tw;
+            real *y0 = plane_y + 2 * ty * out_w;
+            FN_T(winograd_store_row)(out + at, out + tiles + at, out_w, accumulate, y0);
+            if (2 * ty + 1 < out_h)
+                FN_T(winograd_store_row)(out + 2 * tiles + at, out + 3 * tiles + at, out_w,
+                                         accumulate, y0 + out_w);
+        }
+    }
 }
 
 #endif /* FN_TEMPLATE_PASS */
