@@ -63,16 +63,19 @@ GEOMETRIES = {
     "windows_dilated": (2, 20, 36, 2, (3, 3), (1, 1), (1, 0), (2, 2), 1),
     "windows_width_48": (1, 16, 48, 2, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "windows_long_row": (1, 3, 318, 2, (2, 15), (1, 1), (0, 0), (1, 1), 1),
-    # Winograd's F(2x2, 3x3) (3x3, stride 1, one group, at least 16 channels in and out and 32
-    # columns): padding 1, odd output sizes (a last tile cut by both edges), no padding, padding
-    # 2 (the input gradient then pads by 0), different paddings down and across, and a tile row
-    # that is not 16 or 8 tiles long.
+    # Winograd's F(2x2, 3x3) (3x3, stride 1, one group, at least 16 channels in and out and 16
+    # columns; the input gradient too with no more output channels than input ones): padding 1,
+    # odd output sizes (a last tile cut by both edges), no padding, padding 2 (the input
+    # gradient then pads by 0), different paddings down and across, rows of 25 tiles (in runs)
+    # and of 12, and more output channels than input ones (the input gradient by im2col).
     "winograd": (16, 6, 32, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
-    "winograd_odd": (17, 7, 35, 18, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "winograd_odd": (18, 7, 35, 17, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "winograd_unpadded": (16, 5, 34, 16, (3, 3), (1, 1), (0, 0), (1, 1), 1),
-    "winograd_pad2": (16, 4, 32, 20, (3, 3), (1, 1), (2, 2), (1, 1), 1),
+    "winograd_pad2": (20, 4, 32, 16, (3, 3), (1, 1), (2, 2), (1, 1), 1),
     "winograd_pad_mixed": (16, 6, 33, 16, (3, 3), (1, 1), (0, 1), (1, 1), 1),
     "winograd_wide": (16, 3, 50, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "winograd_width_24": (16, 5, 24, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "winograd_widening": (16, 5, 20, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1),
 }
 
 
