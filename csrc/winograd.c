@@ -121,63 +121,45 @@ static void FN_T(winograd_row_transform)(const real *restrict p, int64_t n, real
 /* B^T (d B) of the tiles of `rows` tile rows of tw, from the d B of the even padded rows (qe)
  * and of the odd ones (qo), each 4 arrays n apart, rows w1 apart: tile row ty reads padded rows
  * 2 ty .. 2 ty + 3, which are rows ty and ty + 1 of qe and qo. Into v[(4 i + j) * stride + t],
- * tile t = ty * tw + tx: the GEMMs' columns, without the spare tiles. */
+ * tile t = ty * tw + tx: the GEMMs' columns, without the spare tiles. A row is computed in runs
+ * of `run` tiles, a constant at each call, so that a run is straight vector code: run = tw for
+ * the widths compiled as constants; otherwise the last run of a row computes past its end (into
+ * the next row's tiles, which are written after it, or for the last row into the spare
+ * columns), reading past the row in q (which has WINOGRAD_RUN values of slack). */
 static inline __attribute__((always_inline)) void FN_T(winograd_input_tiles)(
     const real *restrict qe, const real *restrict qo, int64_t n, int64_t w1, int64_t rows,
-    const int64_t tw, real *restrict v, int64_t stride) {
-    for (int j = 0; j < 4; j++)
-        for (int64_t ty = 0; ty < rows; ty++) {
-            const real *a = qe + j * n + ty * w1, *b = qo + j * n + ty * w1, *c = a + w1,
-                       *d = b + w1;
-            real *restrict v0 = v + j * stride + ty * tw, *restrict v1 = v0 + 4 * stride,
-                           *restrict v2 = v1 + 4 * stride, *restrict v3 = v2 + 4 * stride;
-            for (int64_t t = 0; t < tw; t++) {
-                v0[t] = a[t] - c[t];
-                v1[t] = b[t] + c[t];
-                v2[t] = c[t] - b[t];
-                v3[t] = b[t] - d[t];
-            }
-        }
-}
-
-/* winograd_input_tiles for any width, in runs of WINOGRAD_RUN tiles: the last run of a row
- * computes past its end (into the next row's tiles, which are written after it, or, for the
- * last row, into the spare columns), reading past the row in q (which has WINOGRAD_RUN values
- * of slack). A run of a constant length is straight vector code. */
-static void FN_T(winograd_input_runs)(const real *restrict qe, const real *restrict qo,
-                                      int64_t n, int64_t w1, int64_t rows, int64_t tw,
-                                      real *restrict v, int64_t stride) {
+    int64_t tw, const int64_t run, real *restrict v, int64_t stride) {
     for (int j = 0; j < 4; j++)
         for (int64_t ty = 0; ty < rows; ty++)
-            for (int64_t t0 = 0; t0 < tw; t0 += WINOGRAD_RUN) {
+            for (int64_t t0 = 0; t0 < tw; t0 += run) {
                 const real *a = qe + j * n + ty * w1 + t0, *b = qo + j * n + ty * w1 + t0;
                 const real *c = a + w1, *d = b + w1;
                 real *restrict v0 = v + j * stride + ty * tw + t0, *restrict v1 = v0 + 4 * stride,
                                *restrict v2 = v1 + 4 * stride, *restrict v3 = v2 + 4 * stride;
-                for (int t = 0; t < WINOGRAD_RUN; t++) {
+                for (int64_t t = 0; t < run; t++) {
                     v0[t] = a[t] - c[t];
                     v1[t] = b[t] + c[t];
                     v2[t] = c[t] - b[t];
                     v3[t] = b[t] - d[t];
                 }
-        }
+            }
 }
 
 /* winograd_input_tiles with rows of 16, 12 and 8 tiles (outputs 32, 24 and 16 wide) compiled
- * with the width a constant, other widths in runs (winograd_input_runs): a loop of a variable
- * count of one or two vectors costs more in its bookkeeping than in its work (the input
- * transform of a 24-wide output took 2.8x longer that way, 1.4x in runs). */
+ * with the width a constant, other widths in runs of WINOGRAD_RUN: a loop of a variable count of
+ * one or two vectors costs more in its bookkeeping than in its work (the input transform of a
+ * 24-wide output took 2.8x longer that way, 1.4x in runs). */
 static void FN_T(winograd_input_rows)(const real *restrict qe, const real *restrict qo,
                                       int64_t n, int64_t w1, int64_t rows, int64_t tw,
                                       real *restrict v, int64_t stride) {
     if (tw == 16)
-        FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 16, v, stride);
+        FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 16, 16, v, stride);
     else if (tw == 12)
-        FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 12, v, stride);
+        FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 12, 12, v, stride);
     else if (tw == 8)
-        FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 8, v, stride);
+        FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 8, 8, v, stride);
     else
-        FN_T(winograd_input_runs)(qe, qo, n, w1, rows, tw, v, stride);
+        FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, tw, WINOGRAD_RUN, v, stride);
 }
 
 /* A^T m A of every tile, m[e * stride + t] for t < tiles, into the four outputs of each tile,
