@@ -67,7 +67,8 @@ GEOMETRIES = {
     # columns; the input gradient too with no more output channels than input ones): padding 1,
     # odd output sizes (a last tile cut by both edges), no padding, padding 2 (the input
     # gradient then pads by 0), different paddings down and across, rows of 25 tiles (in runs)
-    # and of 12, and more output channels than input ones (the input gradient by im2col).
+    # and of 12, more output channels than input ones (the input gradient by im2col), and an
+    # output of one row (half a tile row).
     "winograd": (16, 6, 32, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "winograd_odd": (18, 7, 35, 17, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "winograd_unpadded": (16, 5, 34, 16, (3, 3), (1, 1), (0, 0), (1, 1), 1),
@@ -76,6 +77,7 @@ GEOMETRIES = {
     "winograd_wide": (16, 3, 50, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "winograd_width_24": (16, 5, 24, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "winograd_widening": (16, 5, 20, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "winograd_one_row": (16, 1, 16, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
 }
 
 
