@@ -942,6 +942,41 @@ GEMM_INLINE real FN_T(dot_total)(FN_T(dot_vector) v) {
 }
 #undef DOT_HALVES
 
+/* With 16 lanes, the sums of a block of 16 accumulators are taken together: each round adds the
+ * two halves of every pair of vectors into one vector holding both (two shuffles and an add for
+ * two vectors, where dot_total's extracts and adds cost the same for one), so that the last round
+ * leaves the 16 totals in one vector, lane i the total of acc[i]: 45 operations where 16
+ * dot_totals take about 130, which with k = 128 cost as much as the products. Lane l and
+ * lane l + 8 first, then + 4, + 2, + 1, as dot_total adds them: the same bits. */
+#if DOT_LANES == 16 && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+#define DOT_TOTALS_16 1
+GEMM_INLINE FN_T(dot_vector) FN_T(dot_totals16)(const FN_T(dot_vector) *acc) {
+    typedef FN_T(dot_vector) vector;
+    vector b[8], c[4], d[2];
+    for (int i = 0; i < 8; i++) /* lanes l and l + 8 */
+        b[i] = __builtin_shufflevector(acc[2 * i], acc[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17,
+                                       18, 19, 20, 21, 22, 23) +
+               __builtin_shufflevector(acc[2 * i], acc[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15,
+                                       24, 25, 26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 4; i++) /* + 4 */
+        c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17,
+                                       18, 19, 24, 25, 26, 27) +
+               __builtin_shufflevector(b[2 * i], b[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21,
+                                       22, 23, 28, 29, 30, 31);
+    for (int i = 0; i < 2; i++) /* + 2 */
+        d[i] = __builtin_shufflevector(c[2 * i], c[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17,
+                                       20, 21, 24, 25, 28, 29) +
+               __builtin_shufflevector(c[2 * i], c[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19,
+                                       22, 23, 26, 27, 30, 31);
+    return __builtin_shufflevector(d[0], d[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                   28, 30) + /* + 1 */
+           __builtin_shufflevector(d[0], d[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
+                                   29, 31);
+}
+#else
+#define DOT_TOTALS_16 0
+#endif
+
 /* One block: rows a_rows[0 .. rows) by columns b_rows[0 .. cols) of C, whose first element is
  * at c; only the first `store_rows` rows and `store_cols` columns are stored (the others repeat
  * a row or column so that the block has a constant size). */
@@ -987,6 +1022,22 @@ GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows,
             }
         }
     }
+#if DOT_TOTALS_16
+    if (rows * cols == 16) {
+        FN_T(dot_vector) packed[16];
+        for (int r = 0; r < rows; r++)
+            for (int q = 0; q < cols; q++) packed[r * cols + q] = acc[r][q];
+        FN_T(dot_vector) totals = FN_T(dot_totals16)(packed);
+        for (int r = 0; r < store_rows; r++) {
+            real *row = c + r * ldc;
+            for (int q = 0; q < store_cols; q++) {
+                real sum = totals[r * cols + q];
+                row[q] = beta == 0 ? alpha * sum : alpha * sum + beta * row[q];
+            }
+        }
+        return;
+    }
+#endif
     for (int r = 0; r < store_rows; r++) {
         real *row = c + r * ldc;
         for (int q = 0; q < store_cols; q++) {
@@ -1001,8 +1052,9 @@ GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows,
 static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs, real alpha,
                                 const real *a, int64_t lda, const real *b, int64_t ldb,
                                 const int64_t *b_rows, real beta, real *c, int64_t ldc) {
-    /* 4 x 3 blocks (12 sums, 7 loads per vector of k); one row: 1 x 8 (8 sums, 9 loads). */
-    const int block_rows = m == 1 ? 1 : 4, block_cols = m == 1 ? 8 : 3;
+    /* 4 x 3 blocks (12 sums, 7 loads per vector of k), or with 16 lanes 4 x 4 (16 sums, 8 loads,
+     * their totals taken together: dot_totals16); one row: 1 x 8 (8 sums, 9 loads). */
+    const int block_rows = m == 1 ? 1 : 4, block_cols = m == 1 ? 8 : DOT_TOTALS_16 ? 4 : 3;
     for (int64_t i0 = 0; i0 < m; i0 += block_rows) {
         /* Short blocks repeat their last row or column: computed, then not stored. */
         const real *a_block[DOT_MAX], *b_block[DOT_MAX];
@@ -1019,6 +1071,9 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
             real *c_block = c + i0 * ldc + j0;
             if (m == 1) {
                 FN_T(dot_block)(1, 8, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
+                                c_block, ldc);
+            } else if (DOT_TOTALS_16) {
+                FN_T(dot_block)(4, 4, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
                                 c_block, ldc);
             } else {
                 FN_T(dot_block)(4, 3, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
@@ -1048,6 +1103,7 @@ void FN_T(fn_gemm_dot_runs)(int64_t m, int64_t n, int64_t segments, int64_t len,
     FN_T(gemm_dot_runs)(m, n, &runs, alpha, a, lda, b, 0, b_rows, beta, c, ldc);
 }
 #undef DOT_LANES
+#undef DOT_TOTALS_16
 #undef DOT_MAX
 
 /* One thread's share through the BLAS, (m, n_block) of C: row-major C = op(A) op(B) is
