@@ -34,6 +34,12 @@ MODELS = {
         input_shape=(1, 8, 8), seed=2),
     "zoo_cnn": lambda: zoo.cnn((1, 8, 8), 10, seed=3),
     "resnet": lambda: zoo.resnet((1, 8, 8), 10, widths=(8, 16, 16), seed=4),
+    # A 3x3 convolution that runs by Winograd (16 channels, 16 columns: the first layer pads the
+    # digits' width to 16), its batch norm taking statistics and gradient image by image.
+    "winograd_cnn": lambda: fn.Sequential(
+        fn.Conv2d(1, 16, 3, padding=(1, 5)), fn.ReLU(),
+        fn.Conv2d(16, 16, 3, padding=1), fn.BatchNorm2d(16), fn.ReLU(), fn.MaxPool2d(2),
+        fn.Flatten(), fn.Linear(16 * 4 * 8, 10), input_shape=(1, 8, 8), seed=5),
 }
 
 
