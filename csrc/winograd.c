@@ -28,14 +28,14 @@
 
 #include <string.h>
 
-/* What the output transform does with a tile's values: overwrite (with the bias, then a ReLU
- * when asked) or add. */
-enum { WINOGRAD_STORE, WINOGRAD_STORE_RELU, WINOGRAD_ADD };
+/* What the output transform does with a tile's values after the bias: nothing more, or a ReLU. */
+enum { WINOGRAD_STORE, WINOGRAD_STORE_RELU };
 
 /* Elements between consecutive matrices of V and of M beyond their size: one cache line. */
 #define WINOGRAD_SKEW 16
 
-/* Tiles a run of the input transform computes at once (winograd_input_runs). */
+/* Tiles a run of the input transform computes at once, for widths not compiled as constants
+ * (winograd_input_tiles). */
 #define WINOGRAD_RUN 16
 
 /* The work buffer fn_winograd_conv needs, in elements, for in_c input and `cols` output
@@ -101,11 +101,12 @@ void FN_T(fn_winograd_weights)(const real *w, int64_t out_c, int64_t in_c, bool 
     }
 }
 
-/* d B of every row of a padded plane p (rows, 2 w1), flattened: for the four values at
+/* d B of every row of a padded plane p (rows of 2 w1), flattened: for the four values at
  * columns 2 t .. 2 t + 3 of a row, d0 - d2, d1 + d2, d2 - d1 and d1 - d3 into
- * q[j * n + r * w1 + t], for all n = rows * w1 positions (t = w1 - 1 reads past its row: its
- * tile is one that no output uses, and p holds two values more for the last one). One flat loop
- * over the plane: rows of a few vectors each would cost more in loop bookkeeping than in work. */
+ * q[j * n + r * w1 + t], for n positions: the plane's rows and some slack past them, for which
+ * p holds zeros and two values more (t = w1 - 1 reads past its row: its tile is the spare one,
+ * which no output uses). One flat loop over the plane: rows of a few vectors each would cost
+ * more in loop bookkeeping than in work. */
 static void FN_T(winograd_row_transform)(const real *restrict p, int64_t n, real *restrict q) {
     real *restrict q0 = q, *restrict q1 = q + n, *restrict q2 = q + 2 * n,
                    *restrict q3 = q + 3 * n;
