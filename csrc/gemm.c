@@ -1214,22 +1214,6 @@ void FN_T(fn_gemm_blas)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
                      ldc, threads);
 }
 
-/* fn_gemm_builtin in one call on the calling thread, never divided into blocks: for a caller
- * whose products must have the same bits however it cuts them (winograd.c's bands), which a BLAS
- * does not promise. */
-void FN_T(fn_gemm_builtin_unsplit)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-                                   real alpha, const real *a, int64_t lda, const real *b,
-                                   int64_t ldb, real beta, real *c, int64_t ldc) {
-    if (m <= 0 || n <= 0) return;
-    if (k == 0 || alpha == 0) {
-        FN_T(gemm_scale)(m, n, beta, c, ldc);
-        return;
-    }
-    FN_T(gemm_job) job = {NULL, false, trans_a, trans_b, m, n, k, alpha, beta, a, b, c,
-                          lda, ldb, ldc};
-    FN_T(gemm_part)(0, 1, &job);
-}
-
 /* fn_gemm, or with `threads` 0 fn_gemm_unsplit. */
 static void FN_T(gemm_dispatch)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                                 real alpha, const real *a, int64_t lda, const real *b,

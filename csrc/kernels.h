@@ -83,10 +83,6 @@ int64_t fn_winograd_work(int64_t in_c, int64_t cols, int64_t tile_rows, int64_t 
     void fn_gemm_unsplit##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
                             real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
                             real beta, real *c, int64_t ldc);                                    \
-    void fn_gemm_builtin_unsplit##S(bool trans_a, bool trans_b, int64_t m, int64_t n,           \
-                                    int64_t k, real alpha, const real *a, int64_t lda,          \
-                                    const real *b, int64_t ldb, real beta, real *c,             \
-                                    int64_t ldc);                                               \
     /* winograd.c: 3x3 stride-1 convolutions by F(2x2, 3x3); w (out_c, in_c, 3, 3) -> u       \
      * (16, in_c, out_c), or flipped (16, out_c, in_c); x (in_c, h, w) -> y (out_c, oh, ow) */   \
     void fn_winograd_weights##S(const real *w, int64_t out_c, int64_t in_c, bool flip,          \

@@ -183,13 +183,31 @@ def layer_shapes(network, input_shape):
     return found
 
 
+# When a convolution runs by Winograd's F(2x2, 3x3) (csrc/conv2d.c, geometry.winograd): a 3x3
+# kernel of stride 1 (one group, padding <= 2), at least this many channels in and out, and
+# inputs and outputs at least this wide; its input gradient too when it has no more output
+# channels than input ones.
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_WIDTH = 16
+
+
+def _winograd_products(channels_in, channels_out, out_h, out_w):
+    """The GEMMs of one image of a Winograd convolution: 16 of ``U[e]^T (out, in) @ V[e] (in,
+    columns)``, the columns the image's 2x2 tiles rounded up to a multiple of 32."""
+    tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
+    columns = (tiles + 31) // 32 * 32
+    return channels_out, columns, channels_in, True, False
+
+
 def gemm_shapes(workloads=None):
     """The GEMMs of a training step of each workload, as fastnet's kernels call them.
 
     A linear layer makes three per batch (forward ``x @ W^T``, weight gradient ``dy^T @ x``,
     input gradient ``dy @ W``); a convolution makes the same three per image, on im2col columns
-    (``W (out, k) @ cols (k, plane)``, ``dy @ cols^T``, ``W^T @ dy``). The input gradient of the
-    first layer is not computed.
+    (``W (out, k) @ cols (k, plane)``, ``dy @ cols^T``, ``W^T @ dy``), except that a convolution
+    that runs by Winograd makes 16 per image for its forward (and input gradient) instead, on
+    transformed tiles. The input gradient of the first layer is
+    not computed.
 
     Returns
     -------
@@ -219,9 +237,17 @@ def gemm_shapes(workloads=None):
                 ow = (shape[2] + 2 * padding - k) // stride + 1
                 plane, depth = oh * ow, cin * k * k
                 what = f"Conv2d({cin},{cout},{k},s{stride})"
-                gemms = [("fwd", cout, plane, depth, False, False, batch),
-                         ("dW", cout, depth, plane, False, True, batch)]
-                if not first:
+                winograd = (k == 3 and stride == 1 and padding <= 2 and
+                            min(cin, cout) >= WINOGRAD_MIN_CHANNELS and
+                            min(ow, shape[2]) >= WINOGRAD_MIN_WIDTH)
+                gemms = [("fwd", cout, plane, depth, False, False, batch)]
+                if winograd:
+                    gemms = [("fwd Winograd", *_winograd_products(cin, cout, oh, ow), 16 * batch)]
+                gemms.append(("dW", cout, depth, plane, False, True, batch))
+                if not first and winograd and cout <= cin:
+                    gemms.append(("dX Winograd", *_winograd_products(cout, cin, *shape[1:]),
+                                  16 * batch))
+                elif not first:
                     gemms.append(("dX", depth, plane, cout, True, False, batch))
             else:
                 continue

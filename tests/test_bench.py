@@ -148,6 +148,16 @@ def test_gemm_shapes_follow_the_layers():
     stem = next(s for s in shapes if s["workload"] == "resnet8_cifar_b128")
     assert (stem["m"], stem["n"], stem["k"], stem["calls"], stem["per_image"]) == \
         (16, 1024, 27, 128, True)
+    # The 16-channel 32x32 convolutions run by Winograd: 16 products an image of 16 output by 16
+    # input channels over the image's 256 tiles, forward and input gradient; 16 to 32 of stride 2
+    # by im2col.
+    winograd = [s for s in shapes if (s["m"], s["n"], s["k"], s["trans_a"], s["trans_b"]) ==
+                (16, 256, 16, True, False)]
+    assert len(winograd) == 1
+    assert winograd[0]["where"] == ["Conv2d(16,16,3,s1) fwd Winograd",
+                                    "Conv2d(16,16,3,s1) dX Winograd"]
+    assert winograd[0]["calls"] == 16 * 128 * 4  # two layers, forward and input gradient
+    assert any(s["where"] == ["Conv2d(16,32,3,s2) fwd"] for s in shapes)
 
 
 def test_registration_with_the_command_line(monkeypatch, capsys):
