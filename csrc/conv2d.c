@@ -205,7 +205,6 @@ typedef struct {
      * as out (the CNN's 32-to-64 layer's input gradient took 1.07x longer by Winograd; ResNet-8's
      * 16 and 32-channel ones 1.13x and 1.08x less). */
     bool winograd_grad;
-    int64_t tile_rows, grad_tile_rows; /* rows of 2x2 tiles of the output, of the input */
 } conv_geometry;
 
 /* Where Winograd's transforms cost less than the multiplications they save (measured on one
@@ -246,8 +245,6 @@ static conv_geometry conv_geometry_of(const fn_node *node) {
                  g.out_channels >= WINOGRAD_MIN_CHANNELS && g.out_w >= WINOGRAD_MIN_WIDTH &&
                  g.width >= WINOGRAD_MIN_WIDTH;
     g.winograd_grad = g.winograd && g.out_channels <= g.channels;
-    g.tile_rows = (g.out_h + 1) / 2;
-    g.grad_tile_rows = (g.height + 1) / 2;
     return g;
 }
 
@@ -338,11 +335,10 @@ static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads
     if (g->winograd) {
         /* A part's Winograd buffers take the column buffer's place: the forward's, and the
          * input gradient's (its in and out channels swapped). */
-        int64_t forward = fn_winograd_work(g->channels, g->out_channels, g->tile_rows, g->out_w);
+        int64_t forward = fn_winograd_work(g->channels, g->out_channels, g->out_h, g->out_w);
         int64_t backward =
-            g->winograd_grad
-                ? fn_winograd_work(g->out_channels, g->channels, g->grad_tile_rows, g->width)
-                : 0;
+            g->winograd_grad ? fn_winograd_work(g->out_channels, g->channels, g->height, g->width)
+                             : 0;
         size_t most = (size_t)(forward > backward ? forward : backward) * elem_size;
         if (conv_round64(most) > plan.col_bytes) plan.col_bytes = conv_round64(most);
         plan.u_bytes = conv_round64((size_t)(16 * g->channels * g->out_channels) * elem_size);
@@ -514,26 +510,22 @@ static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
     for (int64_t n = first; n < end; n++) {
         const real *x = job->x + n * g->channels * g->height * g->width;
         real *y = job->y + n * g->out_channels * g->plane;
-        if (g->winograd) {
-            const int64_t tiles[2] = {0, g->tile_rows};
+        if (g->winograd) { /* with the bias and the ReLU */
             FN_T(fn_winograd_conv)(x, g->channels, g->height, g->width, padding[0], padding[1],
-                                   job->winograd_u, g->out_channels, g->out_h, g->out_w, tiles, 0,
-                                   g->out_channels, job->bias, job->node->relu_fused, false, y,
-                                   col);
-            if (job->stats_consumer)
-                job->stats_consumer->op->input_stats_of_sample[FN_DTYPE](job->stats_consumer, n,
-                                                                         y);
-            continue;
+                                   job->winograd_u, g->out_channels, g->out_h, g->out_w,
+                                   job->bias, job->node->relu_fused, false, y, col);
+        } else {
+            for (int64_t group = 0; group < g->groups; group++) {
+                int64_t ld;
+                const real *columns =
+                    FN_T(conv_columns)(job, x, group, NULL, job->plan.inner_threads, col, &ld);
+                FN_T(conv_gemm)(job, false, g->group_out, g->plane, g->k,
+                                job->weight + group * g->group_out * g->k, g->k, columns, ld,
+                                false, 0, y + group * g->group_out * g->plane, g->plane);
+            }
+            FN_T(conv_bias_relu)(job, y, 0, g->out_channels, 0, g->plane,
+                                 job->plan.inner_threads);
         }
-        for (int64_t group = 0; group < g->groups; group++) {
-            int64_t ld;
-            const real *columns =
-                FN_T(conv_columns)(job, x, group, NULL, job->plan.inner_threads, col, &ld);
-            FN_T(conv_gemm)(job, false, g->group_out, g->plane, g->k,
-                            job->weight + group * g->group_out * g->k, g->k, columns, ld, false,
-                            0, y + group * g->group_out * g->plane, g->plane);
-        }
-        FN_T(conv_bias_relu)(job, y, 0, g->out_channels, 0, g->plane, job->plan.inner_threads);
         if (job->stats_consumer) /* while the image is in cache */
             job->stats_consumer->op->input_stats_of_sample[FN_DTYPE](job->stats_consumer, n, y);
     }
@@ -711,11 +703,10 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
                 /* The input gradient is the output gradient convolved with the weights rotated
                  * by 180 degrees, in and out swapped, padded by 2 - p. */
                 const int64_t *padding = job->node->attr.conv.padding;
-                const int64_t tiles[2] = {0, g->grad_tile_rows};
                 FN_T(fn_winograd_conv)(grad_y_group, g->out_channels, g->out_h, g->out_w,
                                        2 - padding[0], 2 - padding[1], job->winograd_u,
-                                       g->channels, g->height, g->width, tiles, 0, g->channels,
-                                       NULL, false, job->grad_x_accumulate, grad_x, col);
+                                       g->channels, g->height, g->width, NULL, false,
+                                       job->grad_x_accumulate, grad_x, col);
             } else if (g->pointwise) {
                 /* The column gradient is the input gradient itself. */
                 FN_T(conv_gemm)(job, true, g->group_in, g->plane, g->group_out, weight_group, g->k,
@@ -769,9 +760,8 @@ static fn_status FN_T(conv_forward)(fn_node *node, const fn_model_ctx *ctx) {
     if (consumer) consumer->input_stats_ready = false;
     if (job.plan.bands > 1) {
         /* Bands by im2col even where whole images run by Winograd: the transformed weights,
-         * computed on one thread for every call, and the small products of a band's tiles cost
-         * more than Winograd saves on one image (batch-1 ResNet-8 0.90x, CNN 0.93x). */
-        job.g.winograd = false;
+         * computed for every call, and the small products of a band's tiles cost more than
+         * Winograd saves on one image (batch-1 ResNet-8 0.92x, CNN 0.94x). */
         fn_run_team(job.plan.bands, FN_T(conv_forward_band), &job);
     } else {
         if (job.g.winograd) job.winograd_u = FN_T(conv_winograd_weights)(&job, false);

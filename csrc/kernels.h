@@ -60,9 +60,9 @@ struct fn_update_args; /* model.h */
  * (fn_gemm_dot_runs) rather than packed: few rows and a long k. */
 bool fn_gemm_dot_pays(int64_t m, int64_t k);
 
-/* winograd.c: the elements of fn_winograd_conv's work buffer for in_c input and `cols` output
- * channels over `tile_rows` rows of 2x2 tiles of an output out_w wide. */
-int64_t fn_winograd_work(int64_t in_c, int64_t cols, int64_t tile_rows, int64_t out_w);
+/* winograd.c: the elements of fn_winograd_conv's work buffer for in_c input and out_c output
+ * channels and an output (out_h, out_w). */
+int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out_w);
 
 #define FN_KERNELS(real, S)                                                                      \
     /* gemm.c: row-major C = alpha*op(A)@op(B) + beta*C through the BLAS table or built-in */   \
@@ -89,8 +89,7 @@ int64_t fn_winograd_work(int64_t in_c, int64_t cols, int64_t tile_rows, int64_t 
                                 real *u);                                                        \
     void fn_winograd_conv##S(const real *x, int64_t in_c, int64_t height, int64_t width,        \
                              int64_t ph, int64_t pw, const real *u, int64_t out_c,              \
-                             int64_t out_h, int64_t out_w, const int64_t tile_rows[2],          \
-                             int64_t c0, int64_t c1, const real *bias, bool relu,               \
+                             int64_t out_h, int64_t out_w, const real *bias, bool relu,         \
                              bool accumulate, real *y, real *work);                             \
     /* copy.c */                                                                                 \
     void fn_copy_or_add##S(real *dst, const real *src, int64_t count, bool accumulate,           \

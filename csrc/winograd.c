@@ -16,13 +16,11 @@
  * roundings of the direct sum's.
  *
  * fn_winograd_weights transforms a layer's weights once per pass; fn_winograd_conv runs one
- * image (or a band of its tile rows, or of its output channels) on the calling thread: input
- * transform, 16 GEMMs (fn_gemm_unsplit), output transform with the bias, a fused ReLU, or
- * accumulation. A convolution's input gradient with stride 1 is itself such a convolution, of
+ * image on the calling thread: input transform, 16 GEMMs (fn_gemm_unsplit), output transform
+ * with the bias, a fused ReLU, or accumulation. A convolution's input gradient with stride 1 is itself such a convolution, of
  * the output gradient with the weights rotated by 180 degrees, in and out channels swapped, and
  * padding 2 - p: fn_winograd_weights' `flip`. The bits depend on the sizes alone, not on the
- * thread that computes an image (a band's products, of other sizes, may round differently where
- * a BLAS computes them).
+ * thread that computes an image.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -39,13 +37,14 @@ enum { WINOGRAD_STORE, WINOGRAD_STORE_RELU };
  * (winograd_input_tiles). */
 #define WINOGRAD_RUN 16
 
-/* The work buffer fn_winograd_conv needs, in elements, for in_c input and `cols` output
- * channels over `tile_rows` rows of tiles of an output out_w wide: V, M, the d B of a channel's
- * padded rows, those rows, and a channel's outputs (see fn_winograd_conv for the layout). */
-int64_t fn_winograd_work(int64_t in_c, int64_t cols, int64_t tile_rows, int64_t out_w) {
-    int64_t w1 = (out_w + 1) / 2 + 1, tiles = tile_rows * (w1 - 1), ld = (tiles + 31) / 32 * 32;
+/* The work buffer fn_winograd_conv needs, in elements, for in_c input and out_c output channels
+ * and an output (out_h, out_w): V, M, the d B of a channel's padded rows, those rows, and a
+ * channel's outputs (see fn_winograd_conv for the layout). */
+int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out_w) {
+    int64_t tile_rows = (out_h + 1) / 2, w1 = (out_w + 1) / 2 + 1;
+    int64_t tiles = tile_rows * (w1 - 1), ld = (tiles + 31) / 32 * 32;
     int64_t n = (tile_rows + 1) * w1 + WINOGRAD_RUN;
-    return 16 * ((in_c + cols) * ld + 2 * WINOGRAD_SKEW) + 8 * n + 2 * (2 * n + 2) + 4 * tiles;
+    return 16 * ((in_c + out_c) * ld + 2 * WINOGRAD_SKEW) + 8 * n + 2 * (2 * n + 2) + 4 * tiles;
 }
 
 #define FN_TEMPLATE_FILE "winograd.c"
@@ -213,82 +212,77 @@ static inline void FN_T(winograd_store_row)(const real *restrict left, const rea
 
 /* One image x (in_c, height, width), zero-padded by ph rows and pw columns, convolved with the
  * 3x3 kernels transformed into u (16, in_c, out_c) (fn_winograd_weights) -> y (out_c, out_h,
- * out_w), the output channels [c0, c1) and tile rows [tile_rows[0], tile_rows[1]) (output rows
- * 2 t0 to 2 t1 - 1, within out_h) only:
+ * out_w):
  *     y = conv + bias[co] (bias NULL: none), then max(y, 0) with relu, or y += conv with
  *     accumulate (no bias nor ReLU then),
- * on the calling thread, in work (fn_winograd_work elements for in_c, c1 - c0 channels and the
- * band's tiles). out_h and out_w are height + 2 ph - 2 and width + 2 pw - 2.
+ * on the calling thread, in work (fn_winograd_work elements). out_h and out_w are
+ * height + 2 ph - 2 and width + 2 pw - 2.
  *
  * The padded rows are 2 w1 values wide, w1 = ceil(out_w / 2) + 1 being one tile more than a row
- * has: with that spare tile, the d B of every padded row of the band is one flat loop, which
+ * has: with that spare tile, the d B of every padded row is one flat loop, which
  * vectorises whatever the width (rows of one or two vectors would cost more in loop bookkeeping
  * than in work). */
 void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t width,
                             int64_t ph, int64_t pw, const real *u, int64_t out_c, int64_t out_h,
-                            int64_t out_w, const int64_t tile_rows[2], int64_t c0, int64_t c1,
-                            const real *bias, bool relu, bool accumulate, real *y, real *work) {
-    const int64_t t0 = tile_rows[0], t1 = tile_rows[1], cols = c1 - c0;
-    const int64_t w1 = (out_w + 1) / 2 + 1, wp = 2 * w1, band = t1 - t0;
-    if (band <= 0 || cols <= 0) return;
-    const int64_t tw = w1 - 1, tiles = band * tw;
+                            int64_t out_w, const real *bias, bool relu, bool accumulate, real *y,
+                            real *work) {
+    const int64_t w1 = (out_w + 1) / 2 + 1, wp = 2 * w1, tile_rows = (out_h + 1) / 2;
+    const int64_t tw = w1 - 1, tiles = tile_rows * tw;
     /* The GEMMs run over ld >= tiles columns, a multiple of 32 (a whole number of the
      * micro-kernel's column slivers: a sliver cut by the edge cost as much as half the product
      * of 16 x 272 x 16); the columns past the tiles are zero. */
     const int64_t ld = (tiles + 31) / 32 * 32;
     /* d B values of a padded plane, per j: its rows, and a run's slack. */
-    const int64_t n = (band + 1) * w1 + WINOGRAD_RUN;
-    const int64_t plane = 2 * n + 2; /* its (band + 1) rows of wp, then zeros */
+    const int64_t n = (tile_rows + 1) * w1 + WINOGRAD_RUN;
+    const int64_t plane = 2 * n + 2; /* its (tile_rows + 1) rows of wp, then zeros */
     /* The 16 matrices of V and of M each one cache line further than a multiple of a page:
      * the transforms read or write all 16 at once, and 16 streams a power of two apart would
      * meet in the same few sets of the L1 cache. */
-    const int64_t v_stride = in_c * ld + WINOGRAD_SKEW, m_stride = cols * ld + WINOGRAD_SKEW;
+    const int64_t v_stride = in_c * ld + WINOGRAD_SKEW, m_stride = out_c * ld + WINOGRAD_SKEW;
     real *v = work, *m = v + 16 * v_stride;
     real *q = m + 16 * m_stride;          /* the even rows' d B, then the odd rows' */
-    real *padded = q + 8 * n;             /* the band's even padded rows, then its odd ones */
+    real *padded = q + 8 * n;             /* the even padded rows, then the odd ones */
     real *out = padded + 2 * plane;       /* one channel's tile outputs */
 
-    /* The padded rows of the band, split by parity: padded row r is row r / 2 of plane r % 2.
-     * The padding is zeroed once; every channel then writes the same interior. */
+    /* The padded rows, split by parity: padded row r is row r / 2 of plane r % 2. The padding
+     * is zeroed once; every channel then writes the same interior. */
     memset(padded, 0, (size_t)(2 * plane) * sizeof(real));
-    const int64_t y_first = 2 * t0 - ph; /* the input row of the band's padded row 0 */
-    int64_t r_lo = y_first < 0 ? -y_first : 0, r_hi = height - y_first;
-    if (r_hi > 2 * band + 2) r_hi = 2 * band + 2;
+    int64_t r_lo = ph, r_hi = ph + height; /* the padded rows that hold input rows */
+    if (r_hi > 2 * tile_rows + 2) r_hi = 2 * tile_rows + 2;
     const int64_t copy = width < wp - pw ? width : wp - pw; /* columns of a row inside */
 
     /* V[e] (in_c, tiles): each channel's padded rows through d B, then the tiles through B^T. */
     for (int64_t ci = 0; ci < in_c; ci++) {
         const real *source = x + ci * height * width;
         for (int64_t r = r_lo; r < r_hi; r++) { /* a loop: a call to memcpy costs more */
-            const real *src = source + (y_first + r) * width;
+            const real *src = source + (r - ph) * width;
             real *dst = padded + (r % 2) * plane + (r / 2) * wp + pw;
             for (int64_t c = 0; c < copy; c++) dst[c] = src[c];
         }
         FN_T(winograd_row_transform)(padded, n, q);
         FN_T(winograd_row_transform)(padded + plane, n, q + 4 * n);
-        FN_T(winograd_input_rows)(q, q + 4 * n, n, w1, band, tw, v + ci * ld, v_stride);
+        FN_T(winograd_input_rows)(q, q + 4 * n, n, w1, tile_rows, tw, v + ci * ld, v_stride);
     }
     for (int64_t row = 0; row < 16 * in_c && ld > tiles; row++) { /* the spare columns */
         real *spare = v + row / in_c * v_stride + row % in_c * ld;
         for (int64_t t = tiles; t < ld; t++) spare[t] = 0;
     }
-    /* M[e] (cols, tiles) = U[e]^T (cols, in_c) @ V[e] (in_c, tiles) on this thread, through the
+    /* M[e] (out_c, tiles) = U[e]^T (out_c, in_c) @ V[e] (in_c, tiles) on this thread, through the
      * BLAS where it is faster (OpenBLAS's small-matrix kernels: a 32-channel 16x16 forward
      * 1.17x faster than on the built-in kernel). */
     for (int e = 0; e < 16; e++)
-        FN_T(fn_gemm_unsplit)(true, false, cols, ld, in_c, 1, u + e * in_c * out_c + c0, out_c,
+        FN_T(fn_gemm_unsplit)(true, false, out_c, ld, in_c, 1, u + e * in_c * out_c, out_c,
                               v + e * v_stride, ld, 0, m + e * m_stride, ld);
     /* Y = A^T M A, a channel at a time, then its rows written out. */
-    for (int64_t o = 0; o < cols; o++) {
-        const int64_t co = c0 + o;
+    for (int64_t co = 0; co < out_c; co++) {
         const real b = bias && !accumulate ? bias[co] : 0;
         if (relu && !accumulate)
-            FN_T(winograd_output_tiles)(WINOGRAD_STORE_RELU, m + o * ld, m_stride, tiles, b, out);
+            FN_T(winograd_output_tiles)(WINOGRAD_STORE_RELU, m + co * ld, m_stride, tiles, b, out);
         else
-            FN_T(winograd_output_tiles)(WINOGRAD_STORE, m + o * ld, m_stride, tiles, b, out);
+            FN_T(winograd_output_tiles)(WINOGRAD_STORE, m + co * ld, m_stride, tiles, b, out);
         real *plane_y = y + co * out_h * out_w;
-        for (int64_t ty = t0; ty < t1; ty++) {
-            const int64_t at = (ty - t0) * tw;
+        for (int64_t ty = 0; ty < tile_rows; ty++) {
+            const int64_t at = ty * tw;
             real *y0 = plane_y + 2 * ty * out_w;
             FN_T(winograd_store_row)(out + at, out + tiles + at, out_w, accumulate, y0);
             if (2 * ty + 1 < out_h)

@@ -206,8 +206,7 @@ def gemm_shapes(workloads=None):
     input gradient ``dy @ W``); a convolution makes the same three per image, on im2col columns
     (``W (out, k) @ cols (k, plane)``, ``dy @ cols^T``, ``W^T @ dy``), except that a convolution
     that runs by Winograd makes 16 per image for its forward (and input gradient) instead, on
-    transformed tiles. The input gradient of the first layer is
-    not computed.
+    transformed tiles. The input gradient of the first layer is not computed.
 
     Returns
     -------
@@ -240,9 +239,10 @@ def gemm_shapes(workloads=None):
                 winograd = (k == 3 and stride == 1 and padding <= 2 and
                             min(cin, cout) >= WINOGRAD_MIN_CHANNELS and
                             min(ow, shape[2]) >= WINOGRAD_MIN_WIDTH)
-                gemms = [("fwd", cout, plane, depth, False, False, batch)]
                 if winograd:
                     gemms = [("fwd Winograd", *_winograd_products(cin, cout, oh, ow), 16 * batch)]
+                else:
+                    gemms = [("fwd", cout, plane, depth, False, False, batch)]
                 gemms.append(("dW", cout, depth, plane, False, True, batch))
                 if not first and winograd and cout <= cin:
                     gemms.append(("dX Winograd", *_winograd_products(cout, cin, *shape[1:]),
