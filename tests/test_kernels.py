@@ -384,7 +384,7 @@ def test_cross_entropy_evaluate_counts_first_argmax(dtype, threads):
 GEMM_SHAPES = [  # (m, k, n)
     (1, 1, 1), (3, 7, 5), (1, 9, 1), (7, 1, 3), (2, 3, 17), (13, 33, 31), (257, 129, 65),
     (65, 257, 129), (33, 513, 17), (5, 3, 1100), (37, 531, 10), (32, 676, 9), (16, 1024, 27),
-    (12, 40, 16),
+    (12, 40, 16), (37, 100, 10), (21, 128, 5), (10, 70, 64), (22, 40, 33),
 ]
 GEMM_EMPTY = [(0, 5, 3), (3, 0, 4), (3, 5, 0), (0, 0, 0), (0, 4, 0)]
 # How training runs a product (the BLAS, or the built-in kernel where it is faster), the

@@ -97,6 +97,8 @@ int main(int argc, char **argv) {
         {"resnet 64ch", 0, 0, 64, 64, 576},       {"resnet 64ch dW", 0, 1, 64, 576, 64},
         {"resnet 64ch dcol", 1, 0, 576, 64, 64},  {"resnet 1x1", 0, 0, 32, 256, 16},
         {"resnet 1x1 dx", 1, 0, 16, 256, 32},     {"resnet fc", 0, 1, 128, 10, 64},
+        {"resnet fc dW", 1, 0, 10, 64, 128},      {"cnn fc2", 0, 1, 64, 10, 128},
+        {"cnn fc2 dW", 1, 0, 10, 128, 64},        {"mlp_small fc3 dx", 0, 0, 32, 128, 10},
     };
     size_t elements = (size_t)1 << 22;
     float *a = fn_alloc(elements * sizeof(float)), *b = fn_alloc(elements * sizeof(float));
