@@ -45,6 +45,13 @@ void *fn_alloc(size_t bytes);
 void *fn_calloc(size_t bytes);
 void fn_free(void *p);
 
+/* Asks for the cache line at p ahead of its use (a hint: never faults, whatever p). */
+#if defined(__GNUC__)
+#define FN_PREFETCH(p) __builtin_prefetch(p)
+#else
+#define FN_PREFETCH(p) ((void)(p))
+#endif
+
 /* The calling thread's scratch buffer of at least `bytes` (64-byte aligned), kept from one call
  * to the next and grown when asked for more, or NULL when it cannot be grown. Its contents are
  * not kept across a growth. Only for kernels that do not call each other while they hold it:
