@@ -613,7 +613,8 @@ fn_status fn_gemm_blas(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int6
  *   - fewer columns than two tiles, fewer rows than 16, or a small product: packing a whole B
  *     panel for one or two rows of tiles costs more than OpenBLAS's small-size paths (0.2-0.9x);
  *   - except a single row times a transposed B (a linear layer's batch-1 forward): OpenBLAS packs
- *     all of B for it, the built-in dot products stream it once (784 x 1024: 2-3x faster).
+ *     all of B for it, the built-in dot products stream it once (784 x 1024: 2-3x faster);
+ *   - and a transposed B of few columns once OpenBLAS leaves its small-matrix kernels (below).
  * The choice is a function of the sizes of the call alone, so it is the same in every run, and in
  * deterministic mode (whose blocks come from the sizes) the same for every thread count. */
 /* Whether C = A @ B^T with m rows and a long k is faster as dot products along k (gemm_dot) than
@@ -631,6 +632,17 @@ bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
     /* OpenBLAS on 16x27x1024 (the first convolution's weight gradient): 150 GFLOP/s, the dot
      * products 194. */
     if (trans_b && fn_gemm_dot_pays(m, k) && n > 16) return true;
+    /* A transposed B of at most 16 columns (a 10-output layer's forward; those the dot
+     * products take, NR / 2 in float32) past OpenBLAS's
+     * small-matrix kernels, which it leaves above m * n = 1200 or m * n * k = 10^6 for this
+     * transpose: its general path, packing for so few columns, ran 128x10x1024 at a third of the
+     * dot products' speed (47.5 against 15.6 us), 128x10x64 at half, 256x5x128 at a third. Except
+     * 16 columns with a short k, where OpenBLAS's general kernel fits (0.6x at k = 64, 1.0x at
+     * 128, 1.7x from 512). Below those sizes its small kernels are 1.1-1.5x the dot products. */
+    if (trans_b && n <= GEMM_NR_f32 / 2 && n <= 16 &&
+        ((double)m * (double)n > 1200 || (double)m * (double)n * (double)k > 1e6) &&
+        (n < 16 || k >= 256))
+        return true;
     double work = (double)m * (double)n * (double)k;
     return m >= 16 && n >= 64 && work >= (trans_b ? (double)(1 << 18) : (double)(1 << 20));
 }
