@@ -145,8 +145,8 @@ static int gemm_thread_count(int64_t m, int64_t n, int64_t k, int64_t column_mul
 #endif
 
 /* The rows of A a micro-kernel reads for a sliver of `rows` rows: the micro-kernels below run the
- * tile of this height (a third, two thirds, five sixths or all of MR), and pack_a zeroes the rows past `rows`
- * up to it (the same for both dtypes, whose MR are equal). */
+ * tile of this height (a third, two thirds, five sixths or all of MR), and pack_a zeroes the
+ * rows past `rows` up to it (the same for both dtypes, whose MR are equal). */
 static inline int gemm_tile_height(int rows) {
 #if defined(__AVX512F__)
     /* 10: the weight gradient of a layer with 10 outputs (10 x n x batch), 1.2x less work than
@@ -176,9 +176,10 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
  * without reading it (so NaN left in C does not survive, as in BLAS).
  *
  * The last rows of a matrix seldom fill a whole MR-row tile. Rather than multiplying the zero
- * padding, a short tile runs a kernel for fewer rows (a third, two thirds or, with AVX-512, 10 rows): batch sizes
- * that are multiples of 4 then waste nothing. Each such kernel is the same inline function with
- * a constant row count, which the compiler unrolls into its own register allocation. */
+ * padding, a short tile runs a kernel for fewer rows (a third or two thirds of MR, and with
+ * AVX-512 10 rows): batch sizes that are multiples of 4 then waste nothing. Each such kernel is
+ * the same inline function with a constant row count, which the compiler unrolls into its own
+ * register allocation. */
 #if defined(__GNUC__)
 #define GEMM_INLINE static inline __attribute__((always_inline))
 #else
@@ -632,13 +633,13 @@ bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
     /* OpenBLAS on 16x27x1024 (the first convolution's weight gradient): 150 GFLOP/s, the dot
      * products 194. */
     if (trans_b && fn_gemm_dot_pays(m, k) && n > 16) return true;
-    /* A transposed B of at most 16 columns (a 10-output layer's forward; those the dot
-     * products take, NR / 2 in float32) past OpenBLAS's
-     * small-matrix kernels, which it leaves above m * n = 1200 or m * n * k = 10^6 for this
-     * transpose: its general path, packing for so few columns, ran 128x10x1024 at a third of the
-     * dot products' speed (47.5 against 15.6 us), 128x10x64 at half, 256x5x128 at a third. Except
-     * 16 columns with a short k, where OpenBLAS's general kernel fits (0.6x at k = 64, 1.0x at
-     * 128, 1.7x from 512). Below those sizes its small kernels are 1.1-1.5x the dot products. */
+    /* A transposed B of at most 16 columns (a 10-output layer's forward; as many as the dot
+     * products take, NR / 2 in float32) past OpenBLAS's small-matrix kernels, which it leaves
+     * above m * n = 1200 or m * n * k = 10^6 for this transpose: its general path, packing for so
+     * few columns, ran 128x10x1024 at a third of the dot products' speed (47.5 against 15.6 us),
+     * 128x10x64 at half, 256x5x128 at a third. Except 16 columns with a short k, where
+     * OpenBLAS's general kernel fits (0.6x at k = 64, 1.0x at 128, 1.7x from 512). Below those
+     * sizes its small kernels are 1.1-1.5x the dot products. */
     if (trans_b && n <= GEMM_NR_f32 / 2 && n <= 16 &&
         ((double)m * (double)n > 1200 || (double)m * (double)n * (double)k > 1e6) &&
         (n < 16 || k >= 256))

@@ -540,8 +540,8 @@ static double FN_T(sum_squares)(const real *x, int64_t n) {
          * hardware prefetchers alone kept this one stream at about half the bandwidth: each step
          * asks for the lines NORM_AHEAD bytes on (mlp_mnist_b128's 7.4 MB on two threads: 200 us
          * -> 115 us in a training step; 4 KB ahead 135 us, 32 KB 119 us). Past the end, the
-         * address is only a hint (computed as an integer). The SGD update, with three streams read and two written, gained
-         * nothing from the same. */
+         * address is only a hint (computed as an integer). The SGD update, with three streams
+         * read and two written, gained nothing from the same. */
         for (size_t line = 0; line < FN_LANES * sizeof(real); line += 64)
             FN_PREFETCH((const void *)((uintptr_t)(x + i) + NORM_AHEAD + line));
         for (int j = 0; j < FN_LANES; j++) acc[j] += (double)x[i + j] * (double)x[i + j];
