@@ -469,6 +469,17 @@ static void test_blas_table(void) {
  * multiply-adds per single-threaded call (2^18 with op(B) transposed), or with op(B) transposed
  * more than 16 columns and a long k for few rows (the dot products: up to 16 rows from k = 256,
  * up to 32 from 512). Each call is counted here. */
+/* The most columns of a transposed B that the built-in kernel takes as dot products (its float32
+ * tile's NR / 2): a transposed B past OpenBLAS's small-matrix kernels goes to the built-in kernel
+ * only up to that many. */
+#if defined(__AVX512F__)
+#define DOT_COLUMNS 16
+#elif defined(__AVX2__) && defined(__FMA__)
+#define DOT_COLUMNS 8
+#else
+#define DOT_COLUMNS 4
+#endif
+
 static void test_builtin_preferred(void) {
     fn_blas table = {reference_sgemm, reference_dgemm, fake_set_threads_local};
     fn_set_blas(&table);
@@ -496,10 +507,13 @@ static void test_builtin_preferred(void) {
         {1, 32, 256, 512, 1, false, "transposed B, 32 rows, k 512: built in (dot products)"},
         {1, 33, 63, 600, 1, true, "transposed B, 33 rows, 63 columns, k 600: BLAS"},
         {1, 16, 16, 512, 1, true, "transposed B, 16 columns: BLAS"},
-        {1, 128, 10, 1024, 2, false, "transposed B, 10 columns, 128 rows: built in (dot products)"},
-        {1, 256, 5, 64, 1, false, "transposed B, 5 columns, 256 rows, k 64: built in"},
+        {1, 128, 10, 1024, 2, 10 > DOT_COLUMNS,
+         "transposed B, 10 columns, 128 rows: built in (dot products) with AVX-512"},
+        {1, 256, 5, 64, 1, 5 > DOT_COLUMNS,
+         "transposed B, 5 columns, 256 rows, k 64: built in with AVX2 or AVX-512"},
         {1, 96, 10, 1024, 1, true, "transposed B, 10 columns, 96 rows, k 1024: BLAS"},
-        {1, 64, 16, 1024, 1, false, "transposed B, 16 columns, past 10^6 multiply-adds: built in"},
+        {1, 64, 16, 1024, 1, 16 > DOT_COLUMNS,
+         "transposed B, 16 columns, past 10^6 multiply-adds: built in with AVX-512"},
         {1, 128, 16, 128, 1, true, "transposed B, 16 columns, k 128: BLAS"},
         {0, 15, 256, 512, 1, true, "15 rows: BLAS"},
         {0, 256, 63, 256, 1, true, "63 columns: BLAS"},
