@@ -640,7 +640,7 @@ bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
      * 128x10x64 at half, 256x5x128 at a third. Except 16 columns with a short k, where
      * OpenBLAS's general kernel fits (0.6x at k = 64, 1.0x at 128, 1.7x from 512). Below those
      * sizes its small kernels are 1.1-1.5x the dot products. */
-    if (trans_b && n <= GEMM_NR_f32 / 2 && n <= 16 &&
+    if (trans_b && n <= GEMM_NR_f32 / 2 &&
         ((double)m * (double)n > 1200 || (double)m * (double)n * (double)k > 1e6) &&
         (n < 16 || k >= 256))
         return true;
@@ -1072,8 +1072,8 @@ GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows,
                 continue;
             }
             for (int q = 0; q < store_cols; q++) {
-                real sum = sums[r * cols + q];
-                row[q] = beta == 0 ? alpha * sum : alpha * sum + beta * row[q];
+                const int lane = r * cols + q;
+                row[q] = beta == 0 ? scaled[lane] : alpha * sums[lane] + beta * row[q];
             }
         }
         return;

@@ -17,10 +17,10 @@
  *
  * fn_winograd_weights transforms a layer's weights once per pass; fn_winograd_conv runs one
  * image on the calling thread: input transform, 16 GEMMs (fn_gemm_unsplit), output transform
- * with the bias, a fused ReLU, or accumulation. A convolution's input gradient with stride 1 is itself such a convolution, of
- * the output gradient with the weights rotated by 180 degrees, in and out channels swapped, and
- * padding 2 - p: fn_winograd_weights' `flip`. The bits depend on the sizes alone, not on the
- * thread that computes an image.
+ * with the bias, a fused ReLU, or accumulation. A convolution's input gradient with stride 1 is
+ * itself such a convolution, of the output gradient with the weights rotated by 180 degrees, in
+ * and out channels swapped, and padding 2 - p: fn_winograd_weights' `flip`. The bits depend on
+ * the sizes alone, not on the thread that computes an image.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -37,14 +37,39 @@ enum { WINOGRAD_STORE, WINOGRAD_STORE_RELU };
  * (winograd_input_tiles). */
 #define WINOGRAD_RUN 16
 
+/* The sizes of fn_winograd_conv's tiles and work buffer for an output (out_h, out_w). */
+typedef struct {
+    int64_t w1;        /* tiles a padded row holds: ceil(out_w / 2) and the spare one */
+    int64_t tw;        /* tiles an output row uses, w1 - 1 */
+    int64_t tile_rows; /* ceil(out_h / 2) */
+    int64_t tiles;     /* tile_rows * tw: the GEMMs' columns */
+    /* The GEMMs run over ld >= tiles columns, a multiple of 32 (a whole number of the
+     * micro-kernel's column slivers: a sliver cut by the edge cost as much as half the product
+     * of 16 x 272 x 16); the columns past the tiles are zero. */
+    int64_t ld;
+    int64_t n;     /* d B values of a padded plane, per j: its rows, and a run's slack */
+    int64_t plane; /* a padded plane: its (tile_rows + 1) rows of 2 w1, then zeros */
+} winograd_layout;
+
+static winograd_layout winograd_layout_of(int64_t out_h, int64_t out_w) {
+    winograd_layout l;
+    l.w1 = (out_w + 1) / 2 + 1;
+    l.tw = l.w1 - 1;
+    l.tile_rows = (out_h + 1) / 2;
+    l.tiles = l.tile_rows * l.tw;
+    l.ld = (l.tiles + 31) / 32 * 32;
+    l.n = (l.tile_rows + 1) * l.w1 + WINOGRAD_RUN;
+    l.plane = 2 * l.n + 2;
+    return l;
+}
+
 /* The work buffer fn_winograd_conv needs, in elements, for in_c input and out_c output channels
- * and an output (out_h, out_w): V, M, the d B of a channel's padded rows, those rows, and a
- * channel's outputs (see fn_winograd_conv for the layout). */
+ * and an output (out_h, out_w): V and M (16 matrices each, WINOGRAD_SKEW apart), the d B of a
+ * channel's padded rows (8 n), those rows (two planes), and a channel's outputs (4 tiles). */
 int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out_w) {
-    int64_t tile_rows = (out_h + 1) / 2, w1 = (out_w + 1) / 2 + 1;
-    int64_t tiles = tile_rows * (w1 - 1), ld = (tiles + 31) / 32 * 32;
-    int64_t n = (tile_rows + 1) * w1 + WINOGRAD_RUN;
-    return 16 * ((in_c + out_c) * ld + 2 * WINOGRAD_SKEW) + 8 * n + 2 * (2 * n + 2) + 4 * tiles;
+    winograd_layout l = winograd_layout_of(out_h, out_w);
+    return 16 * ((in_c + out_c) * l.ld + 2 * WINOGRAD_SKEW) + 8 * l.n + 2 * l.plane +
+           4 * l.tiles;
 }
 
 #define FN_TEMPLATE_FILE "winograd.c"
@@ -226,15 +251,9 @@ void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t
                             int64_t ph, int64_t pw, const real *u, int64_t out_c, int64_t out_h,
                             int64_t out_w, const real *bias, bool relu, bool accumulate, real *y,
                             real *work) {
-    const int64_t w1 = (out_w + 1) / 2 + 1, wp = 2 * w1, tile_rows = (out_h + 1) / 2;
-    const int64_t tw = w1 - 1, tiles = tile_rows * tw;
-    /* The GEMMs run over ld >= tiles columns, a multiple of 32 (a whole number of the
-     * micro-kernel's column slivers: a sliver cut by the edge cost as much as half the product
-     * of 16 x 272 x 16); the columns past the tiles are zero. */
-    const int64_t ld = (tiles + 31) / 32 * 32;
-    /* d B values of a padded plane, per j: its rows, and a run's slack. */
-    const int64_t n = (tile_rows + 1) * w1 + WINOGRAD_RUN;
-    const int64_t plane = 2 * n + 2; /* its (tile_rows + 1) rows of wp, then zeros */
+    const winograd_layout l = winograd_layout_of(out_h, out_w);
+    const int64_t w1 = l.w1, wp = 2 * w1, tile_rows = l.tile_rows, tw = l.tw, tiles = l.tiles;
+    const int64_t ld = l.ld, n = l.n, plane = l.plane;
     /* The 16 matrices of V and of M each one cache line further than a multiple of a page:
      * the transforms read or write all 16 at once, and 16 streams a power of two apart would
      * meet in the same few sets of the L1 cache. */
