@@ -179,7 +179,12 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
  * padding, a short tile runs a kernel for fewer rows (a third or two thirds of MR, and with
  * AVX-512 10 rows): batch sizes that are multiples of 4 then waste nothing. Each such kernel is
  * the same inline function with a constant row count, which the compiler unrolls into its own
- * register allocation. */
+ * register allocation.
+ *
+ * gemm_tile_fXX(tile_rows, rows, kc, a, a_row, a_step, ...) is that function: A's element for
+ * row i at step p is a[i * a_row + p * a_step], which is a packed sliver with (1, MR) and MR rows
+ * of A where they lie with (lda, 1) (gemm_micro_rows). Both are constants or loop invariants at
+ * each call, so the packed kernel's code is what it was. */
 #if defined(__GNUC__)
 #define GEMM_INLINE static inline __attribute__((always_inline))
 #else
@@ -190,6 +195,7 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
 
 /* a (kc, 12), b (kc, 32), c (rows <= tile_rows <= 12, 32) */
 GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const float *restrict a,
+                               const int64_t a_row, const int64_t a_step,
                                const float *restrict b, int64_t b_stride, float *restrict c,
                                int64_t ldc, const float *alpha_beta) {
     __m512 acc[GEMM_MR_f32][2];
@@ -205,11 +211,11 @@ GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const 
     for (int64_t p = 0; p < kc; p++) {
         __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
         for (int i = 0; i < tile_rows; i++) {
-            __m512 ai = _mm512_set1_ps(a[i]);
+            __m512 ai = _mm512_set1_ps(a[i * a_row]);
             acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
             acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
         }
-        a += GEMM_MR_f32;
+        a += a_step;
         b += b_stride;
     }
     /* Read only now: kept live through the loop they would cost two of the registers. */
@@ -228,19 +234,20 @@ GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const 
     }
 }
 
-static void gemm_micro_f32(int rows, int64_t kc, const float *restrict a,
-                           const float *restrict b, int64_t b_stride, float *restrict c,
-                           int64_t ldc, const float *alpha_beta) {
+GEMM_INLINE void gemm_micro_f32(int rows, int64_t kc, const float *restrict a,
+                                const float *restrict b, int64_t b_stride, float *restrict c,
+                                int64_t ldc, const float *alpha_beta) {
     switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
-    case 12: gemm_tile_f32(12, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
-    case 10: gemm_tile_f32(10, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
-    case 8: gemm_tile_f32(8, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
-    default: gemm_tile_f32(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
+    case 12: gemm_tile_f32(12, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta); break;
+    case 10: gemm_tile_f32(10, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta); break;
+    case 8: gemm_tile_f32(8, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta); break;
+    default: gemm_tile_f32(4, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
 /* a (kc, 12), b (kc, 16), c (rows <= tile_rows <= 12, 16) */
 GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const double *restrict a,
+                               const int64_t a_row, const int64_t a_step,
                                const double *restrict b, int64_t b_stride, double *restrict c,
                                int64_t ldc, const double *alpha_beta) {
     __m512d acc[GEMM_MR_f64][2];
@@ -255,11 +262,11 @@ GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const 
     for (int64_t p = 0; p < kc; p++) {
         __m512d b0 = _mm512_loadu_pd(b), b1 = _mm512_loadu_pd(b + 8);
         for (int i = 0; i < tile_rows; i++) {
-            __m512d ai = _mm512_set1_pd(a[i]);
+            __m512d ai = _mm512_set1_pd(a[i * a_row]);
             acc[i][0] = _mm512_fmadd_pd(ai, b0, acc[i][0]);
             acc[i][1] = _mm512_fmadd_pd(ai, b1, acc[i][1]);
         }
-        a += GEMM_MR_f64;
+        a += a_step;
         b += b_stride;
     }
     double alpha = alpha_beta[0], beta = alpha_beta[1];
@@ -277,14 +284,14 @@ GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const 
     }
 }
 
-static void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
-                           const double *restrict b, int64_t b_stride, double *restrict c,
-                           int64_t ldc, const double *alpha_beta) {
+GEMM_INLINE void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
+                                const double *restrict b, int64_t b_stride, double *restrict c,
+                                int64_t ldc, const double *alpha_beta) {
     switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
-    case 12: gemm_tile_f64(12, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
-    case 10: gemm_tile_f64(10, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
-    case 8: gemm_tile_f64(8, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
-    default: gemm_tile_f64(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
+    case 12: gemm_tile_f64(12, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta); break;
+    case 10: gemm_tile_f64(10, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta); break;
+    case 8: gemm_tile_f64(8, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta); break;
+    default: gemm_tile_f64(4, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
@@ -292,6 +299,7 @@ static void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
 
 /* a (kc, 6), b (kc, 16), c (rows <= tile_rows <= 6, 16) */
 GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const float *restrict a,
+                               const int64_t a_row, const int64_t a_step,
                                const float *restrict b, int64_t b_stride, float *restrict c,
                                int64_t ldc, const float *alpha_beta) {
     __m256 acc[GEMM_MR_f32][2];
@@ -307,11 +315,11 @@ GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const 
     for (int64_t p = 0; p < kc; p++) {
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
         for (int i = 0; i < tile_rows; i++) {
-            __m256 ai = _mm256_broadcast_ss(a + i);
+            __m256 ai = _mm256_broadcast_ss(a + i * a_row);
             acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
             acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
         }
-        a += GEMM_MR_f32;
+        a += a_step;
         b += b_stride;
     }
     /* Read only now: with 16 registers, keeping them live through the loop would spill. */
@@ -330,18 +338,19 @@ GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const 
     }
 }
 
-static void gemm_micro_f32(int rows, int64_t kc, const float *restrict a,
-                           const float *restrict b, int64_t b_stride, float *restrict c,
-                           int64_t ldc, const float *alpha_beta) {
+GEMM_INLINE void gemm_micro_f32(int rows, int64_t kc, const float *restrict a,
+                                const float *restrict b, int64_t b_stride, float *restrict c,
+                                int64_t ldc, const float *alpha_beta) {
     switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
-    case 6: gemm_tile_f32(6, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
-    case 4: gemm_tile_f32(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
-    default: gemm_tile_f32(2, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
+    case 6: gemm_tile_f32(6, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta); break;
+    case 4: gemm_tile_f32(4, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta); break;
+    default: gemm_tile_f32(2, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
 /* a (kc, 6), b (kc, 8), c (rows <= tile_rows <= 6, 8) */
 GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const double *restrict a,
+                               const int64_t a_row, const int64_t a_step,
                                const double *restrict b, int64_t b_stride, double *restrict c,
                                int64_t ldc, const double *alpha_beta) {
     __m256d acc[GEMM_MR_f64][2];
@@ -353,11 +362,11 @@ GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const 
     for (int64_t p = 0; p < kc; p++) {
         __m256d b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
         for (int i = 0; i < tile_rows; i++) {
-            __m256d ai = _mm256_broadcast_sd(a + i);
+            __m256d ai = _mm256_broadcast_sd(a + i * a_row);
             acc[i][0] = _mm256_fmadd_pd(ai, b0, acc[i][0]);
             acc[i][1] = _mm256_fmadd_pd(ai, b1, acc[i][1]);
         }
-        a += GEMM_MR_f64;
+        a += a_step;
         b += b_stride;
     }
     double alpha = alpha_beta[0], beta = alpha_beta[1];
@@ -375,13 +384,13 @@ GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const 
     }
 }
 
-static void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
-                           const double *restrict b, int64_t b_stride, double *restrict c,
-                           int64_t ldc, const double *alpha_beta) {
+GEMM_INLINE void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
+                                const double *restrict b, int64_t b_stride, double *restrict c,
+                                int64_t ldc, const double *alpha_beta) {
     switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
-    case 6: gemm_tile_f64(6, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
-    case 4: gemm_tile_f64(4, rows, kc, a, b, b_stride, c, ldc, alpha_beta); break;
-    default: gemm_tile_f64(2, rows, kc, a, b, b_stride, c, ldc, alpha_beta);
+    case 6: gemm_tile_f64(6, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta); break;
+    case 4: gemm_tile_f64(4, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta); break;
+    default: gemm_tile_f64(2, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta);
     }
 }
 
@@ -659,24 +668,26 @@ bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
 #define GEMM_NC FN_T(GEMM_NC)
 
 #ifdef GEMM_PLAIN_MICRO_KERNEL
-/* a (kc, MR) packed, b (kc, NR) rows b_stride apart -> the first `rows` rows of c (MR, NR), row
- * stride ldc:
+/* a (kc, MR) packed (a_row 1, a_step MR) or MR rows of A where they lie (a_row lda, a_step 1),
+ * b (kc, NR) rows b_stride apart -> the first `rows` rows of c (MR, NR), row stride ldc:
  * c = alpha * a^T @ b + beta * c, {alpha, beta} in alpha_beta, beta == 0 overwriting c without
  * reading it. Plain loops over a fixed-size tile, which compilers unroll and vectorise along NR;
  * a short tile computes the zero rows of its padding too, which is cheap at this tile size. */
-static void FN_T(gemm_micro)(int rows, int64_t kc, const real *restrict a,
-                             const real *restrict b, int64_t b_stride, real *restrict c,
-                             int64_t ldc, const real *alpha_beta) {
+GEMM_INLINE void FN_T(gemm_tile)(const int tile_rows, int rows, int64_t kc, const real *restrict a,
+                                 const int64_t a_row, const int64_t a_step,
+                                 const real *restrict b, int64_t b_stride, real *restrict c,
+                                 int64_t ldc, const real *alpha_beta) {
+    (void)tile_rows; /* every tile computes all MR rows */
     real acc[GEMM_MR][GEMM_NR];
     for (int i = 0; i < GEMM_MR; i++) {
         for (int j = 0; j < GEMM_NR; j++) acc[i][j] = 0;
     }
     for (int64_t p = 0; p < kc; p++) {
         for (int i = 0; i < GEMM_MR; i++) {
-            real ai = a[i];
+            real ai = a[i * a_row];
             for (int j = 0; j < GEMM_NR; j++) acc[i][j] += ai * b[j];
         }
-        a += GEMM_MR;
+        a += a_step;
         b += b_stride;
     }
     real alpha = alpha_beta[0], beta = alpha_beta[1];
@@ -689,7 +700,21 @@ static void FN_T(gemm_micro)(int rows, int64_t kc, const real *restrict a,
         }
     }
 }
+
+GEMM_INLINE void FN_T(gemm_micro)(int rows, int64_t kc, const real *restrict a,
+                                  const real *restrict b, int64_t b_stride, real *restrict c,
+                                  int64_t ldc, const real *alpha_beta) {
+    FN_T(gemm_tile)(GEMM_MR, rows, kc, a, 1, GEMM_MR, b, b_stride, c, ldc, alpha_beta);
+}
 #endif
+
+/* A full tile whose MR rows of A are read where they lie, lda apart (a row of A is a run along
+ * k): no packing; otherwise as gemm_micro. */
+GEMM_INLINE void FN_T(gemm_micro_rows)(int64_t kc, const real *restrict a, int64_t lda,
+                                       const real *restrict b, int64_t b_stride, real *restrict c,
+                                       int64_t ldc, const real *alpha_beta) {
+    FN_T(gemm_tile)(GEMM_MR, GEMM_MR, kc, a, lda, 1, b, b_stride, c, ldc, alpha_beta);
+}
 
 /* c (m, n), row stride ldc: c = beta * c, beta == 0 writing zeros (even over NaN). */
 static void FN_T(gemm_scale)(int64_t m, int64_t n, real beta, real *c, int64_t ldc) {
@@ -825,6 +850,86 @@ static void FN_T(gemm_unpacked)(bool trans_a, bool trans_b, int64_t m, int64_t n
             } else {
                 const real *b_row = b + p * ldb;
                 for (int64_t j = 0; j < n; j++) row[j] += aip * b_row[j];
+            }
+        }
+    }
+}
+
+/* The longest block of k for gemm_swapped: A^T's whole panel in at most 512 KB of L2, and never
+ * shorter than the packed kernel's. Each block of k costs every tile of C a transposition there
+ * and back, so the longer the better while the panel stays in L2 (128 x 1024 x 1024: 0.80x of
+ * the packed kernel with KC = 256, 1.2x with all of k in one block; 64 x 128 x 9216, whose
+ * panel would be 2.4 MB: 0.73x with one block). */
+static int64_t FN_T(gemm_swapped_kc)(int64_t m) {
+    int64_t m_padded = (m + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    int64_t kc = (int64_t)(512 * 1024 / sizeof(real)) / m_padded;
+    return kc > GEMM_KC ? kc : GEMM_KC;
+}
+
+/* Whether gemm_swapped pays for A (m, k) @ B^T, B stored (n, k), decided on the whole product's
+ * sizes so that every thread's part of it takes the same path. Measured against the packed
+ * kernel (AVX-512, 1 and 2 threads): the linear layers' forward 128 x 1024 x 784 / 1024 and
+ * 64 x 128 x 9216 1.15-1.28x, the convolutions' weight gradients 32 x 288 x 256 and
+ * 64 x 288 x 576 1.18-1.28x. It needs
+ *   - B at least twice as many rows as A, and k at least 4 m and 256: per band of MR rows of B
+ *     the packed kernel transposes MR * k elements of B, this path two tiles of C per NR rows of
+ *     A (there and back; 32 x 128 x 128: 0.98x);
+ *   - A's rows filling the NR-wide slivers to within an eighth (A is the vector operand: 40 rows
+ *     in two 32-row slivers ran 0.8x), and at most 4 slivers (256 x 1024 x 1024: 0.86-0.96x,
+ *     its A^T panel cut into blocks of k);
+ *   - a single sliver only for a B of at most 512 KB: then each element of B is used once, and
+ *     MR streams of it from beyond L2 ran 0.9x (32 x 576 x 512). */
+static bool FN_T(gemm_swap_pays)(int64_t m, int64_t n, int64_t k) {
+    int64_t m_padded = (m + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    bool shape = n >= 2 * m && k >= 4 * m && k >= 256 && m >= GEMM_NR && m <= 4 * GEMM_NR &&
+                 (m_padded - m) * 8 <= m_padded;
+    return shape && (m > GEMM_NR || (double)n * (double)k * sizeof(real) <= 512.0 * 1024);
+}
+
+/* A (m, k), B stored (n, k), C (m, n): C = alpha * A @ B^T + beta * C on the calling thread,
+ * for a B of many more rows than A (a linear layer's forward: A the batch, B the weights). Both
+ * operands run along k, so the packed kernel would transpose both, the larger one as well; here
+ * the roles swap, C^T = B @ A^T: whole MR-row tiles of B are read where they lie (their elements
+ * are the micro-kernel's broadcasts, never a vector), only A is transposed into NR-column
+ * slivers, and each tile of C^T is transposed into C through a scratch tile. The same blocks of
+ * k, the same sums in the same order and the same final alpha / beta arithmetic (the
+ * micro-kernel's, on the scratch tile) as gemm_serial's: the bits do not change. */
+static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, const real *a,
+                               int64_t lda, const real *b, int64_t ldb, real beta, real *c,
+                               int64_t ldc) {
+    int64_t m_padded = (m + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    int64_t kc_max = gemm_block_size(k, FN_T(gemm_swapped_kc)(m), 1);
+    size_t panel_elements = (size_t)(kc_max * m_padded);
+    real *a_panel =
+        fn_thread_buffer((panel_elements + (size_t)(kc_max * GEMM_MR)) * sizeof(real));
+    if (a_panel == NULL) {
+        FN_T(gemm_unpacked)(false, true, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    real *b_sliver = a_panel + panel_elements; /* the last rows of B, fewer than MR */
+    _Alignas(64) real tile[GEMM_MR * GEMM_NR]; /* tile[r][q] is C[ir + q][jr + r] */
+
+    for (int64_t pc = 0; pc < k; pc += kc_max) {
+        int64_t kc = k - pc < kc_max ? k - pc : kc_max;
+        real beta_block = pc == 0 ? beta : (real)1;
+        const real scale[2] = {alpha, beta_block};
+        FN_T(gemm_pack_b)(true, a + pc, lda, kc, m, a_panel);
+        for (int64_t jr = 0; jr < n; jr += GEMM_MR) {
+            int64_t rows = n - jr < GEMM_MR ? n - jr : GEMM_MR;
+            const real *b_rows = b + jr * ldb + pc;
+            if (rows < GEMM_MR) FN_T(gemm_pack_a)(false, b_rows, ldb, rows, kc, b_sliver);
+            for (int64_t ir = 0; ir < m; ir += GEMM_NR) {
+                int64_t cols = m - ir < GEMM_NR ? m - ir : GEMM_NR;
+                real *c_block = c + ir * ldc + jr;
+                if (beta_block != 0) FN_T(gemm_pack_rows)(c_block, ldc, cols, rows, tile, GEMM_NR);
+                if (rows == GEMM_MR) {
+                    FN_T(gemm_micro_rows)(kc, b_rows, ldb, a_panel + ir * kc, GEMM_NR, tile,
+                                          GEMM_NR, scale);
+                } else {
+                    FN_T(gemm_micro)((int)rows, kc, b_sliver, a_panel + ir * kc, GEMM_NR, tile,
+                                     GEMM_NR, scale);
+                }
+                FN_T(gemm_pack_rows)(tile, GEMM_NR, rows, cols, c_block, ldc);
             }
         }
     }
@@ -1207,6 +1312,9 @@ static void FN_T(gemm_part)(int id, int parts, void *arg) {
         /* Decided on the whole product's sizes, so that every part of it takes the same path. */
         FN_T(gemm_dot)(job->m, j1 - j0, job->k, job->alpha, job->a, job->lda, b_block, job->ldb,
                        job->beta, job->c + j0, job->ldc);
+    } else if (job->trans_b && !job->trans_a && FN_T(gemm_swap_pays)(job->m, job->n, job->k)) {
+        FN_T(gemm_swapped)(job->m, j1 - j0, job->k, job->alpha, job->a, job->lda, b_block,
+                           job->ldb, job->beta, job->c + j0, job->ldc);
     } else {
         FN_T(gemm_serial)(job->trans_a, job->trans_b, job->m, j1 - j0, job->k, job->alpha,
                           job->a, job->lda, b_block, job->ldb, job->beta, job->c + j0, job->ldc);

@@ -385,6 +385,8 @@ GEMM_SHAPES = [  # (m, k, n)
     (1, 1, 1), (3, 7, 5), (1, 9, 1), (7, 1, 3), (2, 3, 17), (13, 33, 31), (257, 129, 65),
     (65, 257, 129), (33, 513, 17), (5, 3, 1100), (37, 531, 10), (32, 676, 9), (16, 1024, 27),
     (12, 40, 16), (37, 100, 10), (21, 128, 5), (10, 70, 64), (22, 40, 33),
+    # A @ B^T with B of many more rows than A runs as C^T tiles: one block of k, and two
+    (32, 300, 70), (60, 1100, 130),
 ]
 GEMM_EMPTY = [(0, 5, 3), (3, 0, 4), (3, 5, 0), (0, 0, 0), (0, 4, 0)]
 # How training runs a product (the BLAS, or the built-in kernel where it is faster), the
@@ -444,6 +446,22 @@ def test_gemm_exact_small_integers(dtype, kernel, threads):
         c = _core.gemm(a.T.copy() if ta else a, b.T.copy() if tb else b, trans_a=ta,
                        trans_b=tb, **KERNELS[kernel], threads=threads)
         np.testing.assert_array_equal(c, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, k, n", [(32, 300, 70), (60, 1100, 130), (128, 784, 1024),
+                                     (64, 288, 576), (12, 40, 16), (257, 129, 65)])
+def test_gemm_builtin_bits_do_not_depend_on_the_thread_count(dtype, m, k, n):
+    # The threads split C by columns and each column is the same sums in the same order, whichever
+    # path the product's sizes choose (as C^T tiles for the first four in float32).
+    rng = np.random.default_rng(m + k + n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((n, k)).astype(dtype)
+    one = _core.gemm(a, b, trans_b=True, builtin=True, threads=1)
+    np.testing.assert_array_equal(_core.gemm(a, b, trans_b=True, builtin=True, threads=2), one)
+    expected = a.astype(np.float64) @ b.astype(np.float64).T
+    magnitude = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)).T
+    assert_within_bound(one, expected, (k + 2) * eps_of(dtype) * magnitude, "built-in")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
