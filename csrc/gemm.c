@@ -185,6 +185,24 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
  * row i at step p is a[i * a_row + p * a_step], which is a packed sliver with (1, MR) and MR rows
  * of A where they lie with (lda, 1) (gemm_micro_rows). Both are constants or loop invariants at
  * each call, so the packed kernel's code is what it was. */
+/* x * y + z in one rounding where the build has FMA instructions, as the SIMD micro-kernels
+ * compute beta * C + alpha * (A @ B); otherwise as the plain micro-kernel writes it. */
+#if defined(__FMA__) && defined(__GNUC__)
+#define GEMM_FMA(x, y, z) _Generic((x), float: __builtin_fmaf, default: __builtin_fma)((x), (y), (z))
+#else
+#define GEMM_FMA(x, y, z) ((x) * (y) + (z))
+#endif
+
+/* Hides what x holds from the optimiser. The micro-kernels read alpha and beta after their loop,
+ * when the sums no longer need every register; given a constant beta = 0, GCC rescheduled the
+ * tile and spilled a vector of B, reloaded in every multiply-add (128 x 512 x 1024: 1.5x
+ * slower). */
+#if defined(__GNUC__)
+#define GEMM_OPAQUE(x) __asm__("" : "+m"(x))
+#else
+#define GEMM_OPAQUE(x) ((void)0)
+#endif
+
 #if defined(__GNUC__)
 #define GEMM_INLINE static inline __attribute__((always_inline))
 #else
@@ -872,8 +890,8 @@ static int64_t FN_T(gemm_swapped_kc)(int64_t m) {
  * 64 x 128 x 9216 1.15-1.28x, the convolutions' weight gradients 32 x 288 x 256 and
  * 64 x 288 x 576 1.18-1.28x. It needs
  *   - B at least twice as many rows as A, and k at least 4 m and 256: per band of MR rows of B
- *     the packed kernel transposes MR * k elements of B, this path two tiles of C per NR rows of
- *     A (there and back; 32 x 128 x 128: 0.98x);
+ *     the packed kernel transposes MR * k elements of B, this path a tile of C per NR rows of A
+ *     (32 x 128 x 128: 0.98x);
  *   - A's rows filling the NR-wide slivers to within an eighth (A is the vector operand: 40 rows
  *     in two 32-row slivers ran 0.8x), and at most 4 slivers (256 x 1024 x 1024: 0.86-0.96x,
  *     its A^T panel cut into blocks of k);
@@ -891,9 +909,10 @@ static bool FN_T(gemm_swap_pays)(int64_t m, int64_t n, int64_t k) {
  * operands run along k, so the packed kernel would transpose both, the larger one as well; here
  * the roles swap, C^T = B @ A^T: whole MR-row tiles of B are read where they lie (their elements
  * are the micro-kernel's broadcasts, never a vector), only A is transposed into NR-column
- * slivers, and each tile of C^T is transposed into C through a scratch tile. The same blocks of
- * k, the same sums in the same order and the same final alpha / beta arithmetic (the
- * micro-kernel's, on the scratch tile) as gemm_serial's: the bits do not change. */
+ * slivers, and each tile of C^T is transposed into C from a scratch tile. Each element of C is
+ * one dot product in order along k, as in gemm_serial, but in longer blocks of k
+ * (gemm_swapped_kc), so its roundings differ from gemm_serial's; gemm_swap_pays decides on the
+ * whole product's sizes, so that every thread count gives the same bits. */
 static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, const real *a,
                                int64_t lda, const real *b, int64_t ldb, real beta, real *c,
                                int64_t ldc) {
@@ -907,12 +926,14 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
         return;
     }
     real *b_sliver = a_panel + panel_elements; /* the last rows of B, fewer than MR */
-    _Alignas(64) real tile[GEMM_MR * GEMM_NR]; /* tile[r][q] is C[ir + q][jr + r] */
+    _Alignas(64) real tile[GEMM_MR * GEMM_NR];      /* tile[r][q]: C[ir + q][jr + r] */
+    _Alignas(64) real tile_c[GEMM_NR * GEMM_MR];    /* the same, transposed: tile_c[q][r] */
 
     for (int64_t pc = 0; pc < k; pc += kc_max) {
         int64_t kc = k - pc < kc_max ? k - pc : kc_max;
         real beta_block = pc == 0 ? beta : (real)1;
-        const real scale[2] = {alpha, beta_block};
+        real scale[2] = {alpha, 0};
+        GEMM_OPAQUE(scale);
         FN_T(gemm_pack_b)(true, a + pc, lda, kc, m, a_panel);
         for (int64_t jr = 0; jr < n; jr += GEMM_MR) {
             int64_t rows = n - jr < GEMM_MR ? n - jr : GEMM_MR;
@@ -921,7 +942,6 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
             for (int64_t ir = 0; ir < m; ir += GEMM_NR) {
                 int64_t cols = m - ir < GEMM_NR ? m - ir : GEMM_NR;
                 real *c_block = c + ir * ldc + jr;
-                if (beta_block != 0) FN_T(gemm_pack_rows)(c_block, ldc, cols, rows, tile, GEMM_NR);
                 if (rows == GEMM_MR) {
                     FN_T(gemm_micro_rows)(kc, b_rows, ldb, a_panel + ir * kc, GEMM_NR, tile,
                                           GEMM_NR, scale);
@@ -929,7 +949,20 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
                     FN_T(gemm_micro)((int)rows, kc, b_sliver, a_panel + ir * kc, GEMM_NR, tile,
                                      GEMM_NR, scale);
                 }
-                FN_T(gemm_pack_rows)(tile, GEMM_NR, rows, cols, c_block, ldc);
+                if (beta_block == 0) {
+                    FN_T(gemm_pack_rows)(tile, GEMM_NR, rows, cols, c_block, ldc);
+                    continue;
+                }
+                /* beta * C + alpha * (A @ B^T) in one rounding, as the micro-kernels' FMA does
+                 * it; C is read in rows, where gathering it into the tile's columns first was
+                 * element by element (128 x 512 x 1024: 5% of the product). */
+                FN_T(gemm_pack_rows)(tile, GEMM_NR, rows, cols, tile_c, GEMM_MR);
+                for (int64_t q = 0; q < cols; q++) {
+                    real *row = c_block + q * ldc;
+                    const real *sums = tile_c + q * GEMM_MR;
+                    for (int64_t r = 0; r < rows; r++)
+                        row[r] = GEMM_FMA(beta_block, row[r], sums[r]);
+                }
             }
         }
     }
