@@ -885,23 +885,24 @@ static int64_t FN_T(gemm_swapped_kc)(int64_t m) {
 }
 
 /* Whether gemm_swapped pays for A (m, k) @ B^T, B stored (n, k), decided on the whole product's
- * sizes so that every thread's part of it takes the same path. Measured against the packed
- * kernel (AVX-512, 1 and 2 threads): the linear layers' forward 128 x 1024 x 784 / 1024 and
- * 64 x 128 x 9216 1.15-1.28x, the convolutions' weight gradients 32 x 288 x 256 and
- * 64 x 288 x 576 1.18-1.28x. It needs
- *   - B at least twice as many rows as A, and k at least 4 m and 256: per band of MR rows of B
- *     the packed kernel transposes MR * k elements of B, this path a tile of C per NR rows of A
- *     (32 x 128 x 128: 0.98x);
- *   - A's rows filling the NR-wide slivers to within an eighth (A is the vector operand: 40 rows
- *     in two 32-row slivers ran 0.8x), and at most 4 slivers (256 x 1024 x 1024: 0.86-0.96x,
- *     its A^T panel cut into blocks of k);
- *   - a single sliver only for a B of at most 512 KB: then each element of B is used once, and
- *     MR streams of it from beyond L2 ran 0.9x (32 x 576 x 512). */
+ * sizes so that every thread's part of it takes the same path. Per band of MR rows of B the
+ * packed kernel transposes MR * k elements of B, this path one tile of C per NR rows of A.
+ * Measured against the packed kernel (AVX-512, 1 and 2 threads): the linear layers' forward
+ * 128 x 1024 x 784 / 1024 and 64 x 128 x 9216 1.15-1.28x, 32 x 128 x 64 / 128 1.05x / 1.16x,
+ * the convolutions' weight gradients 32 x 288 x 256 and 64 x 288 x 576 1.18-1.28x. It needs
+ *   - B at least twice as many rows as A, and A's rows filling the NR-wide slivers to within an
+ *     eighth (A is the vector operand: 40 rows in two 32-row slivers ran 0.8x);
+ *   - with a single sliver of A, k at least 2 m and a B of at most 512 KB: each element of B is
+ *     then used once, and MR streams of it from beyond L2 ran 0.9x (32 x 576 x 512);
+ *   - with more, at most 4 slivers (256 x 1024 x 1024: 0.86-0.96x, its A^T panel cut into
+ *     blocks of k) and k at least 4 m and 256 (64 x 128 x 128: 1.0x, 32 x 128 x 128 on a
+ *     shorter sliver 1.16x). */
 static bool FN_T(gemm_swap_pays)(int64_t m, int64_t n, int64_t k) {
     int64_t m_padded = (m + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
-    bool shape = n >= 2 * m && k >= 4 * m && k >= 256 && m >= GEMM_NR && m <= 4 * GEMM_NR &&
-                 (m_padded - m) * 8 <= m_padded;
-    return shape && (m > GEMM_NR || (double)n * (double)k * sizeof(real) <= 512.0 * 1024);
+    if (n < 2 * m || m < GEMM_NR || (m_padded - m) * 8 > m_padded) return false;
+    if (m_padded == GEMM_NR)
+        return k >= 2 * m && (double)n * (double)k * sizeof(real) <= 512.0 * 1024;
+    return m_padded <= 4 * GEMM_NR && k >= 4 * m && k >= 256;
 }
 
 /* A (m, k), B stored (n, k), C (m, n): C = alpha * A @ B^T + beta * C on the calling thread,

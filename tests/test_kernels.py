@@ -386,7 +386,7 @@ GEMM_SHAPES = [  # (m, k, n)
     (65, 257, 129), (33, 513, 17), (5, 3, 1100), (37, 531, 10), (32, 676, 9), (16, 1024, 27),
     (12, 40, 16), (37, 100, 10), (21, 128, 5), (10, 70, 64), (22, 40, 33),
     # A @ B^T with B of many more rows than A runs as C^T tiles: one block of k, and two
-    (32, 300, 70), (60, 1100, 130),
+    (32, 300, 70), (60, 1100, 130), (30, 70, 100),
 ]
 GEMM_EMPTY = [(0, 5, 3), (3, 0, 4), (3, 5, 0), (0, 0, 0), (0, 4, 0)]
 # How training runs a product (the BLAS, or the built-in kernel where it is faster), the

@@ -608,14 +608,16 @@ int main(void) {
      * 10 rows (10 and 22 rows, a transposed A's runs copied whole); with B transposed and many
      * more rows than A, A @ B^T as C^T tiles (gemm_swapped: 32 x 70 x 300 in one block of k,
      * B's last rows a short band; 60 x 130 x 1100, a part-filled sliver of A, in two blocks of k
-     * where the float64 panel would pass 512 KB; 128 x 260 x 1100 likewise in float32). */
+     * where the float64 panel would pass 512 KB; 128 x 260 x 1100 likewise in float32; 30 x 100
+     * x 70, one part-filled sliver and a short k). */
     int64_t shapes[][3] = {{1, 1, 1},    {3, 7, 5},     {257, 129, 65}, {0, 7, 5},
                            {6, 0, 5},    {6, 7, 0},     {0, 0, 0},      {11, 33, 17},
                            {10, 65, 531}, {2, 1100, 300}, {37, 10, 531}, {6, 16, 16},
                            {13, 9, 40},  {32, 17, 676}, {1, 1000, 300}, {1, 5, 7},
                            {20, 45, 37}, {16, 144, 1024}, {16, 27, 1024}, {15, 50, 256},
                            {5, 20, 257}, {37, 10, 100}, {21, 5, 128}, {10, 64, 70},
-                           {22, 33, 40}, {32, 70, 300}, {60, 130, 1100}, {128, 260, 1100}};
+                           {22, 33, 40}, {32, 70, 300}, {60, 130, 1100}, {128, 260, 1100},
+                           {30, 100, 70}};
     for (int d = 0; d < 2; d++) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             run_shape((fn_dtype)d, shapes[s][0], shapes[s][1], shapes[s][2], true);
