@@ -853,6 +853,17 @@ static void FN_T(gemm_pack_a)(bool trans_a, const real *a, int64_t lda, int64_t 
     }
 }
 
+/* The thread's scratch buffer, kept from call to call: a panel of kc x panel_columns elements
+ * (64-byte aligned, so that no vector load of a sliver straddles two cache lines) and after it,
+ * in *sliver, kc x MR elements for a sliver that is only read element by element. NULL when it
+ * cannot be allocated. */
+static real *FN_T(gemm_scratch)(int64_t kc, int64_t panel_columns, real **sliver) {
+    size_t panel_elements = (size_t)(kc * panel_columns);
+    real *panel = fn_thread_buffer((panel_elements + (size_t)(kc * GEMM_MR)) * sizeof(real));
+    *sliver = panel ? panel + panel_elements : NULL;
+    return panel;
+}
+
 /* The fallback when the packing buffers cannot be allocated: no extra memory, slow but correct.
  * a, b, c as in gemm_serial below. */
 static void FN_T(gemm_unpacked)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
@@ -919,14 +930,12 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
                                int64_t ldc) {
     int64_t m_padded = (m + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
     int64_t kc_max = gemm_block_size(k, FN_T(gemm_swapped_kc)(m), 1);
-    size_t panel_elements = (size_t)(kc_max * m_padded);
-    real *a_panel =
-        fn_thread_buffer((panel_elements + (size_t)(kc_max * GEMM_MR)) * sizeof(real));
+    real *b_sliver; /* the last rows of B, fewer than MR */
+    real *a_panel = FN_T(gemm_scratch)(kc_max, m_padded, &b_sliver);
     if (a_panel == NULL) {
         FN_T(gemm_unpacked)(false, true, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }
-    real *b_sliver = a_panel + panel_elements; /* the last rows of B, fewer than MR */
     _Alignas(64) real tile[GEMM_MR * GEMM_NR];      /* tile[r][q]: C[ir + q][jr + r] */
     _Alignas(64) real tile_c[GEMM_NR * GEMM_MR];    /* the same, transposed: tile_c[q][r] */
 
@@ -989,17 +998,12 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
     bool b_in_place = !trans_b && (m <= 2 * GEMM_MR ||
                                    (double)kc_max * (double)ldb * sizeof(real) <= 256.0 * 1024);
 
-    /* One buffer for the B panel (64-byte aligned, so that no vector load of a sliver straddles
-     * two cache lines) and, after it, the A sliver, which is only read element by element: the
-     * thread's scratch buffer, kept from call to call (at most KC * (NC + MR) elements). */
-    size_t panel_elements = (size_t)(kc_max * nc_max);
-    real *b_panel =
-        fn_thread_buffer((panel_elements + (size_t)(kc_max * GEMM_MR)) * sizeof(real));
+    real *a_sliver;
+    real *b_panel = FN_T(gemm_scratch)(kc_max, nc_max, &a_sliver);
     if (b_panel == NULL) {
         FN_T(gemm_unpacked)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }
-    real *a_sliver = b_panel + panel_elements;
 
     /* A tile cut by the right edge of C is computed whole into this buffer, then its valid
      * columns are copied to C. */
