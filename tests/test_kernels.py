@@ -465,6 +465,24 @@ def test_gemm_builtin_bits_do_not_depend_on_the_thread_count(dtype, m, k, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, k, n", [(1024, 128, 784), (257, 65, 129), (200, 65, 97)])
+def test_gemm_weight_gradient_split_by_rows(dtype, m, k, n):
+    # A^T @ B with at least as many rows as columns and a short k (a linear layer's weight
+    # gradient) is split between the threads by rows: the same bits as one thread built in, and
+    # through the BLAS within the usual bound.
+    rng = np.random.default_rng(m + k + n)
+    a = rng.standard_normal((k, m)).astype(dtype)  # stored transposed: op(a) = a.T
+    b = rng.standard_normal((k, n)).astype(dtype)
+    expected = a.astype(np.float64).T @ b.astype(np.float64)
+    magnitude = np.abs(a.astype(np.float64)).T @ np.abs(b.astype(np.float64))
+    one = _core.gemm(a, b, trans_a=True, builtin=True, threads=1)
+    np.testing.assert_array_equal(_core.gemm(a, b, trans_a=True, builtin=True, threads=2), one)
+    for options in KERNELS.values():
+        c = _core.gemm(a, b, trans_a=True, **options, threads=2)
+        assert_within_bound(c, expected, (k + 2) * eps_of(dtype) * magnitude, str(options))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_builtin_and_blas_agree(dtype):
     rng = np.random.default_rng(8)
     a = rng.standard_normal((120, 300)).astype(dtype)

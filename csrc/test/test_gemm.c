@@ -432,8 +432,10 @@ static void test_blas_table(void) {
     check(fn_blas_installed(FN_FLOAT32) && fn_blas_installed(FN_FLOAT64),
           "fn_blas_installed after fn_set_blas");
     atomic_store(&blas_calls, 0);
-    /* 97 x 129 x 65 is large enough to be split between two threads. */
-    int64_t shapes[][3] = {{1, 1, 1}, {3, 7, 5}, {97, 129, 65}, {0, 3, 4}, {3, 4, 0}};
+    /* 97 x 129 x 65 is large enough to be split between two threads; 200 x 97 x 65 with A
+     * transposed is split by rows (gemm_split_rows), each block of rows one BLAS call. */
+    int64_t shapes[][3] = {{1, 1, 1}, {3, 7, 5}, {97, 129, 65}, {200, 97, 65}, {0, 3, 4},
+                           {3, 4, 0}};
     for (int d = 0; d < 2; d++) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             run_shape((fn_dtype)d, shapes[s][0], shapes[s][1], shapes[s][2], true);
@@ -609,7 +611,8 @@ int main(void) {
      * more rows than A, A @ B^T as C^T tiles (gemm_swapped: 32 x 70 x 300 in one block of k,
      * B's last rows a short band; 60 x 130 x 1100, a part-filled sliver of A, in two blocks of k
      * where the float64 panel would pass 512 KB; 128 x 260 x 1100 likewise in float32; 30 x 100
-     * x 70, one part-filled sliver and a short k). */
+     * x 70, one part-filled sliver and a short k); a weight gradient's A^T @ B split between the
+     * threads by rows (1030 x 200 x 128, and 257 x 129 x 65 above). */
     int64_t shapes[][3] = {{1, 1, 1},    {3, 7, 5},     {257, 129, 65}, {0, 7, 5},
                            {6, 0, 5},    {6, 7, 0},     {0, 0, 0},      {11, 33, 17},
                            {10, 65, 531}, {2, 1100, 300}, {37, 10, 531}, {6, 16, 16},
@@ -617,7 +620,7 @@ int main(void) {
                            {20, 45, 37}, {16, 144, 1024}, {16, 27, 1024}, {15, 50, 256},
                            {5, 20, 257}, {37, 10, 100}, {21, 5, 128}, {10, 64, 70},
                            {22, 33, 40}, {32, 70, 300}, {60, 130, 1100}, {128, 260, 1100},
-                           {30, 100, 70}};
+                           {30, 100, 70}, {1030, 200, 128}};
     for (int d = 0; d < 2; d++) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             run_shape((fn_dtype)d, shapes[s][0], shapes[s][1], shapes[s][2], true);
