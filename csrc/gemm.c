@@ -188,7 +188,8 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
 /* x * y + z in one rounding where the build has FMA instructions, as the SIMD micro-kernels
  * compute beta * C + alpha * (A @ B); otherwise as the plain micro-kernel writes it. */
 #if defined(__FMA__) && defined(__GNUC__)
-#define GEMM_FMA(x, y, z) _Generic((x), float: __builtin_fmaf, default: __builtin_fma)((x), (y), (z))
+#define GEMM_FMA(x, y, z)                                                                         \
+    _Generic((x), float: __builtin_fmaf, default: __builtin_fma)((x), (y), (z))
 #else
 #define GEMM_FMA(x, y, z) ((x) * (y) + (z))
 #endif
@@ -1334,10 +1335,10 @@ typedef struct {
 /* Whether gemm_part splits C = A^T @ B by rows rather than columns: a linear layer's weight
  * gradient (dY^T @ X, k the batch) with at least as many rows as columns. Each thread then writes
  * one contiguous block of rows of the gradient, the part of the gradient arena that the gradient
- * norm and the optimizer's contiguous split then read on the same thread, where by columns each
- * * thread had written half of every row (`mlp_mnist_b128`'s step 1.015-1.022x, its 1024 x 784 x 128
- * product alone 1.03x). Each thread packs all of B, which is cheap for one block of k: with
- * 1024 steps of k, 1024^3 ran 0.94x. Decided on the whole product's sizes. */
+ * norm and the optimizer's contiguous split then read on the same thread, where by columns
+ * each thread had written half of every row (`mlp_mnist_b128`'s step 1.015-1.022x, its
+ * 1024 x 784 x 128 product alone 1.03x). Each thread packs all of B, which is cheap for one
+ * block of k: with 1024 steps of k, 1024^3 ran 0.94x. Decided on the whole product's sizes. */
 static bool FN_T(gemm_split_rows)(const FN_T(gemm_job) *job) {
     return job->trans_a && !job->trans_b && job->m >= job->n && job->k <= GEMM_KC;
 }
