@@ -907,11 +907,11 @@ static int64_t FN_T(gemm_swapped_kc)(int64_t m) {
  *   - with a single sliver of A, k at least 2 m and a B of at most 512 KB: each element of B is
  *     then used once, and MR streams of it from beyond L2 ran 0.9x (32 x 576 x 512);
  *   - with more, at most 4 slivers (256 x 1024 x 1024: 0.86-0.96x, its A^T panel cut into
- *     blocks of k) and k at least 4 m and 256 (64 x 128 x 128: 1.0x, 32 x 128 x 128 on a
- *     shorter sliver 1.16x). */
+ *     blocks of k) and k at least 4 m and 256 (64 x 128 x 128 in two slivers: 1.0x, where
+ *     32 x 128 x 128 in one is 1.16x). */
 static bool FN_T(gemm_swap_pays)(int64_t m, int64_t n, int64_t k) {
     int64_t m_padded = (m + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
-    if (n < 2 * m || m < GEMM_NR || (m_padded - m) * 8 > m_padded) return false;
+    if (n < 2 * m || (m_padded - m) * 8 > m_padded) return false;
     if (m_padded == GEMM_NR)
         return k >= 2 * m && (double)n * (double)k * sizeof(real) <= 512.0 * 1024;
     return m_padded <= 4 * GEMM_NR && k >= 4 * m && k >= 256;
@@ -937,8 +937,8 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
         FN_T(gemm_unpacked)(false, true, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }
-    _Alignas(64) real tile[GEMM_MR * GEMM_NR];      /* tile[r][q]: C[ir + q][jr + r] */
-    _Alignas(64) real tile_c[GEMM_NR * GEMM_MR];    /* the same, transposed: tile_c[q][r] */
+    _Alignas(64) real tile[GEMM_MR * GEMM_NR];   /* tile[r][q]: C[ir + q][jr + r] */
+    _Alignas(64) real tile_c[GEMM_NR * GEMM_MR]; /* the same, transposed: tile_c[q][r] */
 
     for (int64_t pc = 0; pc < k; pc += kc_max) {
         int64_t kc = k - pc < kc_max ? k - pc : kc_max;
