@@ -885,13 +885,18 @@ static void FN_T(gemm_unpacked)(bool trans_a, bool trans_b, int64_t m, int64_t n
     }
 }
 
+/* m rounded up to whole NR-wide slivers: the columns of gemm_swapped's A^T panel. */
+static int64_t FN_T(gemm_sliver_columns)(int64_t m) {
+    return (m + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+}
+
 /* The longest block of k for gemm_swapped: A^T's whole panel in at most 512 KB of L2, and never
- * shorter than the packed kernel's. Each block of k costs every tile of C a transposition there
- * and back, so the longer the better while the panel stays in L2 (128 x 1024 x 1024: 0.80x of
- * the packed kernel with KC = 256, 1.2x with all of k in one block; 64 x 128 x 9216, whose
- * panel would be 2.4 MB: 0.73x with one block). */
+ * shorter than the packed kernel's. Each block of k costs every tile of C a transposition into
+ * C (and after the first, a pass adding it to C), so the longer the better while the panel stays
+ * in L2 (128 x 1024 x 1024: 0.80x of the packed kernel with KC = 256, 1.2x with all of k in one
+ * block; 64 x 128 x 9216, whose panel would be 2.4 MB: 0.73x with one block). */
 static int64_t FN_T(gemm_swapped_kc)(int64_t m) {
-    int64_t m_padded = (m + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    int64_t m_padded = FN_T(gemm_sliver_columns)(m);
     int64_t kc = (int64_t)(512 * 1024 / sizeof(real)) / m_padded;
     return kc > GEMM_KC ? kc : GEMM_KC;
 }
@@ -910,7 +915,7 @@ static int64_t FN_T(gemm_swapped_kc)(int64_t m) {
  *     blocks of k) and k at least 4 m and 256 (64 x 128 x 128 in two slivers: 1.0x, where
  *     32 x 128 x 128 in one is 1.16x). */
 static bool FN_T(gemm_swap_pays)(int64_t m, int64_t n, int64_t k) {
-    int64_t m_padded = (m + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    int64_t m_padded = FN_T(gemm_sliver_columns)(m);
     if (n < 2 * m || (m_padded - m) * 8 > m_padded) return false;
     if (m_padded == GEMM_NR)
         return k >= 2 * m && (double)n * (double)k * sizeof(real) <= 512.0 * 1024;
@@ -929,7 +934,7 @@ static bool FN_T(gemm_swap_pays)(int64_t m, int64_t n, int64_t k) {
 static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, const real *a,
                                int64_t lda, const real *b, int64_t ldb, real beta, real *c,
                                int64_t ldc) {
-    int64_t m_padded = (m + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    int64_t m_padded = FN_T(gemm_sliver_columns)(m);
     int64_t kc_max = gemm_block_size(k, FN_T(gemm_swapped_kc)(m), 1);
     real *b_sliver; /* the last rows of B, fewer than MR */
     real *a_panel = FN_T(gemm_scratch)(kc_max, m_padded, &b_sliver);
@@ -939,12 +944,12 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
     }
     _Alignas(64) real tile[GEMM_MR * GEMM_NR];   /* tile[r][q]: C[ir + q][jr + r] */
     _Alignas(64) real tile_c[GEMM_NR * GEMM_MR]; /* the same, transposed: tile_c[q][r] */
+    real scale[2] = {alpha, 0}; /* beta is applied on the way into C */
+    GEMM_OPAQUE(scale);
 
     for (int64_t pc = 0; pc < k; pc += kc_max) {
         int64_t kc = k - pc < kc_max ? k - pc : kc_max;
         real beta_block = pc == 0 ? beta : (real)1;
-        real scale[2] = {alpha, 0};
-        GEMM_OPAQUE(scale);
         FN_T(gemm_pack_b)(true, a + pc, lda, kc, m, a_panel);
         for (int64_t jr = 0; jr < n; jr += GEMM_MR) {
             int64_t rows = n - jr < GEMM_MR ? n - jr : GEMM_MR;
@@ -1343,51 +1348,46 @@ static bool FN_T(gemm_split_rows)(const FN_T(gemm_job) *job) {
     return job->trans_a && !job->trans_b && job->m >= job->n && job->k <= GEMM_KC;
 }
 
+/* Rows [i0, i1) by columns [j0, j1) of the job's C, through the BLAS or a built-in path. The
+ * built-in paths are chosen on the whole product's sizes, so that every block of it takes the
+ * same one. */
+static void FN_T(gemm_block)(const FN_T(gemm_job) *job, int64_t i0, int64_t i1, int64_t j0,
+                             int64_t j1) {
+    int64_t m = i1 - i0, n = j1 - j0;
+    const real *a_block = job->trans_a ? job->a + i0 : job->a + i0 * job->lda;
+    const real *b_block = job->trans_b ? job->b + j0 * job->ldb : job->b + j0;
+    real *c_block = job->c + i0 * job->ldc + j0;
+    bool a_b_transposed = job->trans_b && !job->trans_a; /* A @ B^T */
+    if (job->table && (job->blas_only || !fn_gemm_prefers_builtin(job->trans_b, m, n, job->k))) {
+        FN_T(gemm_blas_call)(job->table, job->trans_a, job->trans_b, m, n, job->k, job->alpha,
+                             a_block, job->lda, b_block, job->ldb, job->beta, c_block, job->ldc);
+    } else if (a_b_transposed &&
+               (job->n <= GEMM_NR / 2 || job->m == 1 || fn_gemm_dot_pays(job->m, job->k))) {
+        FN_T(gemm_dot)(m, n, job->k, job->alpha, a_block, job->lda, b_block, job->ldb, job->beta,
+                       c_block, job->ldc);
+    } else if (a_b_transposed && FN_T(gemm_swap_pays)(job->m, job->n, job->k)) {
+        FN_T(gemm_swapped)(m, n, job->k, job->alpha, a_block, job->lda, b_block, job->ldb,
+                           job->beta, c_block, job->ldc);
+    } else {
+        FN_T(gemm_serial)(job->trans_a, job->trans_b, m, n, job->k, job->alpha, a_block,
+                          job->lda, b_block, job->ldb, job->beta, c_block, job->ldc);
+    }
+}
+
 /* Part `id` of `parts`: a contiguous block of columns of C, in whole NR-slivers so that only the
  * last block has a right edge; or with gemm_split_rows, of rows, in whole MR-row tiles. */
 static void FN_T(gemm_part)(int id, int parts, void *arg) {
     const FN_T(gemm_job) *job = arg;
+    int64_t first, last;
     if (parts > 1 && FN_T(gemm_split_rows)(job)) {
-        int64_t first, last;
         fn_partition((job->m + GEMM_MR - 1) / GEMM_MR, parts, id, &first, &last);
         int64_t i0 = first * GEMM_MR, i1 = last * GEMM_MR < job->m ? last * GEMM_MR : job->m;
-        if (i1 <= i0) return;
-        /* op(A) = A^T: its rows [i0, i1) are columns of the stored A. */
-        const real *a_block = job->a + i0;
-        real *c_block = job->c + i0 * job->ldc;
-        if (job->table &&
-            (job->blas_only || !fn_gemm_prefers_builtin(false, i1 - i0, job->n, job->k))) {
-            FN_T(gemm_blas_call)(job->table, true, false, i1 - i0, job->n, job->k, job->alpha,
-                                 a_block, job->lda, job->b, job->ldb, job->beta, c_block,
-                                 job->ldc);
-        } else {
-            FN_T(gemm_serial)(true, false, i1 - i0, job->n, job->k, job->alpha, a_block,
-                              job->lda, job->b, job->ldb, job->beta, c_block, job->ldc);
-        }
+        if (i1 > i0) FN_T(gemm_block)(job, i0, i1, 0, job->n);
         return;
     }
-    int64_t first, last;
     fn_partition((job->n + GEMM_NR - 1) / GEMM_NR, parts, id, &first, &last);
     int64_t j0 = first * GEMM_NR, j1 = last * GEMM_NR < job->n ? last * GEMM_NR : job->n;
-    if (j1 <= j0) return;
-    const real *b_block = job->trans_b ? job->b + j0 * job->ldb : job->b + j0;
-    if (job->table &&
-        (job->blas_only || !fn_gemm_prefers_builtin(job->trans_b, job->m, j1 - j0, job->k))) {
-        FN_T(gemm_blas_call)(job->table, job->trans_a, job->trans_b, job->m, j1 - j0, job->k,
-                             job->alpha, job->a, job->lda, b_block, job->ldb, job->beta,
-                             job->c + j0, job->ldc);
-    } else if (job->trans_b && !job->trans_a &&
-               (job->n <= GEMM_NR / 2 || job->m == 1 || fn_gemm_dot_pays(job->m, job->k))) {
-        /* Decided on the whole product's sizes, so that every part of it takes the same path. */
-        FN_T(gemm_dot)(job->m, j1 - j0, job->k, job->alpha, job->a, job->lda, b_block, job->ldb,
-                       job->beta, job->c + j0, job->ldc);
-    } else if (job->trans_b && !job->trans_a && FN_T(gemm_swap_pays)(job->m, job->n, job->k)) {
-        FN_T(gemm_swapped)(job->m, j1 - j0, job->k, job->alpha, job->a, job->lda, b_block,
-                           job->ldb, job->beta, job->c + j0, job->ldc);
-    } else {
-        FN_T(gemm_serial)(job->trans_a, job->trans_b, job->m, j1 - j0, job->k, job->alpha,
-                          job->a, job->lda, b_block, job->ldb, job->beta, job->c + j0, job->ldc);
-    }
+    if (j1 > j0) FN_T(gemm_block)(job, 0, job->m, j0, j1);
 }
 
 /* Runs the product on up to `threads` threads, each on its own block of columns of C (of rows
