@@ -77,9 +77,10 @@ const fn_op fn_op_linear = {
 
 #else /* templated half */
 
-/* x is (n, in), weight is (out, in), bias is (out) or NULL, y is (n, out). */
+/* x is (n, in), weight is (out, in), bias is (out) or NULL, y is (n, out); reversed: the weights
+ * read last row first where the product streams them (fn_gemm_ordered). */
 void FN_T(fn_linear_forward)(const real *x, const real *weight, const real *bias, real *y,
-                             int64_t n, int64_t in, int64_t out, int threads) {
+                             int64_t n, int64_t in, int64_t out, int threads, bool reversed) {
     real beta = 0;
     if (bias) {
         /* Seeding y with the bias lets the GEMM add the product in its own pass over y. */
@@ -87,7 +88,8 @@ void FN_T(fn_linear_forward)(const real *x, const real *weight, const real *bias
             for (int64_t j = 0; j < out; j++) y[i * out + j] = bias[j];
         beta = 1;
     }
-    FN_T(fn_gemm)(false, true, n, out, in, 1, x, in, weight, in, beta, y, out, threads);
+    FN_T(fn_gemm_ordered)(false, true, n, out, in, 1, x, in, weight, in, beta, y, out, threads,
+                          reversed);
 }
 
 /* x is (n, in), weight is (out, in), grad_y is (n, out);
@@ -112,11 +114,15 @@ void FN_T(fn_linear_backward)(const real *x, const real *weight, const real *gra
                       in, threads);
 }
 
+/* Each forward reads the weights in the other order than the last (fn_gemm_ordered): a batch-1
+ * forward streams them, and starts where the last one ended, on what is still in cache. */
 static fn_status FN_T(linear_forward)(fn_node *node, const fn_model_ctx *ctx) {
+    node->weights_reversed = !node->weights_reversed;
     FN_T(fn_linear_forward)((const real *)node->in[0], (const real *)node->param[0],
                             node->attr.linear.bias ? (const real *)node->param[1] : NULL,
                             (real *)node->out, ctx->batch, node->attr.linear.in_features,
-                            node->attr.linear.out_features, ctx->threads);
+                            node->attr.linear.out_features, ctx->threads,
+                            node->weights_reversed);
     return FN_OK;
 }
 

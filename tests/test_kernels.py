@@ -141,6 +141,27 @@ def test_linear_forward(dtype, bias, n, n_in, n_out, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, n_in, n_out", [(1, 300, 1030), (1, 9, 13), (1, 1000, 8),
+                                            (37, 300, 10), (5, 70, 3)])
+def test_linear_forward_alternates_its_weights_order_with_the_same_bits(dtype, n, n_in, n_out,
+                                                                       threads):
+    # Each forward reads the weights in the other order than the last (the dot products of a
+    # single row, or of few columns, take C's columns last to first every other call): the
+    # same values each time, whatever the order, with short blocks of columns at either end and
+    # each thread's share of them.
+    rng = np.random.default_rng(n * 7 + n_out)
+    model, state = linear_model(n_in, n_out, True, dtype, rng)
+    x = rng.standard_normal((n, n_in)).astype(dtype)
+    w, b = state["0.weight"].astype(np.float64), state["0.bias"].astype(np.float64)
+    expected = x.astype(np.float64) @ w.T + b
+    bound = (n_in + 2) * eps_of(dtype) * (np.abs(x.astype(np.float64)) @ np.abs(w).T + np.abs(b))
+    outputs = [model(x) for _ in range(3)]
+    for i, out in enumerate(outputs):
+        assert_within_bound(out, expected, bound, f"forward {i}")
+        np.testing.assert_array_equal(out, outputs[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_linear_forward_smaller_batch_after_larger(dtype, threads):
     # Buffers are planned for the largest batch seen; a smaller batch must use them correctly.
     rng = np.random.default_rng(1)
