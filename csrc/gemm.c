@@ -1481,8 +1481,8 @@ static void FN_T(gemm_dispatch)(bool trans_a, bool trans_b, int64_t m, int64_t n
 void FN_T(fn_gemm)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, real alpha,
                    const real *a, int64_t lda, const real *b, int64_t ldb, real beta, real *c,
                    int64_t ldc, int threads) {
-    FN_T(gemm_dispatch)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                        threads > 0 ? threads : 1, false);
+    FN_T(fn_gemm_ordered)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                          threads, false);
 }
 
 /* fn_gemm for a product that streams B and is made again and again with the same B (a batch-1
