@@ -162,8 +162,9 @@ struct fn_node {
     bool input_grad_deferred;      /* backward leaves grad_in[0] to the input's producer */
     bool input_stats_ready;        /* the producer handed over every sample of this training
                                     * forward's input (op->input_stats_of_sample) */
-    bool weights_reversed;         /* a linear layer's last forward read its weights last row
-                                    * first (fn_gemm_ordered); the next reads them the other way */
+    bool weights_reversed;         /* a linear layer: whether its last forward read its weights
+                                    * last row first (fn_gemm_ordered); the next reads them the
+                                    * other way */
     fn_node *fused_consumer;       /* the consumer that left this node's output gradient to it
                                     * (input_grad_deferred): backward takes it from there, and
                                     * grad_out is that node's; forward may hand it each sample of
