@@ -175,6 +175,12 @@ void fn_run_team(int parts, fn_team_fn fn, void *arg) {
 #endif
 }
 
+void fn_team_barrier(void) {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
 typedef struct {
     int parts;
     fn_team_fn fn;

@@ -986,12 +986,42 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
 
 /* op(A) (m, k), op(B) (k, n), C (m, n): C = alpha * op(A) @ op(B) + beta * C on the calling
  * thread, by the packed kernel. */
+/* What gemm_serial applies to C once its sums are complete: a bias per row, then a ReLU (a
+ * convolution's output, (out_channels, positions)), tile by tile while each is still in L1, where
+ * a pass of its own would read C back from L2 (5 us a thread in the CNN's batch-1 second
+ * convolution). */
+typedef struct {
+    const real *row_bias; /* (m) or NULL */
+    bool relu;
+} FN_T(gemm_epilogue);
+
+/* Rows [0, rows) and columns [0, cols) of C at c, rows first_row.. of the whole C: the
+ * epilogue, as the separate pass computed it (v + bias, then ReLU), the same bits. */
+static inline __attribute__((always_inline)) void FN_T(gemm_finish)(
+    const FN_T(gemm_epilogue) *epilogue, int64_t first_row, int64_t rows, int64_t cols, real *c,
+    int64_t ldc) {
+    for (int64_t i = 0; i < rows; i++) {
+        real *row = c + i * ldc;
+        const real bias = epilogue->row_bias ? epilogue->row_bias[first_row + i] : 0;
+        if (epilogue->relu) {
+            for (int64_t j = 0; j < cols; j++) {
+                real v = row[j] + bias;
+                row[j] = FN_RELU(v);
+            }
+        } else {
+            for (int64_t j = 0; j < cols; j++) row[j] += bias;
+        }
+    }
+}
+
 static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                               real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,
-                              real beta, real *c, int64_t ldc) {
+                              real beta, real *c, int64_t ldc,
+                              const FN_T(gemm_epilogue) *epilogue) {
     if (m == 0 || n == 0) return;
     if (k == 0 || alpha == 0) { /* A and B are not read, as in BLAS */
         FN_T(gemm_scale)(m, n, beta, c, ldc);
+        if (epilogue) FN_T(gemm_finish)(epilogue, 0, m, n, c, ldc);
         return;
     }
     int64_t kc_max = gemm_block_size(k, GEMM_KC, 1);
@@ -1008,6 +1038,7 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
     real *b_panel = FN_T(gemm_scratch)(kc_max, nc_max, &a_sliver);
     if (b_panel == NULL) {
         FN_T(gemm_unpacked)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        if (epilogue) FN_T(gemm_finish)(epilogue, 0, m, n, c, ldc);
         return;
     }
 
@@ -1021,6 +1052,7 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
             int64_t kc = k - pc < kc_max ? k - pc : kc_max;
             /* The first block of k applies beta; the later ones add to what it left. */
             real beta_block = pc == 0 ? beta : (real)1;
+            const FN_T(gemm_epilogue) *finish = pc + kc == k ? epilogue : NULL;
             const real scale[2] = {alpha, beta_block}, scale_edge[2] = {alpha, 0};
             const real *b_block = trans_b ? b + jc * ldb + pc : b + pc * ldb + jc;
             int64_t full_cols = nc / GEMM_NR * GEMM_NR;
@@ -1043,6 +1075,7 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
                     if (cols == GEMM_NR) {
                         FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, b_stride,
                                          c_rows + jr, ldc, scale);
+                        if (finish) FN_T(gemm_finish)(finish, ir, rows, GEMM_NR, c_rows + jr, ldc);
                         continue;
                     }
                     FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, b_stride, edge_tile,
@@ -1058,6 +1091,7 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
                             }
                         }
                     }
+                    if (finish) FN_T(gemm_finish)(finish, ir, rows, cols, c_rows + jr, ldc);
                 }
             }
         }
@@ -1375,7 +1409,7 @@ static void FN_T(gemm_block)(const FN_T(gemm_job) *job, int64_t i0, int64_t i1, 
                            job->beta, c_block, job->ldc);
     } else {
         FN_T(gemm_serial)(job->trans_a, job->trans_b, m, n, job->k, job->alpha, a_block,
-                          job->lda, b_block, job->ldb, job->beta, c_block, job->ldc);
+                          job->lda, b_block, job->ldb, job->beta, c_block, job->ldc, NULL);
     }
 }
 
@@ -1508,6 +1542,14 @@ void FN_T(fn_gemm_unsplit)(bool trans_a, bool trans_b, int64_t m, int64_t n, int
                            real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,
                            real beta, real *c, int64_t ldc) {
     FN_T(gemm_dispatch)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 0, false);
+}
+
+void FN_T(fn_gemm_bias_relu)(int64_t m, int64_t n, int64_t k, const real *a, int64_t lda,
+                             const real *b, int64_t ldb, const real *bias, bool relu, real *c,
+                             int64_t ldc) {
+    FN_T(gemm_epilogue) epilogue = {bias, relu};
+    FN_T(gemm_serial)(false, false, m, n, k, 1, a, lda, b, ldb, 0, c, ldc,
+                      bias || relu ? &epilogue : NULL);
 }
 
 #undef GEMM_MR

@@ -113,6 +113,10 @@ static inline int fn_threads_for(int64_t work, int max_threads) {
  * (no OpenMP region, for the reason above). */
 typedef void (*fn_team_fn)(int id, int parts, void *arg);
 void fn_run_team(int parts, fn_team_fn fn, void *arg);
+/* Inside fn_run_team's fn: waits until every thread of the team has reached it. Only where the
+ * parts run at the same time (an OpenMP build; fn_run_team otherwise runs them one after
+ * another, and a part that waits for the others would read what they have not written). */
+void fn_team_barrier(void);
 
 /* Splits [0, n) into `parts` near-equal contiguous ranges; returns range `i` in [*begin, *end). */
 static inline void fn_partition(int64_t n, int parts, int i, int64_t *begin, int64_t *end) {

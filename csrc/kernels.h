@@ -88,6 +88,11 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
     void fn_gemm_unsplit##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
                             real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
                             real beta, real *c, int64_t ldc);                                    \
+    /* C (m, n) = A (m, k) @ B (k, n) + bias (m) per row (NULL: none), then ReLU (relu), by the \
+     * built-in kernel on the calling thread: each tile finished while it is in L1 */             \
+    void fn_gemm_bias_relu##S(int64_t m, int64_t n, int64_t k, const real *a, int64_t lda,       \
+                              const real *b, int64_t ldb, const real *bias, bool relu, real *c,  \
+                              int64_t ldc);                                                      \
     /* winograd.c: 3x3 stride-1 convolutions by F(2x2, 3x3); w (out_c, in_c, 3, 3) -> u       \
      * (16, in_c, out_c), or flipped (16, out_c, in_c); x (in_c, h, w) -> y (out_c, oh, ow) */   \
     void fn_winograd_weights##S(const real *w, int64_t out_c, int64_t in_c, bool flip,          \

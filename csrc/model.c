@@ -587,6 +587,57 @@ static fn_model_ctx make_ctx(fn_model *m, int64_t n, int threads) {
                           .workspace_size = m->workspace_size};
 }
 
+/* Band chains. An inference forward of fewer samples than threads (batch-1 latency) cannot share
+ * samples between the threads; each node then splits its own work, and a small node (the first
+ * convolution of a network, a pooling) stays on one thread, below the grain worth waking a team
+ * for, reading a whole output that two threads wrote: half of it from the other core's cache.
+ * Consecutive nodes that can be computed as bands of output rows (op->forward_band) run instead
+ * in one team: thread `id` computes band `id` of every node, with a barrier between nodes. The
+ * bands of consecutive nodes cover nearly the same rows of the image, so a thread mostly reads
+ * rows it wrote itself, and the team is woken once for the chain. The CNN's batch-1 inference,
+ * conv-ReLU-conv-ReLU-max pool as one chain: see the README ("Where the time goes"). */
+typedef struct {
+    fn_model *m;
+    const fn_model_ctx *ctx;
+    int first, end; /* nodes [first, end) */
+} band_chain;
+
+static void band_chain_part(int id, int bands, void *arg) {
+    const band_chain *chain = arg;
+    bool waiting = false; /* the first node reads nothing the team wrote */
+    for (int i = chain->first; i < chain->end; i++) {
+        fn_node *node = &chain->m->nodes[i];
+        if (node->fused_away) continue;
+        if (waiting) fn_team_barrier(); /* for the rows of the input the other threads wrote */
+        node->op->forward_band[chain->m->dtype](node, chain->ctx, id, bands);
+        waiting = true;
+    }
+}
+
+/* The end of the band chain that starts at node `first`: past the last of at least two
+ * consecutive nodes (fused-away ones aside) that fit ctx->threads bands; `first` when there is
+ * no such chain there. */
+static int band_chain_end(const fn_model *m, int first, const fn_model_ctx *ctx) {
+#ifdef _OPENMP
+    if (ctx->batch >= ctx->threads || ctx->training || ctx->keep || ctx->deterministic)
+        return first;
+    int end = first, nodes = 0;
+    for (int i = first; i < m->n_nodes; i++) {
+        const fn_node *node = &m->nodes[i];
+        if (node->fused_away) continue;
+        if (!node->op->band_fits ||
+            !node->op->band_fits(node, ctx, ctx->threads, fn_dtype_size(m->dtype)))
+            break;
+        nodes++;
+        end = i + 1;
+    }
+    return nodes >= 2 ? end : first;
+#else
+    (void)m, (void)ctx; /* the parts of a team would run one after another */
+    return first;
+#endif
+}
+
 /* Runs every node forward; keep: the activations are for a backward of the same batch. */
 static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
     int threads = fn_threads_get();
@@ -595,8 +646,17 @@ static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
     ctx.keep = keep;
     m->forward_batch = 0;
     m->output_batch = 0; /* a node that fails leaves the outputs half written */
-    for (int i = 0; i < m->n_nodes; i++)
-        if (!m->nodes[i].fused_away) FN_TRY(m->nodes[i].op->forward[m->dtype](&m->nodes[i], &ctx));
+    for (int i = 0; i < m->n_nodes;) {
+        int end = band_chain_end(m, i, &ctx);
+        if (end > i) {
+            band_chain chain = {m, &ctx, i, end};
+            fn_run_team(threads, band_chain_part, &chain);
+            i = end;
+            continue;
+        }
+        fn_node *node = &m->nodes[i++];
+        if (!node->fused_away) FN_TRY(node->op->forward[m->dtype](node, &ctx));
+    }
     m->forward_batch = keep ? n : 0;
     m->output_batch = n;
     m->outputs_predicted = false;

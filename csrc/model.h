@@ -109,6 +109,15 @@ typedef struct fn_op {
      * forward hand that consumer each sample (node->fused_consumer): set where the gradient and
      * the output are then read while in cache (convolution). */
     bool derives_output_grad;
+    /* Optional, for an inference forward of fewer samples than threads (batch-1 latency): the
+     * node computed as bands of the rows of its (n, c, h, w) output. forward_band computes band
+     * `id` of `bands`, rows fn_partition(h, bands, id) of every output plane, single-threaded;
+     * band_fits says whether the node can be cut into `bands` such bands in this context (enough
+     * rows, the workspace they need, for elements of elem_size bytes). model.c runs consecutive
+     * nodes that fit in one team, thread `id` taking band `id` of each with a barrier between
+     * nodes (see run_band_chain). */
+    bool (*band_fits)(const fn_node *node, const fn_model_ctx *ctx, int bands, size_t elem_size);
+    void (*forward_band[2])(fn_node *node, const fn_model_ctx *ctx, int id, int bands);
 } fn_op;
 
 struct fn_node {

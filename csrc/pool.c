@@ -130,6 +130,13 @@ static fn_status global_avg_pool_configure(fn_node *node, const fn_json *spec) {
 }
 
 /* Where each output's maximum is: (batch, out_size) int32 positions in the input planes. */
+/* Bands of output rows for a band chain: one row at least each. */
+static bool max_pool_band_fits(const fn_node *node, const fn_model_ctx *ctx, int bands,
+                               size_t elem_size) {
+    (void)ctx, (void)elem_size;
+    return node->out_shape.dim[1] >= bands;
+}
+
 static size_t max_pool_saved(const fn_node *node, int64_t batch, size_t elem_size) {
     (void)elem_size;
     return (size_t)batch * (size_t)node->out_size * sizeof(int32_t);
@@ -148,6 +155,8 @@ static fn_status max_pool_configure(fn_node *node, const fn_json *spec) {
 
 static fn_status max_pool_forward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status max_pool_forward_f64(fn_node *node, const fn_model_ctx *ctx);
+static void max_pool_forward_rows_f32(fn_node *node, const fn_model_ctx *ctx, int id, int bands);
+static void max_pool_forward_rows_f64(fn_node *node, const fn_model_ctx *ctx, int id, int bands);
 static fn_status max_pool_backward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status max_pool_backward_f64(fn_node *node, const fn_model_ctx *ctx);
 static fn_status avg_pool_forward_f32(fn_node *node, const fn_model_ctx *ctx);
@@ -169,6 +178,8 @@ const fn_op fn_op_max_pool2d = {
     .backward = {max_pool_backward_f32, max_pool_backward_f64},
     .backward_ignores_output = true,
     .backward_ignores_inputs = true, /* the saved positions are enough */
+    .band_fits = max_pool_band_fits,
+    .forward_band = {max_pool_forward_rows_f32, max_pool_forward_rows_f64},
 };
 
 const fn_op fn_op_avg_pool2d = {
@@ -209,13 +220,15 @@ const fn_op fn_op_global_avg_pool2d = {
  * Each output still meets its window's elements in row-major order, so "first maximum" keeps
  * its meaning. */
 
-/* One (h, w) plane to its (oh, ow) maximum; with track, where (oh, ow) receives the position in
- * the plane of each output's first maximum (row-major within the window). Inlined with track a
- * constant, so that a forward that saves nothing keeps the loop without the positions. */
+/* Rows [i0, i1) of one (h, w) plane's (oh, ow) maximum; with track, where (oh, ow) receives the
+ * position in the plane of each output's first maximum (row-major within the window). Inlined
+ * with track a constant, so that a forward that saves nothing keeps the loop without the
+ * positions. */
 static inline __attribute__((always_inline)) void FN_T(max_pool_plane_body)(
-    const real *plane, real *out, int32_t *where, bool track, int64_t h, int64_t w, int64_t oh,
-    int64_t ow, const int64_t kernel[2], const int64_t stride[2], const int64_t padding[2]) {
-    for (int64_t i = 0; i < oh; i++) {
+    const real *plane, real *out, int32_t *where, bool track, int64_t h, int64_t w, int64_t i0,
+    int64_t i1, int64_t ow, const int64_t kernel[2], const int64_t stride[2],
+    const int64_t padding[2]) {
+    for (int64_t i = i0; i < i1; i++) {
         int64_t h0, h1;
         pool_rows(i, h, kernel[0], stride[0], padding[0], &h0, &h1);
         real *o = out + i * ow;
@@ -256,8 +269,9 @@ static inline __attribute__((always_inline)) void FN_T(max_pool_plane_body)(
  * which for the 12-wide rows of a 24 x 24 image cost more than the comparisons; this one
  * vectorises whole. */
 static inline __attribute__((always_inline)) void FN_T(max_pool_2x2_body)(
-    const real *plane, real *out, int32_t *where, bool track, int64_t w, int64_t oh, int64_t ow) {
-    for (int64_t i = 0; i < oh; i++) {
+    const real *plane, real *out, int32_t *where, bool track, int64_t w, int64_t i0, int64_t i1,
+    int64_t ow) {
+    for (int64_t i = i0; i < i1; i++) {
         const real *r0 = plane + 2 * i * w, *r1 = r0 + w;
         real *restrict o = out + i * ow;
         int32_t *restrict at = track ? where + i * ow : NULL;
@@ -282,30 +296,35 @@ static inline __attribute__((always_inline)) void FN_T(max_pool_2x2_body)(
  * vectorise whole: with a variable one, the last outputs of a 12-wide row fell to a scalar loop
  * whose comparisons are branches the data decides (1.4x slower on the CNN's 24 x 24 planes). */
 static inline __attribute__((always_inline)) void FN_T(max_pool_2x2)(
-    const real *plane, real *out, int32_t *where, bool track, int64_t w, int64_t oh, int64_t ow) {
+    const real *plane, real *out, int32_t *where, bool track, int64_t w, int64_t i0, int64_t i1,
+    int64_t ow) {
     switch (ow) {
-    case 4: FN_T(max_pool_2x2_body)(plane, out, where, track, w, oh, 4); break;
-    case 8: FN_T(max_pool_2x2_body)(plane, out, where, track, w, oh, 8); break;
-    case 12: FN_T(max_pool_2x2_body)(plane, out, where, track, w, oh, 12); break;
-    case 16: FN_T(max_pool_2x2_body)(plane, out, where, track, w, oh, 16); break;
-    default: FN_T(max_pool_2x2_body)(plane, out, where, track, w, oh, ow);
+    case 4: FN_T(max_pool_2x2_body)(plane, out, where, track, w, i0, i1, 4); break;
+    case 8: FN_T(max_pool_2x2_body)(plane, out, where, track, w, i0, i1, 8); break;
+    case 12: FN_T(max_pool_2x2_body)(plane, out, where, track, w, i0, i1, 12); break;
+    case 16: FN_T(max_pool_2x2_body)(plane, out, where, track, w, i0, i1, 16); break;
+    default: FN_T(max_pool_2x2_body)(plane, out, where, track, w, i0, i1, ow);
     }
 }
 
-/* One plane on the loops its window calls for, saving the positions or not. */
+/* Output rows [i0, i1) of one plane on the loops its window calls for, saving the positions or
+ * not. */
 static void FN_T(max_pool_plane)(const real *plane, real *out, int32_t *where, int64_t h,
-                                 int64_t w, int64_t oh, int64_t ow, const int64_t kernel[2],
-                                 const int64_t stride[2], const int64_t padding[2]) {
+                                 int64_t w, int64_t i0, int64_t i1, int64_t ow,
+                                 const int64_t kernel[2], const int64_t stride[2],
+                                 const int64_t padding[2]) {
     bool two_by_two = kernel[0] == 2 && kernel[1] == 2 && stride[0] == 2 && stride[1] == 2 &&
                       padding[0] == 0 && padding[1] == 0;
     if (two_by_two && where)
-        FN_T(max_pool_2x2)(plane, out, where, true, w, oh, ow);
+        FN_T(max_pool_2x2)(plane, out, where, true, w, i0, i1, ow);
     else if (two_by_two)
-        FN_T(max_pool_2x2)(plane, out, NULL, false, w, oh, ow);
+        FN_T(max_pool_2x2)(plane, out, NULL, false, w, i0, i1, ow);
     else if (where)
-        FN_T(max_pool_plane_body)(plane, out, where, true, h, w, oh, ow, kernel, stride, padding);
+        FN_T(max_pool_plane_body)(plane, out, where, true, h, w, i0, i1, ow, kernel, stride,
+                                  padding);
     else
-        FN_T(max_pool_plane_body)(plane, out, NULL, false, h, w, oh, ow, kernel, stride, padding);
+        FN_T(max_pool_plane_body)(plane, out, NULL, false, h, w, i0, i1, ow, kernel, stride,
+                                  padding);
 }
 
 /* x is (n, c, h, w), y is (n, c, oh, ow) with oh, ow from the floor-mode rule; argmax (n, c, oh,
@@ -318,7 +337,7 @@ void FN_T(fn_max_pool2d_forward)(const real *x, real *y, int32_t *argmax, int64_
     int t = fn_threads_for(n * c * oh * ow * kernel[0] * kernel[1], threads);
     FN_PARALLEL_LOOP(t, p, n * c, {
         FN_T(max_pool_plane)(x + p * h * w, y + p * oh * ow, argmax ? argmax + p * oh * ow : NULL,
-                             h, w, oh, ow, kernel, stride, padding);
+                             h, w, 0, oh, ow, kernel, stride, padding);
     });
 }
 
@@ -445,6 +464,25 @@ static fn_status FN_T(max_pool_forward)(fn_node *node, const fn_model_ctx *ctx) 
                                 in->dim[0], in->dim[1], in->dim[2], node->attr.pool.kernel,
                                 node->attr.pool.stride, node->attr.pool.padding, ctx->threads);
     return FN_OK;
+}
+
+/* Band `id` of `bands` of the output's rows, as a band chain runs it (model.c): an inference
+ * forward, which saves no positions. */
+static void FN_T(max_pool_forward_rows)(fn_node *node, const fn_model_ctx *ctx, int id,
+                                        int bands) {
+    const fn_shape *in = &node->in_shape[0];
+    const int64_t *kernel = node->attr.pool.kernel, *stride = node->attr.pool.stride,
+                  *padding = node->attr.pool.padding;
+    const int64_t h = in->dim[1], w = in->dim[2];
+    const int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
+    const int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
+    int64_t i0, i1;
+    fn_partition(oh, bands, id, &i0, &i1);
+    const real *x = (const real *)node->in[0];
+    real *y = (real *)node->out;
+    for (int64_t p = 0; p < ctx->batch * in->dim[0]; p++)
+        FN_T(max_pool_plane)(x + p * h * w, y + p * oh * ow, NULL, h, w, i0, i1, ow, kernel,
+                             stride, padding);
 }
 
 static fn_status FN_T(max_pool_backward)(fn_node *node, const fn_model_ctx *ctx) {

@@ -416,6 +416,102 @@ def test_forward_of_one_image_in_bands(name, dtype, threads):
     fused.training = False
     np.testing.assert_allclose(fused.forward(x).reshape(expected.shape), np.maximum(expected, 0),
                                **tolerance(dtype))
+    # And without a bias: the ReLU alone.
+    spec["nodes"][0]["bias"] = False
+    unbiased = _core.Model(json.dumps(spec))
+    unbiased.param_arena()[:] = tensor(model, model.param_arena(), "0.weight").ravel()
+    unbiased.training = False
+    expected = reference_forward(x, weight, None, stride, padding, dilation, groups)
+    np.testing.assert_allclose(unbiased.forward(x).reshape(expected.shape),
+                               np.maximum(expected, 0), **tolerance(dtype))
+
+
+# Batch-1 inference through consecutive convolutions and max pools runs them as one band chain:
+# each thread computes its band of output rows of every node, with a barrier between nodes (a band
+# reads the rows around it that another thread wrote). Each convolution here has at least 128
+# output positions per band for three threads; the pools' rows are cut unevenly.
+CHAINS = {
+    # conv-ReLU-conv-ReLU-max pool, the CNN's shape at a smaller scale
+    "cnn": ((1, 28, 28), [
+        {"op": "conv2d", "in_channels": 1, "out_channels": 8, "kernel_size": [3, 3]},
+        {"op": "relu"},
+        {"op": "conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": [3, 3]},
+        {"op": "relu"},
+        {"op": "max_pool2d", "kernel_size": 2}]),
+    # odd sizes, padding, no bias, an overlapping pool with padding, and a convolution after it
+    # whose plane is too small to be cut (the chain ends before it)
+    "uneven": ((3, 23, 29), [
+        {"op": "conv2d", "in_channels": 3, "out_channels": 13, "kernel_size": [3, 3],
+         "padding": [1, 1]},
+        {"op": "relu"},
+        {"op": "conv2d", "in_channels": 13, "out_channels": 8, "kernel_size": [3, 3],
+         "bias": False},
+        {"op": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1},
+        {"op": "conv2d", "in_channels": 8, "out_channels": 4, "kernel_size": [3, 3],
+         "padding": [1, 1]}]),
+    # a pool between two convolutions, the second one padded and dilated
+    "pool_between": ((2, 40, 42), [
+        {"op": "conv2d", "in_channels": 2, "out_channels": 6, "kernel_size": [3, 3],
+         "padding": [1, 1]},
+        {"op": "max_pool2d", "kernel_size": 2},
+        {"op": "conv2d", "in_channels": 6, "out_channels": 12, "kernel_size": [3, 3],
+         "padding": [2, 2], "dilation": [2, 2]},
+        {"op": "relu"}]),
+}
+
+
+def chain_model(name, dtype):
+    shape, layers = CHAINS[name]
+    nodes = [dict(layer, name=str(i)) for i, layer in enumerate(layers)]
+    spec = {"format": "fastnet.model", "version": 1, "dtype": dtype, "seed": 0,
+            "input_shape": list(shape), "nodes": nodes}
+    return _core.Model(json.dumps(spec)), shape, layers
+
+
+def reference_max_pool(x, kernel, stride, padding):
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)),
+                    constant_values=-np.inf)
+    H = (x.shape[2] + 2 * padding - kernel) // stride + 1
+    W = (x.shape[3] + 2 * padding - kernel) // stride + 1
+    windows = [padded[:, :, i:i + stride * (H - 1) + 1:stride, j:j + stride * (W - 1) + 1:stride]
+               for i in range(kernel) for j in range(kernel)]
+    return np.max(windows, axis=0)
+
+
+def reference_chain(model, x, layers):
+    params = model.param_arena()
+    y = x.astype(np.float64)
+    for i, layer in enumerate(layers):
+        if layer["op"] == "conv2d":
+            bias = tensor(model, params, f"{i}.bias") if layer.get("bias", True) else None
+            y = reference_forward(y, tensor(model, params, f"{i}.weight"), bias, (1, 1),
+                                  layer.get("padding", [0, 0]), layer.get("dilation", [1, 1]), 1)
+        elif layer["op"] == "relu":
+            y = np.maximum(y, 0)
+        else:
+            y = reference_max_pool(y, layer["kernel_size"], layer.get("stride", layer["kernel_size"]),
+                                   layer.get("padding", 0))
+    return y
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_inference_of_one_image_as_a_band_chain(name, threads, dtype):
+    fastnet.set_num_threads(threads)
+    model, shape, layers = chain_model(name, dtype)
+    rng = np.random.default_rng(21)
+    model.param_arena()[:] = rng.uniform(-0.5, 0.5, size=model.param_arena().shape)
+    model.training = False
+    images = rng.standard_normal((3, *shape)).astype(dtype)
+    expected = reference_chain(model, images, layers).reshape(3, -1)
+    # Each image alone (a chain with 2 or 3 threads), then all three (no chain): both the
+    # reference's, whatever the thread count; repeated calls give the same bits.
+    for i in range(3):
+        first = model.forward(images[i:i + 1])
+        np.testing.assert_allclose(first[0], expected[i], **tolerance(dtype))
+        np.testing.assert_array_equal(model.forward(images[i:i + 1]), first)
+    np.testing.assert_allclose(model.forward(images), expected, **tolerance(dtype))
 
 
 # ---------------------------------------------------------------- threads
