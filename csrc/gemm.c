@@ -984,8 +984,6 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
     }
 }
 
-/* op(A) (m, k), op(B) (k, n), C (m, n): C = alpha * op(A) @ op(B) + beta * C on the calling
- * thread, by the packed kernel. */
 /* What gemm_serial applies to C once its sums are complete: a bias per row, then a ReLU (a
  * convolution's output, (out_channels, positions)), tile by tile while each is still in L1, where
  * a pass of its own would read C back from L2 (5 us a thread in the CNN's batch-1 second
@@ -1014,6 +1012,8 @@ static inline __attribute__((always_inline)) void FN_T(gemm_finish)(
     }
 }
 
+/* op(A) (m, k), op(B) (k, n), C (m, n): C = alpha * op(A) @ op(B) + beta * C on the calling
+ * thread, by the packed kernel; then the epilogue, if any. */
 static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                               real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,
                               real beta, real *c, int64_t ldc,

@@ -115,7 +115,7 @@ typedef struct fn_op {
      * band_fits says whether the node can be cut into `bands` such bands in this context (enough
      * rows, the workspace they need, for elements of elem_size bytes). model.c runs consecutive
      * nodes that fit in one team, thread `id` taking band `id` of each with a barrier between
-     * nodes (see run_band_chain). */
+     * nodes ("Band chains" there). */
     bool (*band_fits)(const fn_node *node, const fn_model_ctx *ctx, int bands, size_t elem_size);
     void (*forward_band[2])(fn_node *node, const fn_model_ctx *ctx, int id, int bands);
 } fn_op;

@@ -130,16 +130,16 @@ static fn_status global_avg_pool_configure(fn_node *node, const fn_json *spec) {
 }
 
 /* Where each output's maximum is: (batch, out_size) int32 positions in the input planes. */
+static size_t max_pool_saved(const fn_node *node, int64_t batch, size_t elem_size) {
+    (void)elem_size;
+    return (size_t)batch * (size_t)node->out_size * sizeof(int32_t);
+}
+
 /* Bands of output rows for a band chain: one row at least each. */
 static bool max_pool_band_fits(const fn_node *node, const fn_model_ctx *ctx, int bands,
                                size_t elem_size) {
     (void)ctx, (void)elem_size;
     return node->out_shape.dim[1] >= bands;
-}
-
-static size_t max_pool_saved(const fn_node *node, int64_t batch, size_t elem_size) {
-    (void)elem_size;
-    return (size_t)batch * (size_t)node->out_size * sizeof(int32_t);
 }
 
 static fn_status max_pool_configure(fn_node *node, const fn_json *spec) {

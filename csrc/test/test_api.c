@@ -828,6 +828,77 @@ static void test_threads(void) {
     free_data(&b);
 }
 
+/* Batch-1 inference through convolutions and max pools, which 2 and 3 threads run as a band
+ * chain (each thread its rows of every node): every image alone gives, to rounding, what it gives
+ * in a batch of three (no chain) and what one thread gives; under the sanitizers, every band
+ * stays within its buffers. Two networks: the CNN's layers, in float32; odd sizes, padding, no
+ * bias and an overlapping pool, in float64. */
+static void test_band_chains(void) {
+    static const char *const specs[] = {
+        "{\"format\":\"fastnet.model\",\"version\":1,\"dtype\":\"float32\",\"seed\":0,"
+        "\"input_shape\":[1,28,28],\"nodes\":["
+        "{\"name\":\"a\",\"op\":\"conv2d\",\"in_channels\":1,\"out_channels\":32,\"kernel_size\":[3,3]},"
+        "{\"name\":\"b\",\"op\":\"relu\"},"
+        "{\"name\":\"c\",\"op\":\"conv2d\",\"in_channels\":32,\"out_channels\":64,\"kernel_size\":[3,3]},"
+        "{\"name\":\"d\",\"op\":\"relu\"},"
+        "{\"name\":\"e\",\"op\":\"max_pool2d\",\"kernel_size\":2},"
+        "{\"name\":\"f\",\"op\":\"flatten\"},"
+        "{\"name\":\"g\",\"op\":\"linear\",\"in_features\":9216,\"out_features\":10}]}",
+        "{\"format\":\"fastnet.model\",\"version\":1,\"dtype\":\"float64\",\"seed\":0,"
+        "\"input_shape\":[3,23,29],\"nodes\":["
+        "{\"name\":\"a\",\"op\":\"conv2d\",\"in_channels\":3,\"out_channels\":13,\"kernel_size\":[3,3],"
+        "\"padding\":[1,1]},"
+        "{\"name\":\"b\",\"op\":\"relu\"},"
+        "{\"name\":\"c\",\"op\":\"conv2d\",\"in_channels\":13,\"out_channels\":8,\"kernel_size\":[3,3],"
+        "\"bias\":false},"
+        "{\"name\":\"e\",\"op\":\"max_pool2d\",\"kernel_size\":3,\"stride\":2,\"padding\":1}]}"};
+    const int previous = fn_get_num_threads();
+    for (int s = 0; s < 2; s++) {
+        double *reference = NULL;
+        int64_t out = 0;
+        for (int threads = 1; threads <= 3; threads++) {
+            fn_set_num_threads(threads);
+            fn_model *m = create(specs[s]);
+            CHECK(fn_model_init_params(m, 7) == FN_OK);
+            const int64_t in = fn_model_input_size(m);
+            out = fn_model_output_size(m);
+            const bool wide = fn_model_dtype(m) == FN_FLOAT64;
+            const size_t elem = wide ? 8 : 4;
+            char *x = calloc((size_t)(3 * in), elem), *alone = calloc((size_t)(3 * out), elem),
+                 *batch = calloc((size_t)(3 * out), elem);
+            if (!CHECK(x && alone && batch)) exit(1);
+            uint64_t state = 11;
+            for (int64_t i = 0; i < 3 * in; i++) {
+                double v = 2 * random_uniform(&state) - 1;
+                if (wide) ((double *)x)[i] = v;
+                else ((float *)x)[i] = (float)v;
+            }
+            for (int image = 0; image < 3; image++)
+                CHECK(fn_model_predict(m, x + (size_t)(image * in) * elem, 1,
+                                       alone + (size_t)(image * out) * elem) == FN_OK);
+            CHECK(fn_model_predict(m, x, 3, batch) == FN_OK);
+            if (!reference) reference = calloc((size_t)(3 * out), sizeof(double));
+            if (!CHECK(reference != NULL)) exit(1);
+            double worst = 0, scale = 0;
+            for (int64_t i = 0; i < 3 * out; i++) {
+                double one = wide ? ((double *)alone)[i] : ((float *)alone)[i];
+                double three = wide ? ((double *)batch)[i] : ((float *)batch)[i];
+                if (threads == 1) reference[i] = one;
+                double d = fabs(one - three), r = fabs(one - reference[i]);
+                worst = fmax(worst, fmax(d, r));
+                scale = fmax(scale, fabs(reference[i]));
+            }
+            CHECK(scale > 0 && worst <= (wide ? 1e-12 : 1e-4) * scale);
+            free(x);
+            free(alone);
+            free(batch);
+            fn_model_free(m);
+        }
+        free(reference);
+    }
+    fn_set_num_threads(previous);
+}
+
 /* Deterministic mode: the same weights on 1, 2 and 3 threads. */
 static void test_deterministic(void) {
     dataset d = make_data(512, 30);
@@ -1007,6 +1078,7 @@ int main(void) {
     test_schedule_formulas();
     test_schedule_updates();
     test_threads();
+    test_band_chains();
     test_deterministic();
     test_spec_errors();
     test_run_errors();
