@@ -366,9 +366,12 @@ static size_t conv_workspace(const fn_node *node, int64_t batch, int threads, si
     conv_plan fixed = conv_plan_of(&g, batch, threads, true, per_image_grad, elem_size);
     size_t a = conv_plan_bytes(&usual), b = conv_plan_bytes(&fixed);
     size_t most = a > b ? a : b;
+    if (batch >= threads) return most;
     /* A band chain (model.c) may cut fewer images than threads into a band per thread. */
-    size_t chain = usual.u_bytes + (size_t)threads * (usual.col_bytes + usual.mask_bytes);
-    return batch < threads && chain > most ? chain : most;
+    conv_plan chained = usual;
+    chained.bands = threads;
+    size_t chain = conv_plan_bytes(&chained);
+    return chain > most ? chain : most;
 }
 
 static fn_status conv_check_workspace(const fn_node *node, const fn_model_ctx *ctx,
@@ -494,26 +497,17 @@ static real FN_T(conv_plane_sum)(const real *x, int64_t n) {
     return lanes[0];
 }
 
-/* The bias and the fused ReLU, in one pass over columns [first, first + count) of output planes
- * [c0, c1) of one image y (out_channels, plane), still in cache after its GEMMs. */
-static void FN_T(conv_bias_relu)(const FN_T(conv_job) *job, real *y, int64_t c0, int64_t c1,
-                                 int64_t first, int64_t count, int threads) {
+/* The bias and the fused ReLU, in one pass over the output planes of one image y (out_channels,
+ * plane), still in cache after its GEMMs: what the built-in GEMM applies to each tile of a band
+ * (fn_bias_relu_rows), one plane at a time. */
+static void FN_T(conv_bias_relu)(const FN_T(conv_job) *job, real *y, int threads) {
     const real *bias = job->bias;
     const bool relu = job->node->relu_fused;
     if (!bias && !relu) return;
     const int64_t plane = job->g.plane;
-    int t = fn_threads_for((c1 - c0) * count, threads);
-    FN_PARALLEL_LOOP(t, o, c1 - c0, {
-        real *row = y + (c0 + o) * plane + first;
-        real b = bias ? bias[c0 + o] : 0;
-        if (relu) {
-            for (int64_t p = 0; p < count; p++) {
-                real v = row[p] + b;
-                row[p] = FN_RELU(v);
-            }
-        } else {
-            for (int64_t p = 0; p < count; p++) row[p] += b;
-        }
+    int t = fn_threads_for(job->g.out_channels * plane, threads);
+    FN_PARALLEL_LOOP(t, o, job->g.out_channels, {
+        FN_T(fn_bias_relu_rows)(y + o * plane, 1, plane, plane, bias ? bias + o : NULL, relu);
     });
 }
 
@@ -542,8 +536,7 @@ static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
                                 job->weight + group * g->group_out * g->k, g->k, columns, ld,
                                 false, 0, y + group * g->group_out * g->plane, g->plane);
             }
-            FN_T(conv_bias_relu)(job, y, 0, g->out_channels, 0, g->plane,
-                                 job->plan.inner_threads);
+            FN_T(conv_bias_relu)(job, y, job->plan.inner_threads);
         }
         if (job->stats_consumer) /* while the image is in cache */
             job->stats_consumer->op->input_stats_of_sample[FN_DTYPE](job->stats_consumer, n, y);

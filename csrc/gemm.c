@@ -1544,6 +1544,12 @@ void FN_T(fn_gemm_unsplit)(bool trans_a, bool trans_b, int64_t m, int64_t n, int
     FN_T(gemm_dispatch)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 0, false);
 }
 
+void FN_T(fn_bias_relu_rows)(real *c, int64_t rows, int64_t cols, int64_t ldc, const real *bias,
+                             bool relu) {
+    FN_T(gemm_epilogue) epilogue = {bias, relu};
+    FN_T(gemm_finish)(&epilogue, 0, rows, cols, c, ldc);
+}
+
 void FN_T(fn_gemm_bias_relu)(int64_t m, int64_t n, int64_t k, const real *a, int64_t lda,
                              const real *b, int64_t ldb, const real *bias, bool relu, real *c,
                              int64_t ldc) {

@@ -93,6 +93,10 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
     void fn_gemm_bias_relu##S(int64_t m, int64_t n, int64_t k, const real *a, int64_t lda,       \
                               const real *b, int64_t ldb, const real *bias, bool relu, real *c,  \
                               int64_t ldc);                                                      \
+    /* c (rows, cols), row stride ldc: c + bias (rows) per row (NULL: none), then ReLU (relu), \
+     * as fn_gemm_bias_relu finishes its tiles */                                                \
+    void fn_bias_relu_rows##S(real *c, int64_t rows, int64_t cols, int64_t ldc,                  \
+                              const real *bias, bool relu);                                      \
     /* winograd.c: 3x3 stride-1 convolutions by F(2x2, 3x3); w (out_c, in_c, 3, 3) -> u       \
      * (16, in_c, out_c), or flipped (16, out_c, in_c); x (in_c, h, w) -> y (out_c, oh, ow) */   \
     void fn_winograd_weights##S(const real *w, int64_t out_c, int64_t in_c, bool flip,          \
