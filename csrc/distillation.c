@@ -51,9 +51,10 @@ static void FN_T(distillation_part)(int id, int parts, void *arg) {
         int64_t argmax = 0;
         while (argmax < c - 1 && z[argmax] != max_z) argmax++;
         hits += argmax == label;
-        real total = 0, total_soft = 0, total_teacher = 0;
+        /* The hard term's sum as the softmax cross-entropy takes it: with alpha 0 the same bits */
+        real total = FN_T(fn_sum_exp_shifted)(z, max_z, c, NULL);
+        real total_soft = 0, total_teacher = 0;
         for (int64_t k = 0; k < c; k++) {
-            total += exp(z[k] - max_z);
             total_soft += exp((z[k] - max_z) / t);
             total_teacher += exp((v[k] - max_v) / t);
         }

@@ -56,6 +56,11 @@ struct fn_update_args; /* model.h */
 
 #define FN_NORM_BLOCK 8192 /* elements per partial sum of fn_grad_sum_squares */
 
+/* exp.c: the partial sums of fn_sum_lanes, and the elements of a row fn_sum_exp_shifted takes
+ * at a time (through a buffer on the stack that stays in L1) */
+#define FN_EXP_LANES 16
+#define FN_EXP_PIECE 1024
+
 /* gemm.c: whether C = A @ B^T with m rows and inner size k runs as dot products along k
  * (fn_gemm_dot_runs) rather than packed: few rows and a long k. */
 bool fn_gemm_dot_pays(int64_t m, int64_t k);
@@ -207,6 +212,13 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
      * entry of blocks) summed in order: the same bits for any thread count */                   \
     double fn_grad_sum_squares##S(const real *grads, int64_t count, double *blocks,              \
                                   int threads);                                                  \
+    /* exp.c: x = exp(x) for x in [-inf, 0] or NaN, vectorised for float (within 1.5 units   \
+     * in the last place); the sum of x (n, a multiple of FN_EXP_LANES) in FN_EXP_LANES partial     \
+     * sums; sum_j exp(x_j - shift) for x_j <= shift (a softmax row) from those two, the         \
+     * exponentials also into out (n) unless it is NULL */                                       \
+    void fn_exp_nonpositive##S(real *x, int64_t n);                                              \
+    real fn_sum_lanes##S(const real *x, int64_t n);                                              \
+    real fn_sum_exp_shifted##S(const real *x, real shift, int64_t n, real *out);                 \
     /* losses: outputs, targets and grad (n, c); arguments checked by fn_loss_check; each     \
      * returns the loss and writes d loss / d outputs unless grad is NULL */                     \
     double fn_cross_entropy_forward_backward##S(const real *logits, const fn_targets *targets,   \

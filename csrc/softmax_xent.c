@@ -14,6 +14,16 @@
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
 
+#include <math.h>
+
+/* first_argmax's running maxima */
+#define ARGMAX_LANES 16
+/* The exponentials of the rows no longer than FN_EXP_PIECE are taken a chunk of rows at a time,
+ * at most XENT_CHUNK elements (in L1 between the passes) and XENT_ROWS rows, each row padded as
+ * fn_sum_exp_shifted pads it: one vectorised call for many short rows, the same bits. */
+#define XENT_CHUNK 2048
+#define XENT_ROWS 256
+
 #define FN_TEMPLATE_FILE "softmax_xent.c"
 #include "template.h"
 
@@ -33,12 +43,40 @@ typedef struct {
     int64_t correct[FN_MAX_PARTIALS];
 } FN_T(softmax_xent_job);
 
-/* Index of the first maximum of row[0..c), and the maximum; bounded when the row holds NaN (a NaN
- * equals no maximum). */
+/* Index of the first maximum of row[0..c), and the maximum: the largest element that is not NaN
+ * (-inf if there is none; the index is then c - 1). The maximum is taken in ARGMAX_LANES lanes, which
+ * vectorises where one running maximum waits on the last comparison for every element: a
+ * maximum is one value in whichever order it is found. */
 static inline int64_t FN_T(first_argmax)(const real *row, int64_t c, real *max_out) {
-    real max = row[0];
-    for (int64_t j = 1; j < c; j++) max = row[j] > max ? row[j] : max;
+    if (c < 2 * ARGMAX_LANES) { /* a few elements: one running maximum is quicker */
+        real max = -INFINITY;
+        for (int64_t j = 0; j < c; j++) max = row[j] > max ? row[j] : max;
+        int64_t argmax = 0;
+        while (argmax < c - 1 && row[argmax] != max) argmax++;
+        *max_out = max;
+        return argmax;
+    }
+    _Alignas(64) real lanes[ARGMAX_LANES];
+    for (int l = 0; l < ARGMAX_LANES; l++) lanes[l] = -INFINITY;
+    for (int64_t j = 0; j < c; j += ARGMAX_LANES) {
+#pragma omp simd
+        for (int l = 0; l < ARGMAX_LANES; l++) {
+            real v = j + l < c ? row[j + l] : -INFINITY; /* a masked load in the last block */
+            lanes[l] = v > lanes[l] ? v : lanes[l];
+        }
+    }
+    for (int width = ARGMAX_LANES / 2; width > 0; width /= 2)
+        for (int l = 0; l < width; l++)
+            lanes[l] = lanes[l + width] > lanes[l] ? lanes[l + width] : lanes[l];
+    real max = lanes[0];
+    /* The first block that holds it, then the element. */
     int64_t argmax = 0;
+    for (; argmax + ARGMAX_LANES <= c; argmax += ARGMAX_LANES) {
+        int found = 0;
+#pragma omp simd reduction(| : found)
+        for (int l = 0; l < ARGMAX_LANES; l++) found |= row[argmax + l] == max;
+        if (found) break;
+    }
     while (argmax < c - 1 && row[argmax] != max) argmax++;
     *max_out = max;
     return argmax;
@@ -54,57 +92,82 @@ static inline real FN_T(target_weight)(const FN_T(softmax_xent_job) *job, const 
     return job->weight ? (real)job->weight[k] * q : q;
 }
 
-/* Rows [begin, end) of part `id`: their summed loss and argmax hits into the job's slots. */
+/* Rows [begin, end) of part `id`: their summed loss and argmax hits into the job's slots. Per
+ * chunk of rows: the maxima, the exponentials, then each row's sum, loss and gradient. */
 static void FN_T(softmax_xent_part)(int id, int parts, void *arg) {
     FN_T(softmax_xent_job) *job = arg;
-    const int64_t c = job->c;
+    const int64_t c = job->c, stride = (c + FN_EXP_LANES - 1) / FN_EXP_LANES * FN_EXP_LANES;
     const real inv_norm = job->inv_norm;
     const bool plain = job->labels && !job->weight && job->smoothing == 0;
+    const bool chunked = stride <= FN_EXP_PIECE;
     int64_t begin, end;
     fn_partition(job->n, parts, id, &begin, &end);
     double sum = 0;
     int64_t hits = 0;
-    for (int64_t i = begin; i < end; i++) {
-        const real *row = job->logits + i * c;
-        const real *soft_row = job->soft ? job->soft + i * c : NULL;
-        real max, ignored;
-        int64_t argmax = FN_T(first_argmax)(row, c, &max);
-        int64_t label = soft_row ? FN_T(first_argmax)(soft_row, c, &ignored)
-                                 : fn_label_at(job->labels, job->label_type, i);
-        hits += argmax == label;
-        real total = 0;
-        real *g = job->grad ? job->grad + i * c : NULL;
-        if (g) {
-            for (int64_t j = 0; j < c; j++) {
-                g[j] = exp(row[j] - max);
-                total += g[j];
-            }
-        } else {
-            for (int64_t j = 0; j < c; j++) total += exp(row[j] - max);
+    _Alignas(64) real buffer[XENT_CHUNK];
+    real row_max[XENT_ROWS];
+    for (int64_t i0 = begin; i0 < end;) {
+        int64_t rows = end - i0 < XENT_ROWS ? end - i0 : XENT_ROWS;
+        if (!chunked) rows = 1;
+        else if (rows * stride > XENT_CHUNK) rows = XENT_CHUNK / stride;
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t i = i0 + r;
+            const real *soft_row = job->soft ? job->soft + i * c : NULL;
+            real ignored;
+            int64_t argmax = FN_T(first_argmax)(job->logits + i * c, c, &row_max[r]);
+            int64_t label = soft_row ? FN_T(first_argmax)(soft_row, c, &ignored)
+                                     : fn_label_at(job->labels, job->label_type, i);
+            hits += argmax == label;
         }
-        real log_total = log(total);
-        if (plain) {
-            sum += (double)((max - row[label]) + log_total);
+        if (chunked) {
+            for (int64_t r = 0; r < rows; r++) {
+                const real *row = job->logits + (i0 + r) * c;
+                real *shifted = buffer + r * stride;
+                for (int64_t j = 0; j < c; j++) shifted[j] = row[j] - row_max[r];
+                for (int64_t j = c; j < stride; j++) shifted[j] = -INFINITY;
+            }
+            FN_T(fn_exp_nonpositive)(buffer, rows * stride);
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t i = i0 + r;
+            const real *row = job->logits + i * c;
+            const real *soft_row = job->soft ? job->soft + i * c : NULL;
+            int64_t label = soft_row ? -1 : fn_label_at(job->labels, job->label_type, i);
+            real max = row_max[r];
+            real *g = job->grad ? job->grad + i * c : NULL;
+            const real *ex = g; /* exp(z - max) */
+            real total;
+            if (chunked) {
+                ex = buffer + r * stride;
+                total = FN_T(fn_sum_lanes)(ex, stride);
+            } else {
+                total = FN_T(fn_sum_exp_shifted)(row, max, c, g);
+            }
+            real log_total = log(total);
+            if (plain) {
+                sum += (double)((max - row[label]) + log_total);
+                if (g) {
+                    real scale = inv_norm / total;
+                    for (int64_t j = 0; j < c; j++) g[j] = ex[j] * scale;
+                    g[label] -= inv_norm;
+                }
+                continue;
+            }
+            /* The general row: loss sum_k a_k (-log p_k), gradient (A p_k - a_k) / norm. */
+            real row_loss = 0, weight_sum = 0;
+            for (int64_t k = 0; k < c; k++) {
+                real a = FN_T(target_weight)(job, soft_row, label, k);
+                weight_sum += a;
+                if (a != 0) row_loss += a * ((max - row[k]) + log_total);
+            }
+            sum += (double)row_loss;
             if (g) {
-                real scale = inv_norm / total;
-                for (int64_t j = 0; j < c; j++) g[j] *= scale;
-                g[label] -= inv_norm;
+                real scale = weight_sum / total;
+                for (int64_t k = 0; k < c; k++)
+                    g[k] = (ex[k] * scale - FN_T(target_weight)(job, soft_row, label, k)) * inv_norm;
             }
-            continue;
         }
-        /* The general row: loss sum_k a_k (-log p_k), gradient (A p_k - a_k) / norm. */
-        real row_loss = 0, weight_sum = 0;
-        for (int64_t k = 0; k < c; k++) {
-            real a = FN_T(target_weight)(job, soft_row, label, k);
-            weight_sum += a;
-            if (a != 0) row_loss += a * ((max - row[k]) + log_total);
-        }
-        sum += (double)row_loss;
-        if (g) {
-            real scale = weight_sum / total;
-            for (int64_t k = 0; k < c; k++)
-                g[k] = (g[k] * scale - FN_T(target_weight)(job, soft_row, label, k)) * inv_norm;
-        }
+        i0 += rows;
     }
     job->loss[id] = sum;
     job->correct[id] = hits;

@@ -18,7 +18,10 @@ DTYPES = [np.float32, np.float64]
 
 # (batch, features). 257 x 257 and 513 x 129 are above the size at which elementwise kernels and
 # the loss use a second thread.
-SHAPES = [(1, 1), (3, 7), (2, 1), (1, 9), (17, 33), (257, 129), (257, 257), (513, 129)]
+# The softmax cross-entropy takes rows of up to 1024 classes in chunks of 2048 elements and 256
+# rows (300 x 16), longer ones a row at a time in pieces of 1024 (3 x 1025, 2 x 2500).
+SHAPES = [(1, 1), (3, 7), (2, 1), (1, 9), (17, 33), (257, 129), (257, 257), (513, 129), (300, 16),
+          (3, 1025), (2, 2500)]
 
 LABEL_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
 
