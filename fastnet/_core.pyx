@@ -64,12 +64,18 @@ cdef cnp.ndarray as_floats(object x, fn_dtype dtype, str what):
 
 
 cdef fn_label_type label_type_of(cnp.ndarray labels) except *:
-    kind = labels.dtype.kind
-    size = labels.dtype.itemsize
-    if kind == "i":
-        return {1: FN_LABEL_I8, 2: FN_LABEL_I16, 4: FN_LABEL_I32, 8: FN_LABEL_I64}[size]
-    if kind == "u":
-        return {1: FN_LABEL_U8, 2: FN_LABEL_U16, 4: FN_LABEL_U32, 8: FN_LABEL_U64}[size]
+    # From the array's type, without Python attribute lookups: it runs at every step.
+    cdef bint signed = cnp.PyArray_ISSIGNED(labels)
+    cdef cnp.npy_intp size = cnp.PyArray_ITEMSIZE(labels)
+    if signed or cnp.PyArray_ISUNSIGNED(labels):
+        if size == 1:
+            return FN_LABEL_I8 if signed else FN_LABEL_U8
+        if size == 2:
+            return FN_LABEL_I16 if signed else FN_LABEL_U16
+        if size == 4:
+            return FN_LABEL_I32 if signed else FN_LABEL_U32
+        if size == 8:
+            return FN_LABEL_I64 if signed else FN_LABEL_U64
     raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
 
 

@@ -433,11 +433,12 @@ class Sequential(Layer):
         if optimizer.model is not self:
             raise ValueError("the optimizer was built over another model's parameters")
         x = self._check_input(x)
-        outputs_shape = (x.shape[0], self._core.output_size)
+        core = self._core
+        outputs_shape = (x.shape[0], core.output_size)
         targets = loss._targets(y, outputs_shape)
         if self._optimizer is not optimizer or self._optimizer_version != optimizer._version:
             optimizer._configure()
-        return self._core.train_step(x, loss=loss._spec(outputs_shape[1]), **targets)
+        return core.train_step(x, loss=loss._spec(outputs_shape[1]), **targets)
 
     def forward_flops(self):
         """Floating-point operations of one sample's forward pass in the linear and convolution
