@@ -81,18 +81,28 @@ real FN_T(fn_sum_lanes)(const real *x, int64_t n) {
     return lanes[0];
 }
 
-/* x (n): sum_j exp(x_j - shift), and with `out` the exponentials into out (n): the shifted row
- * padded with -inf (whose exponential is 0) to whole blocks of FN_EXP_LANES, fn_exp_nonpositive,
- * fn_sum_lanes, in pieces of FN_FN_EXP_PIECE elements whose sums are added in order. */
+/* out (rows, stride): row r is exp(x_rj - shift[r]) for j < n, then 0 up to stride (a multiple of
+ * FN_EXP_LANES, at least n); row r of x at x + r * ldx. One vectorised call for all the rows. */
+void FN_T(fn_exp_shifted_rows)(const real *x, int64_t ldx, const real *shift, int64_t rows,
+                               int64_t n, int64_t stride, real *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const real *row = x + r * ldx;
+        real *shifted = out + r * stride;
+        for (int64_t j = 0; j < n; j++) shifted[j] = row[j] - shift[r];
+        for (int64_t j = n; j < stride; j++) shifted[j] = -INFINITY; /* whose exponential is 0 */
+    }
+    FN_T(fn_exp_nonpositive)(out, rows * stride);
+}
+
+/* x (n): sum_j exp(x_j - shift), and with `out` the exponentials into out (n): fn_exp_shifted_rows
+ * and fn_sum_lanes in pieces of FN_EXP_PIECE elements, whose sums are added in order. */
 real FN_T(fn_sum_exp_shifted)(const real *x, real shift, int64_t n, real *out) {
     _Alignas(64) real piece[FN_EXP_PIECE];
     real total = 0;
     for (int64_t j0 = 0; j0 < n; j0 += FN_EXP_PIECE) {
         int64_t len = n - j0 < FN_EXP_PIECE ? n - j0 : FN_EXP_PIECE;
         int64_t padded = (len + FN_EXP_LANES - 1) / FN_EXP_LANES * FN_EXP_LANES;
-        for (int64_t j = 0; j < len; j++) piece[j] = x[j0 + j] - shift;
-        for (int64_t j = len; j < padded; j++) piece[j] = -INFINITY;
-        FN_T(fn_exp_nonpositive)(piece, padded);
+        FN_T(fn_exp_shifted_rows)(x + j0, 0, &shift, 1, len, padded, piece);
         total += FN_T(fn_sum_lanes)(piece, padded);
         if (out) memcpy(out + j0, piece, (size_t)len * sizeof(real));
     }

@@ -212,11 +212,13 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
      * entry of blocks) summed in order: the same bits for any thread count */                   \
     double fn_grad_sum_squares##S(const real *grads, int64_t count, double *blocks,              \
                                   int threads);                                                  \
-    /* exp.c: x = exp(x) for x in [-inf, 0] or NaN, vectorised for float (within 1.5 units   \
-     * in the last place); the sum of x (n, a multiple of FN_EXP_LANES) in FN_EXP_LANES partial     \
-     * sums; sum_j exp(x_j - shift) for x_j <= shift (a softmax row) from those two, the         \
-     * exponentials also into out (n) unless it is NULL */                                       \
+    /* exp.c: x = exp(x) for x in [-inf, 0] or NaN, vectorised for float (within 1.5 units  \
+     * in the last place); rows of exp(x - their shift), each padded with zeros to stride; the  \
+     * sum of x (n, a multiple of FN_EXP_LANES) in FN_EXP_LANES partial sums; from those,       \
+     * sum_j exp(x_j - shift) of a softmax row, the exponentials also into out unless NULL */   \
     void fn_exp_nonpositive##S(real *x, int64_t n);                                              \
+    void fn_exp_shifted_rows##S(const real *x, int64_t ldx, const real *shift, int64_t rows,     \
+                                int64_t n, int64_t stride, real *out);                           \
     real fn_sum_lanes##S(const real *x, int64_t n);                                              \
     real fn_sum_exp_shifted##S(const real *x, real shift, int64_t n, real *out);                 \
     /* losses: outputs, targets and grad (n, c); arguments checked by fn_loss_check; each     \

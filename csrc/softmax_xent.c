@@ -19,8 +19,8 @@
 /* first_argmax's running maxima */
 #define ARGMAX_LANES 16
 /* The exponentials of the rows no longer than FN_EXP_PIECE are taken a chunk of rows at a time,
- * at most XENT_CHUNK elements (in L1 between the passes) and XENT_ROWS rows, each row padded as
- * fn_sum_exp_shifted pads it: one vectorised call for many short rows, the same bits. */
+ * at most XENT_CHUNK elements (in L1 between the passes) and XENT_ROWS rows, by the call that
+ * fn_sum_exp_shifted makes for one row: one vectorised call for many short rows, the same bits. */
 #define XENT_CHUNK 2048
 #define XENT_ROWS 256
 
@@ -44,9 +44,9 @@ typedef struct {
 } FN_T(softmax_xent_job);
 
 /* Index of the first maximum of row[0..c), and the maximum: the largest element that is not NaN
- * (-inf if there is none; the index is then c - 1). The maximum is taken in ARGMAX_LANES lanes, which
- * vectorises where one running maximum waits on the last comparison for every element: a
- * maximum is one value in whichever order it is found. */
+ * (-inf if there is none; the index is then c - 1). A long row's maximum is taken in ARGMAX_LANES
+ * lanes, which vectorises where one running maximum waits on the last comparison for every
+ * element: a maximum is one value in whichever order it is found. */
 static inline int64_t FN_T(first_argmax)(const real *row, int64_t c, real *max_out) {
     if (c < 2 * ARGMAX_LANES) { /* a few elements: one running maximum is quicker */
         real max = -INFINITY;
@@ -119,15 +119,8 @@ static void FN_T(softmax_xent_part)(int id, int parts, void *arg) {
                                      : fn_label_at(job->labels, job->label_type, i);
             hits += argmax == label;
         }
-        if (chunked) {
-            for (int64_t r = 0; r < rows; r++) {
-                const real *row = job->logits + (i0 + r) * c;
-                real *shifted = buffer + r * stride;
-                for (int64_t j = 0; j < c; j++) shifted[j] = row[j] - row_max[r];
-                for (int64_t j = c; j < stride; j++) shifted[j] = -INFINITY;
-            }
-            FN_T(fn_exp_nonpositive)(buffer, rows * stride);
-        }
+        if (chunked)
+            FN_T(fn_exp_shifted_rows)(job->logits + i0 * c, c, row_max, rows, c, stride, buffer);
         for (int64_t r = 0; r < rows; r++) {
             int64_t i = i0 + r;
             const real *row = job->logits + i * c;
@@ -163,8 +156,10 @@ static void FN_T(softmax_xent_part)(int id, int parts, void *arg) {
             sum += (double)row_loss;
             if (g) {
                 real scale = weight_sum / total;
-                for (int64_t k = 0; k < c; k++)
-                    g[k] = (ex[k] * scale - FN_T(target_weight)(job, soft_row, label, k)) * inv_norm;
+                for (int64_t k = 0; k < c; k++) {
+                    real a = FN_T(target_weight)(job, soft_row, label, k);
+                    g[k] = (ex[k] * scale - a) * inv_norm;
+                }
             }
         }
         i0 += rows;

@@ -36,7 +36,8 @@ static void test_accuracy(void) {
     uint32_t bits = 0x80000000u; /* -0.0f */
     while (bits <= last) {
         int count = 0;
-        for (; count < BATCH && bits <= last; count++, bits += 997) x[count] = float_from_bits(bits);
+        for (; count < BATCH && bits <= last; count++, bits += 997)
+            x[count] = float_from_bits(bits);
         memcpy(y, x, sizeof(float) * (size_t)count);
         fn_exp_nonpositive_f32(y, count);
         for (int i = 0; i < count; i++) {
