@@ -393,6 +393,9 @@ BANDED = {
     "5x5_no_padding": (8, 36, 36, 32, (5, 5), (1, 1), (0, 0), (1, 1), 1),
     "plane_beyond_the_stack_buffer": (4, 100, 100, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "asymmetric": (8, 40, 24, 32, (3, 5), (1, 2), (2, 1), (1, 1), 1),
+    # The CNN's second convolution: with two threads, each band's columns (12 rows, 331 KB in
+    # float32) are unrolled and multiplied in pieces of 4 rows (3 whole slivers of 32 columns).
+    "pieces_of_bands": (32, 26, 26, 64, (3, 3), (1, 1), (0, 0), (1, 1), 1),
 }
 
 
