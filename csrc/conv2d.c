@@ -303,12 +303,14 @@ static int conv_useful_threads(double work, int threads) {
  * 331 KB; pieces of 8 and 4 rows, 1.01-1.05x); ResNet-8 152-154 -> 143-144 us. */
 #define CONV_PIECE_BYTES (128 * 1024)
 
-/* The rows of each piece of a band of `rows` output rows: all of them when their columns fit
- * CONV_PIECE_BYTES, else the band cut into equal pieces that fit, each rounded up to fill whole
- * slivers of the GEMM's columns where the width allows: 32 columns, a whole number of slivers in
- * every build (a sliver cut by the edge costs about as much as a whole one: pieces of 3 and 6
- * rows of 24 positions, 2.25 and 4.5 slivers, ran 0.8x and 0.93x of whole bands). */
-static int64_t conv_piece_rows(const conv_geometry *g, int64_t rows, size_t elem_size) {
+/* The rows of each piece of a band of `rows` output rows (a multiple of `multiple`): all of them
+ * when their columns fit CONV_PIECE_BYTES, else the band cut into equal pieces that fit, each
+ * rounded up to a multiple of `multiple` (whole windows of a consumer that takes the pieces) and
+ * to fill whole slivers of the GEMM's columns where the width allows: 32 columns, a whole number
+ * of slivers in every build (a sliver cut by the edge costs about as much as a whole one: pieces
+ * of 3 and 6 rows of 24 positions, 2.25 and 4.5 slivers, ran 0.8x and 0.93x of whole bands). */
+static int64_t conv_piece_rows(const conv_geometry *g, int64_t rows, int64_t multiple,
+                               size_t elem_size) {
     const double row_bytes = (double)g->k * (double)g->out_w * (double)elem_size;
     int64_t fit = (int64_t)(CONV_PIECE_BYTES / row_bytes);
     if (fit < 1) fit = 1;
@@ -321,7 +323,9 @@ static int64_t conv_piece_rows(const conv_geometry *g, int64_t rows, size_t elem
         b = t;
     }
     const int64_t whole = 32 / a;
-    step = (step + whole - 1) / whole * whole;
+    int64_t unit = whole; /* the least multiple of both */
+    while (unit % multiple) unit += whole;
+    step = (step + unit - 1) / unit * unit;
     return step < rows ? step : rows;
 }
 
@@ -388,6 +392,21 @@ static size_t conv_plan_bytes(const conv_plan *plan) {
     return plan->u_bytes + (by_parts > by_bands ? by_parts : by_bands);
 }
 
+/* The plan of a band chain's `bands` bands of output rows (model.c): each part's buffer holds its
+ * columns, then, in the place of the masked gradient (an inference forward has none), room for
+ * the output of a piece of its rows, which a piece consumer reads from there
+ * (conv_forward_band). */
+static conv_plan conv_chain_plan(const fn_node *node, const conv_geometry *g, int64_t batch,
+                                 int threads, int bands, size_t elem_size) {
+    conv_plan plan = conv_plan_of(g, batch, threads, false,
+                                  node->relu_fused || node->fused_consumer, elem_size);
+    plan.bands = bands;
+    plan.band_channels = false;
+    size_t outputs = conv_round64((size_t)(g->out_channels * g->plane) * elem_size);
+    if (plan.mask_bytes < outputs) plan.mask_bytes = outputs;
+    return plan;
+}
+
 /* Per-part column buffers and (for backward) per-chunk weight and bias gradient partials, enough
  * for either mode: the mode is process-wide, and may change between planning and running. */
 static size_t conv_workspace(const fn_node *node, int64_t batch, int threads, size_t elem_size) {
@@ -399,8 +418,7 @@ static size_t conv_workspace(const fn_node *node, int64_t batch, int threads, si
     size_t most = a > b ? a : b;
     if (batch >= threads) return most;
     /* A band chain (model.c) may cut fewer images than threads into a band per thread. */
-    conv_plan chained = usual;
-    chained.bands = threads;
+    conv_plan chained = conv_chain_plan(node, &g, batch, threads, threads, elem_size);
     size_t chain = conv_plan_bytes(&chained);
     return chain > most ? chain : most;
 }
@@ -419,9 +437,7 @@ static bool conv_band_fits(const fn_node *node, const fn_model_ctx *ctx, int ban
                            size_t elem_size) {
     conv_geometry g = conv_geometry_of(node);
     if (g.out_h < bands || g.plane / CONV_BAND_COLUMNS < bands) return false;
-    conv_plan plan = conv_plan_of(&g, ctx->batch, ctx->threads, false,
-                                  node->relu_fused || node->fused_consumer, elem_size);
-    plan.bands = bands;
+    conv_plan plan = conv_chain_plan(node, &g, ctx->batch, ctx->threads, bands, elem_size);
     return conv_plan_bytes(&plan) <= ctx->workspace_size;
 }
 
@@ -429,6 +445,10 @@ static fn_status conv_forward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status conv_forward_f64(fn_node *node, const fn_model_ctx *ctx);
 static void conv_forward_rows_f32(fn_node *node, const fn_model_ctx *ctx, int id, int bands);
 static void conv_forward_rows_f64(fn_node *node, const fn_model_ctx *ctx, int id, int bands);
+static void conv_forward_rows_into_f32(fn_node *node, fn_node *consumer, const fn_model_ctx *ctx,
+                                       int id, int bands);
+static void conv_forward_rows_into_f64(fn_node *node, fn_node *consumer, const fn_model_ctx *ctx,
+                                       int id, int bands);
 static fn_status conv_backward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status conv_backward_f64(fn_node *node, const fn_model_ctx *ctx);
 
@@ -446,6 +466,7 @@ const fn_op fn_op_conv2d = {
     .derives_output_grad = true,
     .band_fits = conv_band_fits,
     .forward_band = {conv_forward_rows_f32, conv_forward_rows_f64},
+    .forward_band_into = {conv_forward_rows_into_f32, conv_forward_rows_into_f64},
 };
 
 #define FN_TEMPLATE_FILE "conv2d.c"
@@ -464,6 +485,8 @@ typedef struct {
     bool grad_x_accumulate, grad_param_accumulate;
     char *workspace; /* the parts' column buffers, then the chunks' partials */
     fn_node *stats_consumer; /* forward hands it each image of y (input_stats_of_sample) */
+    fn_node *piece_consumer; /* a band chain's forward hands it y a piece of rows at a time
+                              * (op->forward_piece), y never stored */
     const real *winograd_u;  /* geometry.winograd: the transformed weights of this pass */
 } FN_T(conv_job);
 
@@ -580,42 +603,61 @@ static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
  * rows of C. With a bias or a ReLU they run on the built-in kernel, whose bits do not depend on
  * the cut, and which finishes each tile with them while it is in L1, which a BLAS cannot: on the
  * CNN's first convolution at batch 1 (32x338x9 a band) that outweighs OpenBLAS's 1.18x on the
- * product alone, and its second one saves a pass of 5 us a thread. */
+ * product alone, and its second one saves a pass of 5 us a thread.
+ *
+ * A band of rows runs in pieces (conv_piece_rows). With a piece consumer, the band is the input
+ * rows of the consumer's band `id`, and each piece's output goes to the part's buffer after the
+ * columns, where the consumer takes it at once (a max pool reads it from L1), instead of into y:
+ * y's lines, evicted since the last call, would each be fetched from L3 to be written (the CNN's
+ * batch-1 latency 127-128 -> 120-121 us, alternating builds). */
 static void FN_T(conv_forward_band)(int id, int bands, void *arg) {
     const FN_T(conv_job) *job = arg;
     const conv_geometry *g = &job->g;
+    fn_node *consumer = job->piece_consumer;
+    const int64_t per_row = consumer ? consumer->op->input_rows_per_output_row(consumer) : 1;
     int64_t rows[2] = {0, g->out_h}, c0 = 0, c1 = g->group_out;
-    if (job->plan.band_channels)
+    if (job->plan.band_channels) {
         fn_partition(g->out_channels, bands, id, &c0, &c1);
-    else
+    } else if (consumer) {
+        fn_partition(consumer->out_shape.dim[1], bands, id, &rows[0], &rows[1]);
+        rows[0] *= per_row;
+        rows[1] *= per_row;
+    } else {
         fn_partition(g->out_h, bands, id, &rows[0], &rows[1]);
+    }
     if (rows[1] == rows[0] || c0 == c1) return;
-    real *col = (real *)FN_T(conv_part_buffer)(job, id);
-    /* Bands of rows run in pieces of `step` rows (conv_piece_rows), all through one column
-     * buffer. */
-    const int64_t step = job->plan.band_channels ? rows[1] - rows[0]
-                                                 : conv_piece_rows(g, rows[1] - rows[0],
-                                                                   sizeof(real));
+    char *buffer = FN_T(conv_part_buffer)(job, id);
+    real *col = (real *)buffer;
+    real *piece_out = consumer ? (real *)(buffer + job->plan.col_bytes) : NULL;
+    const int64_t step = job->plan.band_channels
+                             ? rows[1] - rows[0]
+                             : conv_piece_rows(g, rows[1] - rows[0], per_row, sizeof(real));
     for (int64_t n = 0; n < job->batch; n++) {
         const real *x = job->x + n * g->channels * g->height * g->width;
         real *y = job->y + n * g->out_channels * g->plane;
         for (int64_t r0 = rows[0]; r0 < rows[1]; r0 += step) {
             const int64_t piece[2] = {r0, r0 + step < rows[1] ? r0 + step : rows[1]};
             const int64_t first = piece[0] * g->out_w, count = (piece[1] - piece[0]) * g->out_w;
+            /* y's rows of the piece, or the piece's own planes of count values */
+            real *y_piece = piece_out ? piece_out : y + first;
+            const int64_t ldy = piece_out ? count : g->plane;
             for (int64_t group = 0; group < g->groups; group++) {
                 int64_t ld;
                 const real *columns = FN_T(conv_columns)(job, x, group, piece, 1, col, &ld);
                 int64_t out = group * g->group_out + c0;
                 const real *weight = job->weight + out * g->k;
-                real *y_band = y + out * g->plane + first;
+                real *y_band = y_piece + out * ldy;
                 if (job->bias || job->node->relu_fused) /* on each tile as it is finished */
                     FN_T(fn_gemm_bias_relu)(c1 - c0, count, g->k, weight, g->k, columns, ld,
                                             job->bias ? job->bias + out : NULL,
-                                            job->node->relu_fused, y_band, g->plane);
+                                            job->node->relu_fused, y_band, ldy);
                 else
                     FN_T(fn_gemm_unsplit)(false, false, c1 - c0, count, g->k, 1, weight, g->k,
-                                          columns, ld, 0, y_band, g->plane);
+                                          columns, ld, 0, y_band, ldy);
             }
+            if (consumer)
+                consumer->op->forward_piece[FN_DTYPE](consumer, n, piece_out, count, piece[0],
+                                                      piece[1] - piece[0]);
         }
     }
 }
@@ -831,14 +873,20 @@ static fn_status FN_T(conv_forward)(fn_node *node, const fn_model_ctx *ctx) {
     return FN_OK;
 }
 
-/* Band `id` of `bands` of the output's rows, as a band chain runs it (model.c). */
-static void FN_T(conv_forward_rows)(fn_node *node, const fn_model_ctx *ctx, int id, int bands) {
+/* Band `id` of `bands` of the output's rows, as a band chain runs it (model.c); with a consumer,
+ * handed to it piece by piece (op->forward_band_into). */
+static void FN_T(conv_forward_rows_into)(fn_node *node, fn_node *consumer,
+                                         const fn_model_ctx *ctx, int id, int bands) {
     FN_T(conv_job) job = FN_T(conv_job_of)(node, ctx);
+    job.plan = conv_chain_plan(node, &job.g, ctx->batch, ctx->threads, bands, sizeof(real));
     job.bias = node->attr.conv.bias ? (const real *)node->param[1] : NULL;
     job.y = (real *)node->out;
-    job.plan.bands = bands;
-    job.plan.band_channels = false;
+    job.piece_consumer = consumer;
     FN_T(conv_forward_band)(id, bands, &job);
+}
+
+static void FN_T(conv_forward_rows)(fn_node *node, const fn_model_ctx *ctx, int id, int bands) {
+    FN_T(conv_forward_rows_into)(node, NULL, ctx, id, bands);
 }
 
 static fn_status FN_T(conv_backward)(fn_node *node, const fn_model_ctx *ctx) {

@@ -174,6 +174,12 @@ fn_status fn_model_node_output(const fn_model *m, int i, const void **data, int6
                         "read it, so a later layer's output reuses its memory; "
                         "fn_model_set_keep_outputs(m, 1) gives every output memory of its own",
                         node->name, node->op->type);
+    if (node->out_skipped)
+        return fn_error(FN_ESTATE,
+                        "node_output: the output of node '%s' (%s) was not stored: this inference "
+                        "of fewer samples than threads handed it to the next layer a few rows at "
+                        "a time; fn_model_set_keep_outputs(m, 1) stores every output",
+                        node->name, node->op->type);
     *data = node->out;
     *rows = m->output_batch;
     return FN_OK;
@@ -602,14 +608,51 @@ typedef struct {
     int first, end; /* nodes [first, end) */
 } band_chain;
 
+/* The node of the chain [i, end) that takes node i's output a piece at a time
+ * (op->forward_band_into, op->forward_piece), or -1: the next node after the ReLUs fused into i,
+ * reading their output alone, where nothing else reads it (nor node i's), none of them is the
+ * model's output, and the outputs need not be kept (fn_model_set_keep_outputs). Node i's output
+ * and its ReLUs' are then never stored (out_skipped): a conv-ReLU-max pool hands each piece of
+ * rows to the pool while it is in L1. */
+static int band_chain_consumer(const fn_model *m, int i, int end) {
+    const fn_node *node = &m->nodes[i];
+    if (m->keep_outputs || !node->op->forward_band_into[m->dtype]) return -1;
+    int last = i; /* the last node whose output is node i's memory */
+    while (last + 1 < end && m->nodes[last + 1].fused_away && m->nodes[last + 1].input[0] == last)
+        last++;
+    int j = last + 1;
+    if (j >= end) return -1;
+    const fn_node *consumer = &m->nodes[j];
+    if (consumer->n_inputs != 1 || consumer->input[0] != last ||
+        !consumer->op->forward_piece[m->dtype] ||
+        consumer->op->input_rows_per_output_row(consumer) < 1)
+        return -1;
+    for (int k = i; k <= last; k++)
+        if (k == m->output_node) return -1;
+    for (int r = 0; r < m->n_nodes; r++) {
+        if (r == j || (r > i && r <= last)) continue;
+        for (int k = 0; k < m->nodes[r].n_inputs; k++)
+            if (m->nodes[r].input[k] >= i && m->nodes[r].input[k] <= last) return -1;
+    }
+    return j;
+}
+
 static void band_chain_part(int id, int bands, void *arg) {
     const band_chain *chain = arg;
+    const fn_model *m = chain->m;
     bool waiting = false; /* the first node reads nothing the team wrote */
     for (int i = chain->first; i < chain->end; i++) {
-        fn_node *node = &chain->m->nodes[i];
+        fn_node *node = &m->nodes[i];
         if (node->fused_away) continue;
         if (waiting) fn_team_barrier(); /* for the rows of the input the other threads wrote */
-        node->op->forward_band[chain->m->dtype](node, chain->ctx, id, bands);
+        int consumer = node->out_skipped ? band_chain_consumer(m, i, chain->end) : -1;
+        if (consumer >= 0) {
+            node->op->forward_band_into[m->dtype](node, &m->nodes[consumer], chain->ctx, id,
+                                                  bands);
+            i = consumer;
+        } else {
+            node->op->forward_band[m->dtype](node, chain->ctx, id, bands);
+        }
         waiting = true;
     }
 }
@@ -646,10 +689,17 @@ static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
     ctx.keep = keep;
     m->forward_batch = 0;
     m->output_batch = 0; /* a node that fails leaves the outputs half written */
+    for (int i = 0; i < m->n_nodes; i++) m->nodes[i].out_skipped = false;
     for (int i = 0; i < m->n_nodes;) {
         int end = band_chain_end(m, i, &ctx);
         if (end > i) {
             band_chain chain = {m, &ctx, i, end};
+            for (int k = i; k < end; k++) { /* the outputs handed over piece by piece */
+                int consumer = m->nodes[k].fused_away ? -1 : band_chain_consumer(m, k, end);
+                for (int skipped = k; skipped < consumer; skipped++)
+                    m->nodes[skipped].out_skipped = true;
+                if (consumer >= 0) k = consumer - 1;
+            }
             fn_run_team(threads, band_chain_part, &chain);
             i = end;
             continue;

@@ -118,6 +118,20 @@ typedef struct fn_op {
      * nodes ("Band chains" there). */
     bool (*band_fits)(const fn_node *node, const fn_model_ctx *ctx, int bands, size_t elem_size);
     void (*forward_band[2])(fn_node *node, const fn_model_ctx *ctx, int id, int bands);
+    /* Optional, with forward_band: in a band chain, the node's input can be handed over a piece
+     * of rows at a time by its producer, which then never stores it (out_skipped).
+     * input_rows_per_output_row gives s > 0 when output row i reads input rows [s i, s i + s)
+     * alone (0: not now); forward_piece computes sample `sample`'s output rows that input rows
+     * [first_row, first_row + rows) make (first_row and rows multiples of s), from those rows
+     * alone at x, input plane p at x + p * x_plane (elements). */
+    int64_t (*input_rows_per_output_row)(const fn_node *node);
+    void (*forward_piece[2])(fn_node *node, int64_t sample, const void *x, int64_t x_plane,
+                             int64_t first_row, int64_t rows);
+    /* Optional, with forward_band: forward_band that hands its output to `consumer` (which has
+     * forward_piece) a piece of rows at a time instead of storing it. Band `id` of `bands` is
+     * the input rows of the consumer's band `id` (fn_partition of its output rows). */
+    void (*forward_band_into[2])(fn_node *node, fn_node *consumer, const fn_model_ctx *ctx,
+                                 int id, int bands);
 } fn_op;
 
 struct fn_node {
@@ -165,6 +179,8 @@ struct fn_node {
     void *out;                     /* (batch, out_size) */
     bool out_kept;                 /* out still holds this node's output after a forward: no
                                     * later node's output shares its memory */
+    bool out_skipped;              /* the last forward never stored this output: a band chain
+                                    * handed it to its consumer piece by piece (forward_piece) */
     bool relu_fused;               /* this node applies the ReLU that follows it (op->fuses_relu) */
     bool fused_away;               /* a ReLU that its producer applies: forward and backward skip
                                     * it (its output and gradient are the producer's memory) */

@@ -142,6 +142,13 @@ static bool max_pool_band_fits(const fn_node *node, const fn_model_ctx *ctx, int
     return node->out_shape.dim[1] >= bands;
 }
 
+/* A window as tall as its stride, without padding: output row i reads input rows [s i, s i + s)
+ * alone, so a producer can hand the input over a piece of whole windows at a time. */
+static int64_t max_pool_input_rows_per_row(const fn_node *node) {
+    const int64_t *kernel = node->attr.pool.kernel, *stride = node->attr.pool.stride;
+    return kernel[0] == stride[0] && node->attr.pool.padding[0] == 0 ? stride[0] : 0;
+}
+
 static fn_status max_pool_configure(fn_node *node, const fn_json *spec) {
     FN_TRY(pool_configure(node, spec));
     const fn_shape *in = &node->in_shape[0];
@@ -157,6 +164,10 @@ static fn_status max_pool_forward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status max_pool_forward_f64(fn_node *node, const fn_model_ctx *ctx);
 static void max_pool_forward_rows_f32(fn_node *node, const fn_model_ctx *ctx, int id, int bands);
 static void max_pool_forward_rows_f64(fn_node *node, const fn_model_ctx *ctx, int id, int bands);
+static void max_pool_forward_piece_f32(fn_node *node, int64_t sample, const void *x,
+                                       int64_t x_plane, int64_t first_row, int64_t rows);
+static void max_pool_forward_piece_f64(fn_node *node, int64_t sample, const void *x,
+                                       int64_t x_plane, int64_t first_row, int64_t rows);
 static fn_status max_pool_backward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status max_pool_backward_f64(fn_node *node, const fn_model_ctx *ctx);
 static fn_status avg_pool_forward_f32(fn_node *node, const fn_model_ctx *ctx);
@@ -180,6 +191,8 @@ const fn_op fn_op_max_pool2d = {
     .backward_ignores_inputs = true, /* the saved positions are enough */
     .band_fits = max_pool_band_fits,
     .forward_band = {max_pool_forward_rows_f32, max_pool_forward_rows_f64},
+    .input_rows_per_output_row = max_pool_input_rows_per_row,
+    .forward_piece = {max_pool_forward_piece_f32, max_pool_forward_piece_f64},
 };
 
 const fn_op fn_op_avg_pool2d = {
@@ -483,6 +496,22 @@ static void FN_T(max_pool_forward_rows)(fn_node *node, const fn_model_ctx *ctx, 
     for (int64_t p = 0; p < ctx->batch * in->dim[0]; p++)
         FN_T(max_pool_plane)(x + p * h * w, y + p * oh * ow, NULL, h, w, i0, i1, ow, kernel,
                              stride, padding);
+}
+
+/* The output rows of sample `sample` that input rows [first_row, first_row + rows) make, from
+ * those rows alone at x (plane p at x + p * x_plane): each piece a plane of `rows` rows whose
+ * windows (as tall as their stride, max_pool_input_rows_per_row) are the full plane's. */
+static void FN_T(max_pool_forward_piece)(fn_node *node, int64_t sample, const void *x,
+                                         int64_t x_plane, int64_t first_row, int64_t rows) {
+    const fn_shape *in = &node->in_shape[0];
+    const int64_t *kernel = node->attr.pool.kernel, *stride = node->attr.pool.stride,
+                  *padding = node->attr.pool.padding;
+    const int64_t w = in->dim[2], oh = node->out_shape.dim[1], ow = node->out_shape.dim[2];
+    const int64_t first = first_row / stride[0], count = rows / stride[0];
+    real *y = (real *)node->out + sample * in->dim[0] * oh * ow + first * ow;
+    for (int64_t p = 0; p < in->dim[0]; p++)
+        FN_T(max_pool_plane)((const real *)x + p * x_plane, y + p * oh * ow, NULL, rows, w, 0,
+                             count, ow, kernel, stride, padding);
 }
 
 static fn_status FN_T(max_pool_backward)(fn_node *node, const fn_model_ctx *ctx) {

@@ -517,6 +517,105 @@ def test_inference_of_one_image_as_a_band_chain(name, threads, dtype):
     np.testing.assert_allclose(model.forward(images), expected, **tolerance(dtype))
 
 
+# In a band chain, a convolution (and the ReLU fused into it) whose output only a max pool with
+# windows as tall as their stride reads hands that output to the pool a piece of rows at a time,
+# and never stores it: node_output then refuses it, unless keep_outputs stores every output.
+PIECES = {
+    # the CNN's conv-ReLU-max pool at a smaller scale; pieces of 4 rows
+    "relu_pool2": ((16, 26, 26), [
+        {"op": "conv2d", "in_channels": 16, "out_channels": 32, "kernel_size": [3, 3]},
+        {"op": "relu"},
+        {"op": "max_pool2d", "kernel_size": 2}]),
+    # no ReLU, 3 x 3 windows of stride 3, and an odd height whose last row no window reads
+    "pool3_odd": ((8, 31, 20), [
+        {"op": "conv2d", "in_channels": 8, "out_channels": 24, "kernel_size": [3, 3],
+         "padding": [1, 1]},
+        {"op": "max_pool2d", "kernel_size": 3}]),
+    # windows wider than their stride along the rows only: still whole rows a piece
+    "wide_windows": ((8, 24, 40), [
+        {"op": "conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": [3, 3]},
+        {"op": "relu"},
+        {"op": "max_pool2d", "kernel_size": [2, 3], "stride": [2, 1]}]),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("name", list(PIECES))
+def test_a_band_chain_pools_a_convolution_piece_by_piece(name, threads, dtype):
+    fastnet.set_num_threads(threads)
+    shape, layers = PIECES[name]
+    nodes = [dict(layer, name=str(i)) for i, layer in enumerate(layers)]
+    spec = {"format": "fastnet.model", "version": 1, "dtype": dtype, "seed": 0,
+            "input_shape": list(shape), "nodes": nodes}
+    model = _core.Model(json.dumps(spec))
+    rng = np.random.default_rng(5)
+    model.param_arena()[:] = rng.uniform(-0.5, 0.5, size=model.param_arena().shape)
+    model.training = False
+    image = rng.standard_normal((1, *shape)).astype(dtype)
+    x = image.astype(np.float64)
+    conv = reference_forward(x, tensor(model, model.param_arena(), "0.weight"),
+                             tensor(model, model.param_arena(), "0.bias"), (1, 1),
+                             layers[0].get("padding", [0, 0]), (1, 1), 1)
+    pool = layers[-1]
+    if len(layers) == 3:
+        conv = np.maximum(conv, 0)
+    kernel = pool["kernel_size"]
+    kernel = kernel if isinstance(kernel, list) else [kernel] * 2
+    stride = pool.get("stride", kernel)
+    H = (conv.shape[2] - kernel[0]) // stride[0] + 1
+    W = (conv.shape[3] - kernel[1]) // stride[1] + 1
+    expected = np.max([conv[:, :, i:i + stride[0] * (H - 1) + 1:stride[0],
+                            j:j + stride[1] * (W - 1) + 1:stride[1]]
+                       for i in range(kernel[0]) for j in range(kernel[1])], axis=0)
+    out = model.forward(image)
+    np.testing.assert_allclose(out.reshape(expected.shape), expected, **tolerance(dtype))
+    # The pool's input (the ReLU's, whose memory is the convolution's) was never stored.
+    with pytest.raises(RuntimeError, match=r"was not stored.*keep_outputs"):
+        model.node_output(len(layers) - 2)
+    # Stored when asked (the ReLU then runs on its own, and the convolution whole: the same
+    # values, to rounding).
+    model.keep_outputs = True
+    np.testing.assert_allclose(model.forward(image), out, **tolerance(dtype))
+    np.testing.assert_allclose(model.node_output(len(layers) - 2).reshape(conv.shape), conv,
+                               **tolerance(dtype))
+    model.keep_outputs = False
+    np.testing.assert_array_equal(model.forward(image), out)
+    # A batch of as many samples as threads runs no chain: every output stored.
+    batch = np.concatenate([image] * threads)
+    np.testing.assert_allclose(model.forward(batch), np.concatenate([out] * threads),
+                               **tolerance(dtype))
+    np.testing.assert_allclose(model.node_output(len(layers) - 2)[0].reshape(conv.shape[1:]),
+                               conv[0], **tolerance(dtype))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_convolution_read_by_two_pools_stores_its_output(threads):
+    # The ReLU's output has two readers: neither pool may take it piece by piece.
+    fastnet.set_num_threads(threads)
+    nodes = [
+        {"name": "c", "op": "conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": [3, 3]},
+        {"name": "r", "op": "relu", "inputs": ["c"]},
+        {"name": "p", "op": "max_pool2d", "kernel_size": 2, "inputs": ["r"]},
+        {"name": "q", "op": "max_pool2d", "kernel_size": 2, "inputs": ["r"]},
+        {"name": "s", "op": "add", "inputs": ["p", "q"]},
+    ]
+    spec = {"format": "fastnet.model", "version": 1, "dtype": "float64", "seed": 0,
+            "input_shape": [8, 26, 26], "nodes": nodes}
+    model = _core.Model(json.dumps(spec))
+    rng = np.random.default_rng(6)
+    model.param_arena()[:] = rng.uniform(-0.5, 0.5, size=model.param_arena().shape)
+    model.training = False
+    image = rng.standard_normal((1, 8, 26, 26))
+    conv = np.maximum(reference_forward(image, tensor(model, model.param_arena(), "c.weight"),
+                                        tensor(model, model.param_arena(), "c.bias"), (1, 1),
+                                        (0, 0), (1, 1), 1), 0)
+    pooled = conv.reshape(1, 16, 12, 2, 12, 2).max(axis=(3, 5))
+    np.testing.assert_allclose(model.forward(image).reshape(pooled.shape), 2 * pooled,
+                               rtol=1e-12, atol=1e-12)
+    model.node_output(1)
+
+
 # ---------------------------------------------------------------- threads
 
 
