@@ -1033,6 +1033,14 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
      * products, same order of sums: the bits do not change. */
     bool b_in_place = !trans_b && (m <= 2 * GEMM_MR ||
                                    (double)kc_max * (double)ldb * sizeof(real) <= 256.0 * 1024);
+    /* An untransposed A whose slivers each serve at most 4 tiles is read where it lies, its MR
+     * rows the broadcasts' streams (gemm_micro_rows), the same sums in the same order: packing
+     * a sliver costs there a good part of its few tiles' products. Measured on one thread with
+     * the bias and ReLU: 64x96x288 (a piece of the CNN's second convolution at batch 1) 1.06x,
+     * 64x128x576 1.07x, 512x64x4608 1.13x, 64x32x9216 1.25x, 16x64x144 1.7x; with more tiles
+     * a sliver it gained nothing (64x288x288, 1024x1024x1024) or lost up to 3% (24x1024x256,
+     * 12x2048x64). Rows past the last whole sliver are still packed. */
+    bool a_in_place = !trans_a && n <= 4 * GEMM_NR;
 
     real *a_sliver;
     real *b_panel = FN_T(gemm_scratch)(kc_max, nc_max, &a_sliver);
@@ -1064,8 +1072,9 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
             }
             for (int64_t ir = 0; ir < m; ir += GEMM_MR) {
                 int64_t rows = m - ir < GEMM_MR ? m - ir : GEMM_MR;
-                FN_T(gemm_pack_a)(trans_a, trans_a ? a + pc * lda + ir : a + ir * lda + pc, lda,
-                                  rows, kc, a_sliver);
+                const real *a_rows = trans_a ? a + pc * lda + ir : a + ir * lda + pc;
+                const bool direct = a_in_place && rows == GEMM_MR;
+                if (!direct) FN_T(gemm_pack_a)(trans_a, a_rows, lda, rows, kc, a_sliver);
                 real *c_rows = c + ir * ldc + jc;
                 for (int64_t jr = 0; jr < nc; jr += GEMM_NR) {
                     int64_t cols = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
@@ -1073,13 +1082,21 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
                     const real *b_sliver = packed ? b_panel + jr * kc : b_block + jr;
                     int64_t b_stride = packed ? GEMM_NR : ldb;
                     if (cols == GEMM_NR) {
-                        FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, b_stride,
-                                         c_rows + jr, ldc, scale);
+                        if (direct)
+                            FN_T(gemm_micro_rows)(kc, a_rows, lda, b_sliver, b_stride,
+                                                  c_rows + jr, ldc, scale);
+                        else
+                            FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, b_stride,
+                                             c_rows + jr, ldc, scale);
                         if (finish) FN_T(gemm_finish)(finish, ir, rows, GEMM_NR, c_rows + jr, ldc);
                         continue;
                     }
-                    FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, b_stride, edge_tile,
-                                     GEMM_NR, scale_edge);
+                    if (direct)
+                        FN_T(gemm_micro_rows)(kc, a_rows, lda, b_sliver, b_stride, edge_tile,
+                                              GEMM_NR, scale_edge);
+                    else
+                        FN_T(gemm_micro)((int)rows, kc, a_sliver, b_sliver, b_stride, edge_tile,
+                                         GEMM_NR, scale_edge);
                     for (int64_t i = 0; i < rows; i++) {
                         real *row = c_rows + i * ldc + jr;
                         const real *tile_row = edge_tile + i * GEMM_NR;
