@@ -479,23 +479,28 @@ static fn_status FN_T(max_pool_forward)(fn_node *node, const fn_model_ctx *ctx) 
     return FN_OK;
 }
 
+/* Output rows [i0, i1) of `planes` planes of the node's max pool, without the positions: input
+ * plane p, of h rows, at x + p * x_plane, output plane p at y + p * oh * ow. */
+static void FN_T(max_pool_node_rows)(const fn_node *node, const real *x, int64_t x_plane,
+                                     int64_t h, int64_t planes, real *y, int64_t i0, int64_t i1) {
+    const int64_t *kernel = node->attr.pool.kernel, *stride = node->attr.pool.stride,
+                  *padding = node->attr.pool.padding;
+    const int64_t w = node->in_shape[0].dim[2];
+    const int64_t oh = node->out_shape.dim[1], ow = node->out_shape.dim[2];
+    for (int64_t p = 0; p < planes; p++)
+        FN_T(max_pool_plane)(x + p * x_plane, y + p * oh * ow, NULL, h, w, i0, i1, ow, kernel,
+                             stride, padding);
+}
+
 /* Band `id` of `bands` of the output's rows, as a band chain runs it (model.c): an inference
  * forward, which saves no positions. */
 static void FN_T(max_pool_forward_rows)(fn_node *node, const fn_model_ctx *ctx, int id,
                                         int bands) {
     const fn_shape *in = &node->in_shape[0];
-    const int64_t *kernel = node->attr.pool.kernel, *stride = node->attr.pool.stride,
-                  *padding = node->attr.pool.padding;
-    const int64_t h = in->dim[1], w = in->dim[2];
-    const int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
-    const int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
     int64_t i0, i1;
-    fn_partition(oh, bands, id, &i0, &i1);
-    const real *x = (const real *)node->in[0];
-    real *y = (real *)node->out;
-    for (int64_t p = 0; p < ctx->batch * in->dim[0]; p++)
-        FN_T(max_pool_plane)(x + p * h * w, y + p * oh * ow, NULL, h, w, i0, i1, ow, kernel,
-                             stride, padding);
+    fn_partition(node->out_shape.dim[1], bands, id, &i0, &i1);
+    FN_T(max_pool_node_rows)(node, (const real *)node->in[0], in->dim[1] * in->dim[2], in->dim[1],
+                             ctx->batch * in->dim[0], (real *)node->out, i0, i1);
 }
 
 /* The output rows of sample `sample` that input rows [first_row, first_row + rows) make, from
@@ -503,15 +508,10 @@ static void FN_T(max_pool_forward_rows)(fn_node *node, const fn_model_ctx *ctx, 
  * windows (as tall as their stride, max_pool_input_rows_per_row) are the full plane's. */
 static void FN_T(max_pool_forward_piece)(fn_node *node, int64_t sample, const void *x,
                                          int64_t x_plane, int64_t first_row, int64_t rows) {
-    const fn_shape *in = &node->in_shape[0];
-    const int64_t *kernel = node->attr.pool.kernel, *stride = node->attr.pool.stride,
-                  *padding = node->attr.pool.padding;
-    const int64_t w = in->dim[2], oh = node->out_shape.dim[1], ow = node->out_shape.dim[2];
-    const int64_t first = first_row / stride[0], count = rows / stride[0];
-    real *y = (real *)node->out + sample * in->dim[0] * oh * ow + first * ow;
-    for (int64_t p = 0; p < in->dim[0]; p++)
-        FN_T(max_pool_plane)((const real *)x + p * x_plane, y + p * oh * ow, NULL, rows, w, 0,
-                             count, ow, kernel, stride, padding);
+    const int64_t channels = node->in_shape[0].dim[0], stride = node->attr.pool.stride[0];
+    const int64_t oh = node->out_shape.dim[1], ow = node->out_shape.dim[2];
+    real *y = (real *)node->out + (sample * channels * oh + first_row / stride) * ow;
+    FN_T(max_pool_node_rows)(node, (const real *)x, x_plane, rows, channels, y, 0, rows / stride);
 }
 
 static fn_status FN_T(max_pool_backward)(fn_node *node, const fn_model_ctx *ctx) {
