@@ -933,7 +933,7 @@ static bool FN_T(gemm_swap_pays)(int64_t m, int64_t n, int64_t k) {
  * whole product's sizes, so that every thread count gives the same bits. */
 static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, const real *a,
                                int64_t lda, const real *b, int64_t ldb, real beta, real *c,
-                               int64_t ldc) {
+                               int64_t ldc, const real *col_bias) {
     int64_t m_padded = FN_T(gemm_sliver_columns)(m);
     int64_t kc_max = gemm_block_size(k, FN_T(gemm_swapped_kc)(m), 1);
     real *b_sliver; /* the last rows of B, fewer than MR */
@@ -965,6 +965,11 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
                     FN_T(gemm_micro)((int)rows, kc, b_sliver, a_panel + ir * kc, GEMM_NR, tile,
                                      GEMM_NR, scale);
                 }
+                if (col_bias && pc == 0) /* row r of the tile is column jr + r of C */
+                    for (int64_t r = 0; r < rows; r++) {
+                        const real bias = col_bias[jr + r];
+                        for (int q = 0; q < GEMM_NR; q++) tile[r * GEMM_NR + q] += bias;
+                    }
                 if (beta_block == 0) {
                     FN_T(gemm_pack_rows)(tile, GEMM_NR, rows, cols, c_block, ldc);
                     continue;
@@ -1390,7 +1395,8 @@ typedef struct {
     const real *a, *b;
     real *c;
     int64_t lda, ldb, ldc;
-    bool reversed; /* the dot products take each thread's columns last to first */
+    bool reversed;        /* the dot products take each thread's columns last to first */
+    const real *col_bias; /* (n) added to every row of C (beta 0), or NULL */
 } FN_T(gemm_job);
 
 /* Whether gemm_part splits C = A^T @ B by rows rather than columns: a linear layer's weight
@@ -1413,20 +1419,32 @@ static void FN_T(gemm_block)(const FN_T(gemm_job) *job, int64_t i0, int64_t i1, 
     const real *a_block = job->trans_a ? job->a + i0 : job->a + i0 * job->lda;
     const real *b_block = job->trans_b ? job->b + j0 * job->ldb : job->b + j0;
     real *c_block = job->c + i0 * job->ldc + j0;
+    const real *col_bias = job->col_bias ? job->col_bias + j0 : NULL;
     bool a_b_transposed = job->trans_b && !job->trans_a; /* A @ B^T */
-    if (job->table && (job->blas_only || !fn_gemm_prefers_builtin(job->trans_b, m, n, job->k))) {
-        FN_T(gemm_blas_call)(job->table, job->trans_a, job->trans_b, m, n, job->k, job->alpha,
-                             a_block, job->lda, b_block, job->ldb, job->beta, c_block, job->ldc);
-    } else if (a_b_transposed &&
-               (job->n <= GEMM_NR / 2 || job->m == 1 || fn_gemm_dot_pays(job->m, job->k))) {
-        FN_T(gemm_dot)(m, n, job->k, job->alpha, a_block, job->lda, b_block, job->ldb, job->beta,
-                       c_block, job->ldc, job->reversed);
-    } else if (a_b_transposed && FN_T(gemm_swap_pays)(job->m, job->n, job->k)) {
+    bool blas =
+        job->table && (job->blas_only || !fn_gemm_prefers_builtin(job->trans_b, m, n, job->k));
+    bool dot = !blas && a_b_transposed &&
+               (job->n <= GEMM_NR / 2 || job->m == 1 || fn_gemm_dot_pays(job->m, job->k));
+    if (!blas && !dot && a_b_transposed && FN_T(gemm_swap_pays)(job->m, job->n, job->k)) {
+        /* The bias added to each tile of C^T before it goes into C */
         FN_T(gemm_swapped)(m, n, job->k, job->alpha, a_block, job->lda, b_block, job->ldb,
-                           job->beta, c_block, job->ldc);
+                           job->beta, c_block, job->ldc, col_bias);
+        return;
+    }
+    real beta = job->beta;
+    if (col_bias) { /* C seeded with the bias, the product added to it: the same roundings */
+        for (int64_t i = 0; i < m; i++) memcpy(c_block + i * job->ldc, col_bias, sizeof(real) * n);
+        beta = 1;
+    }
+    if (blas) {
+        FN_T(gemm_blas_call)(job->table, job->trans_a, job->trans_b, m, n, job->k, job->alpha,
+                             a_block, job->lda, b_block, job->ldb, beta, c_block, job->ldc);
+    } else if (dot) {
+        FN_T(gemm_dot)(m, n, job->k, job->alpha, a_block, job->lda, b_block, job->ldb, beta,
+                       c_block, job->ldc, job->reversed);
     } else {
         FN_T(gemm_serial)(job->trans_a, job->trans_b, m, n, job->k, job->alpha, a_block,
-                          job->lda, b_block, job->ldb, job->beta, c_block, job->ldc, NULL);
+                          job->lda, b_block, job->ldb, beta, c_block, job->ldc, NULL);
     }
 }
 
@@ -1457,9 +1475,9 @@ static void FN_T(gemm_part)(int id, int parts, void *arg) {
 static void FN_T(gemm_split)(const fn_blas *table, bool blas_only, bool trans_a, bool trans_b,
                              int64_t m, int64_t n, int64_t k, real alpha, const real *a,
                              int64_t lda, const real *b, int64_t ldb, real beta, real *c,
-                             int64_t ldc, int threads, bool reversed) {
+                             int64_t ldc, int threads, bool reversed, const real *col_bias) {
     FN_T(gemm_job) job = {table, blas_only, trans_a, trans_b, m, n, k, alpha, beta, a, b, c,
-                          lda, ldb, ldc, reversed};
+                          lda, ldb, ldc, reversed, col_bias};
     if (fn_deterministic()) {
         /* Even without OpenMP, so that the bits are those of a threaded build. */
         int blocks = gemm_thread_count(m, n, k, GEMM_NR, FN_DETERMINISTIC_PARTS);
@@ -1485,7 +1503,7 @@ void FN_T(fn_gemm_builtin)(bool trans_a, bool trans_b, int64_t m, int64_t n, int
         return;
     }
     FN_T(gemm_split)(NULL, false, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                     threads, false);
+                     threads, false, NULL);
 }
 
 /* The same product through the installed BLAS table only, split over threads as fn_gemm splits
@@ -1497,14 +1515,14 @@ void FN_T(fn_gemm_blas)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
     if (m <= 0 || n <= 0) return;
     fn_blas table = gemm_blas_table;
     FN_T(gemm_split)(&table, true, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
-                     ldc, threads, false);
+                     ldc, threads, false, NULL);
 }
 
 /* fn_gemm_ordered, or with `threads` 0 fn_gemm_unsplit. */
 static void FN_T(gemm_dispatch)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                                 real alpha, const real *a, int64_t lda, const real *b,
                                 int64_t ldb, real beta, real *c, int64_t ldc, int threads,
-                                bool reversed) {
+                                bool reversed, const real *col_bias) {
     if (m <= 0 || n <= 0) return;
     fn_blas table = gemm_blas_table; /* one consistent copy for the whole call */
     bool fits_int = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
@@ -1513,17 +1531,19 @@ static void FN_T(gemm_dispatch)(bool trans_a, bool trans_b, int64_t m, int64_t n
      * leading dimensions of at least 1 for operands that have no elements. */
     if (k == 0 || alpha == 0) {
         FN_T(gemm_scale)(m, n, beta, c, ldc);
+        for (int64_t i = 0; i < m && col_bias; i++)
+            for (int64_t j = 0; j < n; j++) c[i * ldc + j] += col_bias[j];
         return;
     }
     bool blas = FN_T(gemm_blas_get)(&table) != NULL && fits_int;
     if (threads == 0) {
         FN_T(gemm_job) job = {blas ? &table : NULL, false, trans_a, trans_b, m, n, k, alpha, beta,
-                              a, b, c, lda, ldb, ldc, reversed};
+                              a, b, c, lda, ldb, ldc, reversed, col_bias};
         FN_T(gemm_part)(0, 1, &job);
         return;
     }
     FN_T(gemm_split)(blas ? &table : NULL, false, trans_a, trans_b, m, n, k, alpha, a, lda, b,
-                     ldb, beta, c, ldc, threads, reversed);
+                     ldb, beta, c, ldc, threads, reversed, col_bias);
 }
 
 /* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda/ldb/ldc:
@@ -1533,7 +1553,7 @@ void FN_T(fn_gemm)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
                    const real *a, int64_t lda, const real *b, int64_t ldb, real beta, real *c,
                    int64_t ldc, int threads) {
     FN_T(fn_gemm_ordered)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                          threads, false);
+                          threads, false, NULL);
 }
 
 /* fn_gemm for a product that streams B and is made again and again with the same B (a batch-1
@@ -1547,9 +1567,10 @@ void FN_T(fn_gemm)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
  * either order: the same bits. */
 void FN_T(fn_gemm_ordered)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                            real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,
-                           real beta, real *c, int64_t ldc, int threads, bool reversed) {
+                           real beta, real *c, int64_t ldc, int threads, bool reversed,
+                           const real *col_bias) {
     FN_T(gemm_dispatch)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                        threads > 0 ? threads : 1, reversed);
+                        threads > 0 ? threads : 1, reversed, col_bias);
 }
 
 /* The same product in one call on the calling thread, never divided into blocks, in either mode:
@@ -1558,7 +1579,8 @@ void FN_T(fn_gemm_ordered)(bool trans_a, bool trans_b, int64_t m, int64_t n, int
 void FN_T(fn_gemm_unsplit)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                            real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,
                            real beta, real *c, int64_t ldc) {
-    FN_T(gemm_dispatch)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 0, false);
+    FN_T(gemm_dispatch)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 0, false,
+                        NULL);
 }
 
 void FN_T(fn_bias_relu_rows)(real *c, int64_t rows, int64_t cols, int64_t ldc, const real *bias,

@@ -81,15 +81,11 @@ const fn_op fn_op_linear = {
  * read last row first where the product streams them (fn_gemm_ordered). */
 void FN_T(fn_linear_forward)(const real *x, const real *weight, const real *bias, real *y,
                              int64_t n, int64_t in, int64_t out, int threads, bool reversed) {
-    real beta = 0;
-    if (bias) {
-        /* Seeding y with the bias lets the GEMM add the product in its own pass over y. */
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t j = 0; j < out; j++) y[i * out + j] = bias[j];
-        beta = 1;
-    }
-    FN_T(fn_gemm_ordered)(false, true, n, out, in, 1, x, in, weight, in, beta, y, out, threads,
-                          reversed);
+    /* The GEMM adds the bias: to each tile before it goes into y, or to y before the product is
+     * added to it, on the thread that writes those rows (one rounding of bias + product either
+     * way). */
+    FN_T(fn_gemm_ordered)(false, true, n, out, in, 1, x, in, weight, in, 0, y, out, threads,
+                          reversed, bias);
 }
 
 /* x is (n, in), weight is (out, in), grad_y is (n, out);
