@@ -10,6 +10,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "include/fastnet.h"
+#include "kernels.h"
 #include "test/check.h"
 
 #include <float.h>
@@ -590,8 +591,57 @@ static void report_timings(void) {
     }
 }
 
+/* fn_gemm_ordered's col_bias (a linear layer's forward, A @ B^T + bias per column) against C
+ * seeded with the bias and the product added with beta 1: the same bits on every path, the Cᵀ
+ * tiles (one and two blocks of k, a short last band of B's rows, a part-filled sliver of A), the
+ * dot products (a single row, 10 columns), the packed kernel (few rows of B), on 1 and 2 threads;
+ * and the bias alone when k is 0. */
+static void test_column_bias(void) {
+    const int64_t shapes[][3] = {{32, 128, 64}, {32, 70, 300}, {60, 130, 1100}, {128, 260, 1100},
+                                 {30, 100, 70},  {1, 1000, 300}, {37, 10, 531},  {40, 48, 16},
+                                 {5, 3, 0}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+        for (int d = 0; d < 2; d++) {
+            const fn_dtype dtype = (fn_dtype)d;
+            const size_t e = element_size(dtype);
+            void *a = checked_malloc((size_t)(m * k) * e), *b = checked_malloc((size_t)(n * k) * e);
+            void *bias = checked_malloc((size_t)n * e);
+            void *fused = checked_malloc((size_t)(m * n) * e);
+            void *seeded = checked_malloc((size_t)(m * n) * e);
+            for (int64_t i = 0; i < m * k; i++) element_set(dtype, a, (size_t)i, random_uniform());
+            for (int64_t i = 0; i < n * k; i++) element_set(dtype, b, (size_t)i, random_uniform());
+            for (int64_t j = 0; j < n; j++) element_set(dtype, bias, (size_t)j, random_uniform());
+            for (int threads = 1; threads <= 2; threads++) {
+                for (int64_t i = 0; i < m * n; i++) {
+                    element_set(dtype, fused, (size_t)i, NAN); /* beta 0 overwrites */
+                    element_set(dtype, seeded, (size_t)i, element_get(dtype, bias, (size_t)(i % n)));
+                }
+                if (dtype == FN_FLOAT64) {
+                    fn_gemm_ordered_f64(false, true, m, n, k, 1, a, k, b, k, 0, fused, n, threads,
+                                        false, bias);
+                    fn_gemm_ordered_f64(false, true, m, n, k, 1, a, k, b, k, 1, seeded, n,
+                                        threads, false, NULL);
+                } else {
+                    fn_gemm_ordered_f32(false, true, m, n, k, 1, a, k, b, k, 0, fused, n, threads,
+                                        false, bias);
+                    fn_gemm_ordered_f32(false, true, m, n, k, 1, a, k, b, k, 1, seeded, n,
+                                        threads, false, NULL);
+                }
+                char what[128];
+                snprintf(what, sizeof what, "column bias %lldx%lldx%lld %s, %d threads: the bits "
+                         "of C seeded with it", (long long)m, (long long)n, (long long)k,
+                         d ? "float64" : "float32", threads);
+                check(memcmp(fused, seeded, (size_t)(m * n) * e) == 0, what);
+            }
+            free(a), free(b), free(bias), free(fused), free(seeded);
+        }
+    }
+}
+
 int main(void) {
     printf("fastnet %s, OpenMP %s\n", fn_version(), fn_has_openmp() ? "on" : "off");
+    test_column_bias();
     test_invalid_arguments();
     test_empty_and_degenerate();
     test_blas_table();
