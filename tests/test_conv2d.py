@@ -490,7 +490,8 @@ def reference_chain(model, x, layers):
         if layer["op"] == "conv2d":
             bias = tensor(model, params, f"{i}.bias") if layer.get("bias", True) else None
             y = reference_forward(y, tensor(model, params, f"{i}.weight"), bias, (1, 1),
-                                  layer.get("padding", [0, 0]), layer.get("dilation", [1, 1]), 1)
+                                  layer.get("padding", [0, 0]), layer.get("dilation", [1, 1]),
+                                  layer.get("groups", 1))
         elif layer["op"] == "relu":
             y = np.maximum(y, 0)
         else:
@@ -533,6 +534,12 @@ PIECES = {
         {"op": "conv2d", "in_channels": 8, "out_channels": 24, "kernel_size": [3, 3],
          "padding": [1, 1]},
         {"op": "max_pool2d", "kernel_size": 3}]),
+    # two groups, each taking its half of the channels of every piece
+    "grouped": ((8, 30, 28), [
+        {"op": "conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": [3, 3],
+         "groups": 2},
+        {"op": "relu"},
+        {"op": "max_pool2d", "kernel_size": 2}]),
     # windows wider than their stride along the rows only: still whole rows a piece
     "wide_windows": ((8, 24, 40), [
         {"op": "conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": [3, 3]},
@@ -566,6 +573,12 @@ def test_a_band_chain_pools_a_convolution_piece_by_piece(name, threads, dtype):
                                **tolerance(dtype))
     model.keep_outputs = False
     np.testing.assert_array_equal(model.forward(image), out)
+    # Two samples on three threads: a chain still, each sample's pieces in turn.
+    if threads == 3:
+        pair = np.concatenate([image, image[:, :, ::-1]])
+        np.testing.assert_allclose(model.forward(pair),
+                                   reference_chain(model, pair, layers).reshape(2, -1),
+                                   **tolerance(dtype))
     # A batch of as many samples as threads runs no chain: every output stored.
     batch = np.concatenate([image] * threads)
     np.testing.assert_allclose(model.forward(batch), np.concatenate([out] * threads),
