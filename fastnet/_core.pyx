@@ -170,13 +170,16 @@ def blas_installed(dtype=FLOAT32):
 
 
 def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, bint blas=False,
-         threads=None, out=None):
+         threads=None, out=None, int64_t repeat=1):
     """op(a) @ op(b) through fastnet's GEMM: as training runs it (the BLAS table, or the built-in
     kernel for the sizes it is faster at), the built-in kernel only (``builtin``), or the BLAS
     only (``blas``). ``out``: a C-contiguous array of the result's shape and dtype to write into
-    (no allocation per call, for timing small products)."""
+    (no allocation per call, for timing small products). ``repeat``: how many times the product
+    is computed, in one loop in C (for timing products too small for a Python call each)."""
     if builtin and blas:
         raise ValueError("gemm: builtin and blas exclude each other")
+    if repeat < 1:
+        raise ValueError(f"gemm: repeat must be at least 1, got {repeat}")
     cdef cnp.ndarray A = np.ascontiguousarray(a)
     cdef fn_dtype dtype = FN_FLOAT64 if A.dtype == np.float64 else FN_FLOAT32
     A = as_floats(A, dtype, "a")
@@ -200,17 +203,21 @@ def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, bint 
                              f"{np.dtype(numpy_dtype(dtype))} array of shape {(m, n)}, got "
                              f"{C.dtype} {np.shape(C)}")
     cdef int nthreads = fn_get_num_threads() if threads is None else threads
-    cdef fn_status status
+    cdef fn_status status = FN_OK
+    cdef int64_t r
     with nogil:
-        if builtin:
-            status = fn_gemm_builtin(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1],
-                                     B.data, B.shape[1], 0.0, C.data, n, nthreads)
-        elif blas:
-            status = fn_gemm_blas(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1],
-                                  B.data, B.shape[1], 0.0, C.data, n, nthreads)
-        else:
-            status = fn_gemm(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1], B.data,
-                             B.shape[1], 0.0, C.data, n, nthreads)
+        for r in range(repeat):
+            if builtin:
+                status = fn_gemm_builtin(dtype, trans_a, trans_b, m, n, k, 1.0, A.data,
+                                         A.shape[1], B.data, B.shape[1], 0.0, C.data, n, nthreads)
+            elif blas:
+                status = fn_gemm_blas(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1],
+                                      B.data, B.shape[1], 0.0, C.data, n, nthreads)
+            else:
+                status = fn_gemm(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1],
+                                 B.data, B.shape[1], 0.0, C.data, n, nthreads)
+            if status != FN_OK:
+                break
     check(status)
     return C
 

@@ -1204,15 +1204,23 @@ def _calls_per_second(function, seconds):
             return calls / elapsed
 
 
+# The floating-point operations that one timed call of gemm_report computes at least: about
+# 20 us of work at this machine's speed, so that the call's Python overhead (under 1 us) is a
+# few percent of it before it is subtracted.
+_GEMM_CALL_FLOP = 4e6
+
+
 def gemm_report(workloads, threads, seconds, windows, progress=None):
     """Built-in GEMM against the BLAS table alone (both through ``fastnet._core.gemm``, float32,
     into a preallocated result; the BLAS even where training would take the built-in kernel) at
     1024x1024x1024 and at every GEMM shape of ``workloads``: on 1 thread and on ``threads``,
     except a convolution's GEMMs, which the kernels run on one thread each.
 
-    The implementations alternate in ``windows`` windows of ``seconds / windows`` each; a
-    window's time per call less the Python overhead of a call (that of a 1x1x1 GEMM, measured
-    the same way) gives the GFLOP/s; medians.
+    The implementations alternate in ``windows`` windows of ``seconds / windows`` each. Each call
+    from Python computes the product ``repeat`` times in a loop in C, enough for about 20 us of
+    work (a product of 0.5 us timed one call at a time was mostly the call's overhead); a
+    window's time per product, less the Python overhead of a call (that of a 1x1x1 GEMM,
+    measured the same way) shared between its ``repeat`` products, gives the GFLOP/s; medians.
 
     Returns
     -------
@@ -1249,6 +1257,7 @@ def gemm_report(workloads, threads, seconds, windows, progress=None):
         key = tuple(shape[x] for x in ("m", "n", "k", "trans_a", "trans_b"))
         a = b = None
         flop = 2.0 * shape["m"] * shape["n"] * shape["k"]
+        repeat = max(1, int(_GEMM_CALL_FLOP / flop))
         for t in ([1] if shape["per_image"] else thread_counts):
             if key + (t,) not in measured:
                 progress(f"GEMM {i + 1}/{len(shapes)}: {shape['m']}x{shape['n']}x{shape['k']}, "
@@ -1262,8 +1271,8 @@ def gemm_report(workloads, threads, seconds, windows, progress=None):
                         rate = _calls_per_second(
                             lambda: _core.gemm(a, b, shape["trans_a"], shape["trans_b"],
                                                builtin=builtin, blas=not builtin, threads=t,
-                                               out=out), window)
-                        times[builtin].append(max(1.0 / rate - overhead, 1e-9))
+                                               out=out, repeat=repeat), window)
+                        times[builtin].append(max((1.0 / rate - overhead) / repeat, 1e-12))
                 measured[key + (t,)] = tuple(flop / statistics.median(times[x]) / 1e9
                                              for x in (True, False))
             built, blas = measured[key + (t,)]

@@ -530,6 +530,20 @@ def test_gemm_rejects_mismatched_inner_dimensions(kernel):
     assert _core.gemm(a, np.ones((3, 2)), trans_a=True, **KERNELS[kernel]).shape == (4, 2)
 
 
+@pytest.mark.parametrize("kernel", ["auto", "builtin", "blas"])
+def test_gemm_repeat_computes_the_same_product(kernel):
+    # repeat (for timing) computes the product that many times into the same result.
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((7, 33)).astype(np.float32)
+    b = rng.standard_normal((33, 12)).astype(np.float32)
+    once = _core.gemm(a, b, **KERNELS[kernel])
+    out = np.full((7, 12), np.nan, np.float32)
+    assert _core.gemm(a, b, out=out, repeat=5, **KERNELS[kernel]) is out
+    np.testing.assert_array_equal(out, once)
+    with pytest.raises(ValueError, match="repeat must be at least 1"):
+        _core.gemm(a, b, repeat=0, **KERNELS[kernel])
+
+
 def test_gemm_writes_into_out_and_checks_it():
     rng = np.random.default_rng(9)
     a = rng.standard_normal((6, 5)).astype(np.float32)
