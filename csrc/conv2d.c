@@ -294,8 +294,9 @@ static int conv_useful_threads(double work, int threads) {
 #define CONV_BAND_COLUMNS 128
 #define CONV_BAND_CHANNELS 16
 
-/* A band of rows is unrolled and multiplied in pieces whose columns take at most about this many
- * bytes: each piece's columns are written and read back at once through one buffer, which stays
+/* A band of rows is unrolled and multiplied in pieces whose columns take about this many bytes
+ * (up to twice as many to fill whole slivers): each piece's columns are written and read back at
+ * once through one buffer, which stays
  * in L2, where a whole band's columns had to be fetched from L3 for writing at every call (in a
  * batch-1 inference, the large linear layer after the convolutions streams its weights through
  * L2 in between). Measured in the batch-1 latency, alternating builds: the CNN 129-133 ->
@@ -306,9 +307,10 @@ static int conv_useful_threads(double work, int threads) {
 /* The rows of each piece of a band of `rows` output rows (a multiple of `multiple`): all of them
  * when their columns fit CONV_PIECE_BYTES, else the band cut into equal pieces that fit, each
  * rounded up to a multiple of `multiple` (whole windows of a consumer that takes the pieces) and
- * to fill whole slivers of the GEMM's columns where the width allows: 32 columns, a whole number
- * of slivers in every build (a sliver cut by the edge costs about as much as a whole one: pieces
- * of 3 and 6 rows of 24 positions, 2.25 and 4.5 slivers, ran 0.8x and 0.93x of whole bands). */
+ * to fill whole slivers of the GEMM's columns where that at most doubles a piece: 32 columns, a
+ * whole number of slivers in every build (a sliver cut by the edge costs about as much as a whole
+ * one: pieces of 3 and 6 rows of 24 positions, 2.25 and 4.5 slivers, ran 0.8x and 0.93x of whole
+ * bands). */
 static int64_t conv_piece_rows(const conv_geometry *g, int64_t rows, int64_t multiple,
                                size_t elem_size) {
     const double row_bytes = (double)g->k * (double)g->out_w * (double)elem_size;
@@ -325,6 +327,8 @@ static int64_t conv_piece_rows(const conv_geometry *g, int64_t rows, int64_t mul
     const int64_t whole = 32 / a;
     int64_t unit = whole; /* the least multiple of both */
     while (unit % multiple) unit += whole;
+    /* Whole slivers only while they at most double the piece (an odd width needs 32 rows) */
+    if ((step + unit - 1) / unit * unit > 2 * fit) unit = multiple;
     step = (step + unit - 1) / unit * unit;
     return step < rows ? step : rows;
 }

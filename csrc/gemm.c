@@ -938,8 +938,10 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
     int64_t kc_max = gemm_block_size(k, FN_T(gemm_swapped_kc)(m), 1);
     real *b_sliver; /* the last rows of B, fewer than MR */
     real *a_panel = FN_T(gemm_scratch)(kc_max, m_padded, &b_sliver);
-    if (a_panel == NULL) {
-        FN_T(gemm_unpacked)(false, true, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (a_panel == NULL) { /* C seeded with the bias (beta is 0 with one), as gemm_block does */
+        for (int64_t i = 0; i < m && col_bias; i++) memcpy(c + i * ldc, col_bias, sizeof(real) * n);
+        FN_T(gemm_unpacked)(false, true, m, n, k, alpha, a, lda, b, ldb, col_bias ? 1 : beta, c,
+                            ldc);
         return;
     }
     _Alignas(64) real tile[GEMM_MR * GEMM_NR];   /* tile[r][q]: C[ir + q][jr + r] */
@@ -1529,10 +1531,17 @@ static void FN_T(gemm_dispatch)(bool trans_a, bool trans_b, int64_t m, int64_t n
                     ldb <= INT_MAX && ldc <= INT_MAX;
     /* k == 0 and alpha == 0 only scale C: not worth a BLAS call, and a BLAS would insist on
      * leading dimensions of at least 1 for operands that have no elements. */
+    /* The paths take a bias with beta 0 (a linear layer's forward): any other beta is applied
+     * with the bias first, and the product added to that. */
+    if (col_bias && (beta != 0 || k == 0 || alpha == 0)) {
+        FN_T(gemm_scale)(m, n, beta, c, ldc);
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) c[i * ldc + j] += col_bias[j];
+        col_bias = NULL;
+        beta = 1;
+    }
     if (k == 0 || alpha == 0) {
         FN_T(gemm_scale)(m, n, beta, c, ldc);
-        for (int64_t i = 0; i < m && col_bias; i++)
-            for (int64_t j = 0; j < n; j++) c[i * ldc + j] += col_bias[j];
         return;
     }
     bool blas = FN_T(gemm_blas_get)(&table) != NULL && fits_int;

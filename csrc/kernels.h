@@ -76,7 +76,8 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
                     int64_t ldc, int threads);                                                   \
     /* the same with each thread's columns last to first where dot products stream B        \
      * (reversed; the same bits): alternated by a caller that streams the same B each call;   \
-     * col_bias (n), unless NULL, is added to every row of C (with beta 0: a linear layer) */  \
+     * col_bias (n), unless NULL, is added to every row of C (with beta 0, a linear layer's   \
+     * forward, in the same rounding as C seeded with it; with another beta, to beta * C) */     \
     void fn_gemm_ordered##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
                             real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
                             real beta, real *c, int64_t ldc, int threads, bool reversed,         \

@@ -359,12 +359,13 @@ FN_API fn_status fn_model_node_output(const fn_model *m, int i, const void **dat
  * dropout's) share memory with later outputs, and ReLU, add, dropout and flatten write over
  * their input where nothing else needs it: a training step then needs memory only for what
  * backward reads. Such outputs are gone after the forward, and fn_model_node_output refuses
- * them. In an inference of fewer samples than threads, a convolution (with its ReLU) whose
- * output only a max pool reads, with windows as tall as their stride, hands that output to the
- * pool a few rows at a time and never stores it; fn_model_node_output refuses it too. keep != 0
- * gives every node's output memory of its own from the next forward on, and stores them all
- * (more memory; the same results, but for the last bits of such an inference, whose ReLUs then
- * run on their own); 0 goes back to sharing. */
+ * them. In an inference of fewer samples than threads (in a build with OpenMP, outside
+ * deterministic mode), a convolution (with its ReLU) whose output only a max pool reads, with
+ * unpadded windows as tall as their stride, where both are large enough to be cut into a band
+ * per thread, hands that output to the pool a few rows at a time and never stores it;
+ * fn_model_node_output refuses it too. keep != 0 gives every node's output memory of its own
+ * from the next forward on, and stores them all (more memory; the same results, but for the
+ * last bits of such an inference, whose ReLUs then run on their own); 0 goes back to sharing. */
 FN_API void fn_model_set_keep_outputs(fn_model *m, int keep);
 FN_API int fn_model_keep_outputs(const fn_model *m);
 

@@ -595,7 +595,7 @@ static void report_timings(void) {
  * seeded with the bias and the product added with beta 1: the same bits on every path, the Cᵀ
  * tiles (one and two blocks of k, a short last band of B's rows, a part-filled sliver of A), the
  * dot products (a single row, 10 columns), the packed kernel (few rows of B), on 1 and 2 threads;
- * and the bias alone when k is 0. */
+ * and the bias alone when k is 0. With beta 0.5, the bias is added to beta * C on every path. */
 static void test_column_bias(void) {
     const int64_t shapes[][3] = {{32, 128, 64}, {32, 70, 300}, {60, 130, 1100}, {128, 260, 1100},
                                  {30, 100, 70},  {1, 1000, 300}, {37, 10, 531},  {40, 48, 16},
@@ -612,26 +612,32 @@ static void test_column_bias(void) {
             for (int64_t i = 0; i < m * k; i++) element_set(dtype, a, (size_t)i, random_uniform());
             for (int64_t i = 0; i < n * k; i++) element_set(dtype, b, (size_t)i, random_uniform());
             for (int64_t j = 0; j < n; j++) element_set(dtype, bias, (size_t)j, random_uniform());
-            for (int threads = 1; threads <= 2; threads++) {
+            for (int run = 0; run < 4; run++) {
+                const int threads = 1 + run % 2;
+                const double beta = run < 2 ? 0 : 0.5;
                 for (int64_t i = 0; i < m * n; i++) {
-                    element_set(dtype, fused, (size_t)i, NAN); /* beta 0 overwrites */
-                    element_set(dtype, seeded, (size_t)i, element_get(dtype, bias, (size_t)(i % n)));
+                    /* beta 0 overwrites even a NaN; beta * C + bias rounded as the dtype's ops */
+                    double c0 = beta == 0 ? NAN : random_uniform();
+                    double seed = representable(dtype, beta == 0 ? 0 : beta * c0);
+                    seed = representable(dtype, seed + element_get(dtype, bias, (size_t)(i % n)));
+                    element_set(dtype, fused, (size_t)i, c0);
+                    element_set(dtype, seeded, (size_t)i, seed);
                 }
                 if (dtype == FN_FLOAT64) {
-                    fn_gemm_ordered_f64(false, true, m, n, k, 1, a, k, b, k, 0, fused, n, threads,
-                                        false, bias);
+                    fn_gemm_ordered_f64(false, true, m, n, k, 1, a, k, b, k, beta, fused, n,
+                                        threads, false, bias);
                     fn_gemm_ordered_f64(false, true, m, n, k, 1, a, k, b, k, 1, seeded, n,
                                         threads, false, NULL);
                 } else {
-                    fn_gemm_ordered_f32(false, true, m, n, k, 1, a, k, b, k, 0, fused, n, threads,
-                                        false, bias);
+                    fn_gemm_ordered_f32(false, true, m, n, k, 1, a, k, b, k, (float)beta, fused,
+                                        n, threads, false, bias);
                     fn_gemm_ordered_f32(false, true, m, n, k, 1, a, k, b, k, 1, seeded, n,
                                         threads, false, NULL);
                 }
-                char what[128];
-                snprintf(what, sizeof what, "column bias %lldx%lldx%lld %s, %d threads: the bits "
-                         "of C seeded with it", (long long)m, (long long)n, (long long)k,
-                         d ? "float64" : "float32", threads);
+                char what[160];
+                snprintf(what, sizeof what, "column bias %lldx%lldx%lld %s, beta %g, %d threads: "
+                         "the bits of C seeded with it", (long long)m, (long long)n,
+                         (long long)k, d ? "float64" : "float32", beta, threads);
                 check(memcmp(fused, seeded, (size_t)(m * n) * e) == 0, what);
             }
             free(a), free(b), free(bias), free(fused), free(seeded);
