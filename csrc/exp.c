@@ -81,6 +81,26 @@ real FN_T(fn_sum_lanes)(const real *x, int64_t n) {
     return lanes[0];
 }
 
+/* The largest of x[0, n) that is not NaN (-inf if there is none), in FN_EXP_LANES running maxima
+ * compared pairwise at the end: a single running maximum waits on each comparison (a 1000-wide
+ * row of the Softmax layer spent 4 cycles an element there). The last block's lanes past n are
+ * masked, never read. */
+real FN_T(fn_max_lanes)(const real *x, int64_t n) {
+    _Alignas(64) real lanes[FN_EXP_LANES];
+    for (int l = 0; l < FN_EXP_LANES; l++) lanes[l] = -INFINITY;
+    for (int64_t j = 0; j < n; j += FN_EXP_LANES) {
+#pragma omp simd
+        for (int l = 0; l < FN_EXP_LANES; l++) {
+            real v = j + l < n ? x[j + l] : -INFINITY;
+            lanes[l] = v > lanes[l] ? v : lanes[l];
+        }
+    }
+    for (int width = FN_EXP_LANES / 2; width > 0; width /= 2)
+        for (int l = 0; l < width; l++)
+            lanes[l] = lanes[l + width] > lanes[l] ? lanes[l + width] : lanes[l];
+    return lanes[0];
+}
+
 /* out (rows, stride): row r is exp(x_rj - shift[r]) for j < n, then 0 up to stride (a multiple of
  * FN_EXP_LANES, at least n); row r of x at x + r * ldx. One vectorised call for all the rows. */
 void FN_T(fn_exp_shifted_rows)(const real *x, int64_t ldx, const real *shift, int64_t rows,

@@ -153,7 +153,7 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
     void fn_maxout_backward##S(const real *x, const real *grad_y, real *grad_x, bool accumulate, \
                                int64_t n, int64_t groups, int64_t pieces, int64_t spatial,       \
                                int threads);                                                     \
-    /* softmax.c: x, y (n, c, spatial), normalised over c */                                     \
+    /* softmax.c: x, y (n, c, spatial), normalised over c; y does not overlap x */              \
     void fn_softmax_forward##S(const real *x, real *y, bool take_log, int64_t n, int64_t c,      \
                                int64_t spatial, int threads);                                    \
     void fn_softmax_backward##S(const real *y, const real *grad_y, real *grad_x, bool take_log,  \
@@ -223,6 +223,7 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
     void fn_exp_shifted_rows##S(const real *x, int64_t ldx, const real *shift, int64_t rows,     \
                                 int64_t n, int64_t stride, real *out);                           \
     real fn_sum_lanes##S(const real *x, int64_t n);                                              \
+    real fn_max_lanes##S(const real *x, int64_t n);                                              \
     real fn_sum_exp_shifted##S(const real *x, real shift, int64_t n, real *out);                 \
     /* losses: outputs, targets and grad (n, c); arguments checked by fn_loss_check; each     \
      * returns the loss and writes d loss / d outputs unless grad is NULL */                     \

@@ -58,6 +58,9 @@ static fn_status softmax_backward_f64(fn_node *node, const fn_model_ctx *ctx);
 FN_SOFTMAX_OP(fn_op_softmax, "softmax")
 FN_SOFTMAX_OP(fn_op_log_softmax, "log_softmax")
 
+/* Partial sums of a row of features' exponentials (fn_softmax_forward). */
+#define SOFTMAX_LANES 8
+
 /* An exp per element: worth a thread from fewer elements than a copy is. */
 static int softmax_threads(int64_t count, int threads) {
     return fn_threads_for(8 * count, threads);
@@ -75,6 +78,38 @@ static int softmax_threads(int64_t count, int threads) {
 void FN_T(fn_softmax_forward)(const real *x, real *y, bool take_log, int64_t n, int64_t c,
                               int64_t spatial, int threads) {
     int t = softmax_threads(n * c * spatial, threads);
+    if (spatial == 1 && c >= 2 * FN_EXP_LANES) {
+        /* Rows of c contiguous values (features), at least two vectors long: the maximum in lanes
+         * (fn_max_lanes), the shifted row written to y and exponentiated there as vectors
+         * (fn_exp_nonpositive), summed in SOFTMAX_LANES partial sums added pairwise. The
+         * element-by-element loops below took 3.5 ns an element (libm's exp, and a running
+         * maximum and sum that each wait on the last step); 64 x 1000 230 -> 76 us, 256 x 100
+         * 113 -> 47 us, one thread, through the model. Shorter rows keep those loops, which
+         * cost less than the vectors' remainders there (64 x 10: 3.4 against 8.4 us). */
+        FN_PARALLEL_LOOP(t, i, n, {
+            const real *xr = x + i * c;
+            real *yr = y + i * c;
+            const real m = FN_T(fn_max_lanes)(xr, c); /* NaN aside: a NaN makes the row NaN */
+            for (int64_t k = 0; k < c; k++) yr[k] = xr[k] - m;
+            FN_T(fn_exp_nonpositive)(yr, c);
+            double partial[SOFTMAX_LANES] = {0};
+            int64_t k = 0;
+            for (; k + SOFTMAX_LANES <= c; k += SOFTMAX_LANES)
+                for (int j = 0; j < SOFTMAX_LANES; j++) partial[j] += (double)yr[k + j];
+            for (int j = 0; k < c; k++, j++) partial[j] += (double)yr[k];
+            for (int width = SOFTMAX_LANES / 2; width > 0; width /= 2)
+                for (int j = 0; j < width; j++) partial[j] += partial[j + width];
+            const double sum = partial[0];
+            if (take_log) {
+                real shift = (real)((double)m + log(sum));
+                for (int64_t j = 0; j < c; j++) yr[j] = xr[j] - shift;
+            } else {
+                real scale = (real)(1 / sum);
+                for (int64_t j = 0; j < c; j++) yr[j] *= scale;
+            }
+        });
+        return;
+    }
     FN_PARALLEL_LOOP(t, r, n * spatial, {
         int64_t base = (r / spatial) * c * spatial + r % spatial;
         const real *xr = x + base;

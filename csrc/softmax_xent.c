@@ -16,7 +16,7 @@
 
 #include <math.h>
 
-/* first_argmax's running maxima */
+/* first_argmax's search for its maximum, a block at a time */
 #define ARGMAX_LANES 16
 /* The exponentials of the rows no longer than FN_EXP_PIECE are taken a chunk of rows at a time,
  * at most XENT_CHUNK elements (in L1 between the passes) and XENT_ROWS rows, by the call that
@@ -44,9 +44,9 @@ typedef struct {
 } FN_T(softmax_xent_job);
 
 /* Index of the first maximum of row[0..c), and the maximum: the largest element that is not NaN
- * (-inf if there is none; the index is then c - 1). A long row's maximum is taken in ARGMAX_LANES
- * lanes, which vectorises where one running maximum waits on the last comparison for every
- * element: a maximum is one value in whichever order it is found. */
+ * (-inf if there is none; the index is then c - 1). A long row's maximum is taken in lanes
+ * (fn_max_lanes), which vectorises where one running maximum waits on the last comparison for
+ * every element: a maximum is one value in whichever order it is found. */
 static inline int64_t FN_T(first_argmax)(const real *row, int64_t c, real *max_out) {
     if (c < 2 * ARGMAX_LANES) { /* a few elements: one running maximum is quicker */
         real max = -INFINITY;
@@ -56,19 +56,7 @@ static inline int64_t FN_T(first_argmax)(const real *row, int64_t c, real *max_o
         *max_out = max;
         return argmax;
     }
-    _Alignas(64) real lanes[ARGMAX_LANES];
-    for (int l = 0; l < ARGMAX_LANES; l++) lanes[l] = -INFINITY;
-    for (int64_t j = 0; j < c; j += ARGMAX_LANES) {
-#pragma omp simd
-        for (int l = 0; l < ARGMAX_LANES; l++) {
-            real v = j + l < c ? row[j + l] : -INFINITY; /* a masked load in the last block */
-            lanes[l] = v > lanes[l] ? v : lanes[l];
-        }
-    }
-    for (int width = ARGMAX_LANES / 2; width > 0; width /= 2)
-        for (int l = 0; l < width; l++)
-            lanes[l] = lanes[l + width] > lanes[l] ? lanes[l + width] : lanes[l];
-    real max = lanes[0];
+    real max = FN_T(fn_max_lanes)(row, c);
     /* The first block that holds it, then the element. */
     int64_t argmax = 0;
     for (; argmax + ARGMAX_LANES <= c; argmax += ARGMAX_LANES) {

@@ -295,7 +295,9 @@ def test_maxout_output_shape_and_model():
 
 # ------------------------------------------------------------------------------ Softmax
 
-SOFTMAX_SHAPES = [(5,), (1,), (4, 3), (3, 2, 5), (2, 1, 1)]
+# Rows of features from 32 wide (two vectors and more: the maximum in lanes, the exponentials as
+# vectors, the sums in lanes) take another path than short rows and channels of planes.
+SOFTMAX_SHAPES = [(5,), (1,), (4, 3), (3, 2, 5), (2, 1, 1), (32,), (47,), (300,)]
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
@@ -319,7 +321,22 @@ def test_softmax_forward_backward(op, shape, batch, dtype, threads):
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
-@pytest.mark.parametrize("shape", [(5,), (3, 2, 2)], ids=str)
+@pytest.mark.parametrize("width", [7, 40])
+def test_softmax_of_extreme_logits(op, width):
+    # Logits far apart, and a row where one logit dominates: the maximum is subtracted first, so
+    # nothing overflows, and a logit 1e30 below it gets a probability of exactly 0.
+    x = np.linspace(-30, 30, 2 * width).reshape(2, width)
+    x[0, 1], x[0, 3], x[1, 2] = 1e4, -1e30, -1e4
+    model = fn.Sequential(fn.Softmax() if op == "softmax" else fn.LogSoftmax(),
+                          input_shape=(width,), dtype="float64")
+    want = special.softmax(x, axis=1) if op == "softmax" else special.log_softmax(x, axis=1)
+    got = model(x)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-300)
+    assert (got[0, 3] == 0) if op == "softmax" else (got[0, 3] < -1e29)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape", [(5,), (3, 2, 2), (33,)], ids=str)
 def test_softmax_gradient_finite_differences(op, shape):
     rng = np.random.default_rng(3)
     check_gradients(make(shape, {"op": op}), inputs(rng, (2,) + shape, 1.0), rng)
