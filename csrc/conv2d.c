@@ -296,10 +296,9 @@ static int conv_useful_threads(double work, int threads) {
 
 /* A band of rows is unrolled and multiplied in pieces whose columns take about this many bytes
  * (up to twice as many to fill whole slivers): each piece's columns are written and read back at
- * once through one buffer, which stays
- * in L2, where a whole band's columns had to be fetched from L3 for writing at every call (in a
- * batch-1 inference, the large linear layer after the convolutions streams its weights through
- * L2 in between). Measured in the batch-1 latency, alternating builds: the CNN 129-133 ->
+ * once through one buffer, which stays in L2, where a whole band's columns had to be fetched from
+ * L3 for writing at every call (in a batch-1 inference, the large linear layer after the
+ * convolutions streams its weights through L2 in between). Measured in the batch-1 latency, alternating builds: the CNN 129-133 ->
  * 126-130 us (its second convolution in pieces of 4 rows, 110 KB, instead of bands of 12,
  * 331 KB; pieces of 8 and 4 rows, 1.01-1.05x); ResNet-8 152-154 -> 143-144 us. */
 #define CONV_PIECE_BYTES (128 * 1024)

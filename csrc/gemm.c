@@ -747,6 +747,20 @@ static void FN_T(gemm_scale)(int64_t m, int64_t n, real beta, real *c, int64_t l
     }
 }
 
+/* c (m, n) = beta * c, then col_bias (n) added to every row: beta 0 copies the bias in (over
+ * NaN too). Where a product is then added to c with beta 1, each element is bias + product in
+ * one rounding, as the Cᵀ-tile path adds the bias to its tiles. */
+static void FN_T(gemm_seed_bias)(int64_t m, int64_t n, real beta, real *c, int64_t ldc,
+                                 const real *col_bias) {
+    if (beta == 0) {
+        for (int64_t i = 0; i < m; i++) memcpy(c + i * ldc, col_bias, sizeof(real) * (size_t)n);
+        return;
+    }
+    FN_T(gemm_scale)(m, n, beta, c, ldc);
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) c[i * ldc + j] += col_bias[j];
+}
+
 /* Rows [i, rows) of gemm_pack_rows below, `height` at a time while whole blocks remain, each
  * block `width_in` columns at a time by `transpose` (a gemm_transpose*: inlined, as its
  * arguments are constants at every call), the last columns element by element. Returns the first
@@ -939,7 +953,7 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
     real *b_sliver; /* the last rows of B, fewer than MR */
     real *a_panel = FN_T(gemm_scratch)(kc_max, m_padded, &b_sliver);
     if (a_panel == NULL) { /* C seeded with the bias (beta is 0 with one), as gemm_block does */
-        for (int64_t i = 0; i < m && col_bias; i++) memcpy(c + i * ldc, col_bias, sizeof(real) * n);
+        if (col_bias) FN_T(gemm_seed_bias)(m, n, beta, c, ldc, col_bias);
         FN_T(gemm_unpacked)(false, true, m, n, k, alpha, a, lda, b, ldb, col_bias ? 1 : beta, c,
                             ldc);
         return;
@@ -1435,7 +1449,7 @@ static void FN_T(gemm_block)(const FN_T(gemm_job) *job, int64_t i0, int64_t i1, 
     }
     real beta = job->beta;
     if (col_bias) { /* C seeded with the bias, the product added to it: the same roundings */
-        for (int64_t i = 0; i < m; i++) memcpy(c_block + i * job->ldc, col_bias, sizeof(real) * n);
+        FN_T(gemm_seed_bias)(m, n, beta, c_block, job->ldc, col_bias);
         beta = 1;
     }
     if (blas) {
@@ -1529,17 +1543,15 @@ static void FN_T(gemm_dispatch)(bool trans_a, bool trans_b, int64_t m, int64_t n
     fn_blas table = gemm_blas_table; /* one consistent copy for the whole call */
     bool fits_int = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
                     ldb <= INT_MAX && ldc <= INT_MAX;
-    /* k == 0 and alpha == 0 only scale C: not worth a BLAS call, and a BLAS would insist on
-     * leading dimensions of at least 1 for operands that have no elements. */
     /* The paths take a bias with beta 0 (a linear layer's forward): any other beta is applied
      * with the bias first, and the product added to that. */
     if (col_bias && (beta != 0 || k == 0 || alpha == 0)) {
-        FN_T(gemm_scale)(m, n, beta, c, ldc);
-        for (int64_t i = 0; i < m; i++)
-            for (int64_t j = 0; j < n; j++) c[i * ldc + j] += col_bias[j];
+        FN_T(gemm_seed_bias)(m, n, beta, c, ldc, col_bias);
         col_bias = NULL;
         beta = 1;
     }
+    /* k == 0 and alpha == 0 only scale C: not worth a BLAS call, and a BLAS would insist on
+     * leading dimensions of at least 1 for operands that have no elements. */
     if (k == 0 || alpha == 0) {
         FN_T(gemm_scale)(m, n, beta, c, ldc);
         return;

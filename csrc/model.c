@@ -645,8 +645,9 @@ static void band_chain_part(int id, int bands, void *arg) {
         fn_node *node = &m->nodes[i];
         if (node->fused_away) continue;
         if (waiting) fn_team_barrier(); /* for the rows of the input the other threads wrote */
-        int consumer = node->out_skipped ? band_chain_consumer(m, i, chain->end) : -1;
-        if (consumer >= 0) {
+        if (node->out_skipped) { /* run_forward found its consumer: the next node it runs */
+            int consumer = i + 1;
+            while (m->nodes[consumer].fused_away) consumer++;
             node->op->forward_band_into[m->dtype](node, &m->nodes[consumer], chain->ctx, id,
                                                   bands);
             i = consumer;
