@@ -211,8 +211,9 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
                             int threads);                                                        \
     /* optim.c */                                                                                \
     void fn_optimizer_update##S(const struct fn_update_args *args, int threads);                \
-    /* the sum of squares of grads (count), in double, in blocks of FN_NORM_BLOCK (one per       \
-     * entry of blocks) summed in order: the same bits for any thread count */                   \
+    /* the sum of squares of grads (count), in double (float squares first in runs of 16 in     \
+     * float), in blocks of FN_NORM_BLOCK (one per entry of blocks) summed in order: the same    \
+     * bits for any thread count */                                                              \
     double fn_grad_sum_squares##S(const real *grads, int64_t count, double *blocks,              \
                                   int threads);                                                  \
     /* exp.c: x = exp(x) for x in [-inf, 0] or NaN, vectorised for float (within 1.5 units  \

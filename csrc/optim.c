@@ -527,29 +527,61 @@ fn_status fn_model_step(fn_model *m) {
 /* The sum of squares of x[0, n) in double, as FN_LANES interleaved partial sums added in a fixed
  * order: the same bits on every call, vectorised, and with enough independent sums to keep the
  * adds from waiting on each other (32 measured 1.3x faster than 16 on a cached mlp_small
- * gradient, 64 no faster than 32). */
+ * gradient, 64 no faster than 32). Each square is exact (a float's square fits in a double). */
 #ifndef FN_LANES
 #define FN_LANES 32
 #define NORM_AHEAD 16384
+/* Float gradients: squares summed in float over runs of NORM_RUN steps of FN_FLOAT_LANES, each
+ * run's lanes then added to FN_FLOAT_LANES double sums. Converting every element to double was
+ * the bound of the pass (a cached mlp_small gradient of 26 K floats: 1.63 us, 0.60 us so); a
+ * run's float sum of at most 16 nonnegative terms is within 17 roundings, a relative error below
+ * 1.1e-6, where PyTorch's clip_grad_norm_ sums float gradients in float throughout. */
+#define FN_FLOAT_LANES 64
+#define NORM_RUN 16
 #endif
-static double FN_T(sum_squares)(const real *x, int64_t n) {
+/* The lines NORM_AHEAD bytes past x + i, in FN_LANES * sizeof(real) bytes, asked for. The
+ * gradients come from the backward's GEMMs, in L3 or in the other core's L2, and the hardware
+ * prefetchers alone kept this one stream at about half the bandwidth (mlp_mnist_b128's 7.4 MB on
+ * two threads: 200 us -> 115 us in a training step; 4 KB ahead 135 us, 32 KB 119 us). Past the
+ * end, the address is only a hint (computed as an integer). The SGD update, with three streams
+ * read and two written, gained nothing from the same. */
+static inline void FN_T(norm_prefetch)(const real *x, size_t bytes) {
+    for (size_t line = 0; line < bytes; line += 64)
+        FN_PREFETCH((const void *)((uintptr_t)x + NORM_AHEAD + line));
+}
+
+static double FN_T(sum_squares_exact)(const real *x, int64_t n) {
     double acc[FN_LANES] = {0};
     int64_t i = 0;
     for (; i + FN_LANES <= n; i += FN_LANES) {
-        /* The gradients come from the backward's GEMMs, in L3 or in the other core's L2, and the
-         * hardware prefetchers alone kept this one stream at about half the bandwidth: each step
-         * asks for the lines NORM_AHEAD bytes on (mlp_mnist_b128's 7.4 MB on two threads: 200 us
-         * -> 115 us in a training step; 4 KB ahead 135 us, 32 KB 119 us). Past the end, the
-         * address is only a hint (computed as an integer). The SGD update, with three streams
-         * read and two written, gained nothing from the same. */
-        for (size_t line = 0; line < FN_LANES * sizeof(real); line += 64)
-            FN_PREFETCH((const void *)((uintptr_t)(x + i) + NORM_AHEAD + line));
+        FN_T(norm_prefetch)(x + i, FN_LANES * sizeof(real));
         for (int j = 0; j < FN_LANES; j++) acc[j] += (double)x[i + j] * (double)x[i + j];
     }
     for (int j = 0; i < n; i++, j++) acc[j] += (double)x[i] * (double)x[i];
     for (int width = FN_LANES / 2; width > 0; width /= 2) /* pairwise, in a fixed order */
         for (int j = 0; j < width; j++) acc[j] += acc[j + width];
     return acc[0];
+}
+
+static double FN_T(sum_squares)(const real *x, int64_t n) {
+    if (FN_DTYPE == FN_FLOAT64) return FN_T(sum_squares_exact)(x, n);
+    double acc[FN_FLOAT_LANES] = {0};
+    int64_t i = 0;
+    while (i + FN_FLOAT_LANES <= n) {
+        real run[FN_FLOAT_LANES] = {0};
+        for (int step = 0; step < NORM_RUN && i + FN_FLOAT_LANES <= n;
+             step++, i += FN_FLOAT_LANES) {
+            FN_T(norm_prefetch)(x + i, FN_FLOAT_LANES * sizeof(real));
+            for (int j = 0; j < FN_FLOAT_LANES; j++) run[j] += x[i + j] * x[i + j];
+        }
+        for (int j = 0; j < FN_FLOAT_LANES; j++) acc[j] += run[j];
+    }
+    for (int j = 0; i < n; i++, j++) acc[j] += (double)x[i] * (double)x[i];
+    for (int width = FN_FLOAT_LANES / 2; width > 0; width /= 2)
+        for (int j = 0; j < width; j++) acc[j] += acc[j + width];
+    /* A float square overflows from 1.9e19 on: such a block is summed again exactly, so that only
+     * a gradient that is itself non-finite (or a sum past a double's range) makes the norm so. */
+    return isfinite(acc[0]) ? acc[0] : FN_T(sum_squares_exact)(x, n);
 }
 
 typedef struct {

@@ -326,8 +326,9 @@ def test_the_check_reports_the_norm_and_changes_no_update(dtype):
         checked._core.train_step(x, y)
         plain._core.train_step(x, y)
         grads = checked._core.grad_arena().astype(np.float64)
+        # float32 squares are summed in float in runs of 16 (fastnet.h: within 1.1e-6)
         np.testing.assert_allclose(checked._core.last_grad_norm, np.linalg.norm(grads),
-                                   rtol=1e-12)
+                                   rtol=1.1e-6 if dtype == "float32" else 1e-12)
         assert plain._core.last_grad_norm == -1
         assert checked._core.last_nonfinite_layer is None
     np.testing.assert_array_equal(checked._core.param_arena(), plain._core.param_arena())

@@ -469,6 +469,36 @@ def test_clip_grad_norm_by_formula_on_one_step():
     assert plain.last_grad_norm == pytest.approx(small_norm, rel=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["random", "equal", "wide_range", "square_overflows_float"])
+def test_float32_gradient_norm_within_its_bound(kind, threads):
+    """float32 squares are summed in float in runs of 16 (fastnet.h: within 1.1e-6 of the exact
+    norm); a block whose float squares overflow is summed again exactly, so a finite gradient of
+    1e20 is measured, not refused as non-finite."""
+    model = fn.Sequential(fn.Linear(97, 201), fn.Tanh(), fn.Linear(201, 3), dtype="float32")
+    rng = np.random.default_rng(21)
+    grads = []
+    for p in model.parameters():
+        if kind == "random":
+            g = rng.standard_normal(p.data.shape)
+        elif kind == "equal":
+            g = np.full(p.data.shape, 0.1)
+        else:
+            g = rng.standard_normal(p.data.shape) * 10.0 ** rng.integers(-20, 20, p.data.shape)
+        grads.append(g.astype(np.float32))
+    if kind == "square_overflows_float":
+        grads[0].flat[5000] = 3e20
+        grads[2].flat[7] = -2e38
+    exact = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads))
+    assert sum(g.size for g in grads) > 2 * 8192  # several blocks, the last one partial
+    opt = fn.optim.SGD(model.parameters(), lr=1e-30)
+    apply_grads(model, grads)
+    opt.step()
+    assert opt.steps == 1 and np.isfinite(opt.last_grad_norm)
+    assert opt.last_grad_norm == pytest.approx(exact, rel=1.1e-6)
+    if kind == "square_overflows_float":
+        assert opt.last_grad_norm == pytest.approx(exact, rel=1e-15)
+
+
 def test_train_step_clips_and_reports_the_norm_of_its_gradients(threads):
     rng = np.random.default_rng(14)
     fused, manual = conv_model(seed=3), conv_model(seed=3)

@@ -158,7 +158,8 @@ typedef enum {
  * For each parameter p with gradient g:
  *
  *   1. clipping, when set (both may be): g *= c with c = min(1, clip_grad_norm / (N + 1e-6)),
- *      N the L2 norm of all gradients together, computed in double (PyTorch's clip_grad_norm_);
+ *      N the L2 norm of all gradients together (PyTorch's clip_grad_norm_), summed in double
+ *      (float gradients: their squares in float in runs of 16, within 1.1e-6 of the exact norm);
  *      then g = clamp(g, -clip_grad_value, clip_grad_value). The gradient arena itself is left
  *      as it was: the clipped gradient is the one the update uses.
  *   2. penalties, from p before the update: coupled decay g += wd*p (every kind but AdamW, when
