@@ -761,6 +761,15 @@ static void FN_T(gemm_seed_bias)(int64_t m, int64_t n, real beta, real *c, int64
         for (int64_t j = 0; j < n; j++) c[i * ldc + j] += col_bias[j];
 }
 
+/* c (m, n) = ReLU(c), row stride ldc: a linear layer's fused ReLU, on a thread's block of C
+ * right after its product, where it is still in cache. */
+static void FN_T(gemm_relu)(int64_t m, int64_t n, real *c, int64_t ldc) {
+    for (int64_t i = 0; i < m; i++) {
+        real *row = c + i * ldc;
+        for (int64_t j = 0; j < n; j++) row[j] = FN_RELU(row[j]);
+    }
+}
+
 /* Rows [i, rows) of gemm_pack_rows below, `height` at a time while whole blocks remain, each
  * block `width_in` columns at a time by `transpose` (a gemm_transpose*: inlined, as its
  * arguments are constants at every call), the last columns element by element. Returns the first
@@ -947,7 +956,7 @@ static bool FN_T(gemm_swap_pays)(int64_t m, int64_t n, int64_t k) {
  * whole product's sizes, so that every thread count gives the same bits. */
 static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, const real *a,
                                int64_t lda, const real *b, int64_t ldb, real beta, real *c,
-                               int64_t ldc, const real *col_bias) {
+                               int64_t ldc, const real *col_bias, bool relu) {
     int64_t m_padded = FN_T(gemm_sliver_columns)(m);
     int64_t kc_max = gemm_block_size(k, FN_T(gemm_swapped_kc)(m), 1);
     real *b_sliver; /* the last rows of B, fewer than MR */
@@ -956,6 +965,7 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
         if (col_bias) FN_T(gemm_seed_bias)(m, n, beta, c, ldc, col_bias);
         FN_T(gemm_unpacked)(false, true, m, n, k, alpha, a, lda, b, ldb, col_bias ? 1 : beta, c,
                             ldc);
+        if (relu) FN_T(gemm_relu)(m, n, c, ldc);
         return;
     }
     _Alignas(64) real tile[GEMM_MR * GEMM_NR];   /* tile[r][q]: C[ir + q][jr + r] */
@@ -966,6 +976,7 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
     for (int64_t pc = 0; pc < k; pc += kc_max) {
         int64_t kc = k - pc < kc_max ? k - pc : kc_max;
         real beta_block = pc == 0 ? beta : (real)1;
+        bool last_block = pc + kc >= k;
         FN_T(gemm_pack_b)(true, a + pc, lda, kc, m, a_panel);
         for (int64_t jr = 0; jr < n; jr += GEMM_MR) {
             int64_t rows = n - jr < GEMM_MR ? n - jr : GEMM_MR;
@@ -987,6 +998,8 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
                         for (int q = 0; q < GEMM_NR; q++) tile[r * GEMM_NR + q] += bias;
                     }
                 if (beta_block == 0) {
+                    if (relu && last_block) /* on the tile while in L1: no pass over C */
+                        for (int64_t e = 0; e < rows * GEMM_NR; e++) tile[e] = FN_RELU(tile[e]);
                     FN_T(gemm_pack_rows)(tile, GEMM_NR, rows, cols, c_block, ldc);
                     continue;
                 }
@@ -997,8 +1010,10 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
                 for (int64_t q = 0; q < cols; q++) {
                     real *row = c_block + q * ldc;
                     const real *sums = tile_c + q * GEMM_MR;
-                    for (int64_t r = 0; r < rows; r++)
-                        row[r] = GEMM_FMA(beta_block, row[r], sums[r]);
+                    for (int64_t r = 0; r < rows; r++) {
+                        real v = GEMM_FMA(beta_block, row[r], sums[r]);
+                        row[r] = relu && last_block ? FN_RELU(v) : v;
+                    }
                 }
             }
         }
@@ -1413,6 +1428,7 @@ typedef struct {
     int64_t lda, ldb, ldc;
     bool reversed;        /* the dot products take each thread's columns last to first */
     const real *col_bias; /* (n) added to every row of C (beta 0), or NULL */
+    bool relu;            /* C = ReLU(C) once the product is complete */
 } FN_T(gemm_job);
 
 /* Whether gemm_part splits C = A^T @ B by rows rather than columns: a linear layer's weight
@@ -1444,7 +1460,7 @@ static void FN_T(gemm_block)(const FN_T(gemm_job) *job, int64_t i0, int64_t i1, 
     if (!blas && !dot && a_b_transposed && FN_T(gemm_swap_pays)(job->m, job->n, job->k)) {
         /* The bias added to each tile of C^T before it goes into C */
         FN_T(gemm_swapped)(m, n, job->k, job->alpha, a_block, job->lda, b_block, job->ldb,
-                           job->beta, c_block, job->ldc, col_bias);
+                           job->beta, c_block, job->ldc, col_bias, job->relu);
         return;
     }
     real beta = job->beta;
@@ -1459,9 +1475,13 @@ static void FN_T(gemm_block)(const FN_T(gemm_job) *job, int64_t i0, int64_t i1, 
         FN_T(gemm_dot)(m, n, job->k, job->alpha, a_block, job->lda, b_block, job->ldb, beta,
                        c_block, job->ldc, job->reversed);
     } else {
+        FN_T(gemm_epilogue) relu_only = {NULL, true};
         FN_T(gemm_serial)(job->trans_a, job->trans_b, m, n, job->k, job->alpha, a_block,
-                          job->lda, b_block, job->ldb, beta, c_block, job->ldc, NULL);
+                          job->lda, b_block, job->ldb, beta, c_block, job->ldc,
+                          job->relu ? &relu_only : NULL);
+        return;
     }
+    if (job->relu) FN_T(gemm_relu)(m, n, c_block, job->ldc);
 }
 
 /* Part `id` of `parts`: a contiguous block of columns of C, in whole NR-slivers so that only the
@@ -1491,9 +1511,10 @@ static void FN_T(gemm_part)(int id, int parts, void *arg) {
 static void FN_T(gemm_split)(const fn_blas *table, bool blas_only, bool trans_a, bool trans_b,
                              int64_t m, int64_t n, int64_t k, real alpha, const real *a,
                              int64_t lda, const real *b, int64_t ldb, real beta, real *c,
-                             int64_t ldc, int threads, bool reversed, const real *col_bias) {
+                             int64_t ldc, int threads, bool reversed, const real *col_bias,
+                             bool relu) {
     FN_T(gemm_job) job = {table, blas_only, trans_a, trans_b, m, n, k, alpha, beta, a, b, c,
-                          lda, ldb, ldc, reversed, col_bias};
+                          lda, ldb, ldc, reversed, col_bias, relu};
     if (fn_deterministic()) {
         /* Even without OpenMP, so that the bits are those of a threaded build. */
         int blocks = gemm_thread_count(m, n, k, GEMM_NR, FN_DETERMINISTIC_PARTS);
@@ -1519,7 +1540,7 @@ void FN_T(fn_gemm_builtin)(bool trans_a, bool trans_b, int64_t m, int64_t n, int
         return;
     }
     FN_T(gemm_split)(NULL, false, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                     threads, false, NULL);
+                     threads, false, NULL, false);
 }
 
 /* The same product through the installed BLAS table only, split over threads as fn_gemm splits
@@ -1531,14 +1552,14 @@ void FN_T(fn_gemm_blas)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
     if (m <= 0 || n <= 0) return;
     fn_blas table = gemm_blas_table;
     FN_T(gemm_split)(&table, true, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
-                     ldc, threads, false, NULL);
+                     ldc, threads, false, NULL, false);
 }
 
 /* fn_gemm_ordered, or with `threads` 0 fn_gemm_unsplit. */
 static void FN_T(gemm_dispatch)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                                 real alpha, const real *a, int64_t lda, const real *b,
                                 int64_t ldb, real beta, real *c, int64_t ldc, int threads,
-                                bool reversed, const real *col_bias) {
+                                bool reversed, const real *col_bias, bool relu) {
     if (m <= 0 || n <= 0) return;
     fn_blas table = gemm_blas_table; /* one consistent copy for the whole call */
     bool fits_int = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
@@ -1554,17 +1575,18 @@ static void FN_T(gemm_dispatch)(bool trans_a, bool trans_b, int64_t m, int64_t n
      * leading dimensions of at least 1 for operands that have no elements. */
     if (k == 0 || alpha == 0) {
         FN_T(gemm_scale)(m, n, beta, c, ldc);
+        if (relu) FN_T(gemm_relu)(m, n, c, ldc);
         return;
     }
     bool blas = FN_T(gemm_blas_get)(&table) != NULL && fits_int;
     if (threads == 0) {
         FN_T(gemm_job) job = {blas ? &table : NULL, false, trans_a, trans_b, m, n, k, alpha, beta,
-                              a, b, c, lda, ldb, ldc, reversed, col_bias};
+                              a, b, c, lda, ldb, ldc, reversed, col_bias, relu};
         FN_T(gemm_part)(0, 1, &job);
         return;
     }
     FN_T(gemm_split)(blas ? &table : NULL, false, trans_a, trans_b, m, n, k, alpha, a, lda, b,
-                     ldb, beta, c, ldc, threads, reversed, col_bias);
+                     ldb, beta, c, ldc, threads, reversed, col_bias, relu);
 }
 
 /* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda/ldb/ldc:
@@ -1574,7 +1596,7 @@ void FN_T(fn_gemm)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
                    const real *a, int64_t lda, const real *b, int64_t ldb, real beta, real *c,
                    int64_t ldc, int threads) {
     FN_T(fn_gemm_ordered)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                          threads, false, NULL);
+                          threads, false, NULL, false);
 }
 
 /* fn_gemm for a product that streams B and is made again and again with the same B (a batch-1
@@ -1589,9 +1611,9 @@ void FN_T(fn_gemm)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
 void FN_T(fn_gemm_ordered)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                            real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,
                            real beta, real *c, int64_t ldc, int threads, bool reversed,
-                           const real *col_bias) {
+                           const real *col_bias, bool relu) {
     FN_T(gemm_dispatch)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                        threads > 0 ? threads : 1, reversed, col_bias);
+                        threads > 0 ? threads : 1, reversed, col_bias, relu);
 }
 
 /* The same product in one call on the calling thread, never divided into blocks, in either mode:
@@ -1601,7 +1623,7 @@ void FN_T(fn_gemm_unsplit)(bool trans_a, bool trans_b, int64_t m, int64_t n, int
                            real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,
                            real beta, real *c, int64_t ldc) {
     FN_T(gemm_dispatch)(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 0, false,
-                        NULL);
+                        NULL, false);
 }
 
 void FN_T(fn_bias_relu_rows)(real *c, int64_t rows, int64_t cols, int64_t ldc, const real *bias,

@@ -77,11 +77,12 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
     /* the same with each thread's columns last to first where dot products stream B        \
      * (reversed; the same bits): alternated by a caller that streams the same B each call;   \
      * col_bias (n), unless NULL, is added to every row of C (with beta 0, a linear layer's   \
-     * forward, in the same rounding as C seeded with it; with another beta, to beta * C) */     \
+     * forward, in the same rounding as C seeded with it; with another beta, to beta * C);    \
+     * relu: C = ReLU(C) at the end, on each block of C as its thread finishes it */           \
     void fn_gemm_ordered##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
                             real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
                             real beta, real *c, int64_t ldc, int threads, bool reversed,         \
-                            const real *col_bias);                                               \
+                            const real *col_bias, bool relu);                                    \
     void fn_gemm_builtin##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,         \
                             real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,  \
                             real beta, real *c, int64_t ldc, int threads);                       \
@@ -118,8 +119,8 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
                            int threads);                                                         \
     /* linear.c */                                                                               \
     void fn_linear_forward##S(const real *x, const real *weight, const real *bias, real *y,      \
-                              int64_t n, int64_t in, int64_t out, int threads,                   \
-                              bool reversed);                                                    \
+                              int64_t n, int64_t in, int64_t out, int threads, bool reversed,    \
+                              bool relu);                                                        \
     void fn_linear_backward##S(const real *x, const real *weight, const real *grad_y,            \
                                real *grad_x, real grad_x_beta, real *grad_weight,                \
                                real *grad_bias, real grad_param_beta, int64_t n, int64_t in,     \

@@ -1,4 +1,8 @@
-/* linear.c — fully connected layer: y = x @ weight^T + bias (PyTorch's nn.Linear layout). */
+/* linear.c — fully connected layer: y = x @ weight^T + bias (PyTorch's nn.Linear layout).
+ *
+ * A ReLU that directly follows, on this layer's output alone, is applied here (relu_fused): by the
+ * GEMM to each tile or block of y as it is finished, and in backward to the output gradient in
+ * the pass that sums the bias gradient, where the ReLU's node made a pass of its own each way. */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
 #include "model.h"
@@ -69,7 +73,8 @@ const fn_op fn_op_linear = {
     .init = linear_init,
     .forward = {linear_forward_f32, linear_forward_f64},
     .backward = {linear_backward_f32, linear_backward_f64},
-    .backward_ignores_output = true,
+    .backward_ignores_output = true, /* but a fused ReLU's mask: its node keeps the output */
+    .fuses_relu = true,
 };
 
 #define FN_TEMPLATE_FILE "linear.c"
@@ -77,15 +82,54 @@ const fn_op fn_op_linear = {
 
 #else /* templated half */
 
-/* x is (n, in), weight is (out, in), bias is (out) or NULL, y is (n, out); reversed: the weights
- * read last row first where the product streams them (fn_gemm_ordered). */
+/* x is (n, in), weight is (out, in), bias is (out) or NULL, y is (n, out), ReLU'd with relu;
+ * reversed: the weights read last row first where the product streams them (fn_gemm_ordered). */
 void FN_T(fn_linear_forward)(const real *x, const real *weight, const real *bias, real *y,
-                             int64_t n, int64_t in, int64_t out, int threads, bool reversed) {
+                             int64_t n, int64_t in, int64_t out, int threads, bool reversed,
+                             bool relu) {
     /* The GEMM adds the bias: to each tile before it goes into y, or to y before the product is
      * added to it, on the thread that writes those rows (one rounding of bias + product either
-     * way). */
+     * way); then the ReLU, as the ReLU's node computed it on the finished sums. */
     FN_T(fn_gemm_ordered)(false, true, n, out, in, 1, x, in, weight, in, 0, y, out, threads,
-                          reversed, bias);
+                          reversed, bias, relu);
+}
+
+typedef struct {
+    const real *y;
+    real *grad_y, *grad_bias;
+    int64_t n, out;
+    bool accumulate_bias;
+} FN_T(relu_mask_job);
+
+/* Columns [begin, end) of relu_mask_job: grad_y where y > 0, else 0, as the ReLU's backward
+ * writes it (0 + the select), and each column's sum over the rows in their order into
+ * grad_bias unless NULL. */
+static void FN_T(relu_mask_columns)(const FN_T(relu_mask_job) *job, int64_t begin, int64_t end) {
+    real *grad_bias = job->grad_bias;
+    if (grad_bias && !job->accumulate_bias)
+        for (int64_t j = begin; j < end; j++) grad_bias[j] = 0;
+    for (int64_t i = 0; i < job->n; i++) {
+        const real *y = job->y + i * job->out;
+        real *g = job->grad_y + i * job->out;
+        if (grad_bias) {
+            for (int64_t j = begin; j < end; j++) {
+                real v = (real)0 + (y[j] > 0 ? g[j] : 0);
+                g[j] = v;
+                grad_bias[j] += v;
+            }
+        } else {
+            for (int64_t j = begin; j < end; j++) g[j] = (real)0 + (y[j] > 0 ? g[j] : 0);
+        }
+    }
+}
+
+static void FN_T(relu_mask_part)(int id, int parts, void *arg) {
+    const FN_T(relu_mask_job) *job = arg;
+    int64_t begin, end; /* in blocks of 16 columns: no thread shares a cache line of a row */
+    fn_partition((job->out + 15) / 16, parts, id, &begin, &end);
+    begin *= 16;
+    end = end * 16 < job->out ? end * 16 : job->out;
+    if (end > begin) FN_T(relu_mask_columns)(job, begin, end);
 }
 
 /* x is (n, in), weight is (out, in), grad_y is (n, out);
@@ -118,16 +162,27 @@ static fn_status FN_T(linear_forward)(fn_node *node, const fn_model_ctx *ctx) {
                             node->attr.linear.bias ? (const real *)node->param[1] : NULL,
                             (real *)node->out, ctx->batch, node->attr.linear.in_features,
                             node->attr.linear.out_features, ctx->threads,
-                            node->weights_reversed);
+                            node->weights_reversed, node->relu_fused);
     return FN_OK;
 }
 
 static fn_status FN_T(linear_backward)(fn_node *node, const fn_model_ctx *ctx) {
+    real *grad_bias = node->attr.linear.bias ? (real *)node->grad[1] : NULL;
+    if (node->relu_fused) {
+        /* The fused ReLU's backward, in place: the output gradient is this node's alone (the
+         * ReLU's, which nothing reads after it). The bias gradient comes with it. */
+        FN_T(relu_mask_job) job = {(const real *)node->out, (real *)node->grad_out, grad_bias,
+                                   ctx->batch, node->attr.linear.out_features,
+                                   ctx->accumulate_param_grads};
+        int parts = fn_threads_for(ctx->batch * job.out, ctx->threads);
+        int64_t blocks = (job.out + 15) / 16;
+        fn_run_team(parts < blocks ? parts : (int)blocks, FN_T(relu_mask_part), &job);
+        grad_bias = NULL;
+    }
     FN_T(fn_linear_backward)((const real *)node->in[0], (const real *)node->param[0],
                              (const real *)node->grad_out, (real *)node->grad_in[0],
                              node->grad_in_accumulate[0] ? 1 : 0, (real *)node->grad[0],
-                             node->attr.linear.bias ? (real *)node->grad[1] : NULL,
-                             ctx->accumulate_param_grads ? 1 : 0, ctx->batch,
+                             grad_bias, ctx->accumulate_param_grads ? 1 : 0, ctx->batch,
                              node->attr.linear.in_features, node->attr.linear.out_features,
                              ctx->threads);
     return FN_OK;

@@ -331,7 +331,7 @@ static int64_t slot_pool_layout(slot_pool *pool) {
  * their own. out_kept says which outputs are still there after the forward.
  *
  * A ReLU that so takes over the output of the node just before it, when that node's op can apply
- * it (fuses_relu: convolution, batch norm, add), is fused: the producer applies it (relu_fused) and the ReLU
+ * it (fuses_relu: convolution, linear, batch norm, add), is fused: the producer applies it (relu_fused) and the ReLU
  * node is skipped (fused_away), saving a pass over the activations each way.
  *
  * A node that alone reads an output whose producer can take its output gradient sample by sample

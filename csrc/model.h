@@ -93,7 +93,7 @@ typedef struct fn_op {
     bool in_place;
     /* forward can end with a ReLU (node->relu_fused) and backward then takes the ReLU's output
      * gradient, passing it where the output is positive: set where that saves the passes of a
-     * ReLU that directly follows (convolution, batch norm, add). */
+     * ReLU that directly follows (convolution, linear, batch norm, add). */
     bool fuses_relu;
     /* Optional: backward can leave the input gradient to the node that produced the input,
      * computing only what it needs (input_grad_deferred); that node then gets each sample's input

@@ -255,6 +255,64 @@ def test_fused_relus_give_the_bits_of_separate_ones(name, mode):
         np.testing.assert_array_equal(shared, kept)
 
 
+# A ReLU right after a linear layer is applied by its GEMM, and its backward is done in the pass
+# that sums the bias gradient; keep_outputs runs it as its own node. Widths and batches take the
+# GEMM's paths: C^T tiles (32 x 128 x 100), the packed kernel, the dot products of one sample,
+# and a backward mask split between two threads (70 x 1000).
+def linear(name, inputs, n_in, n_out, bias=True):
+    return {"name": name, "op": "linear", "in_features": n_in, "out_features": n_out,
+            "bias": bias, "inputs": inputs}
+
+
+def relu(name, inputs):
+    return {"name": name, "op": "relu", "inputs": inputs}
+
+
+LINEAR_GRAPHS = {
+    "linear, ReLU": lambda w: [
+        {"name": "f", "op": "flatten", "inputs": ["input"]}, linear("l", ["f"], 100, w),
+        relu("r", ["l"]), linear("out", ["r"], w, 3)],
+    "linear without bias, ReLU, linear, ReLU at the output": lambda w: [
+        {"name": "f", "op": "flatten", "inputs": ["input"]},
+        linear("l", ["f"], 100, w, bias=False), relu("r", ["l"]),
+        linear("m", ["r"], w, 5), relu("out", ["m"])],
+    "linear read twice": lambda w: [
+        {"name": "f", "op": "flatten", "inputs": ["input"]}, linear("l", ["f"], 100, w),
+        relu("r", ["l"]), {"name": "s", "op": "add", "inputs": ["r", "l"]},
+        linear("out", ["s"], w, 3)],
+    "ReLU read by two layers": lambda w: [
+        {"name": "f", "op": "flatten", "inputs": ["input"]}, linear("l", ["f"], 100, w),
+        relu("r", ["l"]), linear("a", ["r"], w, 3), linear("b", ["r"], w, 3),
+        {"name": "out", "op": "add", "inputs": ["a", "b"]}],
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch, width", [(1, 40), (6, 40), (32, 128), (70, 1000)])
+@pytest.mark.parametrize("name", sorted(LINEAR_GRAPHS))
+def test_relus_fused_into_linear_layers_give_the_bits_of_separate_ones(name, batch, width,
+                                                                      dtype, threads):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((batch, 4, 5, 5)).astype(dtype)
+    results = []
+    for keep in (False, True):
+        spec = {"format": "fastnet.model", "version": 1, "dtype": dtype, "seed": 4,
+                "input_shape": [4, 5, 5], "nodes": LINEAR_GRAPHS[name](width)}
+        core = _core.Model(json.dumps(spec))
+        core.keep_outputs = keep
+        core.training = False
+        inference = core.forward(x, True)
+        core.training = True
+        y = core.forward(x, True)
+        g = np.random.default_rng(7).standard_normal(y.shape).astype(dtype)
+        results.append((inference, y, core.backward(g, True), core.grad_arena().copy()))
+        if keep:  # the ReLU had work both ways: some outputs negative, some positive
+            pre = core.node_output(1)
+            assert (pre < 0).any() and (pre > 0).any()
+    for fused, separate in zip(*results):
+        np.testing.assert_array_equal(fused, separate)
+
+
 # Batch norm leaves its input gradient to the convolution before it, when it is that output's only
 # reader; a dropout with p = 0 between the two (an exact identity both ways) keeps the gradient a
 # buffer of its own. The convolution's GEMMs must read the same bits either way.

@@ -595,7 +595,8 @@ static void report_timings(void) {
  * seeded with the bias and the product added with beta 1: the same bits on every path, the Cᵀ
  * tiles (one and two blocks of k, a short last band of B's rows, a part-filled sliver of A), the
  * dot products (a single row, 10 columns), the packed kernel (few rows of B), on 1 and 2 threads;
- * and the bias alone when k is 0. With beta 0.5, the bias is added to beta * C on every path. */
+ * and the bias alone when k is 0. With beta 0.5, the bias is added to beta * C on every path.
+ * With relu (a linear layer's fused ReLU, with and without the bias), the same C then ReLU'd. */
 static void test_column_bias(void) {
     const int64_t shapes[][3] = {{32, 128, 64}, {32, 70, 300}, {60, 130, 1100}, {128, 260, 1100},
                                  {30, 100, 70},  {1, 1000, 300}, {37, 10, 531},  {40, 48, 16},
@@ -612,32 +613,44 @@ static void test_column_bias(void) {
             for (int64_t i = 0; i < m * k; i++) element_set(dtype, a, (size_t)i, random_uniform());
             for (int64_t i = 0; i < n * k; i++) element_set(dtype, b, (size_t)i, random_uniform());
             for (int64_t j = 0; j < n; j++) element_set(dtype, bias, (size_t)j, random_uniform());
-            for (int run = 0; run < 4; run++) {
+            for (int run = 0; run < 12; run++) {
                 const int threads = 1 + run % 2;
-                const double beta = run < 2 ? 0 : 0.5;
+                const double beta = run % 4 < 2 ? 0 : 0.5;
+                const bool relu = run >= 4, with_bias = run < 8;
                 for (int64_t i = 0; i < m * n; i++) {
                     /* beta 0 overwrites even a NaN; beta * C + bias rounded as the dtype's ops */
                     double c0 = beta == 0 ? NAN : random_uniform();
                     double seed = representable(dtype, beta == 0 ? 0 : beta * c0);
-                    seed = representable(dtype, seed + element_get(dtype, bias, (size_t)(i % n)));
+                    if (with_bias)
+                        seed = representable(dtype,
+                                             seed + element_get(dtype, bias, (size_t)(i % n)));
                     element_set(dtype, fused, (size_t)i, c0);
                     element_set(dtype, seeded, (size_t)i, seed);
                 }
+                void *column_bias = with_bias ? bias : NULL;
                 if (dtype == FN_FLOAT64) {
                     fn_gemm_ordered_f64(false, true, m, n, k, 1, a, k, b, k, beta, fused, n,
-                                        threads, false, bias);
+                                        threads, false, column_bias, relu);
                     fn_gemm_ordered_f64(false, true, m, n, k, 1, a, k, b, k, 1, seeded, n,
-                                        threads, false, NULL);
+                                        threads, false, NULL, false);
                 } else {
                     fn_gemm_ordered_f32(false, true, m, n, k, 1, a, k, b, k, (float)beta, fused,
-                                        n, threads, false, bias);
+                                        n, threads, false, column_bias, relu);
                     fn_gemm_ordered_f32(false, true, m, n, k, 1, a, k, b, k, 1, seeded, n,
-                                        threads, false, NULL);
+                                        threads, false, NULL, false);
                 }
-                char what[160];
-                snprintf(what, sizeof what, "column bias %lldx%lldx%lld %s, beta %g, %d threads: "
+                int64_t negative = 0;
+                for (int64_t i = 0; relu && i < m * n; i++) {
+                    double v = element_get(dtype, seeded, (size_t)i);
+                    negative += v < 0;
+                    element_set(dtype, seeded, (size_t)i, !(v <= 0) ? v : 0);
+                }
+                if (relu && k > 0) check(negative > 0, "column bias: the ReLU has work");
+                char what[200];
+                snprintf(what, sizeof what, "column bias %lldx%lldx%lld %s, beta %g, %d threads%s%s: "
                          "the bits of C seeded with it", (long long)m, (long long)n,
-                         (long long)k, d ? "float64" : "float32", beta, threads);
+                         (long long)k, d ? "float64" : "float32", beta, threads,
+                         with_bias ? "" : ", no bias", relu ? ", ReLU" : "");
                 check(memcmp(fused, seeded, (size_t)(m * n) * e) == 0, what);
             }
             free(a), free(b), free(bias), free(fused), free(seeded);
