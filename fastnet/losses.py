@@ -80,8 +80,8 @@ class Loss:
         return {"kind": self.kind}
 
     def _targets(self, targets, outputs_shape):
-        """``{"labels": ..., "values": ..., "teacher": ...}`` for the C boundary."""
-        return {"values": _float_targets(targets, outputs_shape)}
+        """``(labels, values, teacher)`` for the C boundary, None where the loss takes none."""
+        return None, _float_targets(targets, outputs_shape), None
 
     def __call__(self, outputs, targets):
         """The loss (a float) of ``outputs`` (N, C) against ``targets``."""
@@ -90,9 +90,9 @@ class Loss:
     def _run(self, outputs, targets, want_grad):
         """``(loss, gradient or None, correct)`` from the C kernel."""
         outputs = _outputs(outputs, type(self).__name__)
-        return _core.loss_forward_backward(outputs, self._spec(outputs.shape[1]),
-                                           want_grad=want_grad,
-                                           **self._targets(targets, outputs.shape))
+        labels, values, teacher = self._targets(targets, outputs.shape)
+        return _core.loss_forward_backward(outputs, self._spec(outputs.shape[1]), labels, values,
+                                           teacher, want_grad=want_grad)
 
     def forward_backward(self, outputs, targets, want_grad=True):
         """``(loss, d loss / d outputs)``; the gradient has the outputs' shape and dtype (None
@@ -165,8 +165,8 @@ class CrossEntropyLoss(Loss):
     def _targets(self, targets, outputs_shape):
         targets = np.asarray(targets)
         if targets.dtype.kind == "f" and targets.ndim == 2:
-            return {"values": targets}
-        return {"labels": targets}  # integer labels; anything else is refused with a TypeError
+            return None, targets, None
+        return targets, None, None  # integer labels; anything else is refused with a TypeError
 
     def evaluate(self, outputs, targets):
         """``(loss, correct)`` without the gradient: ``correct`` counts the rows whose first
@@ -241,7 +241,7 @@ class DistillationLoss(Loss):
             raise TypeError("DistillationLoss takes the targets (labels, teacher_logits), got "
                             f"{type(targets).__name__}")
         labels, teacher = targets
-        return {"labels": labels, "teacher": np.asarray(teacher)}
+        return labels, None, np.asarray(teacher)
 
     def evaluate(self, outputs, targets):
         """``(loss, correct)`` without the gradient, from ``(labels, teacher_logits)``, or from

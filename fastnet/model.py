@@ -435,10 +435,10 @@ class Sequential(Layer):
         x = self._check_input(x)
         core = self._core
         outputs_shape = (x.shape[0], core.output_size)
-        targets = loss._targets(y, outputs_shape)
-        if self._optimizer is not optimizer or self._optimizer_version != optimizer._version:
+        labels, values, teacher = loss._targets(y, outputs_shape)
+        if optimizer._needs_configure():
             optimizer._configure()
-        return core.train_step(x, loss=loss._spec(outputs_shape[1]), **targets)
+        return core.train_step(x, labels, loss._spec(outputs_shape[1]), values, teacher)
 
     def forward_flops(self):
         """Floating-point operations of one sample's forward pass in the linear and convolution

@@ -245,6 +245,26 @@ class Optimizer:
         """The number of state slots C keeps for these hyper-parameters."""
         raise NotImplementedError
 
+    def _needs_configure(self):
+        """Whether the C model lacks this optimizer's current values: it holds another
+        optimizer's state, or a hyper-parameter or a group's dict was written since _configure.
+        Checked on every step, so that a write takes effect at the next one; compares the groups
+        one by one with what was pushed, without building _version."""
+        model = self.model
+        if model._optimizer is not self:
+            return True
+        hyper_version, snapshot = model._optimizer_version
+        groups = self.param_groups
+        if hyper_version != self._hyper_version or len(groups) != len(snapshot):
+            return True
+        try:
+            for group, values in zip(groups, snapshot):
+                if _group_values(group) != values:
+                    return True
+        except (KeyError, TypeError):  # a group lost a key: _configure names the problem
+            return True
+        return False
+
     @property
     def _version(self):
         """What the C model must have been given: compared on every step, so that a write to a
@@ -287,7 +307,7 @@ class Optimizer:
             If the gradient norm is NaN or Inf (the message names the first layer with a
             non-finite gradient); nothing changed.
         """
-        if self.model._optimizer is not self or self.model._optimizer_version != self._version:
+        if self._needs_configure():
             self._configure()
         self.model._core.step()
 

@@ -752,8 +752,7 @@ class Trainer:
 
     def _prepare_optimizer(self):
         """Pushes the optimizer's configuration to C before the first update."""
-        if self.model._optimizer is not self.optimizer or \
-                self.model._optimizer_version != self.optimizer._version:
+        if self.optimizer._needs_configure():
             self.optimizer._configure()
 
     # ------------------------------------------------------------------ evaluation
