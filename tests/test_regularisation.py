@@ -499,6 +499,40 @@ def test_float32_gradient_norm_within_its_bound(kind, threads):
         assert opt.last_grad_norm == pytest.approx(exact, rel=1e-15)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_train_step_reports_the_norm_and_weights_of_step(dtype, threads):
+    """The norm train_step reports, and the weights it leaves, are those of forward, backward and
+    step() on the same batch, bit for bit: tensors of several of the norm's blocks, one ending
+    mid-block, batch norm between. A step() after a train_step measures the gradients it is
+    given."""
+    def make():
+        return fn.Sequential(fn.Linear(150, 130), fn.BatchNorm1d(130), fn.ReLU(),
+                             fn.Linear(130, 70), fn.ReLU(), fn.Linear(70, 4),
+                             input_shape=(150,), dtype=dtype, seed=8)
+    fused, manual = make(), make()
+    opt_fused = fn.optim.SGD(fused.parameters(), lr=0.05, momentum=0.9, clip_grad_norm=1e9)
+    opt_manual = fn.optim.SGD(manual.parameters(), lr=0.05, momentum=0.9, clip_grad_norm=1e9)
+    loss_fn = fn.CrossEntropyLoss()
+    rng = np.random.default_rng(15)
+    for _ in range(3):
+        x = rng.standard_normal((16, 150)).astype(dtype)
+        labels = rng.integers(0, 4, size=16)
+        fused.train_step(x, labels, loss_fn, opt_fused)
+        opt_manual.zero_grad()
+        _, grad = loss_fn.forward_backward(manual.forward(x), labels)
+        manual.backward(grad)
+        opt_manual.step()
+        assert opt_fused.last_grad_norm == opt_manual.last_grad_norm
+        for a, b in zip(fused.parameters(), manual.parameters()):
+            np.testing.assert_array_equal(a.data, b.data)
+    grads = [rng.standard_normal(p.data.shape).astype(dtype) for p in fused.parameters()]
+    apply_grads(fused, grads)
+    opt_fused.step()
+    exact = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads))
+    assert opt_fused.last_grad_norm == pytest.approx(exact, rel=1.1e-6 if dtype == "float32"
+                                                     else 1e-13)
+
+
 def test_train_step_clips_and_reports_the_norm_of_its_gradients(threads):
     rng = np.random.default_rng(14)
     fused, manual = conv_model(seed=3), conv_model(seed=3)
