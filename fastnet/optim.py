@@ -248,22 +248,18 @@ class Optimizer:
     def _needs_configure(self):
         """Whether the C model lacks this optimizer's current values: it holds another
         optimizer's state, or a hyper-parameter or a group's dict was written since _configure.
-        Checked on every step, so that a write takes effect at the next one; compares the groups
-        one by one with what was pushed, without building _version."""
+        Checked on every step, so that a write takes effect at the next one; compares with what
+        was pushed without building the whole _version."""
         model = self.model
         if model._optimizer is not self:
             return True
-        hyper_version, snapshot = model._optimizer_version
-        groups = self.param_groups
-        if hyper_version != self._hyper_version or len(groups) != len(snapshot):
+        pushed = model._optimizer_version
+        if pushed[0] != self._hyper_version:
             return True
         try:
-            for group, values in zip(groups, snapshot):
-                if _group_values(group) != values:
-                    return True
+            return tuple(map(_group_values, self.param_groups)) != pushed[1]
         except (KeyError, TypeError):  # a group lost a key: _configure names the problem
             return True
-        return False
 
     @property
     def _version(self):
