@@ -67,6 +67,9 @@ class BuildWithProbedFlags(build_ext):
                 "single-threaded fastnet",
                 file=sys.stderr,
             )
+            # The `omp simd` loops vectorised all the same, where the compiler knows the flag.
+            if compiler_accepts(compiler, "int main(void){return 0;}", ["-fopenmp-simd"], []):
+                compile_args.append("-fopenmp-simd")
         for ext in self.extensions:
             ext.extra_compile_args = compile_args
             ext.extra_link_args = link_args + ["-lm"]
