@@ -535,9 +535,14 @@ fn_status fn_model_step(fn_model *m) {
  * run's lanes then added to FN_FLOAT_LANES double sums. Converting every element to double was
  * the bound of the pass (a cached mlp_small gradient of 26 K floats: 1.63 us, 0.60 us so); a
  * run's float sum of at most 16 nonnegative terms is within 17 roundings, a relative error below
- * 1.1e-6, where PyTorch's clip_grad_norm_ sums float gradients in float throughout. */
+ * 1.1e-6, where PyTorch's clip_grad_norm_ sums float gradients in float throughout; squares that
+ * underflow (elements under 1e-19) would lose that bound, and blocks this small are summed
+ * again exactly (FN_NORM_FLOAT_FLOOR). */
 #define FN_FLOAT_LANES 64
 #define NORM_RUN 16
+/* 2^-100: below it, 8192 squares each rounded to a float subnormal's spacing (2^-149) may be off
+ * by more than 2^-23 of the block's sum. */
+#define FN_NORM_FLOAT_FLOOR 0x1p-100
 #endif
 /* The lines NORM_AHEAD bytes past x + i, in FN_LANES * sizeof(real) bytes, asked for. The
  * gradients come from the backward's GEMMs, in L3 or in the other core's L2, and the hardware
@@ -580,8 +585,10 @@ static double FN_T(sum_squares)(const real *x, int64_t n) {
     for (int width = FN_FLOAT_LANES / 2; width > 0; width /= 2)
         for (int j = 0; j < width; j++) acc[j] += acc[j + width];
     /* A float square overflows from 1.9e19 on: such a block is summed again exactly, so that only
-     * a gradient that is itself non-finite (or a sum past a double's range) makes the norm so. */
-    return isfinite(acc[0]) ? acc[0] : FN_T(sum_squares_exact)(x, n);
+     * a gradient that is itself non-finite (or a sum past a double's range) makes the norm so;
+     * likewise a block of squares that underflow (an all-zero block among them). */
+    return isfinite(acc[0]) && acc[0] >= FN_NORM_FLOAT_FLOOR ? acc[0]
+                                                            : FN_T(sum_squares_exact)(x, n);
 }
 
 typedef struct {
@@ -794,9 +801,10 @@ static void FN_T(update_range)(const fn_update_args *a, const fn_group_step *gs,
 #undef FN_LOOP
 }
 
-/* Rescales x (n) to L2 norm max_norm if its norm exceeds it. */
+/* Rescales x (n) to L2 norm max_norm if its norm exceeds it: the exact norm, which decides
+ * whether and by what a row of weights is scaled. */
 static void FN_T(max_norm_row)(real *x, int64_t n, double max_norm) {
-    double norm = sqrt(FN_T(sum_squares)(x, n));
+    double norm = sqrt(FN_T(sum_squares_exact)(x, n));
     if (!(norm > max_norm)) return;
     const real factor = (real)(max_norm / norm);
     for (int64_t i = 0; i < n; i++) x[i] *= factor;

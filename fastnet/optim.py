@@ -258,8 +258,8 @@ class Optimizer:
             return True
         try:
             return tuple(map(_group_values, self.param_groups)) != pushed[1]
-        except (KeyError, TypeError):  # a group lost a key: _configure names the problem
-            return True
+        except (KeyError, TypeError):  # a group lost a key: compared as _version compares it
+            return self._group_snapshot() != pushed[1]
 
     @property
     def _version(self):
@@ -407,16 +407,17 @@ class Optimizer:
         core.momentum_started = bool(state.get("momentum_started", bool(saved)))
 
     def __repr__(self):
-        groups = [{key: group[key] for key in GROUP_KEYS if group[key] != _OFF.get(key, object())}
-                  for group in self.param_groups]
+        # .get: a group's dict may have lost a key (max_norm, read as None: off)
+        groups = [{key: group.get(key) for key in GROUP_KEYS
+                   if group.get(key) != _OFF.get(key, object())} for group in self.param_groups]
         hyper = [f"{key}={value!r}" for key, value in self._values.items()
                  if key not in _CLIP_KEYS and value != _OFF.get(key, object())]
         clip = [f"{key}={self._values[key]!r}" for key in _CLIP_KEYS
                 if self._values[key] is not None]
         if len(groups) == 1:  # in the order of PyTorch's signature, then the additions
             group = groups[0]
-            parts = [f"lr={group['lr']!r}"] + hyper
-            parts.insert(self._repr_decay_position, f"weight_decay={group['weight_decay']!r}")
+            parts = [f"lr={group.get('lr')!r}"] + hyper
+            parts.insert(self._repr_decay_position, f"weight_decay={group.get('weight_decay')!r}")
             parts += [f"{key}={group[key]!r}" for key in ("l1", "max_norm") if key in group]
         else:
             parts = [f"param_groups={groups!r}"] + hyper

@@ -719,3 +719,22 @@ def test_sgd_decoupled_weight_decay_is_sgd_on_decayed_weights(name):
             tensor.grad = torch.from_numpy(g.copy())
         theirs.step()
     assert_params_close(model, [x.detach().numpy() for x in tensors], rtol=1e-11, atol=1e-13)
+
+
+def test_a_group_without_an_optional_key_is_pushed_once():
+    """A group's dict that lost max_norm reads as None (off), what it held: the steps after do not
+    push the groups to C again, and a later write is still seen; the optimizer still prints."""
+    model = fn.Sequential(fn.Linear(4, 3), input_shape=(4,))
+    opt = fn.optim.SGD(model.parameters(), lr=0.1)
+    x, y = np.ones((2, 4), np.float32), np.array([0, 1])
+    loss = fn.CrossEntropyLoss()
+    model.train_step(x, y, loss, opt)
+    del opt.param_groups[0]["max_norm"]
+    assert not opt._needs_configure()
+    model.train_step(x, y, loss, opt)
+    assert not opt._needs_configure()
+    assert repr(opt).startswith("SGD(lr=0.1, ") and "max_norm" not in repr(opt)
+    opt.param_groups[0]["lr"] = 0.2
+    assert opt._needs_configure()
+    model.train_step(x, y, loss, opt)
+    assert not opt._needs_configure() and opt.lr == 0.2

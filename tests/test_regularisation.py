@@ -371,6 +371,29 @@ def large_model(seed=0):
                          seed=seed)
 
 
+def test_max_norm_of_long_float32_rows_decided_by_the_exact_norm():
+    """A float32 row of 1024 weights is scaled when its exact norm exceeds max_norm, by max_norm /
+    that norm, even when the two differ in the seventh digit: the gradient norm's float sums
+    are not used for it."""
+    rng = np.random.default_rng(16)
+    for trial in range(40):
+        model = fn.Sequential(fn.Linear(1024, 8, bias=False), input_shape=(1024,),
+                              dtype="float32")
+        w = model.parameters()[0]
+        w.data[...] = rng.standard_normal(w.data.shape).astype(np.float32)
+        before = w.data.copy()
+        exact = np.sqrt(np.sum(before.astype(np.float64) ** 2, axis=1))
+        bound = float(exact[0] * (1 - rng.uniform(0, 1e-6)))
+        opt = fn.optim.SGD([{"params": model.parameters(), "max_norm": bound}], lr=0.0)
+        w.grad[...] = 0
+        opt.step()
+        expected = before.copy()
+        for r in range(8):
+            if exact[r] > bound:
+                expected[r] *= np.float32(bound / exact[r])
+        np.testing.assert_array_equal(w.data, expected, err_msg=f"trial {trial}")
+
+
 def test_threads_give_the_same_bits_with_max_norm_and_clipping():
     results = []
     previous = fn.get_num_threads()
@@ -469,11 +492,13 @@ def test_clip_grad_norm_by_formula_on_one_step():
     assert plain.last_grad_norm == pytest.approx(small_norm, rel=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["random", "equal", "wide_range", "square_overflows_float"])
+@pytest.mark.parametrize("kind", ["random", "equal", "wide_range", "square_overflows_float",
+                                  "squares_underflow_float", "zeros"])
 def test_float32_gradient_norm_within_its_bound(kind, threads):
     """float32 squares are summed in float in runs of 16 (fastnet.h: within 1.1e-6 of the exact
     norm); a block whose float squares overflow is summed again exactly, so a finite gradient of
-    1e20 is measured, not refused as non-finite."""
+    1e20 is measured, not refused as non-finite; so is a block whose squares underflow (elements
+    near 1e-22, whose float squares are subnormal or 0)."""
     model = fn.Sequential(fn.Linear(97, 201), fn.Tanh(), fn.Linear(201, 3), dtype="float32")
     rng = np.random.default_rng(21)
     grads = []
@@ -482,6 +507,10 @@ def test_float32_gradient_norm_within_its_bound(kind, threads):
             g = rng.standard_normal(p.data.shape)
         elif kind == "equal":
             g = np.full(p.data.shape, 0.1)
+        elif kind == "squares_underflow_float":
+            g = rng.standard_normal(p.data.shape) * 1e-22
+        elif kind == "zeros":
+            g = np.zeros(p.data.shape)
         else:
             g = rng.standard_normal(p.data.shape) * 10.0 ** rng.integers(-20, 20, p.data.shape)
         grads.append(g.astype(np.float32))
@@ -494,7 +523,7 @@ def test_float32_gradient_norm_within_its_bound(kind, threads):
     apply_grads(model, grads)
     opt.step()
     assert opt.steps == 1 and np.isfinite(opt.last_grad_norm)
-    assert opt.last_grad_norm == pytest.approx(exact, rel=1.1e-6)
+    assert opt.last_grad_norm == pytest.approx(exact, rel=1.1e-6, abs=0)
     if kind == "square_overflows_float":
         assert opt.last_grad_norm == pytest.approx(exact, rel=1e-15)
 
