@@ -761,13 +761,39 @@ static void FN_T(gemm_seed_bias)(int64_t m, int64_t n, real beta, real *c, int64
         for (int64_t j = 0; j < n; j++) c[i * ldc + j] += col_bias[j];
 }
 
+/* What gemm_serial applies to C once its sums are complete: a bias per row, then a ReLU (a
+ * convolution's output, (out_channels, positions)), tile by tile while each is still in L1, where
+ * a pass of its own would read C back from L2 (5 us a thread in the CNN's batch-1 second
+ * convolution). */
+typedef struct {
+    const real *row_bias; /* (m) or NULL */
+    bool relu;
+} FN_T(gemm_epilogue);
+
+/* Rows [0, rows) and columns [0, cols) of C at c, rows first_row.. of the whole C: the
+ * epilogue, as the separate pass computed it (v + bias, then ReLU), the same bits. */
+static inline __attribute__((always_inline)) void FN_T(gemm_finish)(
+    const FN_T(gemm_epilogue) *epilogue, int64_t first_row, int64_t rows, int64_t cols, real *c,
+    int64_t ldc) {
+    for (int64_t i = 0; i < rows; i++) {
+        real *row = c + i * ldc;
+        const real bias = epilogue->row_bias ? epilogue->row_bias[first_row + i] : 0;
+        if (epilogue->relu) {
+            for (int64_t j = 0; j < cols; j++) {
+                real v = row[j] + bias;
+                row[j] = FN_RELU(v);
+            }
+        } else {
+            for (int64_t j = 0; j < cols; j++) row[j] += bias;
+        }
+    }
+}
+
 /* c (m, n) = ReLU(c), row stride ldc: a linear layer's fused ReLU, on a thread's block of C
  * right after its product, where it is still in cache. */
 static void FN_T(gemm_relu)(int64_t m, int64_t n, real *c, int64_t ldc) {
-    for (int64_t i = 0; i < m; i++) {
-        real *row = c + i * ldc;
-        for (int64_t j = 0; j < n; j++) row[j] = FN_RELU(row[j]);
-    }
+    const FN_T(gemm_epilogue) relu_only = {NULL, true};
+    FN_T(gemm_finish)(&relu_only, 0, m, n, c, ldc);
 }
 
 /* Rows [i, rows) of gemm_pack_rows below, `height` at a time while whole blocks remain, each
@@ -1016,34 +1042,6 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
                     }
                 }
             }
-        }
-    }
-}
-
-/* What gemm_serial applies to C once its sums are complete: a bias per row, then a ReLU (a
- * convolution's output, (out_channels, positions)), tile by tile while each is still in L1, where
- * a pass of its own would read C back from L2 (5 us a thread in the CNN's batch-1 second
- * convolution). */
-typedef struct {
-    const real *row_bias; /* (m) or NULL */
-    bool relu;
-} FN_T(gemm_epilogue);
-
-/* Rows [0, rows) and columns [0, cols) of C at c, rows first_row.. of the whole C: the
- * epilogue, as the separate pass computed it (v + bias, then ReLU), the same bits. */
-static inline __attribute__((always_inline)) void FN_T(gemm_finish)(
-    const FN_T(gemm_epilogue) *epilogue, int64_t first_row, int64_t rows, int64_t cols, real *c,
-    int64_t ldc) {
-    for (int64_t i = 0; i < rows; i++) {
-        real *row = c + i * ldc;
-        const real bias = epilogue->row_bias ? epilogue->row_bias[first_row + i] : 0;
-        if (epilogue->relu) {
-            for (int64_t j = 0; j < cols; j++) {
-                real v = row[j] + bias;
-                row[j] = FN_RELU(v);
-            }
-        } else {
-            for (int64_t j = 0; j < cols; j++) row[j] += bias;
         }
     }
 }
@@ -1475,7 +1473,7 @@ static void FN_T(gemm_block)(const FN_T(gemm_job) *job, int64_t i0, int64_t i1, 
         FN_T(gemm_dot)(m, n, job->k, job->alpha, a_block, job->lda, b_block, job->ldb, beta,
                        c_block, job->ldc, job->reversed);
     } else {
-        FN_T(gemm_epilogue) relu_only = {NULL, true};
+        const FN_T(gemm_epilogue) relu_only = {NULL, true};
         FN_T(gemm_serial)(job->trans_a, job->trans_b, m, n, job->k, job->alpha, a_block,
                           job->lda, b_block, job->ldb, beta, c_block, job->ldc,
                           job->relu ? &relu_only : NULL);

@@ -178,11 +178,11 @@ class Optimizer:
         return model, groups, index
 
     def _group_snapshot(self):
-        # Taken on every step (see _version): itemgetter is a third of the cost of a loop of
+        # Taken on every step (_needs_configure): itemgetter is a third of the cost of a loop of
         # get()s; a group whose dict has lost a key takes the slow path, and _checked_groups
         # then names the problem.
         try:
-            return tuple([_group_values(group) for group in self.param_groups])
+            return tuple(map(_group_values, self.param_groups))
         except (KeyError, TypeError):
             return tuple(tuple(group.get(key) for key in GROUP_KEYS) for group in self.param_groups)
 
@@ -256,10 +256,7 @@ class Optimizer:
         pushed = model._optimizer_version
         if pushed[0] != self._hyper_version:
             return True
-        try:
-            return tuple(map(_group_values, self.param_groups)) != pushed[1]
-        except (KeyError, TypeError):  # a group lost a key: compared as _version compares it
-            return self._group_snapshot() != pushed[1]
+        return self._group_snapshot() != pushed[1]
 
     @property
     def _version(self):
