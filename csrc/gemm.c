@@ -1333,9 +1333,17 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
      * their totals taken together: dot_totals16) or, for a short k, 8 x 2 (16 sums, 10 loads)
      * where that computes fewer sums that are not stored (n = 10: 4 x 4 blocks compute 12
      * columns, 8 x 2 exactly 10; 32x10x128 1.45x faster). With a long k the 8 rows of A no
-     * longer stay in L1 with B (32x9x676: 0.9x). One row: 1 x 8 (8 sums, 9 loads). The bits do
-     * not depend on the block. */
-    int block_rows = m == 1 ? 1 : 4, block_cols = m == 1 ? 8 : DOT_TOTALS_16 ? 4 : 3;
+     * longer stay in L1 with B (32x9x676: 0.9x). One row: 1 x 8 (8 sums, 9 loads), or 1 x 4
+     * where B's rows lie a multiple of 4 KB apart and A's row fits 16 KB: the 8 lines of B at
+     * each step would fall into one set of L1, which then holds neither them all nor A's line
+     * (AMD Zen 4, 8 ways: a batch-1 inference's 1024 x 1024 layer on two threads 32.0 -> 28.6 us
+     * from C, `mlp_mnist`'s batch-1 latency 1.015-1.04x; with 784 columns the 1 x 8 block is
+     * 1.08x faster, and with A's row of 9216 from L2, read twice as often, 1 x 4 was 0.99x).
+     * The bits do not depend on the block. */
+    const bool rows_alias = !b_rows && (ldb * (int64_t)sizeof(real)) % 4096 == 0 &&
+                            runs->segments * runs->len * (int64_t)sizeof(real) <= 16384;
+    int block_rows = m == 1 ? 1 : 4;
+    int block_cols = m == 1 ? (rows_alias ? 4 : 8) : DOT_TOTALS_16 ? 4 : 3;
     if (DOT_TOTALS_16 && m > 1 && runs->segments * runs->len <= 256) {
         int64_t computed_4x4 = (m + 3) / 4 * 4 * ((n + 3) / 4 * 4);
         int64_t computed_8x2 = (m + 7) / 8 * 8 * ((n + 1) / 2 * 2);
@@ -1357,7 +1365,10 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
             }
             int store_cols = (int)(n - j0 < block_cols ? n - j0 : block_cols);
             real *c_block = c + i0 * ldc + j0;
-            if (m == 1) {
+            if (m == 1 && block_cols == 4) {
+                FN_T(dot_block)(1, 4, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
+                                c_block, ldc);
+            } else if (m == 1) {
                 FN_T(dot_block)(1, 8, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
                                 c_block, ldc);
             } else if (DOT_TOTALS_16 && block_rows == 8) {

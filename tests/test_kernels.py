@@ -507,6 +507,26 @@ def test_gemm_weight_gradient_split_by_rows(dtype, m, k, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [784, 1024, 512, 2048])
+def test_gemm_one_row_is_a_row_of_more(dtype, k):
+    # A one-row product with a transposed B (a batch-1 inference of a linear layer) runs as dot
+    # products in blocks of 8 rows of B, or 4 where those rows lie a multiple of 4 KB apart
+    # (float32 k = 1024 and 2048, float64 k = 512 and 1024): the same sums in the same order as
+    # the rows of a product of 5 rows, whose blocks are 4 x 4, so the same bits, for any n.
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((5, k)).astype(dtype)
+    for n in (70, 4, 1):
+        b = rng.standard_normal((n, k)).astype(dtype)
+        rows = _core.gemm(a, b, trans_b=True, builtin=True, threads=1)
+        for threads in (1, 2):
+            one = _core.gemm(a[:1], b, trans_b=True, builtin=True, threads=threads)
+            np.testing.assert_array_equal(one, rows[:1])
+        expected = a[:1].astype(np.float64) @ b.astype(np.float64).T
+        magnitude = np.abs(a[:1].astype(np.float64)) @ np.abs(b.astype(np.float64)).T
+        assert_within_bound(one, expected, (k + 2) * eps_of(dtype) * magnitude, "one row")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_builtin_and_blas_agree(dtype):
     rng = np.random.default_rng(8)
     a = rng.standard_normal((120, 300)).astype(dtype)
