@@ -107,13 +107,15 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
     void fn_bias_relu_rows##S(real *c, int64_t rows, int64_t cols, int64_t ldc,                  \
                               const real *bias, bool relu);                                      \
     /* winograd.c: 3x3 stride-1 convolutions by F(2x2, 3x3); w (out_c, in_c, 3, 3) -> u       \
-     * (16, in_c, out_c), or flipped (16, out_c, in_c); x (in_c, h, w) -> y (out_c, oh, ow) */   \
+     * (16, in_c, out_c), or flipped (16, out_c, in_c); x (in_c, h, w) -> y (out_c, oh, ow),  \
+     * or its output rows [rows[0], rows[1]) (rows NULL: all), channels ldy apart */            \
     void fn_winograd_weights##S(const real *w, int64_t out_c, int64_t in_c, bool flip,          \
                                 real *u);                                                        \
     void fn_winograd_conv##S(const real *x, int64_t in_c, int64_t height, int64_t width,        \
                              int64_t ph, int64_t pw, const real *u, int64_t out_c,              \
-                             int64_t out_h, int64_t out_w, const real *bias, bool relu,         \
-                             bool accumulate, real *y, real *work);                             \
+                             int64_t out_h, int64_t out_w, const int64_t rows[2],               \
+                             const real *bias, bool relu, bool accumulate, real *y,             \
+                             int64_t ldy, real *work);                                          \
     /* copy.c */                                                                                 \
     void fn_copy_or_add##S(real *dst, const real *src, int64_t count, bool accumulate,           \
                            int threads);                                                         \

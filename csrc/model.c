@@ -228,6 +228,7 @@ static fn_status plan_saved(fn_model *m, int64_t batch) {
     m->saved = fn_alloc(total);
     m->memory.saved = m->saved ? total : 0;
     if (!m->saved) return fn_error(FN_ENOMEM, "cannot allocate %zu bytes of saved state", total);
+    memset(m->saved, 0, total); /* what a node keeps across calls starts out invalid */
     char *next = m->saved;
     for (int i = 0; i < m->n_nodes; i++) {
         fn_node *node = &m->nodes[i];
@@ -695,6 +696,9 @@ static fn_status run_forward(fn_model *m, int64_t n, bool keep) {
         int end = band_chain_end(m, i, &ctx);
         if (end > i) {
             band_chain chain = {m, &ctx, i, end};
+            for (int k = i; k < end; k++)
+                if (!m->nodes[k].fused_away && m->nodes[k].op->band_prepare[m->dtype])
+                    m->nodes[k].op->band_prepare[m->dtype](&m->nodes[k], &ctx);
             for (int k = i; k < end; k++) { /* the outputs handed over piece by piece */
                 int consumer = m->nodes[k].fused_away ? -1 : band_chain_consumer(m, k, end);
                 for (int skipped = k; skipped < consumer; skipped++)

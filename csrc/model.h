@@ -132,6 +132,9 @@ typedef struct fn_op {
      * the input rows of the consumer's band `id` (fn_partition of its output rows). */
     void (*forward_band_into[2])(fn_node *node, fn_node *consumer, const fn_model_ctx *ctx,
                                  int id, int bands);
+    /* Optional, with forward_band: run once, on one thread, before a band chain's team computes
+     * the node's bands (what the bands share: a convolution's transformed weights). */
+    void (*band_prepare[2])(fn_node *node, const fn_model_ctx *ctx);
 } fn_op;
 
 struct fn_node {

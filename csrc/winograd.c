@@ -10,14 +10,19 @@
  * a tile of one output channel is A^T [sum over input channels of (G g G^T) .* (B^T d B)] A:
  * 16 multiplications per channel pair and tile where the direct sum takes 36. The sum over
  * channels at each of the 16 positions e of the 4x4 transformed tile is a GEMM,
- *     M[e] (out, tiles) = U[e]^T (out, in) @ V[e] (in, tiles),
- * U[e] (in, out) being the transformed weights and V[e] the transformed input tiles. The
+ *     M[e] (tiles, out) = V[e]^T (tiles, in) @ U[e] (in, out),
+ * U[e] (in, out) being the transformed weights and V[e] (in, tiles) the transformed input tiles.
+ * Tiles by channels, not channels by tiles: the packed kernel's 12-row and 32-column slivers
+ * then fit the usual sizes exactly (72 tiles by 64 channels), where 64 channels by 72 tiles cut
+ * slivers at both edges (16 products of a 12-row band of the CNN's 26x26 input: 64-72 us ->
+ * 47-53 us; a whole image's 144 tiles 1.10-1.15x). The output transform then runs across the
+ * channels (winograd_output_channels). The
  * transforms only add and subtract (G's halves are exact), so the error stays within a few
  * roundings of the direct sum's.
  *
  * fn_winograd_weights transforms a layer's weights once per pass; fn_winograd_conv runs one
- * image on the calling thread: input transform, 16 GEMMs (fn_gemm_unsplit), output transform
- * with the bias, a fused ReLU, or accumulation. A convolution's input gradient with stride 1 is
+ * image, or a band of its output rows, on the calling thread: input transform, 16 GEMMs
+ * (fn_gemm_unsplit), output transform with the bias, a fused ReLU, or accumulation. A convolution's input gradient with stride 1 is
  * itself such a convolution, of the output gradient with the weights rotated by 180 degrees, in
  * and out channels swapped, and padding 2 - p: fn_winograd_weights' `flip`. The bits depend on
  * the sizes alone, not on the thread that computes an image.
@@ -37,15 +42,17 @@ enum { WINOGRAD_STORE, WINOGRAD_STORE_RELU };
  * (winograd_input_tiles). */
 #define WINOGRAD_RUN 16
 
+/* Output channels the output transform takes at once (winograd_output_channels): a vector. */
+#define WINOGRAD_CHANNELS 16
+
 /* The sizes of fn_winograd_conv's tiles and work buffer for an output (out_h, out_w). */
 typedef struct {
     int64_t w1;        /* tiles a padded row holds: ceil(out_w / 2) and the spare one */
     int64_t tw;        /* tiles an output row uses, w1 - 1 */
     int64_t tile_rows; /* ceil(out_h / 2) */
-    int64_t tiles;     /* tile_rows * tw: the GEMMs' columns */
-    /* The GEMMs run over ld >= tiles columns, a multiple of 32 (a whole number of the
-     * micro-kernel's column slivers: a sliver cut by the edge cost as much as half the product
-     * of 16 x 272 x 16); the columns past the tiles are zero. */
+    int64_t tiles;     /* tile_rows * tw: the GEMMs' rows */
+    /* V's row stride, at least the tiles and their runs' slack (winograd_input_tiles), a
+     * multiple of 32; the GEMMs read the first `tiles` columns. */
     int64_t ld;
     int64_t n;     /* d B values of a padded plane, per j: its rows, and a run's slack */
     int64_t plane; /* a padded plane: its (tile_rows + 1) rows of 2 w1, then zeros */
@@ -64,12 +71,13 @@ static winograd_layout winograd_layout_of(int64_t out_h, int64_t out_w) {
 }
 
 /* The work buffer fn_winograd_conv needs, in elements, for in_c input and out_c output channels
- * and an output (out_h, out_w): V and M (16 matrices each, WINOGRAD_SKEW apart), the d B of a
- * channel's padded rows (8 n), those rows (two planes), and a channel's outputs (4 tiles). */
+ * and an output (out_h, out_w), or a band of out_h of its rows: V and M (16 matrices each,
+ * WINOGRAD_SKEW apart), the d B of a channel's padded rows (8 n), those rows (two planes), and
+ * the two output rows of a tile row for WINOGRAD_CHANNELS channels. */
 int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out_w) {
     winograd_layout l = winograd_layout_of(out_h, out_w);
     return 16 * ((in_c + out_c) * l.ld + 2 * WINOGRAD_SKEW) + 8 * l.n + 2 * l.plane +
-           4 * l.tiles;
+           4 * l.w1 * WINOGRAD_CHANNELS;
 }
 
 #define FN_TEMPLATE_FILE "winograd.c"
@@ -188,60 +196,55 @@ static void FN_T(winograd_input_rows)(const real *restrict qe, const real *restr
         FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, tw, WINOGRAD_RUN, v, stride);
 }
 
-/* A^T m A of every tile, m[e * stride + t] for t < tiles, into the four outputs of each tile,
- * out[(2 i + j) * tiles + t] (row i, column j of the 2x2 block), plus the bias, then a ReLU
- * (mode WINOGRAD_STORE_RELU). */
-static inline __attribute__((always_inline)) void FN_T(winograd_output_tiles)(
-    const int mode, const real *restrict m, int64_t stride, int64_t tiles, real bias,
-    real *restrict out) {
-    for (int64_t t = 0; t < tiles; t++) {
+/* A^T m A of one tile for `count` channels, m[e * stride + c] for c < count (the tile's row of
+ * the 16 products), into the tile's two columns of the two output rows of its tile row, channel
+ * by channel: top[j * WINOGRAD_CHANNELS + c] (row 2 ty, column 2 tx + j of the tile's block) and
+ * bottom[...] (row 2 ty + 1), plus bias[c] (NULL: none), then a ReLU (mode
+ * WINOGRAD_STORE_RELU). count is a constant at the calls that take whole vectors. */
+static inline __attribute__((always_inline)) void FN_T(winograd_output_channels)(
+    const int mode, const real *restrict m, int64_t stride, const int64_t count,
+    const real *restrict bias, real *restrict top, real *restrict bottom) {
+    for (int64_t c = 0; c < count; c++) {
+        const real b = bias ? bias[c] : 0;
         real s[4][2];
         for (int i = 0; i < 4; i++) { /* m A, row i */
-            const real *row = m + 4 * i * stride + t;
-            real a = row[0], b = row[stride], c = row[2 * stride], d = row[3 * stride];
-            s[i][0] = a + b + c;
-            s[i][1] = b - c - d;
+            const real *row = m + 4 * i * stride + c;
+            real e0 = row[0], e1 = row[stride], e2 = row[2 * stride], e3 = row[3 * stride];
+            s[i][0] = e0 + e1 + e2;
+            s[i][1] = e1 - e2 - e3;
         }
         for (int j = 0; j < 2; j++) { /* A^T (m A) */
-            real top = s[0][j] + s[1][j] + s[2][j] + bias;
-            real bottom = s[1][j] - s[2][j] - s[3][j] + bias;
+            real upper = s[0][j] + s[1][j] + s[2][j] + b;
+            real lower = s[1][j] - s[2][j] - s[3][j] + b;
             if (mode == WINOGRAD_STORE_RELU) {
-                top = FN_RELU(top);
-                bottom = FN_RELU(bottom);
+                upper = FN_RELU(upper);
+                lower = FN_RELU(lower);
             }
-            out[j * tiles + t] = top;
-            out[(2 + j) * tiles + t] = bottom;
+            top[j * WINOGRAD_CHANNELS + c] = upper;
+            bottom[j * WINOGRAD_CHANNELS + c] = lower;
         }
     }
 }
 
-/* Output row y (out_w values) from the tiles of one tile row: y[2 tx + j] = or += row[j][tx],
- * the odd width's last column from its tile's first. */
-static inline void FN_T(winograd_store_row)(const real *restrict left, const real *restrict right,
-                                            int64_t out_w, bool add, real *restrict y) {
-    const int64_t pairs = out_w / 2;
-    if (add) {
-        for (int64_t t = 0; t < pairs; t++) {
-            y[2 * t] += left[t];
-            y[2 * t + 1] += right[t];
-        }
-        if (out_w % 2) y[out_w - 1] += left[pairs];
-    } else {
-        for (int64_t t = 0; t < pairs; t++) {
-            y[2 * t] = left[t];
-            y[2 * t + 1] = right[t];
-        }
-        if (out_w % 2) y[out_w - 1] = left[pairs];
-    }
+/* Output row y (out_w values) of one channel from a row of the tile-row buffer, whose column x
+ * holds the channel's value at src[x * WINOGRAD_CHANNELS]: y[x] = or += it. */
+static inline void FN_T(winograd_store_row)(const real *restrict src, int64_t out_w, bool add,
+                                            real *restrict y) {
+    if (add)
+        for (int64_t x = 0; x < out_w; x++) y[x] += src[x * WINOGRAD_CHANNELS];
+    else
+        for (int64_t x = 0; x < out_w; x++) y[x] = src[x * WINOGRAD_CHANNELS];
 }
 
 /* One image x (in_c, height, width), zero-padded by ph rows and pw columns, convolved with the
  * 3x3 kernels transformed into u (16, in_c, out_c) (fn_winograd_weights) -> y (out_c, out_h,
- * out_w):
+ * out_w), or only its output rows [rows[0], rows[1]) (rows NULL: all of them):
  *     y = conv + bias[co] (bias NULL: none), then max(y, 0) with relu, or y += conv with
  *     accumulate (no bias nor ReLU then),
- * on the calling thread, in work (fn_winograd_work elements). out_h and out_w are
- * height + 2 ph - 2 and width + 2 pw - 2.
+ * output row r of channel co at y + co * ldy + (r - rows[0]) * out_w, on the calling thread, in
+ * work (fn_winograd_work elements for the rows computed). out_h and out_w are height + 2 ph - 2
+ * and width + 2 pw - 2. A band's tiles start at its first row: from an even row, the tiles and
+ * so the operations are the whole image's.
  *
  * The padded rows are 2 w1 values wide, w1 = ceil(out_w / 2) + 1 being one tile more than a row
  * has: with that spare tile, the d B of every padded row is one flat loop, which
@@ -249,24 +252,27 @@ static inline void FN_T(winograd_store_row)(const real *restrict left, const rea
  * than in work). */
 void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t width,
                             int64_t ph, int64_t pw, const real *u, int64_t out_c, int64_t out_h,
-                            int64_t out_w, const real *bias, bool relu, bool accumulate, real *y,
-                            real *work) {
-    const winograd_layout l = winograd_layout_of(out_h, out_w);
+                            int64_t out_w, const int64_t rows[2], const real *bias, bool relu,
+                            bool accumulate, real *y, int64_t ldy, real *work) {
+    const int64_t r0 = rows ? rows[0] : 0, band_h = (rows ? rows[1] : out_h) - r0;
+    if (band_h <= 0 || out_c <= 0) return;
+    const winograd_layout l = winograd_layout_of(band_h, out_w);
     const int64_t w1 = l.w1, wp = 2 * w1, tile_rows = l.tile_rows, tw = l.tw, tiles = l.tiles;
     const int64_t ld = l.ld, n = l.n, plane = l.plane;
     /* The 16 matrices of V and of M each one cache line further than a multiple of a page:
      * the transforms read or write all 16 at once, and 16 streams a power of two apart would
      * meet in the same few sets of the L1 cache. */
-    const int64_t v_stride = in_c * ld + WINOGRAD_SKEW, m_stride = out_c * ld + WINOGRAD_SKEW;
+    const int64_t v_stride = in_c * ld + WINOGRAD_SKEW, m_stride = tiles * out_c + WINOGRAD_SKEW;
     real *v = work, *m = v + 16 * v_stride;
-    real *q = m + 16 * m_stride;          /* the even rows' d B, then the odd rows' */
+    real *q = m + 16 * (out_c * ld + WINOGRAD_SKEW); /* the even rows' d B, then the odd rows' */
     real *padded = q + 8 * n;             /* the even padded rows, then the odd ones */
-    real *out = padded + 2 * plane;       /* one channel's tile outputs */
+    real *out = padded + 2 * plane;       /* a tile row's two output rows, by channel */
 
-    /* The padded rows, split by parity: padded row r is row r / 2 of plane r % 2. The padding
-     * is zeroed once; every channel then writes the same interior. */
+    /* The padded rows, split by parity: padded row r is row r / 2 of plane r % 2, and holds
+     * input row r0 + r - ph. The padding is zeroed once; every channel then writes the same
+     * interior. */
     memset(padded, 0, (size_t)(2 * plane) * sizeof(real));
-    int64_t r_lo = ph, r_hi = ph + height; /* the padded rows that hold input rows */
+    int64_t r_lo = ph - r0 > 0 ? ph - r0 : 0, r_hi = ph + height - r0; /* rows holding input */
     if (r_hi > 2 * tile_rows + 2) r_hi = 2 * tile_rows + 2;
     const int64_t copy = width < wp - pw ? width : wp - pw; /* columns of a row inside */
 
@@ -274,7 +280,7 @@ void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t
     for (int64_t ci = 0; ci < in_c; ci++) {
         const real *source = x + ci * height * width;
         for (int64_t r = r_lo; r < r_hi; r++) { /* a loop: a call to memcpy costs more */
-            const real *src = source + (r - ph) * width;
+            const real *src = source + (r0 + r - ph) * width;
             real *dst = padded + (r % 2) * plane + (r / 2) * wp + pw;
             for (int64_t c = 0; c < copy; c++) dst[c] = src[c];
         }
@@ -282,31 +288,43 @@ void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t
         FN_T(winograd_row_transform)(padded + plane, n, q + 4 * n);
         FN_T(winograd_input_rows)(q, q + 4 * n, n, w1, tile_rows, tw, v + ci * ld, v_stride);
     }
-    for (int64_t row = 0; row < 16 * in_c && ld > tiles; row++) { /* the spare columns */
-        real *spare = v + row / in_c * v_stride + row % in_c * ld;
-        for (int64_t t = tiles; t < ld; t++) spare[t] = 0;
-    }
-    /* M[e] (out_c, tiles) = U[e]^T (out_c, in_c) @ V[e] (in_c, tiles) on this thread, through the
-     * BLAS where it is faster (OpenBLAS's small-matrix kernels: a 32-channel 16x16 forward
-     * 1.17x faster than on the built-in kernel). */
+    /* M[e] (tiles, out_c) = V[e]^T (tiles, in_c) @ U[e] (in_c, out_c) on this thread, through
+     * the BLAS where it is faster (fn_gemm_unsplit). */
     for (int e = 0; e < 16; e++)
-        FN_T(fn_gemm_unsplit)(true, false, out_c, ld, in_c, 1, u + e * in_c * out_c, out_c,
-                              v + e * v_stride, ld, 0, m + e * m_stride, ld);
-    /* Y = A^T M A, a channel at a time, then its rows written out. */
-    for (int64_t co = 0; co < out_c; co++) {
-        const real b = bias && !accumulate ? bias[co] : 0;
-        if (relu && !accumulate)
-            FN_T(winograd_output_tiles)(WINOGRAD_STORE_RELU, m + co * ld, m_stride, tiles, b, out);
-        else
-            FN_T(winograd_output_tiles)(WINOGRAD_STORE, m + co * ld, m_stride, tiles, b, out);
-        real *plane_y = y + co * out_h * out_w;
+        FN_T(fn_gemm_unsplit)(true, false, tiles, out_c, in_c, 1, v + e * v_stride, ld,
+                              u + e * in_c * out_c, out_c, 0, m + e * m_stride, out_c);
+    /* Y = A^T M A, WINOGRAD_CHANNELS channels of a tile row at a time into its two output rows
+     * (out), which are then written out channel by channel. */
+    const bool add = accumulate, with_relu = relu && !accumulate;
+    real *top = out, *bottom = out + wp * WINOGRAD_CHANNELS;
+    for (int64_t co = 0; co < out_c; co += WINOGRAD_CHANNELS) {
+        const int64_t count = out_c - co < WINOGRAD_CHANNELS ? out_c - co : WINOGRAD_CHANNELS;
+        const real *channel_bias = bias && !accumulate ? bias + co : NULL;
         for (int64_t ty = 0; ty < tile_rows; ty++) {
-            const int64_t at = ty * tw;
-            real *y0 = plane_y + 2 * ty * out_w;
-            FN_T(winograd_store_row)(out + at, out + tiles + at, out_w, accumulate, y0);
-            if (2 * ty + 1 < out_h)
-                FN_T(winograd_store_row)(out + 2 * tiles + at, out + 3 * tiles + at, out_w,
-                                         accumulate, y0 + out_w);
+            for (int64_t tx = 0; tx < tw; tx++) {
+                const real *mt = m + (ty * tw + tx) * out_c + co;
+                real *t_top = top + 2 * tx * WINOGRAD_CHANNELS;
+                real *t_bottom = bottom + 2 * tx * WINOGRAD_CHANNELS;
+                if (count == WINOGRAD_CHANNELS && with_relu)
+                    FN_T(winograd_output_channels)(WINOGRAD_STORE_RELU, mt, m_stride,
+                                                   WINOGRAD_CHANNELS, channel_bias, t_top,
+                                                   t_bottom);
+                else if (count == WINOGRAD_CHANNELS)
+                    FN_T(winograd_output_channels)(WINOGRAD_STORE, mt, m_stride,
+                                                   WINOGRAD_CHANNELS, channel_bias, t_top,
+                                                   t_bottom);
+                else
+                    FN_T(winograd_output_channels)(with_relu ? WINOGRAD_STORE_RELU
+                                                             : WINOGRAD_STORE,
+                                                   mt, m_stride, count, channel_bias, t_top,
+                                                   t_bottom);
+            }
+            for (int64_t c = 0; c < count; c++) {
+                real *y0 = y + (co + c) * ldy + 2 * ty * out_w;
+                FN_T(winograd_store_row)(top + c, out_w, add, y0);
+                if (2 * ty + 1 < band_h)
+                    FN_T(winograd_store_row)(bottom + c, out_w, add, y0 + out_w);
+            }
         }
     }
 }

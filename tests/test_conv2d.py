@@ -587,6 +587,57 @@ def test_a_band_chain_pools_a_convolution_piece_by_piece(name, threads, dtype):
                                **tolerance(dtype))
 
 
+WINOGRAD_BANDS = {
+    "relu_pool2": PIECES["relu_pool2"],
+    # padding, 24 output channels (a block of 16 and one of 8 in the output transform), an odd
+    # height whose last row no window reads, and bands starting at odd rows with 3 threads
+    "padded_odd": ((16, 31, 20), [
+        {"op": "conv2d", "in_channels": 16, "out_channels": 24, "kernel_size": [3, 3],
+         "padding": [1, 1]},
+        {"op": "relu"},
+        {"op": "max_pool2d", "kernel_size": 3}]),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("name", list(WINOGRAD_BANDS))
+def test_batch_one_winograd_bands_see_every_change_of_the_weights(name, threads, dtype):
+    # A batch-1 inference runs a convolution that Winograd takes (16 channels or more in and out)
+    # as bands of rows by Winograd, from transformed weights kept across calls with a copy of the
+    # weights they came from: any write to the weights, however small and through any view,
+    # must be seen at the next call, and writing the old values back gives the old bits.
+    fastnet.set_num_threads(threads)
+    model, shape, layers = chain_model(name, dtype, WINOGRAD_BANDS)
+    rng = np.random.default_rng(8)
+    arena = model.param_arena()
+    arena[:] = rng.uniform(-0.5, 0.5, size=arena.shape)
+    model.training = False
+    image = rng.standard_normal((1, *shape)).astype(dtype)
+    first = model.forward(image)
+    np.testing.assert_allclose(first, reference_chain(model, image, layers).reshape(1, -1),
+                               **tolerance(dtype))
+    weight = tensor(model, arena, "0.weight")
+    saved = weight.copy()
+    for change in (lambda w: w.__imul__(0.5), lambda w: w.__setitem__((-1, -1, -1, -1), 3.0),
+                   lambda w: w.__setitem__((0, 0, 0, 0), np.nextafter(w[0, 0, 0, 0], 1))):
+        change(weight)
+        out = model.forward(image)
+        np.testing.assert_allclose(out, reference_chain(model, image, layers).reshape(1, -1),
+                                   **tolerance(dtype))
+        # The same bits as a model that never ran, given the same parameters (one ulp too).
+        fresh, _, _ = chain_model(name, dtype, WINOGRAD_BANDS)
+        fresh.param_arena()[:] = arena
+        fresh.training = False
+        np.testing.assert_array_equal(fresh.forward(image), out)
+    weight[...] = saved
+    np.testing.assert_array_equal(model.forward(image), first)
+    # A larger batch (whole images, the weights transformed for the pass) agrees.
+    batch = np.concatenate([image] * threads)
+    np.testing.assert_allclose(model.forward(batch), np.concatenate([first] * threads),
+                               **tolerance(dtype))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_convolution_read_by_two_pools_stores_its_output(threads):
     # The ReLU's output has two readers: neither pool may take it piece by piece.
