@@ -9,14 +9,14 @@
  *           [0  1  0 -1]         [ 0    0    1 ]
  * a tile of one output channel is A^T [sum over input channels of (G g G^T) .* (B^T d B)] A:
  * 16 multiplications per channel pair and tile where the direct sum takes 36. The sum over
- * channels at each of the 16 positions e of the 4x4 transformed tile is a GEMM,
+ * channels at each of the 16 positions e of the 4x4 transformed tile is a GEMM, channels by
+ * tiles or tiles by channels,
+ *     M[e] (out, tiles) = U[e]^T (out, in) @ V[e] (in, tiles)  or
  *     M[e] (tiles, out) = V[e]^T (tiles, in) @ U[e] (in, out),
- * U[e] (in, out) being the transformed weights and V[e] (in, tiles) the transformed input tiles.
- * Tiles by channels, not channels by tiles: the packed kernel's 12-row and 32-column slivers
- * then fit the usual sizes exactly (72 tiles by 64 channels), where 64 channels by 72 tiles cut
- * slivers at both edges (16 products of a 12-row band of the CNN's 26x26 input: 64-72 us ->
- * 47-53 us; a whole image's 144 tiles 1.10-1.15x). The output transform then runs across the
- * channels (winograd_output_channels). The
+ * U[e] (in, out) being the transformed weights and V[e] (in, tiles) the transformed input tiles,
+ * whichever leaves less of the packed kernel's 32-column slivers empty (winograd_by_tiles). The
+ * output transform runs along the tiles or across the channels accordingly
+ * (winograd_output_run). The
  * transforms only add and subtract (G's halves are exact), so the error stays within a few
  * roundings of the direct sum's.
  *
@@ -42,7 +42,8 @@ enum { WINOGRAD_STORE, WINOGRAD_STORE_RELU };
  * (winograd_input_tiles). */
 #define WINOGRAD_RUN 16
 
-/* Output channels the output transform takes at once (winograd_output_channels): a vector. */
+/* Output channels the output transform takes at once with the products tiles by channels: a
+ * vector. */
 #define WINOGRAD_CHANNELS 16
 
 /* The sizes of fn_winograd_conv's tiles and work buffer for an output (out_h, out_w). */
@@ -50,9 +51,10 @@ typedef struct {
     int64_t w1;        /* tiles a padded row holds: ceil(out_w / 2) and the spare one */
     int64_t tw;        /* tiles an output row uses, w1 - 1 */
     int64_t tile_rows; /* ceil(out_h / 2) */
-    int64_t tiles;     /* tile_rows * tw: the GEMMs' rows */
-    /* V's row stride, at least the tiles and their runs' slack (winograd_input_tiles), a
-     * multiple of 32; the GEMMs read the first `tiles` columns. */
+    int64_t tiles;     /* tile_rows * tw */
+    /* The rows of V and, by channels, of M run over ld >= tiles columns, a multiple of 32 (a
+     * whole number of the micro-kernel's column slivers: a sliver cut by the edge cost as much
+     * as half the product of 16 x 272 x 16); the columns of V past the tiles are then zero. */
     int64_t ld;
     int64_t n;     /* d B values of a padded plane, per j: its rows, and a run's slack */
     int64_t plane; /* a padded plane: its (tile_rows + 1) rows of 2 w1, then zeros */
@@ -70,14 +72,26 @@ static winograd_layout winograd_layout_of(int64_t out_h, int64_t out_w) {
     return l;
 }
 
+/* Whether the 16 products run tiles by channels: where that leaves fewer of the packed
+ * kernel's 32-column slivers empty than channels by tiles, whose columns (the tiles) are padded
+ * to whole slivers already (ld). Ties stay channels by tiles. From Python, on OpenBLAS (AMD Zen
+ * 4): the CNN's 64 channels over a band's 72 tiles 1.35x faster by tiles, over a whole image's
+ * 144 1.17x; ResNet-8's 32 channels over 64 tiles (a tie) 0.85x; its 16 channels over 256 tiles
+ * 1.22x on OpenBLAS but 0.39x on the built-in kernel (half of each sliver empty). */
+static bool winograd_by_tiles(int64_t out_c, const winograd_layout *l) {
+    return (double)l->tiles * (double)((out_c + 31) / 32 * 32) < (double)out_c * (double)l->ld;
+}
+
 /* The work buffer fn_winograd_conv needs, in elements, for in_c input and out_c output channels
  * and an output (out_h, out_w), or a band of out_h of its rows: V and M (16 matrices each,
  * WINOGRAD_SKEW apart), the d B of a channel's padded rows (8 n), those rows (two planes), and
- * the two output rows of a tile row for WINOGRAD_CHANNELS channels. */
+ * the output transform's buffer: a channel's tile outputs, or by tiles the two output rows of a
+ * tile row for WINOGRAD_CHANNELS channels. */
 int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out_w) {
     winograd_layout l = winograd_layout_of(out_h, out_w);
-    return 16 * ((in_c + out_c) * l.ld + 2 * WINOGRAD_SKEW) + 8 * l.n + 2 * l.plane +
-           4 * l.w1 * WINOGRAD_CHANNELS;
+    int64_t outputs = 4 * l.w1 * WINOGRAD_CHANNELS;
+    if (outputs < 4 * l.tiles) outputs = 4 * l.tiles;
+    return 16 * ((in_c + out_c) * l.ld + 2 * WINOGRAD_SKEW) + 8 * l.n + 2 * l.plane + outputs;
 }
 
 #define FN_TEMPLATE_FILE "winograd.c"
@@ -196,40 +210,64 @@ static void FN_T(winograd_input_rows)(const real *restrict qe, const real *restr
         FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, tw, WINOGRAD_RUN, v, stride);
 }
 
-/* A^T m A of one tile for `count` channels, m[e * stride + c] for c < count (the tile's row of
- * the 16 products), into the tile's two columns of the two output rows of its tile row, channel
- * by channel: top[j * WINOGRAD_CHANNELS + c] (row 2 ty, column 2 tx + j of the tile's block) and
- * bottom[...] (row 2 ty + 1), plus bias[c] (NULL: none), then a ReLU (mode
- * WINOGRAD_STORE_RELU). count is a constant at the calls that take whole vectors. */
-static inline __attribute__((always_inline)) void FN_T(winograd_output_channels)(
+/* A^T m A for `count` tiles, or one tile's `count` channels: the 16 values of element k at
+ * m[e * stride + k], e = 4 i + j, into its 2x2 block of outputs, upper_left[k], upper_right[k],
+ * lower_left[k] and lower_right[k], plus bias[k * bias_step] (NULL: none), then a ReLU (mode
+ * WINOGRAD_STORE_RELU). count and bias_step are constants at the calls that take whole
+ * vectors. */
+static inline __attribute__((always_inline)) void FN_T(winograd_output_run)(
     const int mode, const real *restrict m, int64_t stride, const int64_t count,
-    const real *restrict bias, real *restrict top, real *restrict bottom) {
-    for (int64_t c = 0; c < count; c++) {
-        const real b = bias ? bias[c] : 0;
+    const real *restrict bias, const int64_t bias_step, real *restrict upper_left,
+    real *restrict upper_right, real *restrict lower_left, real *restrict lower_right) {
+    real *restrict upper[2] = {upper_left, upper_right}, *restrict lower[2] = {lower_left,
+                                                                                 lower_right};
+    for (int64_t k = 0; k < count; k++) {
+        const real b = bias ? bias[k * bias_step] : 0;
         real s[4][2];
         for (int i = 0; i < 4; i++) { /* m A, row i */
-            const real *row = m + 4 * i * stride + c;
+            const real *row = m + 4 * i * stride + k;
             real e0 = row[0], e1 = row[stride], e2 = row[2 * stride], e3 = row[3 * stride];
             s[i][0] = e0 + e1 + e2;
             s[i][1] = e1 - e2 - e3;
         }
         for (int j = 0; j < 2; j++) { /* A^T (m A) */
-            real upper = s[0][j] + s[1][j] + s[2][j] + b;
-            real lower = s[1][j] - s[2][j] - s[3][j] + b;
+            real top = s[0][j] + s[1][j] + s[2][j] + b;
+            real bottom = s[1][j] - s[2][j] - s[3][j] + b;
             if (mode == WINOGRAD_STORE_RELU) {
-                upper = FN_RELU(upper);
-                lower = FN_RELU(lower);
+                top = FN_RELU(top);
+                bottom = FN_RELU(bottom);
             }
-            top[j * WINOGRAD_CHANNELS + c] = upper;
-            bottom[j * WINOGRAD_CHANNELS + c] = lower;
+            upper[j][k] = top;
+            lower[j][k] = bottom;
         }
     }
 }
 
-/* Output row y (out_w values) of one channel from a row of the tile-row buffer, whose column x
- * holds the channel's value at src[x * WINOGRAD_CHANNELS]: y[x] = or += it. */
-static inline void FN_T(winograd_store_row)(const real *restrict src, int64_t out_w, bool add,
-                                            real *restrict y) {
+/* Output row y (out_w values) from a tile row's outputs along the tiles: y[2 tx + j] = or +=
+ * row[j][tx], the odd width's last column from its tile's first. */
+static inline void FN_T(winograd_store_tiles)(const real *restrict left,
+                                              const real *restrict right, int64_t out_w, bool add,
+                                              real *restrict y) {
+    const int64_t pairs = out_w / 2;
+    if (add) {
+        for (int64_t t = 0; t < pairs; t++) {
+            y[2 * t] += left[t];
+            y[2 * t + 1] += right[t];
+        }
+        if (out_w % 2) y[out_w - 1] += left[pairs];
+    } else {
+        for (int64_t t = 0; t < pairs; t++) {
+            y[2 * t] = left[t];
+            y[2 * t + 1] = right[t];
+        }
+        if (out_w % 2) y[out_w - 1] = left[pairs];
+    }
+}
+
+/* Output row y (out_w values) of one channel from a row of the outputs across the channels,
+ * whose column x holds the channel's value at src[x * WINOGRAD_CHANNELS]: y[x] = or += it. */
+static inline void FN_T(winograd_store_channel)(const real *restrict src, int64_t out_w,
+                                                bool add, real *restrict y) {
     if (add)
         for (int64_t x = 0; x < out_w; x++) y[x] += src[x * WINOGRAD_CHANNELS];
     else
@@ -262,11 +300,13 @@ void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t
     /* The 16 matrices of V and of M each one cache line further than a multiple of a page:
      * the transforms read or write all 16 at once, and 16 streams a power of two apart would
      * meet in the same few sets of the L1 cache. */
-    const int64_t v_stride = in_c * ld + WINOGRAD_SKEW, m_stride = tiles * out_c + WINOGRAD_SKEW;
+    const bool by_tiles = winograd_by_tiles(out_c, &l);
+    const int64_t v_stride = in_c * ld + WINOGRAD_SKEW;
+    const int64_t m_stride = (by_tiles ? tiles : ld) * out_c + WINOGRAD_SKEW;
     real *v = work, *m = v + 16 * v_stride;
     real *q = m + 16 * (out_c * ld + WINOGRAD_SKEW); /* the even rows' d B, then the odd rows' */
     real *padded = q + 8 * n;             /* the even padded rows, then the odd ones */
-    real *out = padded + 2 * plane;       /* a tile row's two output rows, by channel */
+    real *out = padded + 2 * plane;       /* the output transform's buffer */
 
     /* The padded rows, split by parity: padded row r is row r / 2 of plane r % 2, and holds
      * input row r0 + r - ph. The padding is zeroed once; every channel then writes the same
@@ -288,14 +328,49 @@ void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t
         FN_T(winograd_row_transform)(padded + plane, n, q + 4 * n);
         FN_T(winograd_input_rows)(q, q + 4 * n, n, w1, tile_rows, tw, v + ci * ld, v_stride);
     }
-    /* M[e] (tiles, out_c) = V[e]^T (tiles, in_c) @ U[e] (in_c, out_c) on this thread, through
-     * the BLAS where it is faster (fn_gemm_unsplit). */
+    const bool add = accumulate, with_relu = relu && !accumulate;
+    const int mode = with_relu ? WINOGRAD_STORE_RELU : WINOGRAD_STORE;
+    if (!by_tiles) {
+        for (int64_t row = 0; row < 16 * in_c && ld > tiles; row++) { /* the spare columns */
+            real *spare = v + row / in_c * v_stride + row % in_c * ld;
+            for (int64_t t = tiles; t < ld; t++) spare[t] = 0;
+        }
+        /* M[e] (out_c, ld) = U[e]^T (out_c, in_c) @ V[e] (in_c, ld) on this thread, through the
+         * BLAS where it is faster (fn_gemm_unsplit). */
+        for (int e = 0; e < 16; e++)
+            FN_T(fn_gemm_unsplit)(true, false, out_c, ld, in_c, 1, u + e * in_c * out_c, out_c,
+                                  v + e * v_stride, ld, 0, m + e * m_stride, ld);
+        /* Y = A^T M A, a channel at a time along its tiles, then its rows written out. */
+        for (int64_t co = 0; co < out_c; co++) {
+            const real *channel_bias = bias && !accumulate ? bias + co : NULL;
+            if (with_relu) /* the mode a constant: a loop that vectorises */
+                FN_T(winograd_output_run)(WINOGRAD_STORE_RELU, m + co * ld, m_stride, tiles,
+                                          channel_bias, 0, out, out + tiles, out + 2 * tiles,
+                                          out + 3 * tiles);
+            else
+                FN_T(winograd_output_run)(WINOGRAD_STORE, m + co * ld, m_stride, tiles,
+                                          channel_bias, 0, out, out + tiles, out + 2 * tiles,
+                                          out + 3 * tiles);
+            real *plane_y = y + co * ldy;
+            for (int64_t ty = 0; ty < tile_rows; ty++) {
+                const int64_t at = ty * tw;
+                real *y0 = plane_y + 2 * ty * out_w;
+                FN_T(winograd_store_tiles)(out + at, out + tiles + at, out_w, add, y0);
+                if (2 * ty + 1 < band_h)
+                    FN_T(winograd_store_tiles)(out + 2 * tiles + at, out + 3 * tiles + at, out_w,
+                                               add, y0 + out_w);
+            }
+        }
+        return;
+    }
+    /* M[e] (tiles, out_c) = V[e]^T (tiles, in_c) @ U[e] (in_c, out_c), the GEMMs reading the
+     * first `tiles` columns of V. */
     for (int e = 0; e < 16; e++)
         FN_T(fn_gemm_unsplit)(true, false, tiles, out_c, in_c, 1, v + e * v_stride, ld,
                               u + e * in_c * out_c, out_c, 0, m + e * m_stride, out_c);
-    /* Y = A^T M A, WINOGRAD_CHANNELS channels of a tile row at a time into its two output rows
-     * (out), which are then written out channel by channel. */
-    const bool add = accumulate, with_relu = relu && !accumulate;
+    /* Y = A^T M A, WINOGRAD_CHANNELS channels of a tile row at a time across the channels into
+     * the row's two output rows (out: column x of a row at x * WINOGRAD_CHANNELS), which are
+     * then written out channel by channel. */
     real *top = out, *bottom = out + wp * WINOGRAD_CHANNELS;
     for (int64_t co = 0; co < out_c; co += WINOGRAD_CHANNELS) {
         const int64_t count = out_c - co < WINOGRAD_CHANNELS ? out_c - co : WINOGRAD_CHANNELS;
@@ -303,27 +378,27 @@ void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t
         for (int64_t ty = 0; ty < tile_rows; ty++) {
             for (int64_t tx = 0; tx < tw; tx++) {
                 const real *mt = m + (ty * tw + tx) * out_c + co;
-                real *t_top = top + 2 * tx * WINOGRAD_CHANNELS;
-                real *t_bottom = bottom + 2 * tx * WINOGRAD_CHANNELS;
-                if (count == WINOGRAD_CHANNELS && with_relu)
-                    FN_T(winograd_output_channels)(WINOGRAD_STORE_RELU, mt, m_stride,
-                                                   WINOGRAD_CHANNELS, channel_bias, t_top,
-                                                   t_bottom);
+                real *upper = top + 2 * tx * WINOGRAD_CHANNELS;
+                real *lower = bottom + 2 * tx * WINOGRAD_CHANNELS;
+                if (count == WINOGRAD_CHANNELS && with_relu) /* constants: vector code */
+                    FN_T(winograd_output_run)(WINOGRAD_STORE_RELU, mt, m_stride,
+                                              WINOGRAD_CHANNELS, channel_bias, 1, upper,
+                                              upper + WINOGRAD_CHANNELS, lower,
+                                              lower + WINOGRAD_CHANNELS);
                 else if (count == WINOGRAD_CHANNELS)
-                    FN_T(winograd_output_channels)(WINOGRAD_STORE, mt, m_stride,
-                                                   WINOGRAD_CHANNELS, channel_bias, t_top,
-                                                   t_bottom);
+                    FN_T(winograd_output_run)(WINOGRAD_STORE, mt, m_stride, WINOGRAD_CHANNELS,
+                                              channel_bias, 1, upper, upper + WINOGRAD_CHANNELS,
+                                              lower, lower + WINOGRAD_CHANNELS);
                 else
-                    FN_T(winograd_output_channels)(with_relu ? WINOGRAD_STORE_RELU
-                                                             : WINOGRAD_STORE,
-                                                   mt, m_stride, count, channel_bias, t_top,
-                                                   t_bottom);
+                    FN_T(winograd_output_run)(mode, mt, m_stride, count, channel_bias, 1, upper,
+                                              upper + WINOGRAD_CHANNELS, lower,
+                                              lower + WINOGRAD_CHANNELS);
             }
             for (int64_t c = 0; c < count; c++) {
                 real *y0 = y + (co + c) * ldy + 2 * ty * out_w;
-                FN_T(winograd_store_row)(top + c, out_w, add, y0);
+                FN_T(winograd_store_channel)(top + c, out_w, add, y0);
                 if (2 * ty + 1 < band_h)
-                    FN_T(winograd_store_row)(bottom + c, out_w, add, y0 + out_w);
+                    FN_T(winograd_store_channel)(bottom + c, out_w, add, y0 + out_w);
             }
         }
     }

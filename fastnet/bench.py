@@ -193,9 +193,13 @@ WINOGRAD_MIN_WIDTH = 16
 
 def _winograd_products(channels_in, channels_out, out_h, out_w):
     """The GEMMs of one image of a Winograd convolution: 16 of ``U[e]^T (out, in) @ V[e] (in,
-    columns)``, the columns the image's 2x2 tiles rounded up to a multiple of 32."""
+    columns)``, the columns the image's 2x2 tiles rounded up to a multiple of 32, or of ``V[e]^T
+    (tiles, in) @ U[e] (in, out)`` where that leaves fewer of 32-column slivers empty
+    (``winograd_by_tiles`` in csrc/winograd.c)."""
     tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
     columns = (tiles + 31) // 32 * 32
+    if tiles * ((channels_out + 31) // 32 * 32) < channels_out * columns:
+        return tiles, channels_out, channels_in, True, False
     return channels_out, columns, channels_in, True, False
 
 

@@ -158,6 +158,10 @@ def test_gemm_shapes_follow_the_layers():
                                     "Conv2d(16,16,3,s1) dX Winograd"]
     assert winograd[0]["calls"] == 16 * 128 * 4  # two layers, forward and input gradient
     assert any(s["where"] == ["Conv2d(16,32,3,s2) fwd"] for s in shapes)
+    # The CNN's second convolution: its 144 tiles by 64 channels, which fill whole slivers.
+    cnn = [s for s in bench.gemm_shapes(["cnn_mnist_b64"]) if "Winograd" in s["where"][0]]
+    assert [(s["m"], s["n"], s["k"], s["trans_a"], s["trans_b"]) for s in cnn] == \
+        [(144, 64, 32, True, False)]
 
 
 def test_registration_with_the_command_line(monkeypatch, capsys):

@@ -78,6 +78,10 @@ GEOMETRIES = {
     "winograd_width_24": (16, 5, 24, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "winograd_widening": (16, 5, 20, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "winograd_one_row": (16, 1, 16, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    # products tiles by channels (fewer empty columns than channels by tiles): 144 tiles by 32
+    # channels, and 40 by 24 (a last block of 8 channels in the output transform)
+    "winograd_by_tiles": (32, 24, 24, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "winograd_by_tiles_tail": (24, 8, 20, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1),
 }
 
 
