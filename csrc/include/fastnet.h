@@ -373,7 +373,9 @@ FN_API int fn_model_keep_outputs(const fn_model *m);
 /* The memory a model holds for running it, in bytes, as the forwards and backwards so far have
  * planned it (all 0 before the first): every node's output, the output gradients, the copy of
  * the input (and the input gradient once backward was asked for it), what nodes keep from
- * forward to backward, and the scratch all nodes share. Parameters, their gradients, the
+ * forward to backward (and, for a convolution that runs by Winograd, its transformed weights
+ * with the copy of the weights they came from, kept across calls), and the scratch all nodes
+ * share. Parameters, their gradients, the
  * buffers and the optimizer's state are not included (fn_model_param_total and friends). */
 typedef struct {
     size_t activations, gradients, input, saved, workspace;
