@@ -22,10 +22,11 @@
  *
  * fn_winograd_weights transforms a layer's weights once per pass; fn_winograd_conv runs one
  * image, or a band of its output rows, on the calling thread: input transform, 16 GEMMs
- * (fn_gemm_unsplit), output transform with the bias, a fused ReLU, or accumulation. A convolution's input gradient with stride 1 is
- * itself such a convolution, of the output gradient with the weights rotated by 180 degrees, in
- * and out channels swapped, and padding 2 - p: fn_winograd_weights' `flip`. The bits depend on
- * the sizes alone, not on the thread that computes an image.
+ * (fn_gemm_unsplit), output transform with the bias, a fused ReLU, or accumulation. A
+ * convolution's input gradient with stride 1 is itself such a convolution, of the output
+ * gradient with the weights rotated by 180 degrees, in and out channels swapped, and padding
+ * 2 - p: fn_winograd_weights' `flip`. The bits depend on the sizes alone, not on the thread that
+ * computes an image.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -274,6 +275,95 @@ static inline void FN_T(winograd_store_channel)(const real *restrict src, int64_
         for (int64_t x = 0; x < out_w; x++) y[x] = src[x * WINOGRAD_CHANNELS];
 }
 
+/* The sizes fn_winograd_conv hands to its two ways of running the products and the output
+ * transform. */
+typedef struct {
+    int64_t in_c, out_c, out_w, band_h, tile_rows, tw, tiles, ld, wp;
+    int64_t v_stride, m_stride, ldy;
+    const real *bias; /* NULL with accumulate */
+    bool relu, add;   /* a ReLU (never with add); y += the convolution */
+} FN_T(winograd_pass);
+
+/* Channels by tiles: M[e] (out_c, ld) = U[e]^T (out_c, in_c) @ V[e] (in_c, ld) on this thread,
+ * through the BLAS where it is faster (fn_gemm_unsplit), the columns of V past the tiles zeroed
+ * first; then Y = A^T M A a channel at a time along its tiles into out (4 tiles), and its rows
+ * written out. */
+static void FN_T(winograd_run_by_channels)(const FN_T(winograd_pass) *p, const real *u,
+                                           real *v, real *m, real *out, real *y) {
+    const int64_t in_c = p->in_c, out_c = p->out_c, ld = p->ld, tiles = p->tiles, tw = p->tw;
+    for (int64_t row = 0; row < 16 * in_c && ld > tiles; row++) { /* the spare columns */
+        real *spare = v + row / in_c * p->v_stride + row % in_c * ld;
+        for (int64_t t = tiles; t < ld; t++) spare[t] = 0;
+    }
+    for (int e = 0; e < 16; e++)
+        FN_T(fn_gemm_unsplit)(true, false, out_c, ld, in_c, 1, u + e * in_c * out_c, out_c,
+                              v + e * p->v_stride, ld, 0, m + e * p->m_stride, ld);
+    for (int64_t co = 0; co < out_c; co++) {
+        const real *channel_bias = p->bias ? p->bias + co : NULL;
+        if (p->relu) /* the mode a constant: a loop that vectorises */
+            FN_T(winograd_output_run)(WINOGRAD_STORE_RELU, m + co * ld, p->m_stride, tiles,
+                                      channel_bias, 0, out, out + tiles, out + 2 * tiles,
+                                      out + 3 * tiles);
+        else
+            FN_T(winograd_output_run)(WINOGRAD_STORE, m + co * ld, p->m_stride, tiles,
+                                      channel_bias, 0, out, out + tiles, out + 2 * tiles,
+                                      out + 3 * tiles);
+        real *plane_y = y + co * p->ldy;
+        for (int64_t ty = 0; ty < p->tile_rows; ty++) {
+            const int64_t at = ty * tw;
+            real *y0 = plane_y + 2 * ty * p->out_w;
+            FN_T(winograd_store_tiles)(out + at, out + tiles + at, p->out_w, p->add, y0);
+            if (2 * ty + 1 < p->band_h)
+                FN_T(winograd_store_tiles)(out + 2 * tiles + at, out + 3 * tiles + at, p->out_w,
+                                           p->add, y0 + p->out_w);
+        }
+    }
+}
+
+/* Tiles by channels: M[e] (tiles, out_c) = V[e]^T (tiles, in_c) @ U[e] (in_c, out_c), the GEMMs
+ * reading the first `tiles` columns of V; then Y = A^T M A, WINOGRAD_CHANNELS channels of a tile
+ * row at a time across the channels into the row's two output rows (out: column x of a row at
+ * x * WINOGRAD_CHANNELS), which are then written out channel by channel. */
+static void FN_T(winograd_run_by_tiles)(const FN_T(winograd_pass) *p, const real *u,
+                                        const real *v, real *m, real *out, real *y) {
+    const int64_t in_c = p->in_c, out_c = p->out_c, tw = p->tw, ms = p->m_stride;
+    for (int e = 0; e < 16; e++)
+        FN_T(fn_gemm_unsplit)(true, false, p->tiles, out_c, in_c, 1, v + e * p->v_stride, p->ld,
+                              u + e * in_c * out_c, out_c, 0, m + e * ms, out_c);
+    real *top = out, *bottom = out + p->wp * WINOGRAD_CHANNELS;
+    for (int64_t co = 0; co < out_c; co += WINOGRAD_CHANNELS) {
+        const int64_t count = out_c - co < WINOGRAD_CHANNELS ? out_c - co : WINOGRAD_CHANNELS;
+        const real *channel_bias = p->bias ? p->bias + co : NULL;
+        for (int64_t ty = 0; ty < p->tile_rows; ty++) {
+            for (int64_t tx = 0; tx < tw; tx++) {
+                const real *mt = m + (ty * tw + tx) * out_c + co;
+                real *upper = top + 2 * tx * WINOGRAD_CHANNELS;
+                real *lower = bottom + 2 * tx * WINOGRAD_CHANNELS;
+                real *upper_right = upper + WINOGRAD_CHANNELS;
+                real *lower_right = lower + WINOGRAD_CHANNELS;
+                if (count == WINOGRAD_CHANNELS && p->relu) /* constants: vector code */
+                    FN_T(winograd_output_run)(WINOGRAD_STORE_RELU, mt, ms, WINOGRAD_CHANNELS,
+                                              channel_bias, 1, upper, upper_right, lower,
+                                              lower_right);
+                else if (count == WINOGRAD_CHANNELS)
+                    FN_T(winograd_output_run)(WINOGRAD_STORE, mt, ms, WINOGRAD_CHANNELS,
+                                              channel_bias, 1, upper, upper_right, lower,
+                                              lower_right);
+                else
+                    FN_T(winograd_output_run)(p->relu ? WINOGRAD_STORE_RELU : WINOGRAD_STORE, mt,
+                                              ms, count, channel_bias, 1, upper, upper_right,
+                                              lower, lower_right);
+            }
+            for (int64_t c = 0; c < count; c++) {
+                real *y0 = y + (co + c) * p->ldy + 2 * ty * p->out_w;
+                FN_T(winograd_store_channel)(top + c, p->out_w, p->add, y0);
+                if (2 * ty + 1 < p->band_h)
+                    FN_T(winograd_store_channel)(bottom + c, p->out_w, p->add, y0 + p->out_w);
+            }
+        }
+    }
+}
+
 /* One image x (in_c, height, width), zero-padded by ph rows and pw columns, convolved with the
  * 3x3 kernels transformed into u (16, in_c, out_c) (fn_winograd_weights) -> y (out_c, out_h,
  * out_w), or only its output rows [rows[0], rows[1]) (rows NULL: all of them):
@@ -297,10 +387,10 @@ void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t
     const winograd_layout l = winograd_layout_of(band_h, out_w);
     const int64_t w1 = l.w1, wp = 2 * w1, tile_rows = l.tile_rows, tw = l.tw, tiles = l.tiles;
     const int64_t ld = l.ld, n = l.n, plane = l.plane;
+    const bool by_tiles = winograd_by_tiles(out_c, &l);
     /* The 16 matrices of V and of M each one cache line further than a multiple of a page:
      * the transforms read or write all 16 at once, and 16 streams a power of two apart would
      * meet in the same few sets of the L1 cache. */
-    const bool by_tiles = winograd_by_tiles(out_c, &l);
     const int64_t v_stride = in_c * ld + WINOGRAD_SKEW;
     const int64_t m_stride = (by_tiles ? tiles : ld) * out_c + WINOGRAD_SKEW;
     real *v = work, *m = v + 16 * v_stride;
@@ -328,80 +418,13 @@ void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t
         FN_T(winograd_row_transform)(padded + plane, n, q + 4 * n);
         FN_T(winograd_input_rows)(q, q + 4 * n, n, w1, tile_rows, tw, v + ci * ld, v_stride);
     }
-    const bool add = accumulate, with_relu = relu && !accumulate;
-    const int mode = with_relu ? WINOGRAD_STORE_RELU : WINOGRAD_STORE;
-    if (!by_tiles) {
-        for (int64_t row = 0; row < 16 * in_c && ld > tiles; row++) { /* the spare columns */
-            real *spare = v + row / in_c * v_stride + row % in_c * ld;
-            for (int64_t t = tiles; t < ld; t++) spare[t] = 0;
-        }
-        /* M[e] (out_c, ld) = U[e]^T (out_c, in_c) @ V[e] (in_c, ld) on this thread, through the
-         * BLAS where it is faster (fn_gemm_unsplit). */
-        for (int e = 0; e < 16; e++)
-            FN_T(fn_gemm_unsplit)(true, false, out_c, ld, in_c, 1, u + e * in_c * out_c, out_c,
-                                  v + e * v_stride, ld, 0, m + e * m_stride, ld);
-        /* Y = A^T M A, a channel at a time along its tiles, then its rows written out. */
-        for (int64_t co = 0; co < out_c; co++) {
-            const real *channel_bias = bias && !accumulate ? bias + co : NULL;
-            if (with_relu) /* the mode a constant: a loop that vectorises */
-                FN_T(winograd_output_run)(WINOGRAD_STORE_RELU, m + co * ld, m_stride, tiles,
-                                          channel_bias, 0, out, out + tiles, out + 2 * tiles,
-                                          out + 3 * tiles);
-            else
-                FN_T(winograd_output_run)(WINOGRAD_STORE, m + co * ld, m_stride, tiles,
-                                          channel_bias, 0, out, out + tiles, out + 2 * tiles,
-                                          out + 3 * tiles);
-            real *plane_y = y + co * ldy;
-            for (int64_t ty = 0; ty < tile_rows; ty++) {
-                const int64_t at = ty * tw;
-                real *y0 = plane_y + 2 * ty * out_w;
-                FN_T(winograd_store_tiles)(out + at, out + tiles + at, out_w, add, y0);
-                if (2 * ty + 1 < band_h)
-                    FN_T(winograd_store_tiles)(out + 2 * tiles + at, out + 3 * tiles + at, out_w,
-                                               add, y0 + out_w);
-            }
-        }
-        return;
-    }
-    /* M[e] (tiles, out_c) = V[e]^T (tiles, in_c) @ U[e] (in_c, out_c), the GEMMs reading the
-     * first `tiles` columns of V. */
-    for (int e = 0; e < 16; e++)
-        FN_T(fn_gemm_unsplit)(true, false, tiles, out_c, in_c, 1, v + e * v_stride, ld,
-                              u + e * in_c * out_c, out_c, 0, m + e * m_stride, out_c);
-    /* Y = A^T M A, WINOGRAD_CHANNELS channels of a tile row at a time across the channels into
-     * the row's two output rows (out: column x of a row at x * WINOGRAD_CHANNELS), which are
-     * then written out channel by channel. */
-    real *top = out, *bottom = out + wp * WINOGRAD_CHANNELS;
-    for (int64_t co = 0; co < out_c; co += WINOGRAD_CHANNELS) {
-        const int64_t count = out_c - co < WINOGRAD_CHANNELS ? out_c - co : WINOGRAD_CHANNELS;
-        const real *channel_bias = bias && !accumulate ? bias + co : NULL;
-        for (int64_t ty = 0; ty < tile_rows; ty++) {
-            for (int64_t tx = 0; tx < tw; tx++) {
-                const real *mt = m + (ty * tw + tx) * out_c + co;
-                real *upper = top + 2 * tx * WINOGRAD_CHANNELS;
-                real *lower = bottom + 2 * tx * WINOGRAD_CHANNELS;
-                if (count == WINOGRAD_CHANNELS && with_relu) /* constants: vector code */
-                    FN_T(winograd_output_run)(WINOGRAD_STORE_RELU, mt, m_stride,
-                                              WINOGRAD_CHANNELS, channel_bias, 1, upper,
-                                              upper + WINOGRAD_CHANNELS, lower,
-                                              lower + WINOGRAD_CHANNELS);
-                else if (count == WINOGRAD_CHANNELS)
-                    FN_T(winograd_output_run)(WINOGRAD_STORE, mt, m_stride, WINOGRAD_CHANNELS,
-                                              channel_bias, 1, upper, upper + WINOGRAD_CHANNELS,
-                                              lower, lower + WINOGRAD_CHANNELS);
-                else
-                    FN_T(winograd_output_run)(mode, mt, m_stride, count, channel_bias, 1, upper,
-                                              upper + WINOGRAD_CHANNELS, lower,
-                                              lower + WINOGRAD_CHANNELS);
-            }
-            for (int64_t c = 0; c < count; c++) {
-                real *y0 = y + (co + c) * ldy + 2 * ty * out_w;
-                FN_T(winograd_store_channel)(top + c, out_w, add, y0);
-                if (2 * ty + 1 < band_h)
-                    FN_T(winograd_store_channel)(bottom + c, out_w, add, y0 + out_w);
-            }
-        }
-    }
+    const FN_T(winograd_pass) pass = {in_c, out_c, out_w, band_h, tile_rows, tw, tiles, ld, wp,
+                                      v_stride, m_stride, ldy, accumulate ? NULL : bias,
+                                      relu && !accumulate, accumulate};
+    if (by_tiles)
+        FN_T(winograd_run_by_tiles)(&pass, u, v, m, out, y);
+    else
+        FN_T(winograd_run_by_channels)(&pass, u, v, m, out, y);
 }
 
 #endif /* FN_TEMPLATE_PASS */
