@@ -444,18 +444,18 @@ static bool conv_band_fits(const fn_node *node, const fn_model_ctx *ctx, int ban
     return conv_plan_bytes(&plan) <= ctx->workspace_size;
 }
 
-/* What a Winograd convolution keeps across calls at node->saved (conv_winograd_cached): a
- * header whose first int64 is 1 once the rest is valid, a copy of the weights, then the
- * forward's transformed weights made from them. */
-static size_t conv_saved_weights(const conv_geometry *g, size_t elem_size) {
-    return conv_round64((size_t)(g->out_channels * g->channels * 9) * elem_size);
+/* What a Winograd convolution keeps across calls at node->saved (conv_winograd_refresh): a
+ * 64-byte header whose first int64 is 1 once the rest is valid, a copy of the weights (of
+ * conv_weight_bytes), then the forward's transformed weights made from them. */
+static size_t conv_weight_bytes(const conv_geometry *g, size_t elem_size) {
+    return (size_t)(g->out_channels * g->k) * elem_size;
 }
 
 static size_t conv_saved(const fn_node *node, int64_t batch, size_t elem_size) {
     (void)batch;
     conv_geometry g = conv_geometry_of(node);
     if (!g.winograd) return 0;
-    return 64 + conv_saved_weights(&g, elem_size) +
+    return 64 + conv_round64(conv_weight_bytes(&g, elem_size)) +
            conv_round64((size_t)(16 * g.channels * g.out_channels) * elem_size);
 }
 
@@ -539,20 +539,22 @@ static const real *FN_T(conv_winograd_weights)(const FN_T(conv_job) *job, bool f
     return u;
 }
 
-/* The forward's transformed weights as kept at node->saved (conv_saved): transformed again
- * only where the weights differ from the copy kept with them, compared bit for bit, so that a
- * write to the weights through any view is seen. A batch-1 inference's bands would otherwise
+/* The forward's transformed weights as kept at node->saved (conv_saved), valid once
+ * conv_winograd_refresh has run. */
+static real *FN_T(conv_winograd_kept)(const fn_node *node, const conv_geometry *g) {
+    return (real *)((char *)node->saved + 64 + conv_round64(conv_weight_bytes(g, sizeof(real))));
+}
+
+/* Makes the kept transformed weights those of the current weights: transformed again only
+ * where the weights differ from the copy kept with them, compared bit for bit, so that a write
+ * to the weights through any view is seen. A batch-1 inference's bands would otherwise
  * transform them at every call (the CNN's 64 x 32 kernels: 17-24 us, against 2-3 us for the
  * comparison). On the calling thread, before the bands run. */
-static const real *FN_T(conv_winograd_cached)(const fn_node *node, const conv_geometry *g,
-                                              bool refresh) {
-    char *base = node->saved;
-    real *copy = (real *)(base + 64);
-    real *u = (real *)(base + 64 + conv_saved_weights(g, sizeof(real)));
-    if (!refresh) return u;
-    int64_t *valid = (int64_t *)base;
+static const real *FN_T(conv_winograd_refresh)(const fn_node *node, const conv_geometry *g) {
+    int64_t *valid = (int64_t *)node->saved;
+    real *copy = (real *)((char *)node->saved + 64), *u = FN_T(conv_winograd_kept)(node, g);
     const real *weight = (const real *)node->param[0];
-    const size_t bytes = (size_t)(g->out_channels * g->channels * 9) * sizeof(real);
+    const size_t bytes = conv_weight_bytes(g, sizeof(real));
     if (*valid != 1 || memcmp(copy, weight, bytes) != 0) {
         memcpy(copy, weight, bytes);
         FN_T(fn_winograd_weights)(weight, g->out_channels, g->channels, false, u);
@@ -924,9 +926,9 @@ static fn_status FN_T(conv_forward)(fn_node *node, const fn_model_ctx *ctx) {
     if (consumer) consumer->input_stats_ready = false;
     if (job.plan.bands > 1) {
         /* Bands of rows, by Winograd where whole images run by it, with the transformed weights
-         * kept across calls (conv_winograd_cached). */
+         * kept across calls (conv_winograd_refresh). */
         if (job.g.winograd && !job.plan.band_channels)
-            job.winograd_u = FN_T(conv_winograd_cached)(node, &job.g, true);
+            job.winograd_u = FN_T(conv_winograd_refresh)(node, &job.g);
         fn_run_team(job.plan.bands, FN_T(conv_forward_band), &job);
     } else {
         if (job.g.winograd) job.winograd_u = FN_T(conv_winograd_weights)(&job, false);
@@ -949,7 +951,7 @@ static void FN_T(conv_forward_rows_into)(fn_node *node, fn_node *consumer,
     job.y = (real *)node->out;
     job.piece_consumer = consumer;
     if (job.g.winograd && !job.plan.band_channels) /* made by conv_band_prepare */
-        job.winograd_u = FN_T(conv_winograd_cached)(node, &job.g, false);
+        job.winograd_u = FN_T(conv_winograd_kept)(node, &job.g);
     FN_T(conv_forward_band)(id, bands, &job);
 }
 
@@ -957,7 +959,7 @@ static void FN_T(conv_forward_rows_into)(fn_node *node, fn_node *consumer,
 static void FN_T(conv_band_prepare)(fn_node *node, const fn_model_ctx *ctx) {
     (void)ctx;
     conv_geometry g = conv_geometry_of(node);
-    if (g.winograd) (void)FN_T(conv_winograd_cached)(node, &g, true);
+    if (g.winograd) (void)FN_T(conv_winograd_refresh)(node, &g);
 }
 
 static void FN_T(conv_forward_rows)(fn_node *node, const fn_model_ctx *ctx, int id, int bands) {

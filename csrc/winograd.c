@@ -16,9 +16,8 @@
  * U[e] (in, out) being the transformed weights and V[e] (in, tiles) the transformed input tiles,
  * whichever leaves less of the packed kernel's 32-column slivers empty (winograd_by_tiles). The
  * output transform runs along the tiles or across the channels accordingly
- * (winograd_output_run). The
- * transforms only add and subtract (G's halves are exact), so the error stays within a few
- * roundings of the direct sum's.
+ * (winograd_output_run). The transforms only add and subtract (G's halves are exact), so the
+ * error stays within a few roundings of the direct sum's.
  *
  * fn_winograd_weights transforms a layer's weights once per pass; fn_winograd_conv runs one
  * image, or a band of its output rows, on the calling thread: input transform, 16 GEMMs
