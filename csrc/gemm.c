@@ -529,6 +529,27 @@ GEMM_INLINE void gemm_transpose16_f32(const float *src, int64_t ld, float *dst,
 #define GEMM_TB16_f64 0
 #endif
 
+/* GEMM_MASKED_LOAD_fXX(src, count): a vector of GEMM_NR / 2 elements (the dot products' width),
+ * the first `count` from src and zeros after them; the masked-off elements are not read, so they
+ * may lie past the end of a buffer. */
+#if defined(__AVX512F__)
+typedef __m512 gemm_masked_vector_f32;
+typedef __m512d gemm_masked_vector_f64;
+#define GEMM_MASKED_LOAD_f32(src, count)                                                          \
+    _mm512_maskz_loadu_ps((__mmask16)((1u << (count)) - 1), (src))
+#define GEMM_MASKED_LOAD_f64(src, count)                                                          \
+    _mm512_maskz_loadu_pd((__mmask8)((1u << (count)) - 1), (src))
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef __m256 gemm_masked_vector_f32;
+typedef __m256d gemm_masked_vector_f64;
+#define GEMM_MASKED_LOAD_f32(src, count)                                                          \
+    _mm256_maskload_ps((src), _mm256_cmpgt_epi32(_mm256_set1_epi32(count),                        \
+                                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))
+#define GEMM_MASKED_LOAD_f64(src, count)                                                          \
+    _mm256_maskload_pd((src), _mm256_cmpgt_epi64(_mm256_set1_epi64x(count),                      \
+                                                  _mm256_setr_epi64x(0, 1, 2, 3)))
+#endif
+
 /* ---------------------------------------------------------------- argument checks */
 
 /* Checks one operand: `rows` rows of `row_length` elements, `ld` apart. */
@@ -1242,6 +1263,22 @@ GEMM_INLINE FN_T(dot_vector) FN_T(dot_totals16)(const FN_T(dot_vector) *acc) {
 #define DOT_TOTALS_16 0
 #endif
 
+/* The first `count` (< DOT_LANES) elements at src, zeros after them; nothing past them is read.
+ * A masked load where the build has one: copied through memory, the last steps of k had cost a
+ * block as much as 50 steps of its loop (a store of a few elements, then a vector load of the
+ * same bytes, which the core cannot forward; 32x9x676 took 7.5 us, 32x9x688 4.3). */
+GEMM_INLINE FN_T(dot_vector) FN_T(dot_load_part)(const real *src, int count) {
+    FN_T(dot_vector) v;
+#ifdef GEMM_MASKED_LOAD_f32
+    FN_T(gemm_masked_vector) loaded = FN_T(GEMM_MASKED_LOAD)(src, count);
+    memcpy(&v, &loaded, sizeof v);
+#else
+    v = (FN_T(dot_vector)){0};
+    memcpy(&v, src, sizeof(real) * (size_t)count);
+#endif
+    return v;
+}
+
 /* One block: rows a_rows[0 .. rows) by columns b_rows[0 .. cols) of C, whose first element is
  * at c; only the first `store_rows` rows and `store_cols` columns are stored (the others repeat
  * a row or column so that the block has a constant size). */
@@ -1269,7 +1306,10 @@ GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows,
              * A's one at a time, each used at once: fewer registers live than with A's all
              * loaded. */
             vector vb[DOT_MAX];
-            for (int q = 0; q < cols; q++) memcpy(&vb[q], b_rows[q] + b_at + p, sizeof(vector));
+            for (int q = 0; q < cols; q++) {
+                memcpy(&vb[q], b_rows[q] + b_at + p, sizeof(vector));
+                if (rows > 1) DOT_IN_REGISTER(vb[q]);
+            }
             for (int r = 0; r < rows; r++) {
                 vector va;
                 memcpy(&va, a_rows[r] + a_at + p, sizeof(vector));
@@ -1278,25 +1318,30 @@ GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows,
             }
         }
         if (p < len) {
-            size_t rest = sizeof(real) * (size_t)(len - p);
-            vector va[DOT_MAX] = {{0}}, vb[DOT_MAX] = {{0}};
-            for (int r = 0; r < rows; r++) memcpy(&va[r], a_rows[r] + a_at + p, rest);
-            for (int q = 0; q < cols; q++) memcpy(&vb[q], b_rows[q] + b_at + p, rest);
+            const int rest = (int)(len - p);
+            vector va[DOT_MAX], vb[DOT_MAX];
+            for (int r = 0; r < rows; r++) va[r] = FN_T(dot_load_part)(a_rows[r] + a_at + p, rest);
+            for (int q = 0; q < cols; q++) vb[q] = FN_T(dot_load_part)(b_rows[q] + b_at + p, rest);
             for (int r = 0; r < rows; r++) {
                 for (int q = 0; q < cols; q++) acc[r][q] += va[r] * vb[q];
             }
         }
     }
 #if DOT_TOTALS_16
-    if (rows * cols == 16) {
-        FN_T(dot_vector) packed[16];
+    if (rows * cols == 16 || rows * cols == 24) {
+        /* 16 totals at a time; a block of 24 takes its last 8 with 8 zero vectors, whose
+         * totals are not read. */
+        FN_T(dot_vector) packed[32];
         for (int r = 0; r < rows; r++)
             for (int q = 0; q < cols; q++) packed[r * cols + q] = acc[r][q];
-        FN_T(dot_vector) totals = FN_T(dot_totals16)(packed);
-        real sums[16], scaled[16];
-        memcpy(sums, &totals, sizeof sums);
-        totals *= alpha; /* each lane as alpha * sum below: the same bits */
-        memcpy(scaled, &totals, sizeof scaled);
+        for (int i = rows * cols; i % 16 != 0; i++) packed[i] = (FN_T(dot_vector)){0};
+        real sums[32], scaled[32];
+        for (int group = 0; group < rows * cols; group += 16) {
+            FN_T(dot_vector) totals = FN_T(dot_totals16)(packed + group);
+            memcpy(sums + group, &totals, sizeof totals);
+            totals *= alpha; /* each lane as alpha * sum below: the same bits */
+            memcpy(scaled + group, &totals, sizeof totals);
+        }
         for (int r = 0; r < store_rows; r++) {
             real *row = c + r * ldc;
             if (beta == 0 && store_cols == cols) {
@@ -1330,10 +1375,13 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
                                 const int64_t *b_rows, real beta, real *c, int64_t ldc,
                                 bool reversed) {
     /* 4 x 3 blocks (12 sums, 7 loads per vector of k), or with 16 lanes 4 x 4 (16 sums, 8 loads,
-     * their totals taken together: dot_totals16) or, for a short k, 8 x 2 (16 sums, 10 loads)
-     * where that computes fewer sums that are not stored (n = 10: 4 x 4 blocks compute 12
-     * columns, 8 x 2 exactly 10; 32x10x128 1.45x faster). With a long k the 8 rows of A no
-     * longer stay in L1 with B (32x9x676: 0.9x). One row: 1 x 8 (8 sums, 9 loads), or 1 x 4
+     * their totals taken together: dot_totals16), or where they compute fewer sums that are not
+     * stored, 8 x 3 (24 sums, 11 loads) or, for a short k, 8 x 2 (16 sums, 10 loads): n = 9
+     * (a convolution's weight gradient with one input channel) in 4 x 4 blocks computes 12
+     * columns, in 8 x 3 exactly 9 (32x9x676 1.35x, 64x9x576 1.4x faster on AMD Zen 4); n = 10,
+     * 8 x 2 exactly 10 (32x10x128 1.45x faster). Only while the block's 11 runs of k fit a 32 KB
+     * L1 together: with k = 1024, 8 rows of A from L2 for each block of columns ran 16x27x1024
+     * 0.85x, and 8 x 2 blocks 0.6-0.9x. One row: 1 x 8 (8 sums, 9 loads), or 1 x 4
      * where B's rows lie a multiple of 4 KB apart and A's row fits 16 KB: the 8 lines of B at
      * each step would fall into one set of L1, which then holds neither them all nor A's line
      * (AMD Zen 4, 8 ways: a batch-1 inference's 1024 x 1024 layer on two threads 32.0 -> 28.6 us
@@ -1344,10 +1392,15 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
                             runs->segments * runs->len * (int64_t)sizeof(real) <= 16384;
     int block_rows = m == 1 ? 1 : 4;
     int block_cols = m == 1 ? (rows_alias ? 4 : 8) : DOT_TOTALS_16 ? 4 : 3;
-    if (DOT_TOTALS_16 && m > 1 && runs->segments * runs->len <= 256) {
-        int64_t computed_4x4 = (m + 3) / 4 * 4 * ((n + 3) / 4 * 4);
+    if (DOT_TOTALS_16 && m > 1) {
+        const int64_t k = runs->segments * runs->len;
+        int64_t computed = (m + 3) / 4 * 4 * ((n + 3) / 4 * 4); /* sums of 4 x 4 blocks */
         int64_t computed_8x2 = (m + 7) / 8 * 8 * ((n + 1) / 2 * 2);
-        if (computed_8x2 < computed_4x4) block_rows = 8, block_cols = 2;
+        int64_t computed_8x3 = (m + 7) / 8 * 8 * ((n + 2) / 3 * 3);
+        if (k <= 256 && computed_8x2 < computed)
+            block_rows = 8, block_cols = 2, computed = computed_8x2;
+        if (11 * k * (int64_t)sizeof(real) <= 32 * 1024 && computed_8x3 < computed)
+            block_rows = 8, block_cols = 3;
     }
     for (int64_t i0 = 0; i0 < m; i0 += block_rows) {
         /* Short blocks repeat their last row or column: computed, then not stored. */
@@ -1370,6 +1423,9 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
                                 c_block, ldc);
             } else if (m == 1) {
                 FN_T(dot_block)(1, 8, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
+                                c_block, ldc);
+            } else if (DOT_TOTALS_16 && block_cols == 3) {
+                FN_T(dot_block)(8, 3, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
                                 c_block, ldc);
             } else if (DOT_TOTALS_16 && block_rows == 8) {
                 FN_T(dot_block)(8, 2, store_rows, store_cols, runs, alpha, a_block, b_block, beta,

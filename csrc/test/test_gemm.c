@@ -658,8 +658,51 @@ static void test_column_bias(void) {
     }
 }
 
+/* The dot products (A @ B^T with few columns, or few rows and a long k) take blocks of 4 x 4,
+ * 8 x 2 or 8 x 3 sums with AVX-512 in float32 (4 x 3 otherwise) by the product's sizes, and a
+ * single row 1 x 8 or 1 x 4; whatever the block, each element of C is the same sum in the same
+ * order, so each row of C must have the bits of that row computed alone. Shapes that take each
+ * block, with short blocks of rows and columns and k past a whole number of vectors (a masked
+ * load for its last elements); in each dtype, those that its dot products take (float64's
+ * vectors, and so its narrow products, are half as wide). */
+static void test_dot_blocks_same_bits(void) {
+    const int64_t shapes[][3] = {{21, 14, 300}, {32, 9, 676}, {24, 9, 37}, {13, 10, 100},
+                                 {18, 5, 200},  {16, 27, 1024}, {9, 13, 3}, {7, 3, 5}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+        for (int d = 0; d < 2; d++) {
+            const fn_dtype dtype = (fn_dtype)d;
+            if (n > (d ? DOT_COLUMNS / 2 : DOT_COLUMNS) && !fn_gemm_dot_pays(m, k)) continue;
+            const size_t e = element_size(dtype);
+            /* k elements exactly: a load past a row's end would read the next row, or past the
+             * last row, outside the buffer (which AddressSanitizer reports). */
+            void *a = checked_malloc((size_t)(m * k) * e), *b = checked_malloc((size_t)(n * k) * e);
+            void *whole = checked_malloc((size_t)(m * n) * e);
+            void *by_rows = checked_malloc((size_t)(m * n) * e);
+            for (int64_t i = 0; i < m * k; i++) element_set(dtype, a, (size_t)i, random_uniform());
+            for (int64_t i = 0; i < n * k; i++) element_set(dtype, b, (size_t)i, random_uniform());
+            fn_status status =
+                fn_gemm_builtin(dtype, 0, 1, m, n, k, 1, a, k, b, k, 0, whole, n, 1);
+            for (int64_t i = 0; i < m; i++) {
+                const char *row_a = (const char *)a + (size_t)(i * k) * e;
+                char *row_c = (char *)by_rows + (size_t)(i * n) * e;
+                if (fn_gemm_builtin(dtype, 0, 1, 1, n, k, 1, row_a, k, b, k, 0, row_c, n, 1) !=
+                    FN_OK)
+                    status = FN_EINVAL;
+            }
+            char what[160];
+            snprintf(what, sizeof what, "dot products %lldx%lldx%lld %s: each row's bits as "
+                     "computed alone", (long long)m, (long long)n, (long long)k,
+                     d ? "float64" : "float32");
+            check(status == FN_OK && memcmp(whole, by_rows, (size_t)(m * n) * e) == 0, what);
+            free(a), free(b), free(whole), free(by_rows);
+        }
+    }
+}
+
 int main(void) {
     printf("fastnet %s, OpenMP %s\n", fn_version(), fn_has_openmp() ? "on" : "off");
+    test_dot_blocks_same_bits();
     test_column_bias();
     test_invalid_arguments();
     test_empty_and_degenerate();
