@@ -1067,6 +1067,12 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
     }
 }
 
+/* Whether a block of k of an untransposed B, rows ldb apart, is small enough to stay in L2 as
+ * it lies (256 KB), so that the packed kernel reads it in place. */
+static bool FN_T(gemm_b_block_small)(int64_t k, int64_t ldb) {
+    return (double)gemm_block_size(k, GEMM_KC, 1) * (double)ldb * sizeof(real) <= 256.0 * 1024;
+}
+
 /* op(A) (m, k), op(B) (k, n), C (m, n): C = alpha * op(A) @ op(B) + beta * C on the calling
  * thread, by the packed kernel; then the epilogue, if any. */
 static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
@@ -1086,8 +1092,7 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
      * block of KC rows is small enough to stay in L2 as it is, is read where it lies: its whole
      * slivers straight from B, only the right edge's sliver packed (padded with zeros). Same
      * products, same order of sums: the bits do not change. */
-    bool b_in_place = !trans_b && (m <= 2 * GEMM_MR ||
-                                   (double)kc_max * (double)ldb * sizeof(real) <= 256.0 * 1024);
+    bool b_in_place = !trans_b && (m <= 2 * GEMM_MR || FN_T(gemm_b_block_small)(k, ldb));
     /* An untransposed A whose slivers each serve at most 4 tiles is read where it lies, its MR
      * rows the broadcasts' streams (gemm_micro_rows), the same sums in the same order: packing
      * a sliver costs there a good part of its few tiles' products. Measured on one thread with
@@ -1496,15 +1501,25 @@ typedef struct {
     bool relu;            /* C = ReLU(C) once the product is complete */
 } FN_T(gemm_job);
 
-/* Whether gemm_part splits C = A^T @ B by rows rather than columns: a linear layer's weight
- * gradient (dY^T @ X, k the batch) with at least as many rows as columns. Each thread then writes
- * one contiguous block of rows of the gradient, the part of the gradient arena that the gradient
- * norm and the optimizer's contiguous split then read on the same thread, where by columns
- * each thread had written half of every row (`mlp_mnist_b128`'s step 1.015-1.022x, its
- * 1024 x 784 x 128 product alone 1.03x). Each thread packs all of B, which is cheap for one
- * block of k: with 1024 steps of k, 1024^3 ran 0.94x. Decided on the whole product's sizes. */
+/* Whether gemm_part splits C by rows rather than columns, so that each thread writes one
+ * contiguous block of whole rows of C:
+ *   - C = A^T @ B, a linear layer's weight gradient (dY^T @ X, k the batch), with at least as
+ *     many rows as columns: the thread's rows are the part of the gradient arena that the
+ *     gradient norm and the optimizer's contiguous split then read on the same thread, where by
+ *     columns each thread had written half of every row (`mlp_mnist_b128`'s step
+ *     1.015-1.022x, its 1024 x 784 x 128 product alone 1.03x). Each thread packs all of B, which
+ *     is cheap for one block of k: with 1024 steps of k, 1024^3 ran 0.94x;
+ *   - C = A @ B with a B small enough to be read in place (gemm_b_block_small), a 10-output
+ *     layer's input gradient (dY @ W, 128 x 1024 x 10), whose time is writing C: with the two
+ *     threads writing the two halves of every row, the same pages, it ran at times 6.8x slower
+ *     on a 2-core AMD Zen 4 host (125-129 us against 18.6 us by rows, in alternation), while
+ *     two threads writing one C each, rows as far apart, ran as fast as one. At least 32
+ *     rows, so that a thread's block is not a handful of rows.
+ * Decided on the whole product's sizes. */
 static bool FN_T(gemm_split_rows)(const FN_T(gemm_job) *job) {
-    return job->trans_a && !job->trans_b && job->m >= job->n && job->k <= GEMM_KC;
+    if (job->trans_b) return false;
+    if (job->trans_a) return job->m >= job->n && job->k <= GEMM_KC;
+    return job->m >= 32 && FN_T(gemm_b_block_small)(job->k, job->ldb);
 }
 
 /* Rows [i0, i1) by columns [j0, j1) of the job's C, through the BLAS or a built-in path. The
@@ -1550,13 +1565,15 @@ static void FN_T(gemm_block)(const FN_T(gemm_job) *job, int64_t i0, int64_t i1, 
 }
 
 /* Part `id` of `parts`: a contiguous block of columns of C, in whole NR-slivers so that only the
- * last block has a right edge; or with gemm_split_rows, of rows, in whole MR-row tiles. */
+ * last block has a right edge; or with gemm_split_rows, of rows, in multiples of the shortest
+ * tile's height (128 rows: 64 and 64, where whole MR-row tiles gave 72 and 56). */
 static void FN_T(gemm_part)(int id, int parts, void *arg) {
     const FN_T(gemm_job) *job = arg;
     int64_t first, last;
     if (parts > 1 && FN_T(gemm_split_rows)(job)) {
-        fn_partition((job->m + GEMM_MR - 1) / GEMM_MR, parts, id, &first, &last);
-        int64_t i0 = first * GEMM_MR, i1 = last * GEMM_MR < job->m ? last * GEMM_MR : job->m;
+        const int64_t unit = gemm_tile_height(1);
+        fn_partition((job->m + unit - 1) / unit, parts, id, &first, &last);
+        int64_t i0 = first * unit, i1 = last * unit < job->m ? last * unit : job->m;
         if (i1 > i0) FN_T(gemm_block)(job, i0, i1, 0, job->n);
         return;
     }
