@@ -1070,7 +1070,7 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
 /* The rows of the next tile when `left` rows of C are left: MR, except that the last MR rows
  * and a shortest tile's (16 with AVX-512: 12 + 4) are taken as two tiles of half as many
  * (8 + 8), each of which reads B once for twice the multiply-adds of the short tile's
- * (16x1024x27, a convolution's forward with 16 output channels: 1.2x). */
+ * (16x1024x27, a convolution's forward with 16 output channels: 1.3-1.45x on AMD Zen 4). */
 static inline int64_t FN_T(gemm_next_tile_rows)(int64_t left) {
     const int64_t shortest = gemm_tile_height(1), pair = (GEMM_MR + shortest) / 2;
     if (left == GEMM_MR + shortest && shortest < GEMM_MR && gemm_tile_height((int)pair) == pair)
