@@ -1208,8 +1208,11 @@ typedef real FN_T(dot_vector) __attribute__((vector_size(DOT_LANES * sizeof(real
 /* The sum of a vector's lanes, pairwise: lane l and lane l + h for h = LANES / 2, ..., 1, each
  * round on the vector's halves (a register operation), where a running sum over the lanes waits
  * on every addition's latency: with k = 128, those sums had cost as much as the products. */
-/* Keeps a loaded vector in a register: GCC otherwise folds its load into each of the `cols`
- * multiply-adds that use it, loading it `cols` times (1.35x slower on a 16x144x1024 product). */
+/* Keeps a loaded vector in a register: GCC otherwise folds its load into each of the
+ * multiply-adds that use it, loading A's vector `cols` times (1.35x slower on a 16x144x1024
+ * product on Intel) and B's `rows` times (a 4 x 4 block: 20 loads for 16 multiply-adds, half
+ * speed on AMD Zen 4, which loads one 512-bit vector a cycle). A block of one row uses each of
+ * B's vectors once, so its loads may stay folded. */
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define DOT_IN_REGISTER(v) __asm__("" : "+v"(v))
 #else
