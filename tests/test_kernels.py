@@ -10,6 +10,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastnet as fn
 from fastnet import _core
@@ -486,6 +488,34 @@ def test_gemm_builtin_bits_do_not_depend_on_the_thread_count(dtype, m, k, n):
     expected = a.astype(np.float64) @ b.astype(np.float64).T
     magnitude = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)).T
     assert_within_bound(one, expected, (k + 2) * eps_of(dtype) * magnitude, "built-in")
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_gemm_random_shapes(data):
+    # Sizes drawn at random reach every path of the built-in kernel by its own choice: dot-product
+    # blocks (4 x 4, 8 x 2, 8 x 3, one row) with masked tails, packed tiles with short last tiles,
+    # C^T tiles, splits by rows and by columns. Each must be within the error bound, and give the
+    # bits of one thread on two and on three (an odd split), as each element is the same sums in
+    # the same order whichever thread computes it. Training's choice between the BLAS and the
+    # built-in kernel must be within the bound too.
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    side = st.one_of(st.integers(1, 40), st.integers(41, 600))
+    m, n = data.draw(side, label="m"), data.draw(side, label="n")
+    k = data.draw(st.one_of(st.integers(1, 64), st.integers(65, 1300)), label="k")
+    trans_a = data.draw(st.booleans(), label="trans_a")
+    trans_b = data.draw(st.booleans(), label="trans_b")
+    rng = np.random.default_rng(m * 7919 + n * 104729 + k)
+    a, b, op_a, op_b = gemm_operands(m, k, n, trans_a, trans_b, dtype, rng)
+    bound = (k + 2) * eps_of(dtype) * (np.abs(op_a) @ np.abs(op_b))
+    one = _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, builtin=True, threads=1)
+    assert_within_bound(one, op_a @ op_b, bound, "built-in")
+    for threads in (2, 3):
+        more = _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, builtin=True, threads=threads)
+        np.testing.assert_array_equal(more, one, err_msg=f"built-in on {threads} threads")
+    auto = _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, threads=2)
+    assert_within_bound(auto, op_a @ op_b, bound, "as training runs it")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
