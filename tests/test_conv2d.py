@@ -11,10 +11,13 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import fastnet
 from fastnet import _core
 from gradcheck import central_difference
+from test_kernels import assert_within_bound
 
 # Geometries: (C, H, W, out_channels, kernel, stride, padding, dilation, groups).
 GEOMETRIES = {
@@ -295,6 +298,72 @@ def test_gradients_match_reference(name, dtype, bias, threads):
         np.testing.assert_allclose(grad_bias, expected_bias, **tol)
     else:
         assert grad_bias is None
+
+
+@st.composite
+def geometries(draw):
+    """(C, H, W, out_channels, kernel, stride, padding, dilation, groups): half of them 3x3 of
+    stride 1 in one group with up to 40 and 70 channels, which Winograd takes from 16 channels
+    and 16 columns on, the others of any kernel, stride, padding, dilation and groups."""
+    if draw(st.booleans()):
+        C, O = draw(st.integers(1, 40)), draw(st.integers(1, 70))
+        kernel, stride, dilation, groups = (3, 3), (1, 1), (1, 1), 1
+    else:
+        groups = draw(st.sampled_from([1, 1, 2, 3]))
+        C, O = groups * draw(st.integers(1, 6)), groups * draw(st.integers(1, 8))
+        kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    H, W = draw(st.integers(1, 30)), draw(st.integers(1, 40))
+    return C, H, W, O, kernel, stride, padding, dilation, groups
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(geometries(), st.sampled_from(["float32", "float64"]), st.integers(1, 5),
+       st.sampled_from([1, 2, 3]), st.booleans())
+def test_random_geometries_match_reference(geometry, dtype, batch, thread_count, bias):
+    # Geometries drawn at random reach each way the op computes by its own choice (im2col or the
+    # shifted windows, Winograd forward and input gradient, per image or split within one), on
+    # 1 to 3 threads, training and then each image alone in eval mode (bands of rows or channels
+    # where an image is fewer than the threads). Each result must be within the error bound of
+    # its float64 reference: the length of its sums times the dtype's epsilon times the same
+    # result computed on absolute values.
+    C, H, W, O, kernel, stride, padding, dilation, groups = geometry
+    Ho = out_size(H, kernel[0], stride[0], padding[0], dilation[0])
+    Wo = out_size(W, kernel[1], stride[1], padding[1], dilation[1])
+    assume(Ho >= 1 and Wo >= 1)
+    fastnet.set_num_threads(thread_count)
+    model = make_model(geometry, bias, dtype)
+    rng = np.random.default_rng(C * 31 + H * 7 + W + O * 101 + batch)
+    weight, b = random_params(model, rng)
+    x = rng.standard_normal((batch, C, H, W)).astype(dtype)
+    grad_y = rng.standard_normal((batch, O, Ho, Wo)).astype(dtype)
+    eps = float(np.finfo(dtype).eps)
+    args = (stride, padding, dilation, groups)
+    y, grad_x, grad_weight, grad_bias = run(model, x, grad_y)
+
+    expected = reference_forward(x, weight, b, *args)
+    magnitude = reference_forward(np.abs(x), np.abs(weight), None if b is None else np.abs(b),
+                                  *args)
+    forward_bound = (C // groups * kernel[0] * kernel[1] + 2) * eps * magnitude
+    assert_within_bound(y.reshape(expected.shape), expected, forward_bound, "forward")
+    expected_x, expected_weight, expected_bias = reference_backward(x, weight, grad_y, *args)
+    magnitude_x, magnitude_weight, magnitude_bias = reference_backward(
+        np.abs(x), np.abs(weight), np.abs(grad_y), *args)
+    assert_within_bound(grad_x.reshape(x.shape), expected_x,
+                        (O * kernel[0] * kernel[1] + 2) * eps * magnitude_x, "input gradient")
+    sums = batch * Ho * Wo + 2
+    assert_within_bound(grad_weight, expected_weight, sums * eps * magnitude_weight,
+                        "weight gradient")
+    if bias:
+        assert_within_bound(grad_bias, expected_bias, sums * eps * magnitude_bias,
+                            "bias gradient")
+    model.training = False
+    for i in range(min(batch, 2)):
+        alone = model.forward(x[i:i + 1]).reshape(expected[i:i + 1].shape)
+        assert_within_bound(alone, expected[i:i + 1], forward_bound[i:i + 1], f"image {i} alone")
 
 
 @pytest.mark.parametrize("name", ["3x3_pad", "stride_hw", "dilation", "groups2", "depthwise",
