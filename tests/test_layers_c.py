@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import fastnet
 from fastnet import _core
@@ -160,6 +162,44 @@ def test_pool_forward_backward(kind, case, dtype, batch, threads):
         grad_x, pool_backward_reference(grad_y.astype(np.float64), x.shape, kernel,
                                         stride or kernel, padding, kind, argmax),
         **TOL[dtype])
+
+
+@st.composite
+def pool_cases(draw):
+    """(input (C, H, W), kernel, stride or None, padding), padding at most half the kernel."""
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    stride = draw(st.none() | st.tuples(st.integers(1, 4), st.integers(1, 4)))
+    padding = (draw(st.integers(0, kernel[0] // 2)), draw(st.integers(0, kernel[1] // 2)))
+    shape = (draw(st.integers(1, 8)), draw(st.integers(1, 40)), draw(st.integers(1, 70)))
+    return shape, kernel, stride, padding
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(st.sampled_from(["max", "avg"]), pool_cases(), st.sampled_from(DTYPES),
+       st.integers(1, 4), st.sampled_from([1, 2, 3]))
+def test_pool_random_geometries(kind, case, dtype, batch, thread_count):
+    # Geometries drawn at random reach the pools' special cases (2 x 2, rows of more outputs than
+    # a kernel block, overlapping and padded windows) and their splits between 1 to 3 threads, in
+    # training and then image by image in eval mode.
+    shape, kernel, stride, padding = case
+    (kh, kw), (sh, sw) = kernel, stride or kernel
+    assume(shape[1] + 2 * padding[0] >= kh and shape[2] + 2 * padding[1] >= kw)
+    fastnet.set_num_threads(thread_count)
+    rng = np.random.default_rng(sum(shape) + kh * 7 + kw * 11 + batch)
+    model = make(shape, [pool_node(kind, kernel, stride, padding)], dtype)
+    x = distinct_values(rng, (batch,) + shape).astype(dtype)
+    expected, argmax = pool_reference(x.astype(np.float64), kernel, (sh, sw), padding, kind)
+    np.testing.assert_allclose(run(model, x, expected.shape[1:]), expected, **TOL[dtype])
+    grad_y = rng.standard_normal(expected.shape).astype(dtype)
+    grad_x = model.backward(grad_y.reshape(batch, -1), True).reshape(x.shape)
+    np.testing.assert_allclose(
+        grad_x, pool_backward_reference(grad_y.astype(np.float64), x.shape, kernel, (sh, sw),
+                                        padding, kind, argmax), **TOL[dtype])
+    model.training = False
+    for i in range(min(batch, 2)):
+        alone = model.forward(x[i:i + 1].reshape(1, -1)).reshape(expected[i:i + 1].shape)
+        np.testing.assert_allclose(alone, expected[i:i + 1], **TOL[dtype])
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
