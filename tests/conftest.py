@@ -14,3 +14,12 @@ def threads(request):
     assert fastnet.get_num_threads() == request.param
     yield request.param
     fastnet.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """Puts back the thread count a test found, for tests that set their own (those that draw it
+    with hypothesis among them)."""
+    previous = fastnet.get_num_threads()
+    yield
+    fastnet.set_num_threads(previous)

@@ -88,13 +88,6 @@ GEOMETRIES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    previous = fastnet.get_num_threads()
-    yield
-    fastnet.set_num_threads(previous)
-
-
 def conv_spec(C, H, W, out_channels, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
               groups=1, bias=True, dtype="float64", seed=0):
     return {

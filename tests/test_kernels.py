@@ -6,6 +6,7 @@ actually split the work between two threads. References are computed in float64;
 error bounds scaled by the length of the reduction and the dtype's machine epsilon.
 """
 
+import json
 import warnings
 
 import numpy as np
@@ -655,6 +656,73 @@ def test_linear_backward(dtype, bias, n, n_in, n_out, threads):
     model.zero_grad()
     assert not np.any(params["0.weight"].grad)
     np.testing.assert_array_equal(params["0.weight"].data, state["0.weight"])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_linear_relu_linear_random_sizes(data):
+    # Linear-ReLU-Linear, the ReLU applied by the first layer's GEMM and undone in the pass that
+    # sums its bias gradient (columns in blocks of 64 and 16, split between the threads), at
+    # sizes drawn at random, on 1 to 3 threads: each result within the error bound of a float64
+    # reference. The reference takes the ReLU's mask from fastnet's own output, as an element
+    # whose sum lies within rounding of 0 may fall either way.
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    size = st.one_of(st.integers(1, 40), st.integers(41, 700))
+    n, n_in, hidden, n_out = (data.draw(size, label=name) for name in ("n", "in", "hidden", "out"))
+    bias = data.draw(st.booleans(), label="bias")
+    fn.set_num_threads(data.draw(st.sampled_from([1, 2, 3]), label="threads"))
+    spec = {"format": "fastnet.model", "version": 1, "dtype": np.dtype(dtype).name, "seed": 0,
+            "input_shape": [n_in], "nodes": [
+                {"name": "a", "op": "linear", "in_features": n_in, "out_features": hidden,
+                 "bias": bias},
+                {"name": "r", "op": "relu", "inputs": ["a"]},
+                {"name": "b", "op": "linear", "in_features": hidden, "out_features": n_out,
+                 "bias": bias}]}
+    model = _core.Model(json.dumps(spec))
+    rng = np.random.default_rng(n * 7 + n_in * 11 + hidden * 13 + n_out)
+    model.param_arena()[:] = rng.uniform(-1, 1, model.param_arena().shape)
+    params = {name: model.param_arena()[offset:offset + int(np.prod(shape))].reshape(shape)
+              .astype(np.float64) for name, shape, offset, _, _ in model.tensor_info()}
+    zero = {"a": np.zeros(hidden), "b": np.zeros(n_out)}
+    w1, w2 = params["a.weight"], params["b.weight"]
+    b1, b2 = (params["a.bias"], params["b.bias"]) if bias else (zero["a"], zero["b"])
+    x = rng.standard_normal((n, n_in)).astype(dtype)
+    g = rng.standard_normal((n, n_out)).astype(dtype)
+    x64, g64, eps = x.astype(np.float64), g.astype(np.float64), eps_of(dtype)
+
+    y = model.forward(x, True)
+    model.zero_grad()
+    dx = model.backward(g, True)
+    grads = {name: model.grad_arena()[offset:offset + int(np.prod(shape))].reshape(shape)
+             for name, shape, offset, _, _ in model.tensor_info()}
+    relu = model.node_output(1).astype(np.float64)
+
+    pre = x64 @ w1.T + b1
+    pre_bound = (n_in + 2) * eps * (np.abs(x64) @ np.abs(w1).T + np.abs(b1))
+    assert_within_bound(relu, np.maximum(pre, 0), pre_bound, "hidden ReLU")
+    # The second layer from fastnet's hidden values, whose own errors the bound above covers.
+    assert_within_bound(y, relu @ w2.T + b2,
+                        (hidden + 2) * eps * (relu @ np.abs(w2).T + np.abs(b2)), "output")
+    mask = relu > 0
+    assert_within_bound(grads["b.weight"], g64.T @ relu, (n + 2) * eps * (np.abs(g64).T @ relu),
+                        "second weight gradient")
+    upstream = (g64 @ w2) * mask
+    upstream_magnitude = (np.abs(g64) @ np.abs(w2)) * mask
+    upstream_error = (n_out + 2) * eps * upstream_magnitude
+    # The first layer's gradients are sums of the rounded upstream gradient.
+    assert_within_bound(grads["a.weight"], upstream.T @ x64,
+                        (n + 2) * eps * (upstream_magnitude.T @ np.abs(x64)) +
+                        upstream_error.T @ np.abs(x64), "first weight gradient")
+    assert_within_bound(dx, upstream @ w1,
+                        (hidden + 2) * eps * (upstream_magnitude @ np.abs(w1)) +
+                        upstream_error @ np.abs(w1), "input gradient")
+    if bias:
+        assert_within_bound(grads["b.bias"], g64.sum(axis=0),
+                            (n + 2) * eps * np.abs(g64).sum(axis=0), "second bias gradient")
+        assert_within_bound(grads["a.bias"], upstream.sum(axis=0),
+                            (n + 2) * eps * upstream_magnitude.sum(axis=0) +
+                            upstream_error.sum(axis=0), "first bias gradient")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

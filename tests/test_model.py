@@ -21,14 +21,6 @@ def digits():
     return fn.load_digits()
 
 
-@pytest.fixture
-def restore_threads():
-    """Restores the thread count a test changes."""
-    before = fn.get_num_threads()
-    yield
-    fn.set_num_threads(before)
-
-
 def test_loss_at_initialisation_is_ln_classes(digits):
     """With small random weights the softmax is near uniform: loss ≈ ln 10, for several seeds."""
     loss = fn.CrossEntropyLoss()
@@ -67,7 +59,7 @@ def test_same_seed_gives_bitwise_identical_training():
     assert not np.array_equal(a["0.weight"], c["0.weight"])
 
 
-def test_one_and_two_threads_agree(restore_threads):
+def test_one_and_two_threads_agree():
     fn.set_num_threads(1)
     one = train_weights(seed=0)
     fn.set_num_threads(2)
@@ -77,7 +69,7 @@ def test_one_and_two_threads_agree(restore_threads):
         np.testing.assert_allclose(one[name], two[name], rtol=1e-4, atol=1e-5)
 
 
-def test_large_layers_one_and_two_threads_agree(restore_threads):
+def test_large_layers_one_and_two_threads_agree():
     """Big enough that GEMM and elementwise kernels really split the work."""
     rng = np.random.default_rng(0)
     x = rng.random((128, 784), dtype=np.float32)
