@@ -657,12 +657,12 @@ FN_OPTIM_INLINE real FN_T(decayed)(const FN_T(grad_terms) *t, real p, bool extra
 
 FN_OPTIM_INLINE void FN_T(sgd_loop)(const FN_T(grad_terms) *t, real *restrict params,
                                     const real *restrict grads, real *restrict buf, int64_t n,
-                                    real lr, real momentum, real dampening, bool nesterov,
+                                    real lr, real momentum, real undamped, bool nesterov,
                                     bool first, bool has_momentum, bool extra) {
     for (int64_t i = 0; i < n; i++) {
         real p = params[i], g = FN_T(effective_grad)(t, grads[i], p, extra);
         if (has_momentum) {
-            real b = first ? g : momentum * buf[i] + (1 - dampening) * g;
+            real b = first ? g : momentum * buf[i] + undamped * g;
             buf[i] = b;
             g = nesterov ? g + momentum * b : b;
         }
@@ -684,14 +684,14 @@ FN_OPTIM_INLINE void FN_T(adagrad_loop)(const FN_T(grad_terms) *t, real *restric
 FN_OPTIM_INLINE void FN_T(rmsprop_loop)(const FN_T(grad_terms) *t, real *restrict params,
                                         const real *restrict grads, real *restrict square_avg,
                                         real *restrict buf, real *restrict grad_avg, int64_t n,
-                                        real lr, real alpha, real momentum, real eps,
-                                        bool centered, bool has_momentum, bool extra) {
+                                        real lr, real alpha, real one_minus_alpha, real momentum,
+                                        real eps, bool centered, bool has_momentum, bool extra) {
     for (int64_t i = 0; i < n; i++) {
         real p = params[i], g = FN_T(effective_grad)(t, grads[i], p, extra);
-        real v = alpha * square_avg[i] + (1 - alpha) * g * g;
+        real v = alpha * square_avg[i] + one_minus_alpha * g * g;
         square_avg[i] = v;
         if (centered) {
-            real mean = alpha * grad_avg[i] + (1 - alpha) * g;
+            real mean = alpha * grad_avg[i] + one_minus_alpha * g;
             grad_avg[i] = mean;
             v -= mean * mean;
         }
@@ -709,13 +709,13 @@ FN_OPTIM_INLINE void FN_T(rmsprop_loop)(const FN_T(grad_terms) *t, real *restric
 FN_OPTIM_INLINE void FN_T(adam_loop)(const FN_T(grad_terms) *t, real *restrict params,
                                      const real *restrict grads, real *restrict m1,
                                      real *restrict m2, real *restrict vmax, int64_t n,
-                                     real step_size, real beta1, real beta2,
-                                     real correction2_sqrt, real eps, bool amsgrad,
-                                     bool extra) {
+                                     real step_size, real beta1, real one_minus_beta1,
+                                     real beta2, real one_minus_beta2, real correction2_sqrt,
+                                     real eps, bool amsgrad, bool extra) {
     for (int64_t i = 0; i < n; i++) {
         real p = params[i], g = FN_T(effective_grad)(t, grads[i], p, extra);
-        real m = beta1 * m1[i] + (1 - beta1) * g;
-        real v = beta2 * m2[i] + (1 - beta2) * g * g;
+        real m = beta1 * m1[i] + one_minus_beta1 * g;
+        real v = beta2 * m2[i] + one_minus_beta2 * g * g;
         m1[i] = m;
         m2[i] = v;
         if (amsgrad) {
@@ -753,15 +753,17 @@ static void FN_T(update_range)(const fn_update_args *a, const fn_group_step *gs,
         else                                                                                      \
             loop(__VA_ARGS__, false);                                                             \
     } while (0)
+    /* The weights of the running averages, 1 - beta, are taken in double and then rounded, as
+     * PyTorch takes them: in float, 1 - 0.999f is 0.0010000467, 4.7e-5 off. */
     switch (opt->kind) {
     case FN_OPT_SGD: {
-        const real dampening = (real)opt->dampening;
+        const real undamped = (real)(1.0 - opt->dampening);
         const bool nesterov = opt->nesterov != 0, first = a->momentum_first;
         if (opt->momentum != 0)
-            FN_LOOP(FN_T(sgd_loop), &t, params, grads, s0, n, lr, momentum, dampening, nesterov,
+            FN_LOOP(FN_T(sgd_loop), &t, params, grads, s0, n, lr, momentum, undamped, nesterov,
                     first, true);
         else
-            FN_LOOP(FN_T(sgd_loop), &t, params, grads, s0, n, lr, momentum, dampening, false,
+            FN_LOOP(FN_T(sgd_loop), &t, params, grads, s0, n, lr, momentum, undamped, false,
                     false, false);
         break;
     }
@@ -769,32 +771,33 @@ static void FN_T(update_range)(const fn_update_args *a, const fn_group_step *gs,
         FN_LOOP(FN_T(adagrad_loop), &t, params, grads, s0, n, step_size, eps);
         break;
     case FN_OPT_RMSPROP: {
-        const real alpha = (real)opt->alpha;
+        const real alpha = (real)opt->alpha, one_minus_alpha = (real)(1.0 - opt->alpha);
         /* Slot 1 exists when momentum > 0 or centered, slot 2 when centered. */
         if (opt->centered && opt->momentum > 0)
-            FN_LOOP(FN_T(rmsprop_loop), &t, params, grads, s0, s1, s2, n, lr, alpha, momentum,
-                    eps, true, true);
+            FN_LOOP(FN_T(rmsprop_loop), &t, params, grads, s0, s1, s2, n, lr, alpha,
+                    one_minus_alpha, momentum, eps, true, true);
         else if (opt->centered)
-            FN_LOOP(FN_T(rmsprop_loop), &t, params, grads, s0, s1, s2, n, lr, alpha, momentum,
-                    eps, true, false);
+            FN_LOOP(FN_T(rmsprop_loop), &t, params, grads, s0, s1, s2, n, lr, alpha,
+                    one_minus_alpha, momentum, eps, true, false);
         else if (opt->momentum > 0)
-            FN_LOOP(FN_T(rmsprop_loop), &t, params, grads, s0, s1, NULL, n, lr, alpha, momentum,
-                    eps, false, true);
+            FN_LOOP(FN_T(rmsprop_loop), &t, params, grads, s0, s1, NULL, n, lr, alpha,
+                    one_minus_alpha, momentum, eps, false, true);
         else
             FN_LOOP(FN_T(rmsprop_loop), &t, params, grads, s0, NULL, NULL, n, lr, alpha,
-                    momentum, eps, false, false);
+                    one_minus_alpha, momentum, eps, false, false);
         break;
     }
     case FN_OPT_ADAM:
     case FN_OPT_ADAMW: {
-        const real beta1 = (real)opt->beta1, beta2 = (real)opt->beta2;
+        const real beta1 = (real)opt->beta1, one_minus_beta1 = (real)(1.0 - opt->beta1);
+        const real beta2 = (real)opt->beta2, one_minus_beta2 = (real)(1.0 - opt->beta2);
         const real correction2_sqrt = (real)a->correction2_sqrt;
         if (opt->amsgrad)
-            FN_LOOP(FN_T(adam_loop), &t, params, grads, s0, s1, s2, n, step_size, beta1, beta2,
-                    correction2_sqrt, eps, true);
+            FN_LOOP(FN_T(adam_loop), &t, params, grads, s0, s1, s2, n, step_size, beta1,
+                    one_minus_beta1, beta2, one_minus_beta2, correction2_sqrt, eps, true);
         else
             FN_LOOP(FN_T(adam_loop), &t, params, grads, s0, s1, NULL, n, step_size, beta1,
-                    beta2, correction2_sqrt, eps, false);
+                    one_minus_beta1, beta2, one_minus_beta2, correction2_sqrt, eps, false);
         break;
     }
     }

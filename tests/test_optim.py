@@ -11,6 +11,8 @@ import copy
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastnet as fn
 from optim_reference import Reference, apply_grads, assert_params_close, model_grads
@@ -109,6 +111,72 @@ def test_step_matches_documented_rule(name, threads):
     # The parameters did move (the comparison above is not between two untouched models).
     moved = [np.abs(a - b).max() for a, b in zip(ref.params, small_model().state_dict().values())]
     assert min(moved) > 1e-4
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(OPTIMIZERS)), st.integers(1, 300), st.integers(1, 300),
+       st.sampled_from(["float32", "float64"]), st.sampled_from([1, 2, 3]),
+       st.sampled_from([None, 1.0, float("inf")]))
+def test_step_matches_documented_rule_at_random_sizes(name, n_in, n_out, dtype, thread_count,
+                                                      clip):
+    # Parameter counts drawn at random (up to 90,300) reach the update's vector loops with their
+    # tails, its split between 1 to 3 threads, and the gradient norm's blocks of 8,192, which
+    # clipping reads (at 1.0 it scales most steps' gradients; at infinity it computes the norm
+    # and leaves them).
+    #
+    # An element can be ill-conditioned: where the weight decay nearly cancels the gradient,
+    # Adam divides the few bits left by their own size. Such elements are those whose float64
+    # reference moves by more than half the tolerance when the gradients and the parameters move
+    # apart by 2 epsilons of the dtype, one way or the other; they are left out of the
+    # comparison (at most one element or 1% of a tensor).
+    fn.set_num_threads(thread_count)
+    model = fn.Sequential(fn.Linear(n_in, n_out), dtype=dtype, seed=n_in + n_out)
+    cls, hyper = OPTIMIZERS[name]
+    opt = cls(model.parameters(), clip_grad_norm=clip, **hyper)
+    start = [p.data.astype(np.float64) for p in model.parameters()]
+    ref = reference_for(cls, start, clip_grad_norm=clip, **hyper)
+    nudge = 2 * float(np.finfo(dtype).eps)
+    nudged = [reference_for(cls, [p * (1 - sign * nudge) for p in start], clip_grad_norm=clip,
+                            **hyper) for sign in (1, -1)]
+    rtol, atol = (2e-5, 2e-6) if dtype == "float32" else (1e-12, 1e-14)
+    for t, grads in enumerate(model_grads(model, 3, seed=n_in * 301 + n_out), start=1):
+        grads = [g.astype(dtype).astype(np.float64) for g in grads]
+        apply_grads(model, grads)
+        opt.step()
+        ref.step(grads)
+        for sign, other in zip((1, -1), nudged):
+            other.step([g * (1 + sign * nudge) for g in grads])
+        for i, p in enumerate(model.parameters()):
+            expected = ref.params[i]
+            tolerance = atol + rtol * np.abs(expected)
+            kept = np.ones(expected.shape, bool)
+            for other in nudged:
+                kept &= np.abs(other.params[i] - expected) <= tolerance / 2
+            assert np.sum(~kept) <= max(1, expected.size // 100), (
+                f"step {t} {p.name}: {np.sum(~kept)} ill-conditioned elements")
+            error = np.where(kept, np.abs(p.data - expected), 0)
+            assert np.all(error <= tolerance), (
+                f"step {t} {p.name}: {np.sum(error > tolerance)} elements differ, the worst by "
+                f"{np.max(error):.3g} at {np.unravel_index(np.argmax(error - tolerance), error.shape)}")
+
+
+@pytest.mark.parametrize("cls, hyper", [(fn.optim.Adam, dict(lr=1.0, betas=(0.9, 0.9999))),
+                                        (fn.optim.AdamW, dict(lr=1.0, betas=(0.5, 0.99999))),
+                                        (fn.optim.RMSprop, dict(lr=0.01, alpha=0.9999))])
+def test_float32_running_averages_weigh_the_gradient_by_one_minus_beta_in_double(cls, hyper):
+    # In float32, 1 - 0.9999f is 1.0002e-4: taken so, the second moment would be 2e-4 too large,
+    # and each step 1e-4 too short (relative), far more than float32's rounding. Taken in double
+    # and then rounded, as PyTorch takes it, the steps are within a few roundings of the rule.
+    model = small_model(dtype="float32")
+    opt = cls(model.parameters(), **hyper)
+    ref = reference_for(cls, [p.data.astype(np.float64) for p in model.parameters()], **hyper)
+    for t, grads in enumerate(model_grads(model, 3, seed=3), start=1):
+        grads32 = [g.astype(np.float32) for g in grads]
+        apply_grads(model, grads32)
+        opt.step()
+        ref.step(grads32)
+        assert_params_close(model, ref.params, rtol=1e-5, atol=1e-6, what=f"step {t}")
 
 
 @pytest.mark.parametrize("name", ["sgd_nesterov_weight_decay", "sgd_dampening", "sgd_decoupled",
