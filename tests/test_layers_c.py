@@ -541,6 +541,65 @@ def test_batch_norm_backward_formula(dtype, threads):
     np.testing.assert_allclose(tensor(model, "0.bias", grad=True), sum_dy.reshape(-1), **tol)
 
 
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(st.integers(1, 20), st.sampled_from([None, (1, 1), (3, 5), (16, 17), (30, 40)]),
+       st.integers(1, 8), st.sampled_from(DTYPES), st.sampled_from([1, 2, 3]), st.data())
+def test_batch_norm_random_sizes(channels, plane, batch, dtype, thread_count, data):
+    # Channels, planes and batches drawn at random (the planes on both sides of the statistics'
+    # sample-by-sample size, 16, and with partial runs of lanes), on 1 to 3 threads: the
+    # training forward and the running statistics, the backward against its closed form, and
+    # the eval forward.
+    if plane is not None:
+        plane = (data.draw(st.integers(1, plane[0]), label="H"),
+                 data.draw(st.integers(1, plane[1]), label="W"))
+    shape = (channels,) + (plane or ())
+    per_channel = batch * int(np.prod(plane or (1,)))
+    assume(per_channel > 1)
+    fastnet.set_num_threads(thread_count)
+    rng = np.random.default_rng(channels * 31 + batch * 7 + per_channel)
+    momentum, eps = 0.3, 1e-3
+    model = make(shape, [{"op": "batch_norm", "num_features": channels, "momentum": momentum,
+                          "eps": eps}], dtype)
+    gamma, beta = set_affine(model, rng, channels)
+    spread = rng.uniform(0.5, 3, (1, channels) + (1,) * len(plane or ()))
+    x = (rng.standard_normal((batch,) + shape) * spread + 50).astype(dtype)
+    x64 = x.astype(np.float64)
+    tol = TOL[dtype] if dtype == "float64" else dict(rtol=1e-4, atol=1e-4)
+    expected, mean, var = bn_reference(x64, gamma, beta, eps)
+    np.testing.assert_allclose(run(model, x, shape), expected, **tol)
+    np.testing.assert_allclose(tensor(model, "0.running_mean"), momentum * mean, **TOL[dtype])
+    np.testing.assert_allclose(tensor(model, "0.running_var"),
+                               1 - momentum + momentum * var * per_channel / (per_channel - 1),
+                               **tol)
+
+    dy = rng.standard_normal((batch,) + shape).astype(dtype)
+    model.zero_grad()
+    dx = model.backward(dy.reshape(batch, -1), True).reshape(x.shape)
+    axes = (0,) + tuple(range(2, x.ndim))
+    keep = (1, -1) + (1,) * (x.ndim - 2)
+    dy64 = dy.astype(np.float64)
+    invstd = 1 / np.sqrt(var + eps).reshape(keep)
+    xhat = (x64 - mean.reshape(keep)) * invstd
+    sum_dy = dy64.sum(axis=axes, keepdims=True)
+    sum_dy_xhat = (dy64 * xhat).sum(axis=axes, keepdims=True)
+    expected_dx = (gamma.reshape(keep) * invstd / per_channel *
+                   (per_channel * dy64 - sum_dy - xhat * sum_dy_xhat))
+    grad_tol = TOL[dtype] if dtype == "float64" else dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, expected_dx, **grad_tol)
+    np.testing.assert_allclose(tensor(model, "0.weight", grad=True), sum_dy_xhat.reshape(-1),
+                               **grad_tol)
+    np.testing.assert_allclose(tensor(model, "0.bias", grad=True), sum_dy.reshape(-1), **grad_tol)
+
+    model.training = False
+    stats = [tensor(model, name).astype(np.float64) for name in ("0.running_mean",
+                                                                 "0.running_var")]
+    x = rng.standard_normal((batch,) + shape).astype(dtype)
+    np.testing.assert_allclose(run(model, x, shape),
+                               bn_eval_reference(x.astype(np.float64), gamma, beta, *stats, eps),
+                               **TOL[dtype])
+
+
 def test_batch_norm_parameter_gradients_accumulate_over_backward_calls():
     rng = np.random.default_rng(14)
     model = make((3,), [{"op": "batch_norm", "num_features": 3}])
