@@ -5,6 +5,8 @@ differences; extreme inputs; training through train_step; argument errors."""
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastnet as fn
 from fastnet import _core
@@ -218,6 +220,27 @@ def test_value_and_gradient_match_the_reference(name, shape, dtype, threads):
     # The value alone, and evaluate, run the same kernel.
     assert loss(outputs, targets) == value
     assert loss.evaluate(outputs, targets)[0] == value
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(CASES)), st.one_of(st.integers(1, 20), st.integers(21, 600)),
+       st.one_of(st.integers(1, 40), st.integers(41, 3000)), st.sampled_from(DTYPES),
+       st.sampled_from([1, 2, 3]), st.sampled_from([0.1, 3.0, 30.0]))
+def test_value_and_gradient_at_random_sizes(name, n, c, dtype, thread_count, scale):
+    # Batches and class counts drawn at random reach the losses' chunks of rows and pieces of
+    # long rows, and their split of the batch between 1 to 3 threads; the logits' scale from
+    # near-uniform to saturated. The same bounds as the fixed shapes above.
+    fn.set_num_threads(thread_count)
+    loss, outputs, targets, reference = make_case(name, (n, c), dtype, scale=scale)
+    value, grad = loss.forward_backward(outputs, targets)
+    ref_value, ref_grad = reference(outputs, targets)
+    eps = eps_of(dtype)
+    size = c + 10
+    assert value == pytest.approx(ref_value, rel=16 * size * eps, abs=16 * size * eps)
+    grad_scale = np.abs(ref_grad).max() + 1 / outputs.size
+    np.testing.assert_allclose(grad, ref_grad, rtol=64 * size * eps,
+                               atol=64 * size * eps * grad_scale)
 
 
 @pytest.mark.parametrize("name", list(CASES))
