@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastnet as fn
 from fastnet import _core, zoo
@@ -71,6 +73,39 @@ def test_deterministic_mode_gives_the_same_weights_for_any_thread_count(name, di
     first = train(name, digits, THREAD_COUNTS[0], True)
     for threads in THREAD_COUNTS[1:]:
         assert_same_bits(train(name, digits, threads, True), first)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 70), channels=st.integers(1, 24), height=st.integers(4, 20),
+       width=st.integers(4, 20), conv=st.sampled_from([(1, 0), (3, 1), (3, 0)]),
+       hidden=st.integers(1, 300), classes=st.integers(2, 12), p=st.sampled_from([0.0, 0.3]))
+def test_deterministic_mode_at_random_sizes(batch, channels, height, width, conv, hidden,
+                                            classes, p, restore_settings):
+    # A convolution, batch norm, pooling, dropout and two linear layers, at sizes drawn at
+    # random; two Adam steps on 1, 2 and 3 threads must leave the same weights, bit for bit.
+    kernel, padding = conv
+    if height - kernel + 2 * padding < 2 or width - kernel + 2 * padding < 2:
+        return
+    rng = np.random.default_rng(batch * 7 + channels)
+    x = rng.standard_normal((batch, 2, height, width)).astype(np.float32)
+    y = rng.integers(0, classes, batch)
+    pooled = ((height - kernel + 2 * padding + 1) // 2) * ((width - kernel + 2 * padding + 1) // 2)
+    results = []
+    for threads in THREAD_COUNTS:
+        fn.set_num_threads(threads)
+        fn.set_deterministic(True)
+        model = fn.Sequential(
+            fn.Conv2d(2, channels, kernel, padding=padding), fn.BatchNorm2d(channels), fn.ReLU(),
+            fn.MaxPool2d(2), fn.Dropout(p), fn.Flatten(), fn.Linear(channels * pooled, hidden),
+            fn.ReLU(), fn.Linear(hidden, classes), input_shape=(2, height, width), seed=7)
+        opt = fn.optim.Adam(model.parameters(), lr=1e-2)
+        loss = fn.CrossEntropyLoss(label_smoothing=0.1)
+        for _ in range(2):
+            model.train_step(x, y, loss, opt)
+        results.append(model.state_dict())
+    for other in results[1:]:
+        assert_same_bits(other, results[0])
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet"])
