@@ -299,16 +299,19 @@ def geometries(draw):
     stride 1 in one group with up to 40 and 70 channels, which Winograd takes from 16 channels
     and 16 columns on, the others of any kernel, stride, padding, dilation and groups."""
     if draw(st.booleans()):
-        C, O = draw(st.integers(1, 40)), draw(st.integers(1, 70))
+        C = draw(st.one_of(st.integers(1, 15), st.integers(16, 40)))
+        O = draw(st.one_of(st.integers(1, 15), st.integers(16, 70)))
         kernel, stride, dilation, groups = (3, 3), (1, 1), (1, 1), 1
+        W = draw(st.integers(10, 40))
     else:
         groups = draw(st.sampled_from([1, 1, 2, 3]))
         C, O = groups * draw(st.integers(1, 6)), groups * draw(st.integers(1, 8))
         kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
         stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
         dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+        W = draw(st.integers(1, 40))
     padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    H, W = draw(st.integers(1, 30)), draw(st.integers(1, 40))
+    H = draw(st.integers(1, 30))
     return C, H, W, O, kernel, stride, padding, dilation, groups
 
 
