@@ -33,6 +33,16 @@ def eps_of(dtype):
     return float(np.finfo(dtype).eps)
 
 
+# The tests at sizes that hypothesis draws: the same draws at every run.
+RANDOM_SIZES = settings(max_examples=300, deadline=None, derandomize=True,
+                        suppress_health_check=[HealthCheck.too_slow])
+
+
+def sizes(largest):
+    """Small sizes (tails, single rows) as often as large ones (blocks, splits)."""
+    return st.one_of(st.integers(1, 40), st.integers(41, largest))
+
+
 def assert_within_bound(actual, expected, bound, what=""):
     """|actual - expected| <= bound elementwise, with a readable message on failure."""
     actual = np.asarray(actual, dtype=np.float64)
@@ -491,8 +501,7 @@ def test_gemm_builtin_bits_do_not_depend_on_the_thread_count(dtype, m, k, n):
     assert_within_bound(one, expected, (k + 2) * eps_of(dtype) * magnitude, "built-in")
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@RANDOM_SIZES
 @given(st.data())
 def test_gemm_random_shapes(data):
     # Sizes drawn at random reach every path of the built-in kernel by its own choice: dot-product
@@ -502,8 +511,7 @@ def test_gemm_random_shapes(data):
     # the same order whichever thread computes it. Training's choice between the BLAS and the
     # built-in kernel must be within the bound too.
     dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
-    side = st.one_of(st.integers(1, 40), st.integers(41, 600))
-    m, n = data.draw(side, label="m"), data.draw(side, label="n")
+    m, n = data.draw(sizes(600), label="m"), data.draw(sizes(600), label="n")
     k = data.draw(st.one_of(st.integers(1, 64), st.integers(65, 1300)), label="k")
     trans_a = data.draw(st.booleans(), label="trans_a")
     trans_b = data.draw(st.booleans(), label="trans_b")
@@ -658,8 +666,7 @@ def test_linear_backward(dtype, bias, n, n_in, n_out, threads):
     np.testing.assert_array_equal(params["0.weight"].data, state["0.weight"])
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@RANDOM_SIZES
 @given(st.data())
 def test_linear_relu_linear_random_sizes(data):
     # Linear-ReLU-Linear, the ReLU applied by the first layer's GEMM and undone in the pass that
@@ -668,8 +675,8 @@ def test_linear_relu_linear_random_sizes(data):
     # reference. The reference takes the ReLU's mask from fastnet's own output, as an element
     # whose sum lies within rounding of 0 may fall either way.
     dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
-    size = st.one_of(st.integers(1, 40), st.integers(41, 700))
-    n, n_in, hidden, n_out = (data.draw(size, label=name) for name in ("n", "in", "hidden", "out"))
+    n, n_in, hidden, n_out = (data.draw(sizes(700), label=name)
+                              for name in ("n", "in", "hidden", "out"))
     bias = data.draw(st.booleans(), label="bias")
     fn.set_num_threads(data.draw(st.sampled_from([1, 2, 3]), label="threads"))
     spec = {"format": "fastnet.model", "version": 1, "dtype": np.dtype(dtype).name, "seed": 0,
