@@ -715,6 +715,31 @@ def test_dropout_masks_do_not_depend_on_the_thread_count():
         np.testing.assert_array_equal(results[0][1], other[1])
 
 
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.integers(1, 8), st.integers(9, 200)),
+       st.one_of(st.integers(1, 40), st.integers(41, 6000)), st.sampled_from([0.1, 0.5, 0.9]),
+       st.sampled_from(DTYPES), st.integers(0, 2**32 - 1))
+def test_dropout_masks_do_not_depend_on_the_thread_count_at_random_sizes(n, features, p, dtype,
+                                                                          seed):
+    # Batches and widths drawn at random cut the counter-based masks into the threads' parts at
+    # every kind of boundary; the masks, forward and backward, must be the same on 1, 2 and 3
+    # threads, and keep about 1 - p of the elements.
+    rng = np.random.default_rng(seed % 1000)
+    x = rng.uniform(0.5, 2.0, (n, features)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    results = []
+    for threads in (1, 2, 3):
+        fastnet.set_num_threads(threads)
+        model = dropout_model(p, features, dtype, seed)
+        results.append((model.forward(x, keep=True), model.backward(dy, True)))
+    for y, dx in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(dx, results[0][1])
+    kept = results[0][0] != 0
+    assert abs(kept.sum() - kept.size * (1 - p)) <= 6 * np.sqrt(kept.size * p * (1 - p)) + 1
+
+
 def test_dropout_draws_a_new_mask_each_train_forward():
     x = np.ones((10, 1000))
     model = dropout_model(0.5)
