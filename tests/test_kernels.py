@@ -209,6 +209,10 @@ def test_linear_forward_converts_other_float_width_and_layout(dtype, threads):
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{n}x{f}" for n, f in SHAPES])
 def test_activation_forward(dtype, name, shape, threads):
+    check_activation_forward(name, shape, dtype)
+
+
+def check_activation_forward(name, shape, dtype):
     make, forward, _ = ACTIVATIONS[name]
     rng = np.random.default_rng(shape[0] * 7 + shape[1])
     x = activation_input(shape, dtype, rng)
@@ -758,6 +762,23 @@ def test_linear_backward_ignores_stale_gradient_buffers(dtype, threads):
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{n}x{f}" for n, f in SHAPES])
 def test_activation_backward(dtype, name, shape, threads):
+    check_activation_backward(name, shape, dtype)
+
+
+@RANDOM_SIZES
+@given(st.data())
+def test_activations_at_random_sizes(data):
+    # Widths and batches drawn at random reach the elementwise loops' tails and their split
+    # between 1 to 3 threads; the same checks as the fixed shapes.
+    name = data.draw(st.sampled_from(sorted(ACTIVATIONS)), label="name")
+    shape = (data.draw(sizes(300), label="n"), data.draw(sizes(3000), label="features"))
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    fn.set_num_threads(data.draw(st.sampled_from([1, 2, 3]), label="threads"))
+    check_activation_forward(name, shape, dtype)
+    check_activation_backward(name, shape, dtype)
+
+
+def check_activation_backward(name, shape, dtype):
     make, _, derivative = ACTIVATIONS[name]
     rng = np.random.default_rng(shape[0] * 3 + shape[1])
     x = activation_input(shape, dtype, rng)
