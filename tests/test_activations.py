@@ -8,6 +8,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy import special
 
 import fastnet as fn
@@ -98,8 +100,12 @@ def inputs(rng, shape, scale=3.0):
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_elementwise_forward_backward(name, shape, batch, dtype, threads):
+    check_elementwise(name, shape, batch, dtype, seed=len(shape) * 10 + batch)
+
+
+def check_elementwise(name, shape, batch, dtype, seed):
     node, ref = ELEMENTWISE[name]
-    rng = np.random.default_rng(len(shape) * 10 + batch)
+    rng = np.random.default_rng(seed)
     x = inputs(rng, (batch,) + shape)
     grad_y = rng.standard_normal(x.shape)
     y, grad_x = forward_backward(make(shape, node, dtype), x, grad_y)
@@ -165,8 +171,11 @@ def prelu_weight_grad_ref(x, grad_y, num_parameters):
 @pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_prelu_forward_backward(shape, shared, batch, dtype, threads):
-    rng = np.random.default_rng(batch + len(shape))
-    k = 1 if shared else shape[0]
+    check_prelu(shape, 1 if shared else shape[0], batch, dtype, seed=batch + len(shape))
+
+
+def check_prelu(shape, k, batch, dtype, seed):
+    rng = np.random.default_rng(seed)
     model = make(shape, {"op": "prelu", "num_parameters": k}, dtype)
     weight = tensor(model, "act.weight")
     np.testing.assert_array_equal(weight, np.full(k, 0.25))  # PyTorch's init
@@ -240,7 +249,11 @@ def maxout_ref(x, pieces):
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_maxout_forward_backward(shape, pieces, batch, dtype, threads):
-    rng = np.random.default_rng(batch)
+    check_maxout(shape, pieces, batch, dtype, seed=batch)
+
+
+def check_maxout(shape, pieces, batch, dtype, seed):
+    rng = np.random.default_rng(seed)
     x = distinct_values(rng, (batch,) + shape)
     out_shape = (batch, shape[0] // pieces) + shape[1:]
     grad_y = rng.standard_normal(out_shape)
@@ -493,3 +506,31 @@ def test_bad_nodes_are_clear_errors(node, shape, message):
 def test_softmax_dim_beyond_the_input_is_an_error_when_built():
     with pytest.raises(ValueError, match=r"softmax over dim=-1 of an input of shape \(N, 3, 4, 4\)"):
         fn.Sequential(fn.Softmax(dim=-1), input_shape=(3, 4, 4))
+
+
+# ------------------------------------------------------------------------------ random sizes
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_elementwise_prelu_and_maxout_at_random_sizes(data):
+    # Every elementwise activation, PReLU (one slope or one per channel) and maxout, at channel
+    # counts, planes and batches drawn at random, on 1 to 3 threads: the loops' tails and their
+    # split between the threads, with the checks of the fixed shapes above.
+    kind = data.draw(st.sampled_from(sorted(ELEMENTWISE) + ["prelu", "maxout"]), label="kind")
+    pieces = data.draw(st.integers(1, 5), label="pieces") if kind == "maxout" else 1
+    channels = pieces * data.draw(st.one_of(st.integers(1, 8), st.integers(9, 300)),
+                                  label="channels")
+    plane = data.draw(st.sampled_from([(), (1, 1), (3, 5), (17, 9), (32, 40)]), label="plane")
+    shape = (channels,) + plane
+    batch = data.draw(st.integers(1, 9), label="batch")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    fn.set_num_threads(data.draw(st.sampled_from([1, 2, 3]), label="threads"))
+    seed = channels * 31 + batch
+    if kind == "prelu":
+        check_prelu(shape, data.draw(st.sampled_from([1, channels]), label="k"), batch, dtype, seed)
+    elif kind == "maxout":
+        check_maxout(shape, pieces, batch, dtype, seed)
+    else:
+        check_elementwise(kind, shape, batch, dtype, seed)
