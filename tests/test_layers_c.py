@@ -877,6 +877,32 @@ def test_lrn_backward_in_float32_matches_float64(dtype, threads):
     np.testing.assert_allclose(model.backward(dy.astype(dtype), True), expected, **TOL[dtype])
 
 
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 40), st.sampled_from([(1,), (31,), (1, 1), (3, 5), (20, 20)]),
+       st.integers(1, 12),
+       st.floats(1e-4, 1.0), st.floats(0.25, 1.5), st.floats(0.2, 2.0), st.integers(1, 4),
+       st.sampled_from([1, 2, 3]))
+def test_lrn_random_sizes(channels, plane, size, alpha, beta, k, batch, thread_count):
+    # Channel counts, windows (wider than the channels too) and planes drawn at random, on 1 to
+    # 3 threads: the forward in both dtypes against the reference, and the float32 backward
+    # against the float64 one (whose formula the finite-difference tests above check).
+    fastnet.set_num_threads(thread_count)
+    shape = (channels,) + plane
+    node = {"op": "local_response_norm", "size": size, "alpha": alpha, "beta": beta, "k": k}
+    rng = np.random.default_rng(channels * 7 + size)
+    x = rng.standard_normal((batch,) + shape) * 2
+    dy = rng.standard_normal(x.shape)
+    grads = {}
+    for dtype in DTYPES:
+        model = make(shape, [node], dtype)
+        np.testing.assert_allclose(run(model, x.astype(dtype), shape),
+                                   lrn_reference(x.astype(dtype).astype(np.float64), size, alpha,
+                                                 beta, k), **TOL[dtype])
+        grads[dtype] = model.backward(dy.reshape(batch, -1).astype(dtype), True)
+    np.testing.assert_allclose(grads["float32"], grads["float64"], rtol=1e-4, atol=1e-5)
+
+
 def test_lrn_results_do_not_depend_on_the_thread_count():
     rng = np.random.default_rng(34)
     shape = (16, 20, 20)
