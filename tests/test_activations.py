@@ -395,24 +395,20 @@ def test_results_do_not_depend_on_the_thread_count(name):
     x = rng.standard_normal((64, 6, 40, 40)).astype(np.float32) * 3
     grad_y = None
     results = []
-    previous = fn.get_num_threads()
-    try:
-        for count in (1, 2):
-            fn.set_num_threads(count)
-            model = make((6, 40, 40), ALL_NODES[name], "float32")
-            if name.startswith("prelu"):
-                k = tensor(model, "act.weight").size
-                tensor(model, "act.weight")[...] = np.linspace(-0.5, 0.5, k)
-            out = model.forward(x.reshape(64, -1), keep=True)
-            if grad_y is None:
-                grad_y = rng.standard_normal(out.shape).astype(np.float32)
-            model.zero_grad()
-            grad_x = model.backward(grad_y, True)
-            weight_grad = tensor(model, "act.weight", grad=True).copy() \
-                if name.startswith("prelu") else None
-            results.append((out, grad_x, weight_grad))
-    finally:
-        fn.set_num_threads(previous)
+    for count in (1, 2):
+        fn.set_num_threads(count)
+        model = make((6, 40, 40), ALL_NODES[name], "float32")
+        if name.startswith("prelu"):
+            k = tensor(model, "act.weight").size
+            tensor(model, "act.weight")[...] = np.linspace(-0.5, 0.5, k)
+        out = model.forward(x.reshape(64, -1), keep=True)
+        if grad_y is None:
+            grad_y = rng.standard_normal(out.shape).astype(np.float32)
+        model.zero_grad()
+        grad_x = model.backward(grad_y, True)
+        weight_grad = tensor(model, "act.weight", grad=True).copy() \
+            if name.startswith("prelu") else None
+        results.append((out, grad_x, weight_grad))
     for a, b in zip(*results):
         if a is not None:
             np.testing.assert_array_equal(a, b)

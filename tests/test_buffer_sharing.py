@@ -67,15 +67,11 @@ def train(model, keep_outputs, steps=4):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("network", sorted(NETWORKS))
 def test_sharing_changes_no_bit_of_training(network, threads):
-    before = fn.get_num_threads()
     fn.set_num_threads(threads)
-    try:
-        shared, kept = NETWORKS[network](), NETWORKS[network]()
-        assert train(shared, False) == train(kept, True)
-        np.testing.assert_array_equal(shared._core.param_arena(), kept._core.param_arena())
-        np.testing.assert_array_equal(shared._core.buffer_arena(), kept._core.buffer_arena())
-    finally:
-        fn.set_num_threads(before)
+    shared, kept = NETWORKS[network](), NETWORKS[network]()
+    assert train(shared, False) == train(kept, True)
+    np.testing.assert_array_equal(shared._core.param_arena(), kept._core.param_arena())
+    np.testing.assert_array_equal(shared._core.buffer_arena(), kept._core.buffer_arena())
 
 
 @pytest.mark.parametrize("network", sorted(NETWORKS))

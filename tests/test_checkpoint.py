@@ -338,19 +338,15 @@ def test_deterministic_resume_on_another_thread_count(tmp_path):
     """With deterministic=True a run checkpointed on one thread and resumed on two ends bitwise
     as a run on two threads from the start (the CNN: convolution, batch norm, dropout)."""
     train, val = image_data(digits())
-    previous = fn.get_num_threads()
-    try:
-        fn.set_num_threads(2)
-        full_model, _, full = make_run(tmp_path / "full", "cnn", deterministic=True)
-        full.fit(train, val, epochs=3, batch_size=32)
-        fn.set_num_threads(1)
-        _, _, first = make_run(tmp_path / "split", "cnn", deterministic=True)
-        first.fit(train, val, epochs=1, batch_size=32)
-        fn.set_num_threads(2)
-        model, _, second = make_run(tmp_path / "split", "cnn", deterministic=True)
-        second.fit(train, val, epochs=3, batch_size=32, resume=True)
-    finally:
-        fn.set_num_threads(previous)
+    fn.set_num_threads(2)
+    full_model, _, full = make_run(tmp_path / "full", "cnn", deterministic=True)
+    full.fit(train, val, epochs=3, batch_size=32)
+    fn.set_num_threads(1)
+    _, _, first = make_run(tmp_path / "split", "cnn", deterministic=True)
+    first.fit(train, val, epochs=1, batch_size=32)
+    fn.set_num_threads(2)
+    model, _, second = make_run(tmp_path / "split", "cnn", deterministic=True)
+    second.fit(train, val, epochs=3, batch_size=32, resume=True)
     assert not fn.get_deterministic()  # fit restores the global setting
     same_state(model, full_model)
 

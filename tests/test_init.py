@@ -245,14 +245,10 @@ def test_same_seed_same_values_and_other_seeds_differ(scheme):
 @pytest.mark.parametrize("scheme", REPRO_SCHEMES)
 def test_values_do_not_depend_on_the_thread_count(scheme):
     """500,000 weights: the fills run on two threads when they may."""
-    previous = fn.get_num_threads()
-    try:
-        results = []
-        for count in (1, 2):
-            fn.set_num_threads(count)
-            results.append(weights(fn.Linear(1000, 500, init=scheme), seed=3))
-    finally:
-        fn.set_num_threads(previous)
+    results = []
+    for count in (1, 2):
+        fn.set_num_threads(count)
+        results.append(weights(fn.Linear(1000, 500, init=scheme), seed=3))
     np.testing.assert_array_equal(results[0], results[1])
 
 

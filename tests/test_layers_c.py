@@ -329,17 +329,13 @@ def test_pool_results_do_not_depend_on_the_thread_count(node):
     x = rng.standard_normal((16, 32, 24, 24))
     grad_y = None
     results = []
-    previous = fastnet.get_num_threads()
-    try:
-        for n in (1, 2):
-            fastnet.set_num_threads(n)
-            model = make((32, 24, 24), [node])
-            y = model.forward(x.reshape(16, -1), keep=True)
-            if grad_y is None:
-                grad_y = rng.standard_normal(y.shape)
-            results.append((y, model.backward(grad_y, True)))
-    finally:
-        fastnet.set_num_threads(previous)
+    for n in (1, 2):
+        fastnet.set_num_threads(n)
+        model = make((32, 24, 24), [node])
+        y = model.forward(x.reshape(16, -1), keep=True)
+        if grad_y is None:
+            grad_y = rng.standard_normal(y.shape)
+        results.append((y, model.backward(grad_y, True)))
     for a, b in zip(results[0], results[1]):
         np.testing.assert_array_equal(a, b)
 
@@ -631,20 +627,16 @@ def test_batch_norm_refuses_one_value_per_channel(shape, batch):
 def test_batch_norm_results_do_not_depend_on_the_thread_count():
     rng = np.random.default_rng(15)
     results = []
-    previous = fastnet.get_num_threads()
     shape = (24, 20, 20)
     x = rng.standard_normal((32,) + shape).reshape(32, -1) * 3 + 1
     dy = rng.standard_normal(x.shape)
-    try:
-        for n in (1, 2):
-            fastnet.set_num_threads(n)
-            model = make(shape, [{"op": "batch_norm", "num_features": 24}])
-            y = model.forward(x, keep=True)
-            dx = model.backward(dy, True)
-            results.append((y, dx, tensor(model, "0.weight", grad=True).copy(),
-                            tensor(model, "0.running_var").copy()))
-    finally:
-        fastnet.set_num_threads(previous)
+    for n in (1, 2):
+        fastnet.set_num_threads(n)
+        model = make(shape, [{"op": "batch_norm", "num_features": 24}])
+        y = model.forward(x, keep=True)
+        dx = model.backward(dy, True)
+        results.append((y, dx, tensor(model, "0.weight", grad=True).copy(),
+                        tensor(model, "0.running_var").copy()))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 
@@ -701,15 +693,11 @@ def test_dropout_masks_do_not_depend_on_the_thread_count():
     x = rng.uniform(0.5, 2.0, (64, 5000))
     dy = rng.standard_normal(x.shape)
     results = []
-    previous = fastnet.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            fastnet.set_num_threads(n)
-            model = dropout_model(0.4, 5000)
-            y = model.forward(x, keep=True)
-            results.append((y, model.backward(dy, True)))
-    finally:
-        fastnet.set_num_threads(previous)
+    for n in (1, 2, 3):
+        fastnet.set_num_threads(n)
+        model = dropout_model(0.4, 5000)
+        y = model.forward(x, keep=True)
+        results.append((y, model.backward(dy, True)))
     for other in results[1:]:
         np.testing.assert_array_equal(results[0][0], other[0])
         np.testing.assert_array_equal(results[0][1], other[1])
@@ -909,15 +897,11 @@ def test_lrn_results_do_not_depend_on_the_thread_count():
     x = rng.standard_normal((16,) + shape).reshape(16, -1)
     dy = rng.standard_normal(x.shape)
     results = []
-    previous = fastnet.get_num_threads()
-    try:
-        for n in (1, 2):
-            fastnet.set_num_threads(n)
-            model = make(shape, [{"op": "local_response_norm", "size": 5, "alpha": 0.1}])
-            y = model.forward(x, keep=True)
-            results.append((y, model.backward(dy, True)))
-    finally:
-        fastnet.set_num_threads(previous)
+    for n in (1, 2):
+        fastnet.set_num_threads(n)
+        model = make(shape, [{"op": "local_response_norm", "size": 5, "alpha": 0.1}])
+        y = model.forward(x, keep=True)
+        results.append((y, model.backward(dy, True)))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 

@@ -264,17 +264,13 @@ def test_many_threads_split_the_batch_the_same(name, dtype):
     thread count, and the same result every run."""
     loss, outputs, targets, reference = make_case(name, (700, 120), dtype, seed=2)
     ref_value, ref_grad = reference(outputs, targets)
-    previous = fn.get_num_threads()
-    try:
-        results = {}
-        for threads in (1, 2, 3):
-            fn.set_num_threads(threads)
-            results[threads] = loss.forward_backward(outputs, targets)
-            again = loss.forward_backward(outputs, targets)
-            assert again[0] == results[threads][0]
-            np.testing.assert_array_equal(again[1], results[threads][1])
-    finally:
-        fn.set_num_threads(previous)
+    results = {}
+    for threads in (1, 2, 3):
+        fn.set_num_threads(threads)
+        results[threads] = loss.forward_backward(outputs, targets)
+        again = loss.forward_backward(outputs, targets)
+        assert again[0] == results[threads][0]
+        np.testing.assert_array_equal(again[1], results[threads][1])
     eps = eps_of(dtype)
     for value, grad in results.values():
         assert value == pytest.approx(ref_value, rel=2000 * eps)

@@ -396,21 +396,17 @@ def test_max_norm_of_long_float32_rows_decided_by_the_exact_norm():
 
 def test_threads_give_the_same_bits_with_max_norm_and_clipping():
     results = []
-    previous = fn.get_num_threads()
     for threads in (1, 2):
         fn.set_num_threads(threads)
-        try:
-            model = large_model()
-            opt = fn.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, max_norm=0.8,
-                               clip_grad_norm=30.0, l1=1e-3)
-            norms = []
-            for grads in model_grads(model, 6, seed=11):
-                apply_grads(model, grads)
-                opt.step()
-                norms.append(opt.last_grad_norm)
-            results.append(([p.data.copy() for p in model.parameters()], norms))
-        finally:
-            fn.set_num_threads(previous)
+        model = large_model()
+        opt = fn.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, max_norm=0.8,
+                           clip_grad_norm=30.0, l1=1e-3)
+        norms = []
+        for grads in model_grads(model, 6, seed=11):
+            apply_grads(model, grads)
+            opt.step()
+            norms.append(opt.last_grad_norm)
+        results.append(([p.data.copy() for p in model.parameters()], norms))
     (params_1, norms_1), (params_2, norms_2) = results
     assert norms_1 == norms_2
     for a, b in zip(params_1, params_2):
