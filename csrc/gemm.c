@@ -160,6 +160,14 @@ static inline int gemm_tile_height(int rows) {
 #endif
 }
 
+/* Whether rows `row_bytes` apart all fall into the same set of L1 (a multiple of 4 KB: 64 sets of
+ * 64-byte lines on the x86 cores measured). A micro-kernel reading MR = 12 such rows in place
+ * then cycles 12 lines through a set of 8 ways and misses L1 at every broadcast: 128 x 1024 x
+ * 1024 as C^T tiles (gemm_swapped) ran at 67-98 GFLOP/s on one core, varying with the arrays'
+ * placement, against 98-104 at k = 1032; rows 2 KB apart (two sets) ran at full speed. Such
+ * rows are packed instead, into the same sums in the same order. */
+static inline bool gemm_rows_share_l1_set(int64_t row_bytes) { return row_bytes % 4096 == 0; }
+
 /* Splits `total` into near-equal blocks of at most `max_block` (rounded up to `multiple`). */
 static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multiple) {
     int64_t blocks = (total + max_block - 1) / max_block;
@@ -1019,6 +1027,7 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
     _Alignas(64) real tile_c[GEMM_NR * GEMM_MR]; /* the same, transposed: tile_c[q][r] */
     real scale[2] = {alpha, 0}; /* beta is applied on the way into C */
     GEMM_OPAQUE(scale);
+    const bool rows_share_l1_set = gemm_rows_share_l1_set(ldb * (int64_t)sizeof(real));
 
     for (int64_t pc = 0; pc < k; pc += kc_max) {
         int64_t kc = k - pc < kc_max ? k - pc : kc_max;
@@ -1028,11 +1037,12 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
         for (int64_t jr = 0; jr < n; jr += GEMM_MR) {
             int64_t rows = n - jr < GEMM_MR ? n - jr : GEMM_MR;
             const real *b_rows = b + jr * ldb + pc;
-            if (rows < GEMM_MR) FN_T(gemm_pack_a)(false, b_rows, ldb, rows, kc, b_sliver);
+            bool in_place = rows == GEMM_MR && !rows_share_l1_set;
+            if (!in_place) FN_T(gemm_pack_a)(false, b_rows, ldb, rows, kc, b_sliver);
             for (int64_t ir = 0; ir < m; ir += GEMM_NR) {
                 int64_t cols = m - ir < GEMM_NR ? m - ir : GEMM_NR;
                 real *c_block = c + ir * ldc + jr;
-                if (rows == GEMM_MR) {
+                if (in_place) {
                     FN_T(gemm_micro_rows)(kc, b_rows, ldb, a_panel + ir * kc, GEMM_NR, tile,
                                           GEMM_NR, scale);
                 } else {
@@ -1110,8 +1120,10 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
      * the bias and ReLU: 64x96x288 (a piece of the CNN's second convolution at batch 1) 1.06x,
      * 64x128x576 1.07x, 512x64x4608 1.13x, 64x32x9216 1.25x, 16x64x144 1.7x; with more tiles
      * a sliver it gained nothing (64x288x288, 1024x1024x1024) or lost up to 3% (24x1024x256,
-     * 12x2048x64). Rows past the last whole sliver are still packed. */
-    bool a_in_place = !trans_a && n <= 4 * GEMM_NR;
+     * 12x2048x64). Rows past the last whole sliver are still packed, and so are rows that
+     * would share a set of L1 (gemm_rows_share_l1_set). */
+    bool a_in_place = !trans_a && n <= 4 * GEMM_NR &&
+                      !gemm_rows_share_l1_set(lda * (int64_t)sizeof(real));
 
     real *a_sliver;
     real *b_panel = FN_T(gemm_scratch)(kc_max, nc_max, &a_sliver);
@@ -1407,7 +1419,7 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
      * from C, `mlp_mnist`'s batch-1 latency 1.015-1.04x; with 784 columns the 1 x 8 block is
      * 1.08x faster, and with A's row of 9216 from L2, read twice as often, 1 x 4 was 0.99x).
      * The bits do not depend on the block. */
-    const bool rows_alias = !b_rows && (ldb * (int64_t)sizeof(real)) % 4096 == 0 &&
+    const bool rows_alias = !b_rows && gemm_rows_share_l1_set(ldb * (int64_t)sizeof(real)) &&
                             runs->segments * runs->len * (int64_t)sizeof(real) <= 16384;
     int block_rows = m == 1 ? 1 : 4;
     int block_cols = m == 1 ? (rows_alias ? 4 : 8) : DOT_TOTALS_16 ? 4 : 3;

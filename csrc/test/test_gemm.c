@@ -700,9 +700,51 @@ static void test_dot_blocks_same_bits(void) {
     }
 }
 
+/* Rows a multiple of 4 KB apart are packed rather than read in place (gemm_rows_share_l1_set):
+ * the same product with every row 8 elements further apart, read in place, must give the same
+ * bits. A @ B^T as C^T tiles, B's rows the broadcasts (64 x 200 x k: gemm_swapped), and an
+ * untransposed A of few tiles a sliver (24 x 64 x k: gemm_serial), k 4 KB of elements. */
+static void test_rows_4kb_apart_same_bits(void) {
+    const struct { int64_t m, n; int trans_b; } cases[] = {{64, 200, 1}, {24, 64, 0}};
+    for (size_t s = 0; s < sizeof cases / sizeof cases[0]; s++) {
+        for (int d = 0; d < 2; d++) {
+            const fn_dtype dtype = (fn_dtype)d;
+            const size_t e = element_size(dtype);
+            const int64_t m = cases[s].m, n = cases[s].n, k = 4096 / (int64_t)e;
+            const int trans_b = cases[s].trans_b;
+            const int64_t b_rows = trans_b ? n : k, b_cols = trans_b ? k : n;
+            void *results[2];
+            for (int spread = 0; spread < 2; spread++) {
+                const int64_t pad = spread ? 8 : 0, lda = k + pad, ldb = b_cols + pad;
+                char *a = checked_malloc((size_t)(m * lda) * e);
+                char *b = checked_malloc((size_t)(b_rows * ldb) * e);
+                results[spread] = checked_malloc((size_t)(m * n) * e);
+                rng_state = 42; /* the same values for both spreads */
+                for (int64_t i = 0; i < m; i++)
+                    for (int64_t p = 0; p < k; p++)
+                        element_set(dtype, a, (size_t)(i * lda + p), random_uniform());
+                for (int64_t i = 0; i < b_rows; i++)
+                    for (int64_t p = 0; p < b_cols; p++)
+                        element_set(dtype, b, (size_t)(i * ldb + p), random_uniform());
+                fn_status status = fn_gemm_builtin(dtype, 0, trans_b, m, n, k, 1, a, lda, b, ldb,
+                                                   0, results[spread], n, 1);
+                check(status == FN_OK, "gemm with rows 4 KB apart runs");
+                free(a), free(b);
+            }
+            char what[160];
+            snprintf(what, sizeof what, "%lldx%lldx%lld %s %s: rows 4 KB apart (packed) give the "
+                     "bits of rows read in place", (long long)m, (long long)n, (long long)k,
+                     trans_b ? "NT" : "NN", d ? "float64" : "float32");
+            check(memcmp(results[0], results[1], (size_t)(m * n) * e) == 0, what);
+            free(results[0]), free(results[1]);
+        }
+    }
+}
+
 int main(void) {
     printf("fastnet %s, OpenMP %s\n", fn_version(), fn_has_openmp() ? "on" : "off");
     test_dot_blocks_same_bits();
+    test_rows_4kb_apart_same_bits();
     test_column_bias();
     test_invalid_arguments();
     test_empty_and_degenerate();
