@@ -956,6 +956,14 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+def _spread(rates):
+    """(fastest - slowest window) / median: how far the windows of one run disagree, which on a
+    shared machine says how much a ratio of medians can be trusted."""
+    if not rates or len(rates) < 2:
+        return None
+    return (max(rates) - min(rates)) / statistics.median(rates)
+
+
 def run_workload(name, frameworks, threads, seconds, windows, progress, directory,
                  spin_count=None):
     """Measures one workload with every framework of ``frameworks`` (already known to be
@@ -1034,6 +1042,7 @@ def run_workload(name, frameworks, threads, seconds, windows, progress, director
         result = results[framework]
         result["samples_per_s"] = _median(rates[framework])
         result["windows"] = rates[framework]
+        result["spread"] = _spread(rates[framework])
         result["cpu_cores"] = _median(cores[framework])
         lat = _median(latencies[framework])
         result["latency_ms"] = None if lat is None else lat * 1e3
@@ -1348,13 +1357,16 @@ def format_table(results, meta):
     spin_text = ("each runtime's default (fastnet sets its own)" if spin is None
                  else f"{spin} in every worker")
     lines.append(f"{versions}; GOMP_SPINCOUNT {spin_text}")
-    header = (f"{'workload':<20} {'framework':<9} {'samples/s':>11} {'fastnet x':>9} "
-              f"{'GFLOP/s':>8} {'b1 latency':>11} {'fastnet x':>9} {'peak RSS':>9} "
-              f"{'train RSS':>9}")
+    header = (f"{'workload':<20} {'framework':<9} {'samples/s':>11} {'spread':>6} "
+              f"{'fastnet x':>9} {'GFLOP/s':>8} {'b1 latency':>11} {'fastnet x':>9} "
+              f"{'peak RSS':>9} {'train RSS':>9}")
     lines += [header, "-" * len(header)]
 
     def number(value, spec, suffix=""):
         return "-" if value is None else f"{value:{spec}}{suffix}"
+
+    def spread_percent(spread):
+        return None if spread is None else 100 * spread
 
     for workload in results:
         first = True
@@ -1372,6 +1384,7 @@ def format_table(results, meta):
                 f"{latency * 1e3:.1f} us" if latency < 1 else f"{latency:.3f} ms")
             lines.append(
                 f"{label:<20} {name:<9} {number(r.get('samples_per_s'), ',.0f'):>11} "
+                f"{number(spread_percent(r.get('spread')), '.0f', '%'):>6} "
                 f"{number(r.get('fastnet_ratio'), '.2f', 'x'):>9} "
                 f"{number(r.get('gflops'), '.1f'):>8} {latency_text:>11} "
                 f"{number(r.get('latency_fastnet_ratio'), '.2f', 'x'):>9} "
@@ -1380,6 +1393,8 @@ def format_table(results, meta):
     lines += [
         "",
         "samples/s   training samples per second, median over the windows",
+        "spread      (fastest window - slowest) / median: how much the machine's speed moved "
+        "during the run",
         "fastnet x   fastnet's samples/s / this framework's; for latency this framework's / "
         "fastnet's (above 1: fastnet faster)",
         "GFLOP/s     samples/s x 3 x the forward FLOPs of the linear and convolution layers",

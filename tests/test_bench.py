@@ -35,6 +35,8 @@ def test_fastnet_run_reports_every_field(capsys):
     assert ours["status"] == "ok"
     assert ours["version"] == fn.__version__ and ours["threads"] == 1
     assert len(ours["windows"]) == 2 and all(rate > 0 for rate in ours["windows"])
+    slowest, fastest = sorted(ours["windows"])
+    assert ours["spread"] == pytest.approx((fastest - slowest) / ours["samples_per_s"])
     assert ours["samples_per_s"] > 0 and ours["fastnet_ratio"] == pytest.approx(1.0)
     assert ours["gflops"] == pytest.approx(
         ours["samples_per_s"] * result["train_flops_per_sample"] / 1e9)
@@ -51,7 +53,10 @@ def test_table_and_json_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "cnn_mnist_b64" in out and "samples/s" in out and "peak RSS" in out
     document = json.loads(path.read_text())
-    assert document["results"][0]["frameworks"]["fastnet"]["status"] == "ok"
+    ours = document["results"][0]["frameworks"]["fastnet"]
+    assert ours["status"] == "ok"
+    row = next(line for line in out.splitlines() if line.startswith("cnn_mnist_b64"))
+    assert f"{100 * ours['spread']:.0f}%" in row.split()
 
 
 def test_missing_frameworks_are_skipped(monkeypatch, capsys):
