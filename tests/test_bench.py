@@ -239,3 +239,9 @@ def test_worker_environment_pins_threads_and_spin_count():
     assert env.get("GOMP_SPINCOUNT") == bench._original_environ_value("GOMP_SPINCOUNT")
     assert bench.worker_environment("jax", 1, spin_count=500)["GOMP_SPINCOUNT"] == "500"
     assert bench.worker_environment("jax", 1)["JAX_PLATFORMS"] == "cpu"
+
+
+def test_spread_of_the_windows():
+    assert bench._spread([90.0, 100.0, 110.0]) == pytest.approx(0.2)
+    assert bench._spread([100.0, 100.0]) == 0
+    assert bench._spread([100.0]) is None and bench._spread([]) is None
