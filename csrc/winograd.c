@@ -210,19 +210,22 @@ static void FN_T(winograd_input_rows)(const real *restrict qe, const real *restr
         FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, tw, WINOGRAD_RUN, v, stride);
 }
 
+/* The bias of a convolution without one: zeros, added like a bias, as the 0 that stood for a
+ * missing bias was before (the same bits). */
+static const real FN_T(winograd_no_bias)[WINOGRAD_CHANNELS];
+
 /* A^T m A for `count` tiles, or one tile's `count` channels: the 16 values of element k at
  * m[e * stride + k], e = 4 i + j, into its 2x2 block of outputs, upper_left[k], upper_right[k],
- * lower_left[k] and lower_right[k], plus bias[k * bias_step] (NULL: none), then a ReLU (mode
- * WINOGRAD_STORE_RELU). count and bias_step are constants at the calls that take whole
- * vectors. */
+ * lower_left[k] and lower_right[k], plus bias[k * bias_step] (winograd_no_bias for none: a
+ * test for NULL in the loop kept GCC from vectorising the runs along the tiles, which were half
+ * of the transforms' time in ResNet-8), then a ReLU (mode WINOGRAD_STORE_RELU). count and
+ * bias_step are constants at the calls that take whole vectors. */
 static inline __attribute__((always_inline)) void FN_T(winograd_output_run)(
     const int mode, const real *restrict m, int64_t stride, const int64_t count,
     const real *restrict bias, const int64_t bias_step, real *restrict upper_left,
     real *restrict upper_right, real *restrict lower_left, real *restrict lower_right) {
-    real *restrict upper[2] = {upper_left, upper_right}, *restrict lower[2] = {lower_left,
-                                                                                 lower_right};
     for (int64_t k = 0; k < count; k++) {
-        const real b = bias ? bias[k * bias_step] : 0;
+        const real b = bias[k * bias_step];
         real s[4][2];
         for (int i = 0; i < 4; i++) { /* m A, row i */
             const real *row = m + 4 * i * stride + k;
@@ -230,16 +233,22 @@ static inline __attribute__((always_inline)) void FN_T(winograd_output_run)(
             s[i][0] = e0 + e1 + e2;
             s[i][1] = e1 - e2 - e3;
         }
+        real top[2], bottom[2];
         for (int j = 0; j < 2; j++) { /* A^T (m A) */
-            real top = s[0][j] + s[1][j] + s[2][j] + b;
-            real bottom = s[1][j] - s[2][j] - s[3][j] + b;
+            top[j] = s[0][j] + s[1][j] + s[2][j] + b;
+            bottom[j] = s[1][j] - s[2][j] - s[3][j] + b;
             if (mode == WINOGRAD_STORE_RELU) {
-                top = FN_RELU(top);
-                bottom = FN_RELU(bottom);
+                top[j] = FN_RELU(top[j]);
+                bottom[j] = FN_RELU(bottom[j]);
             }
-            upper[j][k] = top;
-            lower[j][k] = bottom;
         }
+        /* Stored through the four restrict pointers themselves: through an array of them, GCC
+         * reloaded each pointer after every store and left the loop scalar (the runs along the
+         * tiles of ResNet-8's layers, half of the transforms' time). */
+        upper_left[k] = top[0];
+        upper_right[k] = top[1];
+        lower_left[k] = bottom[0];
+        lower_right[k] = bottom[1];
     }
 }
 
@@ -298,7 +307,7 @@ static void FN_T(winograd_run_by_channels)(const FN_T(winograd_pass) *p, const r
         FN_T(fn_gemm_unsplit)(true, false, out_c, ld, in_c, 1, u + e * in_c * out_c, out_c,
                               v + e * p->v_stride, ld, 0, m + e * p->m_stride, ld);
     for (int64_t co = 0; co < out_c; co++) {
-        const real *channel_bias = p->bias ? p->bias + co : NULL;
+        const real *channel_bias = p->bias ? p->bias + co : FN_T(winograd_no_bias);
         if (p->relu) /* the mode a constant: a loop that vectorises */
             FN_T(winograd_output_run)(WINOGRAD_STORE_RELU, m + co * ld, p->m_stride, tiles,
                                       channel_bias, 0, out, out + tiles, out + 2 * tiles,
@@ -332,7 +341,7 @@ static void FN_T(winograd_run_by_tiles)(const FN_T(winograd_pass) *p, const real
     real *top = out, *bottom = out + p->wp * WINOGRAD_CHANNELS;
     for (int64_t co = 0; co < out_c; co += WINOGRAD_CHANNELS) {
         const int64_t count = out_c - co < WINOGRAD_CHANNELS ? out_c - co : WINOGRAD_CHANNELS;
-        const real *channel_bias = p->bias ? p->bias + co : NULL;
+        const real *channel_bias = p->bias ? p->bias + co : FN_T(winograd_no_bias);
         for (int64_t ty = 0; ty < p->tile_rows; ty++) {
             for (int64_t tx = 0; tx < tw; tx++) {
                 const real *mt = m + (ty * tw + tx) * out_c + co;
