@@ -224,6 +224,8 @@ static inline __attribute__((always_inline)) void FN_T(winograd_output_run)(
     const int mode, const real *restrict m, int64_t stride, const int64_t count,
     const real *restrict bias, const int64_t bias_step, real *restrict upper_left,
     real *restrict upper_right, real *restrict lower_left, real *restrict lower_right) {
+    real *restrict upper[2] = {upper_left, upper_right}, *restrict lower[2] = {lower_left,
+                                                                                 lower_right};
     for (int64_t k = 0; k < count; k++) {
         const real b = bias[k * bias_step];
         real s[4][2];
@@ -233,22 +235,16 @@ static inline __attribute__((always_inline)) void FN_T(winograd_output_run)(
             s[i][0] = e0 + e1 + e2;
             s[i][1] = e1 - e2 - e3;
         }
-        real top[2], bottom[2];
         for (int j = 0; j < 2; j++) { /* A^T (m A) */
-            top[j] = s[0][j] + s[1][j] + s[2][j] + b;
-            bottom[j] = s[1][j] - s[2][j] - s[3][j] + b;
+            real top = s[0][j] + s[1][j] + s[2][j] + b;
+            real bottom = s[1][j] - s[2][j] - s[3][j] + b;
             if (mode == WINOGRAD_STORE_RELU) {
-                top[j] = FN_RELU(top[j]);
-                bottom[j] = FN_RELU(bottom[j]);
+                top = FN_RELU(top);
+                bottom = FN_RELU(bottom);
             }
+            upper[j][k] = top;
+            lower[j][k] = bottom;
         }
-        /* Stored through the four restrict pointers themselves: through an array of them, GCC
-         * reloaded each pointer after every store and left the loop scalar (the runs along the
-         * tiles of ResNet-8's layers, half of the transforms' time). */
-        upper_left[k] = top[0];
-        upper_right[k] = top[1];
-        lower_left[k] = bottom[0];
-        lower_right[k] = bottom[1];
     }
 }
 
