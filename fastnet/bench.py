@@ -959,7 +959,7 @@ def _median(values):
 def _spread(rates):
     """(fastest - slowest window) / median: how far the windows of one run disagree, which on a
     shared machine says how much a ratio of medians can be trusted."""
-    if not rates or len(rates) < 2:
+    if len(rates) < 2:
         return None
     return (max(rates) - min(rates)) / statistics.median(rates)
 
@@ -1365,9 +1365,6 @@ def format_table(results, meta):
     def number(value, spec, suffix=""):
         return "-" if value is None else f"{value:{spec}}{suffix}"
 
-    def spread_percent(spread):
-        return None if spread is None else 100 * spread
-
     for workload in results:
         first = True
         for framework, r in workload["frameworks"].items():
@@ -1384,7 +1381,7 @@ def format_table(results, meta):
                 f"{latency * 1e3:.1f} us" if latency < 1 else f"{latency:.3f} ms")
             lines.append(
                 f"{label:<20} {name:<9} {number(r.get('samples_per_s'), ',.0f'):>11} "
-                f"{number(spread_percent(r.get('spread')), '.0f', '%'):>6} "
+                f"{number(r.get('spread'), '.0%'):>6} "
                 f"{number(r.get('fastnet_ratio'), '.2f', 'x'):>9} "
                 f"{number(r.get('gflops'), '.1f'):>8} {latency_text:>11} "
                 f"{number(r.get('latency_fastnet_ratio'), '.2f', 'x'):>9} "

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special
 
@@ -507,8 +507,7 @@ def test_softmax_dim_beyond_the_input_is_an_error_when_built():
 # ------------------------------------------------------------------------------ random sizes
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300)
 @given(st.data())
 def test_elementwise_prelu_and_maxout_at_random_sizes(data):
     # Every elementwise activation, PReLU (one slope or one per channel) and maxout, at channel

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastnet
@@ -315,8 +315,7 @@ def geometries(draw):
     return C, H, W, O, kernel, stride, padding, dilation, groups
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=300)
 @given(geometries(), st.sampled_from(["float32", "float64"]), st.integers(1, 5),
        st.sampled_from([1, 2, 3]), st.booleans())
 def test_random_geometries_match_reference(geometry, dtype, batch, thread_count, bias):

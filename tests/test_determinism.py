@@ -75,7 +75,7 @@ def test_deterministic_mode_gives_the_same_weights_for_any_thread_count(name, di
         assert_same_bits(train(name, digits, threads, True), first)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
+@settings(max_examples=60,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(batch=st.integers(1, 70), channels=st.integers(1, 24), height=st.integers(4, 20),
        width=st.integers(4, 20), conv=st.sampled_from([(1, 0), (3, 1), (3, 0)]),

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastnet as fn
@@ -33,9 +33,8 @@ def eps_of(dtype):
     return float(np.finfo(dtype).eps)
 
 
-# The tests at sizes that hypothesis draws: the same draws at every run.
-RANDOM_SIZES = settings(max_examples=300, deadline=None, derandomize=True,
-                        suppress_health_check=[HealthCheck.too_slow])
+# The tests at sizes that hypothesis draws (the same draws at every run: conftest.py's profile).
+RANDOM_SIZES = settings(max_examples=300)
 
 
 def sizes(largest):

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastnet
@@ -174,8 +174,7 @@ def pool_cases(draw):
     return shape, kernel, stride, padding
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=300)
 @given(st.sampled_from(["max", "avg"]), pool_cases(), st.sampled_from(DTYPES),
        st.integers(1, 4), st.sampled_from([1, 2, 3]))
 def test_pool_random_geometries(kind, case, dtype, batch, thread_count):
@@ -537,8 +536,7 @@ def test_batch_norm_backward_formula(dtype, threads):
     np.testing.assert_allclose(tensor(model, "0.bias", grad=True), sum_dy.reshape(-1), **tol)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=300)
 @given(st.integers(1, 20), st.sampled_from([None, (1, 1), (3, 5), (16, 17), (30, 40)]),
        st.integers(1, 8), st.sampled_from(DTYPES), st.sampled_from([1, 2, 3]), st.data())
 def test_batch_norm_random_sizes(channels, plane, batch, dtype, thread_count, data):
@@ -703,8 +701,7 @@ def test_dropout_masks_do_not_depend_on_the_thread_count():
         np.testing.assert_array_equal(results[0][1], other[1])
 
 
-@settings(max_examples=200, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200)
 @given(st.one_of(st.integers(1, 8), st.integers(9, 200)),
        st.one_of(st.integers(1, 40), st.integers(41, 6000)), st.sampled_from([0.1, 0.5, 0.9]),
        st.sampled_from(DTYPES), st.integers(0, 2**32 - 1))
@@ -865,8 +862,7 @@ def test_lrn_backward_in_float32_matches_float64(dtype, threads):
     np.testing.assert_allclose(model.backward(dy.astype(dtype), True), expected, **TOL[dtype])
 
 
-@settings(max_examples=200, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200)
 @given(st.integers(1, 40), st.sampled_from([(1,), (31,), (1, 1), (3, 5), (20, 20)]),
        st.integers(1, 12),
        st.floats(1e-4, 1.0), st.floats(0.25, 1.5), st.floats(0.2, 2.0), st.integers(1, 4),

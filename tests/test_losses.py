@@ -5,7 +5,7 @@ differences; extreme inputs; training through train_step; argument errors."""
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastnet as fn
@@ -222,8 +222,7 @@ def test_value_and_gradient_match_the_reference(name, shape, dtype, threads):
     assert loss.evaluate(outputs, targets)[0] == value
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300)
 @given(st.sampled_from(sorted(CASES)), st.one_of(st.integers(1, 20), st.integers(21, 600)),
        st.one_of(st.integers(1, 40), st.integers(41, 3000)), st.sampled_from(DTYPES),
        st.sampled_from([1, 2, 3]), st.sampled_from([0.1, 3.0, 30.0]))

@@ -11,7 +11,7 @@ import copy
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastnet as fn
@@ -113,8 +113,7 @@ def test_step_matches_documented_rule(name, threads):
     assert min(moved) > 1e-4
 
 
-@settings(max_examples=200, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200)
 @given(st.sampled_from(sorted(OPTIMIZERS)), st.integers(1, 300), st.integers(1, 300),
        st.sampled_from(["float32", "float64"]), st.sampled_from([1, 2, 3]),
        st.sampled_from([None, 1.0, float("inf")]))

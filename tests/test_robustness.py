@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 import fastnet as fn
 
 CLEAR = (ValueError, TypeError, FloatingPointError, OSError, KeyError)
-SETTINGS = settings(max_examples=50, deadline=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=50, suppress_health_check=list(HealthCheck))
 # The directory the tested fastnet was imported from: subprocesses must import the same one (the
 # installed package under CI, the in-place build in development), and run from a directory where
 # the source tree cannot shadow it.
