@@ -10,7 +10,8 @@
  * runs image after image instead, with im2col and the GEMM split over the threads.
  *
  * 3x3 convolutions of stride 1 with enough channels and columns (geometry.winograd) run each
- * image by Winograd's F(2x2, 3x3) instead (winograd.c), forward and input gradient (the output
+ * image, or a few small images together, by Winograd's F(2x2, 3x3) instead (winograd.c), forward
+ * and input gradient (the output
  * gradient convolved with the kernels rotated); the weight gradient stays a GEMM. Batch-1
  * forwards cut into bands keep im2col.
  *
@@ -196,9 +197,13 @@ typedef struct {
     bool windows;
     /* Forward and input gradient by Winograd's F(2x2, 3x3) (winograd.c): a 3x3 kernel, stride
      * and dilation 1, one group, padding of at most 2 (the input gradient's convolution pads by
-     * 2 - p), at least WINOGRAD_MIN_CHANNELS channels in and out and outputs at least
-     * WINOGRAD_MIN_WIDTH wide. */
+     * 2 - p), at least WINOGRAD_MIN_CHANNELS channels in and out, and input and output at least
+     * WINOGRAD_MIN_WIDTH wide; below WINOGRAD_WIDE, for batches of winograd_images images or
+     * more (conv_plan.winograd). */
     bool winograd;
+    /* The images a Winograd convolution takes at once: enough for WINOGRAD_MIN_TILES tiles, one
+     * if an image has them. */
+    int64_t winograd_images;
     /* The input gradient by Winograd too: its convolution has this layer's in and out channels
      * swapped, and its transforms cost in proportion to its input channels (this layer's
      * output's) while it saves in proportion to both: it pays where it has at most as many in
@@ -210,9 +215,14 @@ typedef struct {
 /* Where Winograd's transforms cost less than the multiplications they save (measured on one
  * image's forward, against im2col and the GEMM: 16 channels of 32 x 32 in and out 1.30x, 16 to
  * 32 1.63x, 32 of 16 x 16 1.17x, 32 to 64 of 26 x 26 unpadded 1.40x; 64 of 8 x 8 0.58x, where
- * the 16 tiles of an image make products too small for the kernel; 8 of 32 x 32 0.98x). */
+ * the 16 tiles of an image make products too small for the kernel; 8 of 32 x 32 0.98x). Images
+ * narrower than WINOGRAD_WIDE run by Winograd only in groups of WINOGRAD_MIN_TILES tiles or more
+ * (four of 8 x 8: ResNet-8's 64-channel layer, forward and backward with its batch norm at batch
+ * 128, 1.3x faster than by im2col). */
 #define WINOGRAD_MIN_CHANNELS 16
-#define WINOGRAD_MIN_WIDTH 16
+#define WINOGRAD_MIN_WIDTH 8
+#define WINOGRAD_WIDE 16
+#define WINOGRAD_MIN_TILES 64
 
 static conv_geometry conv_geometry_of(const fn_node *node) {
     conv_geometry g;
@@ -245,6 +255,8 @@ static conv_geometry conv_geometry_of(const fn_node *node) {
                  g.out_channels >= WINOGRAD_MIN_CHANNELS && g.out_w >= WINOGRAD_MIN_WIDTH &&
                  g.width >= WINOGRAD_MIN_WIDTH;
     g.winograd_grad = g.winograd && g.out_channels <= g.channels;
+    const int64_t tiles = (g.out_h + 1) / 2 * ((g.out_w + 1) / 2);
+    g.winograd_images = tiles >= WINOGRAD_MIN_TILES ? 1 : (WINOGRAD_MIN_TILES + tiles - 1) / tiles;
     return g;
 }
 
@@ -252,7 +264,8 @@ static conv_geometry conv_geometry_of(const fn_node *node) {
  * a batch smaller than the thread count, one part runs kernels on `inner_threads` threads. The
  * batch is cut into `chunks` of consecutive images for the gradient sums (see the top of the
  * file), each part taking whole chunks. The workspace holds a column buffer of col_bytes per part
- * (followed, with a fused ReLU, by one image's output gradient: mask_bytes),
+ * (followed, with a fused ReLU or a derived gradient, by the output gradient of an image, or of
+ * a group that Winograd's input gradient takes at once: mask_bytes),
  * then a weight-and-bias partial of partial_bytes for each chunk after the first. unsplit: the
  * GEMMs run single-threaded for every thread count, so they need not be cut into deterministic
  * mode's blocks (fn_gemm_unsplit). */
@@ -266,6 +279,10 @@ typedef struct {
     int bands;
     bool band_channels;
     bool unsplit;
+    /* Winograd forward and input gradient (geometry.winograd and winograd_grad, narrow images
+     * only in batches of winograd_images or more), on `winograd_images` images at a call. */
+    bool winograd, winograd_grad;
+    int64_t winograd_images;
     /* u_bytes: the Winograd-transformed weights, at the start of the workspace (0 without). */
     size_t u_bytes, col_bytes, mask_bytes, partial_bytes;
 } conv_plan;
@@ -332,6 +349,13 @@ static int64_t conv_piece_rows(const conv_geometry *g, int64_t rows, int64_t mul
     return step < rows ? step : rows;
 }
 
+/* Whether a batch of `batch` images runs by Winograd: images narrower than WINOGRAD_WIDE only
+ * where they fill a group (geometry.winograd_images). */
+static bool conv_winograd_for(const conv_geometry *g, int64_t batch) {
+    return g->winograd && ((g->out_w >= WINOGRAD_WIDE && g->width >= WINOGRAD_WIDE) ||
+                           batch >= g->winograd_images);
+}
+
 /* per_image_grad: backward rewrites each image's output gradient into the part's buffer (a fused
  * ReLU, or a gradient derived from the consumer's). */
 static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads,
@@ -370,19 +394,28 @@ static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads
     }
     plan.col_bytes = g->pointwise ? 0 : conv_round64((size_t)(g->k * g->plane) * elem_size);
     plan.u_bytes = 0;
-    if (g->winograd) {
+    plan.winograd = conv_winograd_for(g, batch);
+    plan.winograd_grad = plan.winograd && g->winograd_grad;
+    plan.winograd_images = plan.winograd ? g->winograd_images : 1;
+    if (plan.winograd) {
         /* A part's Winograd buffers take the column buffer's place: the forward's, and the
          * input gradient's (its in and out channels swapped). */
-        int64_t forward = fn_winograd_work(g->channels, g->out_channels, g->out_h, g->out_w);
-        int64_t backward =
-            g->winograd_grad ? fn_winograd_work(g->out_channels, g->channels, g->height, g->width)
-                             : 0;
+        const int64_t images = plan.winograd_images;
+        int64_t forward =
+            fn_winograd_work(g->channels, g->out_channels, g->out_h, g->out_w, images);
+        int64_t backward = plan.winograd_grad ? fn_winograd_work(g->out_channels, g->channels,
+                                                                 g->height, g->width, images)
+                                              : 0;
         size_t most = (size_t)(forward > backward ? forward : backward) * elem_size;
         if (conv_round64(most) > plan.col_bytes) plan.col_bytes = conv_round64(most);
         plan.u_bytes = conv_round64((size_t)(16 * g->channels * g->out_channels) * elem_size);
     }
+    /* The input gradient by Winograd reads the output gradients of its images at once. */
+    const int64_t grad_images = plan.winograd_grad ? plan.winograd_images : 1;
     plan.mask_bytes =
-        per_image_grad ? conv_round64((size_t)(g->out_channels * g->plane) * elem_size) : 0;
+        per_image_grad
+            ? conv_round64((size_t)(grad_images * g->out_channels * g->plane) * elem_size)
+            : 0;
     plan.partial_bytes =
         conv_round64((size_t)(g->out_channels * g->k + g->out_channels) * elem_size);
     return plan;
@@ -509,7 +542,7 @@ typedef struct {
     fn_node *stats_consumer; /* forward hands it each image of y (input_stats_of_sample) */
     fn_node *piece_consumer; /* a band chain's forward hands it y a piece of rows at a time
                               * (op->forward_piece), y never stored */
-    const real *winograd_u;  /* geometry.winograd: the transformed weights of this pass */
+    const real *winograd_u;  /* plan.winograd: the transformed weights of this pass */
 } FN_T(conv_job);
 
 /* C (m, n) = op(A) (m, k) @ B (k, n) + beta * C, row strides lda, ldb, ldc, on the part's
@@ -612,21 +645,30 @@ static void FN_T(conv_bias_relu)(const FN_T(conv_job) *job, real *y, int threads
 }
 
 /* Part `id` of `parts`: its share of the images of x (batch, channels, height, width) ->
- * y (batch, out_channels, out_h, out_w) = weight (out_channels, k) per group @ columns + bias. */
+ * y (batch, out_channels, out_h, out_w) = weight (out_channels, k) per group @ columns + bias.
+ * The parts take whole groups of the images Winograd's convolution takes at once, counted from
+ * the first image: the same groups for every thread count. */
 static void FN_T(conv_forward_part)(int id, int parts, void *arg) {
     const FN_T(conv_job) *job = arg;
     const conv_geometry *g = &job->g;
+    const int64_t group = job->plan.winograd_images;
     int64_t first, end;
-    fn_partition(job->batch, parts, id, &first, &end);
+    fn_partition((job->batch + group - 1) / group, parts, id, &first, &end);
+    first *= group;
+    end = end * group < job->batch ? end * group : job->batch;
     real *col = (real *)FN_T(conv_part_buffer)(job, id);
     const int64_t *padding = job->node->attr.conv.padding;
     for (int64_t n = first; n < end; n++) {
         const real *x = job->x + n * g->channels * g->height * g->width;
         real *y = job->y + n * g->out_channels * g->plane;
-        if (g->winograd) { /* with the bias and the ReLU */
-            FN_T(fn_winograd_conv)(x, g->channels, g->height, g->width, padding[0], padding[1],
-                                   job->winograd_u, g->out_channels, g->out_h, g->out_w, NULL,
-                                   job->bias, job->node->relu_fused, false, y, g->plane, col);
+        if (job->plan.winograd) { /* with the bias and the ReLU */
+            if (n % group == 0) { /* `first` is a multiple of group */
+                const int64_t images = end - n < group ? end - n : group;
+                FN_T(fn_winograd_conv)(x, images, g->channels, g->height, g->width, padding[0],
+                                       padding[1], job->winograd_u, g->out_channels, g->out_h,
+                                       g->out_w, NULL, job->bias, job->node->relu_fused, false,
+                                       y, g->plane, col);
+            }
         } else {
             for (int64_t group = 0; group < g->groups; group++) {
                 int64_t ld;
@@ -685,9 +727,9 @@ static void FN_T(conv_forward_band)(int id, int bands, void *arg) {
             const real *x = job->x + n * g->channels * g->height * g->width;
             real *y = piece_out ? piece_out
                                 : job->y + n * g->out_channels * g->plane + rows[0] * g->out_w;
-            FN_T(fn_winograd_conv)(x, g->channels, g->height, g->width, padding[0], padding[1],
-                                   job->winograd_u, g->out_channels, g->out_h, g->out_w, rows,
-                                   job->bias, job->node->relu_fused, false, y,
+            FN_T(fn_winograd_conv)(x, 1, g->channels, g->height, g->width, padding[0],
+                                   padding[1], job->winograd_u, g->out_channels, g->out_h,
+                                   g->out_w, rows, job->bias, job->node->relu_fused, false, y,
                                    piece_out ? count : g->plane, col);
             if (consumer)
                 consumer->op->forward_piece[FN_DTYPE](consumer, n, piece_out, count, rows[0],
@@ -824,11 +866,22 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
     }
     const int64_t image_size = g->channels * g->height * g->width;
     const int64_t group_size = g->group_in * g->height * g->width;
+    const int64_t out_size = g->out_channels * g->plane;
     const int inner = job->plan.inner_threads;
+    /* The input gradient by Winograd takes the images in groups counted from the first image
+     * (as forward does), cut by the chunk's ends, after their weight gradients. */
+    const bool winograd_grad = job->plan.winograd_grad && job->grad_x;
+    const int64_t images = winograd_grad ? job->plan.winograd_images : 1;
+    const bool derived = job->node->relu_fused || job->node->fused_consumer;
     for (int64_t n = first; n < end; n++) {
         const real *x = job->x + n * image_size;
-        const real *grad_y = job->grad_y + n * g->out_channels * g->plane;
-        real *image_grad = (real *)((char *)col + job->plan.col_bytes);
+        const real *grad_y = job->grad_y + n * out_size;
+        /* The images [group_first, group_end) of n's group; a derived grad_y goes to the part's
+         * buffer after the columns, the group's one after the other. */
+        const int64_t group_first = n - n % images > first ? n - n % images : first;
+        const int64_t group_end = n - n % images + images < end ? n - n % images + images : end;
+        real *image_grad =
+            (real *)((char *)col + job->plan.col_bytes) + (n - group_first) * out_size;
         if (job->node->relu_fused) {
             /* The ReLU's backward, on this image: its gradient where the output is positive. */
             const real *y = (const real *)job->node->out + n * g->out_channels * g->plane;
@@ -864,15 +917,21 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
             }
             if (!job->grad_x) continue;
             real *grad_x = job->grad_x + n * image_size + group * group_size;
-            if (g->winograd_grad) {
+            if (winograd_grad) {
                 /* The input gradient is the output gradient convolved with the weights rotated
-                 * by 180 degrees, in and out swapped, padded by 2 - p. */
+                 * by 180 degrees, in and out swapped, padded by 2 - p: for the whole group
+                 * once its last image's output gradient is there (one group of channels). */
+                if (n + 1 < group_end) continue;
                 const int64_t *padding = job->node->attr.conv.padding;
-                FN_T(fn_winograd_conv)(grad_y_group, g->out_channels, g->out_h, g->out_w,
-                                       2 - padding[0], 2 - padding[1], job->winograd_u,
-                                       g->channels, g->height, g->width, NULL, NULL, false,
-                                       job->grad_x_accumulate, grad_x, g->height * g->width,
-                                       col);
+                const real *group_grad_y =
+                    derived ? (const real *)((char *)col + job->plan.col_bytes)
+                            : job->grad_y + group_first * out_size;
+                FN_T(fn_winograd_conv)(group_grad_y, group_end - group_first, g->out_channels,
+                                       g->out_h, g->out_w, 2 - padding[0], 2 - padding[1],
+                                       job->winograd_u, g->channels, g->height, g->width, NULL,
+                                       NULL, false, job->grad_x_accumulate,
+                                       job->grad_x + group_first * image_size,
+                                       g->height * g->width, col);
             } else if (g->pointwise) {
                 /* The column gradient is the input gradient itself. */
                 FN_T(conv_gemm)(job, true, g->group_in, g->plane, g->group_out, weight_group, g->k,
@@ -927,11 +986,11 @@ static fn_status FN_T(conv_forward)(fn_node *node, const fn_model_ctx *ctx) {
     if (job.plan.bands > 1) {
         /* Bands of rows, by Winograd where whole images run by it, with the transformed weights
          * kept across calls (conv_winograd_refresh). */
-        if (job.g.winograd && !job.plan.band_channels)
+        if (job.plan.winograd && !job.plan.band_channels)
             job.winograd_u = FN_T(conv_winograd_refresh)(node, &job.g);
         fn_run_team(job.plan.bands, FN_T(conv_forward_band), &job);
     } else {
-        if (job.g.winograd) job.winograd_u = FN_T(conv_winograd_weights)(&job, false);
+        if (job.plan.winograd) job.winograd_u = FN_T(conv_winograd_weights)(&job, false);
         /* A consumer's training statistics, image by image (bands cut the images). */
         if (consumer && ctx->training && consumer->op->input_stats_of_sample[FN_DTYPE])
             job.stats_consumer = consumer;
@@ -950,16 +1009,15 @@ static void FN_T(conv_forward_rows_into)(fn_node *node, fn_node *consumer,
     job.bias = node->attr.conv.bias ? (const real *)node->param[1] : NULL;
     job.y = (real *)node->out;
     job.piece_consumer = consumer;
-    if (job.g.winograd && !job.plan.band_channels) /* made by conv_band_prepare */
+    if (job.plan.winograd && !job.plan.band_channels) /* made by conv_band_prepare */
         job.winograd_u = FN_T(conv_winograd_kept)(node, &job.g);
     FN_T(conv_forward_band)(id, bands, &job);
 }
 
 /* Before a band chain's team runs the bands: the transformed weights they share. */
 static void FN_T(conv_band_prepare)(fn_node *node, const fn_model_ctx *ctx) {
-    (void)ctx;
     conv_geometry g = conv_geometry_of(node);
-    if (g.winograd) (void)FN_T(conv_winograd_refresh)(node, &g);
+    if (conv_winograd_for(&g, ctx->batch)) (void)FN_T(conv_winograd_refresh)(node, &g);
 }
 
 static void FN_T(conv_forward_rows)(fn_node *node, const fn_model_ctx *ctx, int id, int bands) {
@@ -975,7 +1033,8 @@ static fn_status FN_T(conv_backward)(fn_node *node, const fn_model_ctx *ctx) {
     job.grad_weight = (real *)node->grad[0];
     job.grad_bias = node->attr.conv.bias ? (real *)node->grad[1] : NULL;
     job.grad_param_accumulate = ctx->accumulate_param_grads;
-    if (job.g.winograd_grad && job.grad_x) job.winograd_u = FN_T(conv_winograd_weights)(&job, true);
+    if (job.plan.winograd_grad && job.grad_x)
+        job.winograd_u = FN_T(conv_winograd_weights)(&job, true);
     /* Every chunk runs even if OpenMP starts fewer threads than parts: each part takes its range
      * of the chunks from the team's actual size. */
     fn_run_team(job.plan.parts, FN_T(conv_backward_part), &job);

@@ -66,8 +66,9 @@ struct fn_update_args; /* model.h */
 bool fn_gemm_dot_pays(int64_t m, int64_t k);
 
 /* winograd.c: the elements of fn_winograd_conv's work buffer for in_c input and out_c output
- * channels and an output (out_h, out_w). */
-int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out_w);
+ * channels and `images` outputs (out_h, out_w). */
+int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out_w,
+                         int64_t images);
 
 #define FN_KERNELS(real, S)                                                                      \
     /* gemm.c: row-major C = alpha*op(A)@op(B) + beta*C through the BLAS table or built-in */   \
@@ -107,15 +108,16 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
     void fn_bias_relu_rows##S(real *c, int64_t rows, int64_t cols, int64_t ldc,                  \
                               const real *bias, bool relu);                                      \
     /* winograd.c: 3x3 stride-1 convolutions by F(2x2, 3x3); w (out_c, in_c, 3, 3) -> u       \
-     * (16, in_c, out_c), or flipped (16, out_c, in_c); x (in_c, h, w) -> y (out_c, oh, ow),  \
-     * or its output rows [rows[0], rows[1]) (rows NULL: all), channels ldy apart */            \
+     * (16, in_c, out_c), or flipped (16, out_c, in_c); x (images, in_c, h, w) -> y (images,  \
+     * out_c, oh, ow), or one image's output rows [rows[0], rows[1]) (rows NULL: all),        \
+     * channels ldy apart */                                                                     \
     void fn_winograd_weights##S(const real *w, int64_t out_c, int64_t in_c, bool flip,          \
                                 real *u);                                                        \
-    void fn_winograd_conv##S(const real *x, int64_t in_c, int64_t height, int64_t width,        \
-                             int64_t ph, int64_t pw, const real *u, int64_t out_c,              \
-                             int64_t out_h, int64_t out_w, const int64_t rows[2],               \
-                             const real *bias, bool relu, bool accumulate, real *y,             \
-                             int64_t ldy, real *work);                                          \
+    void fn_winograd_conv##S(const real *x, int64_t images, int64_t in_c, int64_t height,       \
+                             int64_t width, int64_t ph, int64_t pw, const real *u,              \
+                             int64_t out_c, int64_t out_h, int64_t out_w,                       \
+                             const int64_t rows[2], const real *bias, bool relu,                \
+                             bool accumulate, real *y, int64_t ldy, real *work);                \
     /* copy.c */                                                                                 \
     void fn_copy_or_add##S(real *dst, const real *src, int64_t count, bool accumulate,           \
                            int threads);                                                         \

@@ -46,13 +46,14 @@ enum { WINOGRAD_STORE, WINOGRAD_STORE_RELU };
  * vector. */
 #define WINOGRAD_CHANNELS 16
 
-/* The sizes of fn_winograd_conv's tiles and work buffer for an output (out_h, out_w). */
+/* The sizes of fn_winograd_conv's tiles and work buffer for `images` outputs (out_h, out_w). */
 typedef struct {
     int64_t w1;        /* tiles a padded row holds: ceil(out_w / 2) and the spare one */
     int64_t tw;        /* tiles an output row uses, w1 - 1 */
     int64_t tile_rows; /* ceil(out_h / 2) */
-    int64_t tiles;     /* tile_rows * tw */
-    /* The rows of V and, by channels, of M run over ld >= tiles columns, a multiple of 32 (a
+    int64_t tiles;     /* an image's: tile_rows * tw */
+    int64_t columns;   /* the GEMMs' columns: the images' tiles, image after image */
+    /* The rows of V and, by channels, of M run over ld >= columns, a multiple of 32 (a
      * whole number of the micro-kernel's column slivers: a sliver cut by the edge cost as much
      * as half the product of 16 x 272 x 16); the columns of V past the tiles are then zero. */
     int64_t ld;
@@ -60,13 +61,14 @@ typedef struct {
     int64_t plane; /* a padded plane: its (tile_rows + 1) rows of 2 w1, then zeros */
 } winograd_layout;
 
-static winograd_layout winograd_layout_of(int64_t out_h, int64_t out_w) {
+static winograd_layout winograd_layout_of(int64_t out_h, int64_t out_w, int64_t images) {
     winograd_layout l;
     l.w1 = (out_w + 1) / 2 + 1;
     l.tw = l.w1 - 1;
     l.tile_rows = (out_h + 1) / 2;
     l.tiles = l.tile_rows * l.tw;
-    l.ld = (l.tiles + 31) / 32 * 32;
+    l.columns = images * l.tiles;
+    l.ld = (l.columns + 31) / 32 * 32;
     l.n = (l.tile_rows + 1) * l.w1 + WINOGRAD_RUN;
     l.plane = 2 * l.n + 2;
     return l;
@@ -79,18 +81,19 @@ static winograd_layout winograd_layout_of(int64_t out_h, int64_t out_w) {
  * 144 1.17x; ResNet-8's 32 channels over 64 tiles (a tie) 0.85x; its 16 channels over 256 tiles
  * 1.22x on OpenBLAS but 0.39x on the built-in kernel (half of each sliver empty). */
 static bool winograd_by_tiles(int64_t out_c, const winograd_layout *l) {
-    return (double)l->tiles * (double)((out_c + 31) / 32 * 32) < (double)out_c * (double)l->ld;
+    return (double)l->columns * (double)((out_c + 31) / 32 * 32) < (double)out_c * (double)l->ld;
 }
 
 /* The work buffer fn_winograd_conv needs, in elements, for in_c input and out_c output channels
- * and an output (out_h, out_w), or a band of out_h of its rows: V and M (16 matrices each,
- * WINOGRAD_SKEW apart), the d B of a channel's padded rows (8 n), those rows (two planes), and
- * the output transform's buffer: a channel's tile outputs, or by tiles the two output rows of a
- * tile row for WINOGRAD_CHANNELS channels. */
-int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out_w) {
-    winograd_layout l = winograd_layout_of(out_h, out_w);
+ * and `images` outputs (out_h, out_w), or a band of out_h rows of one: V and M (16 matrices
+ * each, WINOGRAD_SKEW apart), the d B of a channel's padded rows (8 n), those rows (two planes),
+ * and the output transform's buffer: a channel's tile outputs, or by tiles the two output rows
+ * of a tile row for WINOGRAD_CHANNELS channels. */
+int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out_w,
+                         int64_t images) {
+    winograd_layout l = winograd_layout_of(out_h, out_w, images);
     int64_t outputs = 4 * l.w1 * WINOGRAD_CHANNELS;
-    if (outputs < 4 * l.tiles) outputs = 4 * l.tiles;
+    if (outputs < 4 * l.columns) outputs = 4 * l.columns;
     return 16 * ((in_c + out_c) * l.ld + 2 * WINOGRAD_SKEW) + 8 * l.n + 2 * l.plane + outputs;
 }
 
@@ -171,9 +174,10 @@ static void FN_T(winograd_row_transform)(const real *restrict p, int64_t n, real
  * 2 ty .. 2 ty + 3, which are rows ty and ty + 1 of qe and qo. Into v[(4 i + j) * stride + t],
  * tile t = ty * tw + tx: the GEMMs' columns, without the spare tiles. A row is computed in runs
  * of `run` tiles, a constant at each call, so that a run is straight vector code: run = tw for
- * the widths compiled as constants; otherwise the last run of a row computes past its end (into
- * the next row's tiles, which are written after it, or for the last row into the spare
- * columns), reading past the row in q (which has WINOGRAD_RUN values of slack). */
+ * the widths compiled as constants; otherwise the last run of a row computes past its end, into
+ * the next row's tiles, or from the last row into what follows in V: the next image's tiles,
+ * the spare columns, the next channel's row or the skew, each written after it or never read.
+ * It reads past the row in q, which has WINOGRAD_RUN values of slack. */
 static inline __attribute__((always_inline)) void FN_T(winograd_input_tiles)(
     const real *restrict qe, const real *restrict qo, int64_t n, int64_t w1, int64_t rows,
     int64_t tw, const int64_t run, real *restrict v, int64_t stride) {
@@ -283,21 +287,24 @@ static inline void FN_T(winograd_store_channel)(const real *restrict src, int64_
  * transform. */
 typedef struct {
     int64_t in_c, out_c, out_w, band_h, tile_rows, tw, tiles, ld, wp;
+    int64_t images, columns; /* the images, and their tiles: the GEMMs' columns */
     int64_t v_stride, m_stride, ldy;
+    int64_t y_image; /* from one image's output to the next */
     const real *bias; /* NULL with accumulate */
     bool relu, add;   /* a ReLU (never with add); y += the convolution */
 } FN_T(winograd_pass);
 
 /* Channels by tiles: M[e] (out_c, ld) = U[e]^T (out_c, in_c) @ V[e] (in_c, ld) on this thread,
  * through the BLAS where it is faster (fn_gemm_unsplit), the columns of V past the tiles zeroed
- * first; then Y = A^T M A a channel at a time along its tiles into out (4 tiles), and its rows
- * written out. */
+ * first; then Y = A^T M A a channel at a time along the tiles of every image into out (4
+ * columns), and each image's rows written out. */
 static void FN_T(winograd_run_by_channels)(const FN_T(winograd_pass) *p, const real *u,
                                            real *v, real *m, real *out, real *y) {
     const int64_t in_c = p->in_c, out_c = p->out_c, ld = p->ld, tiles = p->tiles, tw = p->tw;
-    for (int64_t row = 0; row < 16 * in_c && ld > tiles; row++) { /* the spare columns */
+    const int64_t columns = p->columns;
+    for (int64_t row = 0; row < 16 * in_c && ld > columns; row++) { /* the spare columns */
         real *spare = v + row / in_c * p->v_stride + row % in_c * ld;
-        for (int64_t t = tiles; t < ld; t++) spare[t] = 0;
+        for (int64_t t = columns; t < ld; t++) spare[t] = 0;
     }
     for (int e = 0; e < 16; e++)
         FN_T(fn_gemm_unsplit)(true, false, out_c, ld, in_c, 1, u + e * in_c * out_c, out_c,
@@ -305,42 +312,45 @@ static void FN_T(winograd_run_by_channels)(const FN_T(winograd_pass) *p, const r
     for (int64_t co = 0; co < out_c; co++) {
         const real *channel_bias = p->bias ? p->bias + co : FN_T(winograd_no_bias);
         if (p->relu) /* the mode a constant: a loop that vectorises */
-            FN_T(winograd_output_run)(WINOGRAD_STORE_RELU, m + co * ld, p->m_stride, tiles,
-                                      channel_bias, 0, out, out + tiles, out + 2 * tiles,
-                                      out + 3 * tiles);
+            FN_T(winograd_output_run)(WINOGRAD_STORE_RELU, m + co * ld, p->m_stride, columns,
+                                      channel_bias, 0, out, out + columns, out + 2 * columns,
+                                      out + 3 * columns);
         else
-            FN_T(winograd_output_run)(WINOGRAD_STORE, m + co * ld, p->m_stride, tiles,
-                                      channel_bias, 0, out, out + tiles, out + 2 * tiles,
-                                      out + 3 * tiles);
-        real *plane_y = y + co * p->ldy;
-        for (int64_t ty = 0; ty < p->tile_rows; ty++) {
-            const int64_t at = ty * tw;
-            real *y0 = plane_y + 2 * ty * p->out_w;
-            FN_T(winograd_store_tiles)(out + at, out + tiles + at, p->out_w, p->add, y0);
-            if (2 * ty + 1 < p->band_h)
-                FN_T(winograd_store_tiles)(out + 2 * tiles + at, out + 3 * tiles + at, p->out_w,
-                                           p->add, y0 + p->out_w);
+            FN_T(winograd_output_run)(WINOGRAD_STORE, m + co * ld, p->m_stride, columns,
+                                      channel_bias, 0, out, out + columns, out + 2 * columns,
+                                      out + 3 * columns);
+        for (int64_t image = 0; image < p->images; image++) {
+            real *plane_y = y + image * p->y_image + co * p->ldy;
+            for (int64_t ty = 0; ty < p->tile_rows; ty++) {
+                const int64_t at = image * tiles + ty * tw;
+                real *y0 = plane_y + 2 * ty * p->out_w;
+                FN_T(winograd_store_tiles)(out + at, out + columns + at, p->out_w, p->add, y0);
+                if (2 * ty + 1 < p->band_h)
+                    FN_T(winograd_store_tiles)(out + 2 * columns + at, out + 3 * columns + at,
+                                               p->out_w, p->add, y0 + p->out_w);
+            }
         }
     }
 }
 
-/* Tiles by channels: M[e] (tiles, out_c) = V[e]^T (tiles, in_c) @ U[e] (in_c, out_c), the GEMMs
- * reading the first `tiles` columns of V; then Y = A^T M A, WINOGRAD_CHANNELS channels of a tile
- * row at a time across the channels into the row's two output rows (out: column x of a row at
- * x * WINOGRAD_CHANNELS), which are then written out channel by channel. */
+/* Tiles by channels: M[e] (columns, out_c) = V[e]^T (columns, in_c) @ U[e] (in_c, out_c), the
+ * GEMMs reading the first `columns` columns of V; then Y = A^T M A, WINOGRAD_CHANNELS channels
+ * of a tile row at a time across the channels into the row's two output rows (out: column x of
+ * a row at x * WINOGRAD_CHANNELS), which are then written out channel by channel. */
 static void FN_T(winograd_run_by_tiles)(const FN_T(winograd_pass) *p, const real *u,
                                         const real *v, real *m, real *out, real *y) {
     const int64_t in_c = p->in_c, out_c = p->out_c, tw = p->tw, ms = p->m_stride;
     for (int e = 0; e < 16; e++)
-        FN_T(fn_gemm_unsplit)(true, false, p->tiles, out_c, in_c, 1, v + e * p->v_stride, p->ld,
-                              u + e * in_c * out_c, out_c, 0, m + e * ms, out_c);
+        FN_T(fn_gemm_unsplit)(true, false, p->columns, out_c, in_c, 1, v + e * p->v_stride,
+                              p->ld, u + e * in_c * out_c, out_c, 0, m + e * ms, out_c);
     real *top = out, *bottom = out + p->wp * WINOGRAD_CHANNELS;
     for (int64_t co = 0; co < out_c; co += WINOGRAD_CHANNELS) {
         const int64_t count = out_c - co < WINOGRAD_CHANNELS ? out_c - co : WINOGRAD_CHANNELS;
         const real *channel_bias = p->bias ? p->bias + co : FN_T(winograd_no_bias);
-        for (int64_t ty = 0; ty < p->tile_rows; ty++) {
+        for (int64_t row = 0; row < p->images * p->tile_rows; row++) { /* image after image */
+            const int64_t image = row / p->tile_rows, ty = row % p->tile_rows;
             for (int64_t tx = 0; tx < tw; tx++) {
-                const real *mt = m + (ty * tw + tx) * out_c + co;
+                const real *mt = m + (image * p->tiles + ty * tw + tx) * out_c + co;
                 real *upper = top + 2 * tx * WINOGRAD_CHANNELS;
                 real *lower = bottom + 2 * tx * WINOGRAD_CHANNELS;
                 real *upper_right = upper + WINOGRAD_CHANNELS;
@@ -359,7 +369,7 @@ static void FN_T(winograd_run_by_tiles)(const FN_T(winograd_pass) *p, const real
                                               lower, lower_right);
             }
             for (int64_t c = 0; c < count; c++) {
-                real *y0 = y + (co + c) * p->ldy + 2 * ty * p->out_w;
+                real *y0 = y + image * p->y_image + (co + c) * p->ldy + 2 * ty * p->out_w;
                 FN_T(winograd_store_channel)(top + c, p->out_w, p->add, y0);
                 if (2 * ty + 1 < p->band_h)
                     FN_T(winograd_store_channel)(bottom + c, p->out_w, p->add, y0 + p->out_w);
@@ -368,27 +378,33 @@ static void FN_T(winograd_run_by_tiles)(const FN_T(winograd_pass) *p, const real
     }
 }
 
-/* One image x (in_c, height, width), zero-padded by ph rows and pw columns, convolved with the
- * 3x3 kernels transformed into u (16, in_c, out_c) (fn_winograd_weights) -> y (out_c, out_h,
- * out_w), or only its output rows [rows[0], rows[1]) (rows NULL: all of them):
+/* `images` consecutive images x (images, in_c, height, width), zero-padded by ph rows and pw
+ * columns, convolved with the 3x3 kernels transformed into u (16, in_c, out_c)
+ * (fn_winograd_weights) -> y (images, out_c, out_h, out_w), or, for one image, only its output
+ * rows [rows[0], rows[1]) (rows NULL: all of them):
  *     y = conv + bias[co] (bias NULL: none), then max(y, 0) with relu, or y += conv with
  *     accumulate (no bias nor ReLU then),
- * output row r of channel co at y + co * ldy + (r - rows[0]) * out_w, on the calling thread, in
- * work (fn_winograd_work elements for the rows computed). out_h and out_w are height + 2 ph - 2
- * and width + 2 pw - 2. A band's tiles start at its first row: from an even row, the tiles and
- * so the operations are the whole image's.
+ * output row r of channel co of image i at y + (i * out_c + co) * ldy + (r - rows[0]) * out_w,
+ * on the calling thread, in work (fn_winograd_work elements for the images and rows computed).
+ * out_h and out_w are height + 2 ph - 2 and width + 2 pw - 2. A band's tiles start at its first
+ * row: from an even row, the tiles and so the operations are the whole image's.
+ *
+ * Several images share the 16 GEMMs, their tiles side by side as columns: a small image's few
+ * tiles alone make products too narrow for the kernel to reach its speed (64 channels of 8 x 8,
+ * 16 tiles an image, ran 0.58x of im2col; four at a time, like one image of 16 x 16, 1.4x). A
+ * column's sum runs over the input channels in the same order whichever images share it.
  *
  * The padded rows are 2 w1 values wide, w1 = ceil(out_w / 2) + 1 being one tile more than a row
  * has: with that spare tile, the d B of every padded row is one flat loop, which
  * vectorises whatever the width (rows of one or two vectors would cost more in loop bookkeeping
  * than in work). */
-void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t width,
-                            int64_t ph, int64_t pw, const real *u, int64_t out_c, int64_t out_h,
-                            int64_t out_w, const int64_t rows[2], const real *bias, bool relu,
-                            bool accumulate, real *y, int64_t ldy, real *work) {
+void FN_T(fn_winograd_conv)(const real *x, int64_t images, int64_t in_c, int64_t height,
+                            int64_t width, int64_t ph, int64_t pw, const real *u, int64_t out_c,
+                            int64_t out_h, int64_t out_w, const int64_t rows[2], const real *bias,
+                            bool relu, bool accumulate, real *y, int64_t ldy, real *work) {
     const int64_t r0 = rows ? rows[0] : 0, band_h = (rows ? rows[1] : out_h) - r0;
-    if (band_h <= 0 || out_c <= 0) return;
-    const winograd_layout l = winograd_layout_of(band_h, out_w);
+    if (band_h <= 0 || out_c <= 0 || images <= 0) return;
+    const winograd_layout l = winograd_layout_of(band_h, out_w, images);
     const int64_t w1 = l.w1, wp = 2 * w1, tile_rows = l.tile_rows, tw = l.tw, tiles = l.tiles;
     const int64_t ld = l.ld, n = l.n, plane = l.plane;
     const bool by_tiles = winograd_by_tiles(out_c, &l);
@@ -396,7 +412,7 @@ void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t
      * the transforms read or write all 16 at once, and 16 streams a power of two apart would
      * meet in the same few sets of the L1 cache. */
     const int64_t v_stride = in_c * ld + WINOGRAD_SKEW;
-    const int64_t m_stride = (by_tiles ? tiles : ld) * out_c + WINOGRAD_SKEW;
+    const int64_t m_stride = (by_tiles ? l.columns : ld) * out_c + WINOGRAD_SKEW;
     real *v = work, *m = v + 16 * v_stride;
     real *q = m + 16 * (out_c * ld + WINOGRAD_SKEW); /* the even rows' d B, then the odd rows' */
     real *padded = q + 8 * n;             /* the even padded rows, then the odd ones */
@@ -410,21 +426,26 @@ void FN_T(fn_winograd_conv)(const real *x, int64_t in_c, int64_t height, int64_t
     if (r_hi > 2 * tile_rows + 2) r_hi = 2 * tile_rows + 2;
     const int64_t copy = width < wp - pw ? width : wp - pw; /* columns of a row inside */
 
-    /* V[e] (in_c, tiles): each channel's padded rows through d B, then the tiles through B^T. */
+    /* V[e] (in_c, columns): each channel's padded rows through d B, then the tiles through B^T,
+     * image after image along a channel's row of V: a run past an image's last tile writes into
+     * the next image's tiles, written after it (winograd_input_tiles). */
     for (int64_t ci = 0; ci < in_c; ci++) {
-        const real *source = x + ci * height * width;
-        for (int64_t r = r_lo; r < r_hi; r++) { /* a loop: a call to memcpy costs more */
-            const real *src = source + (r0 + r - ph) * width;
-            real *dst = padded + (r % 2) * plane + (r / 2) * wp + pw;
-            for (int64_t c = 0; c < copy; c++) dst[c] = src[c];
+        for (int64_t image = 0; image < images; image++) {
+            const real *source = x + (image * in_c + ci) * height * width;
+            for (int64_t r = r_lo; r < r_hi; r++) { /* a loop: a call to memcpy costs more */
+                const real *src = source + (r0 + r - ph) * width;
+                real *dst = padded + (r % 2) * plane + (r / 2) * wp + pw;
+                for (int64_t c = 0; c < copy; c++) dst[c] = src[c];
+            }
+            FN_T(winograd_row_transform)(padded, n, q);
+            FN_T(winograd_row_transform)(padded + plane, n, q + 4 * n);
+            FN_T(winograd_input_rows)(q, q + 4 * n, n, w1, tile_rows, tw,
+                                      v + ci * ld + image * tiles, v_stride);
         }
-        FN_T(winograd_row_transform)(padded, n, q);
-        FN_T(winograd_row_transform)(padded + plane, n, q + 4 * n);
-        FN_T(winograd_input_rows)(q, q + 4 * n, n, w1, tile_rows, tw, v + ci * ld, v_stride);
     }
     const FN_T(winograd_pass) pass = {in_c, out_c, out_w, band_h, tile_rows, tw, tiles, ld, wp,
-                                      v_stride, m_stride, ldy, accumulate ? NULL : bias,
-                                      relu && !accumulate, accumulate};
+                                      images, l.columns, v_stride, m_stride, ldy, out_c * ldy,
+                                      accumulate ? NULL : bias, relu && !accumulate, accumulate};
     if (by_tiles)
         FN_T(winograd_run_by_tiles)(&pass, u, v, m, out, y);
     else

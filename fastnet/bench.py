@@ -185,18 +185,27 @@ def layer_shapes(network, input_shape):
 
 # When a convolution runs by Winograd's F(2x2, 3x3) (csrc/conv2d.c, geometry.winograd): a 3x3
 # kernel of stride 1 (one group, padding <= 2), at least this many channels in and out, and
-# inputs and outputs at least this wide; its input gradient too when it has no more output
-# channels than input ones.
+# inputs and outputs at least WINOGRAD_MIN_WIDTH wide; below WINOGRAD_WIDE only for a batch that
+# fills a group of images with WINOGRAD_MIN_TILES 2x2 tiles between them, the images a call
+# takes at once; its input gradient too when it has no more output channels than input ones.
 WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_WIDTH = 16
+WINOGRAD_MIN_WIDTH = 8
+WINOGRAD_WIDE = 16
+WINOGRAD_MIN_TILES = 64
 
 
-def _winograd_products(channels_in, channels_out, out_h, out_w):
-    """The GEMMs of one image of a Winograd convolution: 16 of ``U[e]^T (out, in) @ V[e] (in,
-    columns)``, the columns the image's 2x2 tiles rounded up to a multiple of 32, or of ``V[e]^T
-    (tiles, in) @ U[e] (in, out)`` where that leaves fewer of 32-column slivers empty
-    (``winograd_by_tiles`` in csrc/winograd.c)."""
+def _winograd_images(out_h, out_w):
+    """The images a Winograd convolution with an output of (out_h, out_w) takes at once."""
     tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
+    return 1 if tiles >= WINOGRAD_MIN_TILES else -(-WINOGRAD_MIN_TILES // tiles)
+
+
+def _winograd_products(channels_in, channels_out, out_h, out_w, images):
+    """The GEMMs of one call of a Winograd convolution on ``images`` images: 16 of ``U[e]^T
+    (out, in) @ V[e] (in, columns)``, the columns the images' 2x2 tiles rounded up to a multiple
+    of 32, or of ``V[e]^T (tiles, in) @ U[e] (in, out)`` where that leaves fewer of 32-column
+    slivers empty (``winograd_by_tiles`` in csrc/winograd.c)."""
+    tiles = images * ((out_h + 1) // 2) * ((out_w + 1) // 2)
     columns = (tiles + 31) // 32 * 32
     if tiles * ((channels_out + 31) // 32 * 32) < channels_out * columns:
         return tiles, channels_out, channels_in, True, False
@@ -209,8 +218,9 @@ def gemm_shapes(workloads=None):
     A linear layer makes three per batch (forward ``x @ W^T``, weight gradient ``dy^T @ x``,
     input gradient ``dy @ W``); a convolution makes the same three per image, on im2col columns
     (``W (out, k) @ cols (k, plane)``, ``dy @ cols^T``, ``W^T @ dy``), except that a convolution
-    that runs by Winograd makes 16 per image for its forward (and input gradient) instead, on
-    transformed tiles. The input gradient of the first layer is not computed.
+    that runs by Winograd makes 16 per image, or per group of small images, for its forward (and
+    input gradient) instead, on transformed tiles. The input gradient of the first layer is not
+    computed.
 
     Returns
     -------
@@ -240,17 +250,22 @@ def gemm_shapes(workloads=None):
                 ow = (shape[2] + 2 * padding - k) // stride + 1
                 plane, depth = oh * ow, cin * k * k
                 what = f"Conv2d({cin},{cout},{k},s{stride})"
+                images = _winograd_images(oh, ow)
                 winograd = (k == 3 and stride == 1 and padding <= 2 and
                             min(cin, cout) >= WINOGRAD_MIN_CHANNELS and
-                            min(ow, shape[2]) >= WINOGRAD_MIN_WIDTH)
+                            min(ow, shape[2]) >= WINOGRAD_MIN_WIDTH and
+                            (min(ow, shape[2]) >= WINOGRAD_WIDE or batch >= images))
+                groups = -(-batch // images)  # the last one may be short; counted whole
                 if winograd:
-                    gemms = [("fwd Winograd", *_winograd_products(cin, cout, oh, ow), 16 * batch)]
+                    gemms = [("fwd Winograd", *_winograd_products(cin, cout, oh, ow, images),
+                              16 * groups)]
                 else:
                     gemms = [("fwd", cout, plane, depth, False, False, batch)]
                 gemms.append(("dW", cout, depth, plane, False, True, batch))
                 if not first and winograd and cout <= cin:
-                    gemms.append(("dX Winograd", *_winograd_products(cout, cin, *shape[1:]),
-                                  16 * batch))
+                    gemms.append(("dX Winograd",
+                                  *_winograd_products(cout, cin, *shape[1:], images),
+                                  16 * groups))
                 elif not first:
                     gemms.append(("dX", depth, plane, cout, True, False, batch))
             else:

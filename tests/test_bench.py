@@ -163,6 +163,10 @@ def test_gemm_shapes_follow_the_layers():
                                     "Conv2d(16,16,3,s1) dX Winograd"]
     assert winograd[0]["calls"] == 16 * 128 * 4  # two layers, forward and input gradient
     assert any(s["where"] == ["Conv2d(16,32,3,s2) fwd"] for s in shapes)
+    # The 64-channel 8x8 convolution: four images at a call, their 4 x 16 tiles side by side.
+    grouped = [s for s in shapes if (s["m"], s["n"], s["k"]) == (64, 64, 64)]
+    assert [(s["where"], s["calls"]) for s in grouped] == [
+        (["Conv2d(64,64,3,s1) fwd Winograd", "Conv2d(64,64,3,s1) dX Winograd"], 16 * 32 * 2)]
     # The CNN's second convolution: its 144 tiles by 64 channels, which fill whole slivers.
     cnn = [s for s in bench.gemm_shapes(["cnn_mnist_b64"]) if "Winograd" in s["where"][0]]
     assert [(s["m"], s["n"], s["k"], s["trans_a"], s["trans_b"]) for s in cnn] == \

@@ -402,3 +402,36 @@ def test_deferred_batch_norm_after_a_convolution_cut_in_bands(batch, threads):
         results.append((y, core.backward(g, True), core.grad_arena().copy()))
     for deferred, separate in zip(*results):
         np.testing.assert_array_equal(deferred, separate)
+
+
+def test_fused_relu_and_deferred_batch_norm_on_small_images_by_winograd_in_groups(threads):
+    # 8 x 8 images run by Winograd four at a time; a batch of 7 ends in a short group. A fused
+    # ReLU masks each image's output gradient into the group's buffer, and batch norm derives
+    # each one there, which the input gradient's transforms then read as one; with an identity
+    # after each convolution, from the batch's gradients.
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((7, 16, 8, 8)).astype(np.float32)
+    g = rng.standard_normal((7, 3)).astype(np.float32)
+
+    def convolution(name, inputs):
+        return {"name": name, "op": "conv2d", "in_channels": 16, "out_channels": 16,
+                "kernel_size": [3, 3], "padding": [1, 1], "inputs": inputs}
+
+    def nodes(with_identity):
+        after_a = [identity("i", ["a"])] if with_identity else []
+        after_c = [identity("j", ["c"])] if with_identity else []
+        return ([convolution("a", ["input"]), *after_a,
+                 {"name": "q", "op": "relu", "inputs": ["i" if with_identity else "a"]},
+                 convolution("c", ["q"]), *after_c,
+                 bn("b", ["j" if with_identity else "c"], channels=16),
+                 {"name": "r", "op": "relu", "inputs": ["b"]}] + head(["r"], width=16 * 8 * 8))
+
+    results = []
+    for with_identity in (False, True):
+        spec = {"format": "fastnet.model", "version": 1, "dtype": "float32", "seed": 4,
+                "input_shape": [16, 8, 8], "nodes": nodes(with_identity)}
+        core = _core.Model(json.dumps(spec))
+        y = core.forward(x, True)
+        results.append((y, core.backward(g, True), core.grad_arena().copy()))
+    for fused, separate in zip(*results):
+        np.testing.assert_array_equal(fused, separate)

@@ -214,6 +214,52 @@ def test_forward_matches_reference(name, dtype, bias, threads):
     np.testing.assert_allclose(y.reshape(expected.shape), expected, **tolerance(dtype))
 
 
+# Images narrower than 16 columns run by Winograd in groups of images with 64 tiles between them
+# (geometry.winograd_images), where the batch fills a group: 8 x 8 in groups of 4; 9 x 9 (a last
+# tile cut by both edges) in groups of 3; 32 channels over 3 x 25 tiles (products tiles by
+# channels); unpadded, 8 x 10 out of 10 x 12, in groups of 4; more output channels than input
+# ones (the input gradient by im2col). A batch of 7 ends in a short group, and on 3 threads the
+# backward's chunks cut groups too.
+SMALL_IMAGES = {
+    "winograd_8x8": (16, 8, 8, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "winograd_9x9": (18, 9, 9, 17, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "winograd_9x9_by_tiles": (32, 9, 9, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "winograd_unpadded_10x12": (16, 10, 12, 16, (3, 3), (1, 1), (0, 0), (1, 1), 1),
+    "winograd_widening_8x8": (16, 8, 8, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+}
+
+
+@pytest.mark.parametrize("thread_count", [1, 2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(SMALL_IMAGES))
+def test_small_images_by_winograd_in_groups_match_reference(name, dtype, thread_count):
+    fastnet.set_num_threads(thread_count)
+    geometry = SMALL_IMAGES[name]
+    C, H, W, O, kernel, stride, padding, dilation, groups = geometry
+    model = make_model(geometry, True, dtype)
+    rng = np.random.default_rng(12)
+    weight, b = random_params(model, rng)
+    x = rng.standard_normal((7, C, H, W)).astype(dtype)
+    y_shape = (7, O, out_size(H, 3, 1, padding[0], 1), out_size(W, 3, 1, padding[1], 1))
+    grad_y = rng.standard_normal(y_shape).astype(dtype)
+    y, grad_x, grad_weight, grad_bias = run(model, x, grad_y)
+    tol = tolerance(dtype)
+    expected = reference_forward(x, weight, b, stride, padding, dilation, groups)
+    np.testing.assert_allclose(y.reshape(expected.shape), expected, **tol)
+    for got, want, what in zip(
+            (grad_x, grad_weight, grad_bias),
+            reference_backward(x, weight, grad_y, stride, padding, dilation, groups),
+            ("grad_x", "grad_weight", "grad_bias")):
+        np.testing.assert_allclose(got.reshape(want.shape), want, err_msg=what, **tol)
+    # Each image alone (fewer than a group: by im2col) gives the same outputs, in other bits
+    # where both run on one thread: the batch's are Winograd's sums.
+    for n in (0, 6):
+        alone = model.forward(x[n:n + 1]).reshape(expected[n:n + 1].shape)
+        np.testing.assert_allclose(alone, expected[n:n + 1], **tol)
+        if thread_count == 1 and dtype == "float32":
+            assert not np.array_equal(alone, y[n:n + 1].reshape(alone.shape))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_forward_batch_of_one(dtype, threads):
     # A batch smaller than the thread count runs the GEMM and im2col split over threads instead.
