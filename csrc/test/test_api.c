@@ -66,6 +66,23 @@ static const char *const CONV_SPEC =
     "           {\"name\": \"5\", \"op\": \"flatten\"},"
     "           {\"name\": \"6\", \"op\": \"linear\", \"in_features\": 128, \"out_features\": 4}]}";
 
+/* A 3x3 convolution of 16 channels on 8 x 8 images (the first one pads the 4 x 4 input by 3),
+ * which runs by Winograd four images at a call, its batch norm deriving the output gradient of
+ * each image of a group into the group's buffer. */
+static const char *const WINOGRAD_GROUPS_SPEC =
+    "{\"format\": \"fastnet.model\", \"version\": 1, \"dtype\": \"float32\", \"seed\": 6,"
+    " \"input_shape\": [1, 4, 4],"
+    " \"nodes\": [{\"name\": \"0\", \"op\": \"conv2d\", \"in_channels\": 1, \"out_channels\": 16,"
+    "            \"kernel_size\": [3, 3], \"padding\": [3, 3]},"
+    "           {\"name\": \"1\", \"op\": \"relu\"},"
+    "           {\"name\": \"2\", \"op\": \"conv2d\", \"in_channels\": 16, \"out_channels\": 16,"
+    "            \"kernel_size\": [3, 3], \"padding\": [1, 1]},"
+    "           {\"name\": \"3\", \"op\": \"batch_norm\", \"num_features\": 16},"
+    "           {\"name\": \"4\", \"op\": \"relu\"},"
+    "           {\"name\": \"5\", \"op\": \"max_pool2d\", \"kernel_size\": 2},"
+    "           {\"name\": \"6\", \"op\": \"flatten\"},"
+    "           {\"name\": \"7\", \"op\": \"linear\", \"in_features\": 256, \"out_features\": 4}]}";
+
 static fn_model *create(const char *spec) {
     fn_model *m = NULL;
     if (!CHECK(fn_model_create(spec, &m) == FN_OK && m != NULL)) exit(1);
@@ -906,8 +923,8 @@ static void test_deterministic(void) {
     CHECK(fn_get_deterministic() == 0);
     fn_set_deterministic(1);
     CHECK(fn_get_deterministic() == 1);
-    const char *const specs[] = {CONV_SPEC, NORM_SPEC};
-    for (int s = 0; s < 2; s++) {
+    const char *const specs[] = {CONV_SPEC, NORM_SPEC, WINOGRAD_GROUPS_SPEC};
+    for (int s = 0; s < 3; s++) {
         void *first = NULL;
         for (int threads = 1; threads <= 3; threads++) {
             fn_set_num_threads(threads);
