@@ -197,10 +197,11 @@ static inline __attribute__((always_inline)) void FN_T(winograd_input_tiles)(
             }
 }
 
-/* winograd_input_tiles with rows of 16, 12 and 8 tiles (outputs 32, 24 and 16 wide) compiled
- * with the width a constant, other widths in runs of WINOGRAD_RUN: a loop of a variable count of
- * one or two vectors costs more in its bookkeeping than in its work (the input transform of a
- * 24-wide output took 2.8x longer that way, 1.4x in runs). */
+/* winograd_input_tiles with rows of 16, 12, 8 and 4 tiles (outputs 32, 24, 16 and 8 wide)
+ * compiled with the width a constant, other widths in runs of WINOGRAD_RUN: a loop of a variable
+ * count of one or two vectors costs more in its bookkeeping than in its work (the input
+ * transform of a 24-wide output took 2.8x longer that way, 1.4x in runs), and a run of 16 for a
+ * row of 4 tiles computes four times the tiles it keeps. */
 static void FN_T(winograd_input_rows)(const real *restrict qe, const real *restrict qo,
                                       int64_t n, int64_t w1, int64_t rows, int64_t tw,
                                       real *restrict v, int64_t stride) {
@@ -210,6 +211,8 @@ static void FN_T(winograd_input_rows)(const real *restrict qe, const real *restr
         FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 12, 12, v, stride);
     else if (tw == 8)
         FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 8, 8, v, stride);
+    else if (tw == 4)
+        FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, 4, 4, v, stride);
     else
         FN_T(winograd_input_tiles)(qe, qo, n, w1, rows, tw, WINOGRAD_RUN, v, stride);
 }
