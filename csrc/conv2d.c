@@ -265,7 +265,8 @@ static conv_geometry conv_geometry_of(const fn_node *node) {
  * batch is cut into `chunks` of consecutive images for the gradient sums (see the top of the
  * file), each part taking whole chunks. The workspace holds a column buffer of col_bytes per part
  * (followed, with a fused ReLU or a derived gradient, by the output gradient of an image, or of
- * a group that Winograd's input gradient takes at once: mask_bytes),
+ * a group that Winograd's input or weight gradient takes at once: mask_bytes, then with
+ * Winograd's weight gradient its transformed sums: du_bytes),
  * then a weight-and-bias partial of partial_bytes for each chunk after the first. unsplit: the
  * GEMMs run single-threaded for every thread count, so they need not be cut into deterministic
  * mode's blocks (fn_gemm_unsplit). */
@@ -280,11 +281,12 @@ typedef struct {
     bool band_channels;
     bool unsplit;
     /* Winograd forward and input gradient (geometry.winograd and winograd_grad, narrow images
-     * only in batches of winograd_images or more), on `winograd_images` images at a call. */
-    bool winograd, winograd_grad;
+     * only in batches of winograd_images or more), on `winograd_images` images at a call; the
+     * weight gradient too (winograd_weight_grad) where each part's kernels run on one thread. */
+    bool winograd, winograd_grad, winograd_weight_grad;
     int64_t winograd_images;
     /* u_bytes: the Winograd-transformed weights, at the start of the workspace (0 without). */
-    size_t u_bytes, col_bytes, mask_bytes, partial_bytes;
+    size_t u_bytes, col_bytes, mask_bytes, du_bytes, partial_bytes;
 } conv_plan;
 
 static size_t conv_round64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
@@ -397,6 +399,10 @@ static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads
     plan.winograd = conv_winograd_for(g, batch);
     plan.winograd_grad = plan.winograd && g->winograd_grad;
     plan.winograd_images = plan.winograd ? g->winograd_images : 1;
+    plan.winograd_weight_grad = plan.winograd && plan.unsplit && !g->windows;
+    plan.du_bytes = plan.winograd_weight_grad
+                        ? conv_round64((size_t)(16 * g->channels * g->out_channels) * elem_size)
+                        : 0;
     if (plan.winograd) {
         /* A part's Winograd buffers take the column buffer's place: the forward's, and the
          * input gradient's (its in and out channels swapped). */
@@ -410,8 +416,10 @@ static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads
         if (conv_round64(most) > plan.col_bytes) plan.col_bytes = conv_round64(most);
         plan.u_bytes = conv_round64((size_t)(16 * g->channels * g->out_channels) * elem_size);
     }
-    /* The input gradient by Winograd reads the output gradients of its images at once. */
-    const int64_t grad_images = plan.winograd_grad ? plan.winograd_images : 1;
+    /* The input and weight gradients by Winograd read the output gradients of their images at
+     * once. */
+    const int64_t grad_images =
+        plan.winograd_grad || plan.winograd_weight_grad ? plan.winograd_images : 1;
     plan.mask_bytes =
         per_image_grad
             ? conv_round64((size_t)(grad_images * g->out_channels * g->plane) * elem_size)
@@ -422,7 +430,7 @@ static conv_plan conv_plan_of(const conv_geometry *g, int64_t batch, int threads
 }
 
 static size_t conv_plan_bytes(const conv_plan *plan) {
-    size_t part = plan->col_bytes + plan->mask_bytes;
+    size_t part = plan->col_bytes + plan->mask_bytes + plan->du_bytes;
     size_t by_parts = (size_t)plan->parts * part + (size_t)(plan->chunks - 1) * plan->partial_bytes;
     size_t by_bands = (size_t)plan->bands * part; /* forward only: the partials are not in use */
     return plan->u_bytes + (by_parts > by_bands ? by_parts : by_bands);
@@ -557,11 +565,12 @@ static void FN_T(conv_gemm)(const FN_T(conv_job) *job, bool trans_a, int64_t m, 
                       job->plan.inner_threads);
 }
 
-/* Part `id`'s buffers: its column buffer, then (with a fused ReLU) its masked gradient; after
- * the transformed weights of Winograd's convolutions. */
+/* Part `id`'s buffers: its column buffer, then (with a fused ReLU or a derived gradient) its
+ * images' output gradients, then Winograd's weight gradient sums; after the transformed weights
+ * of Winograd's convolutions. */
 static char *FN_T(conv_part_buffer)(const FN_T(conv_job) *job, int id) {
     return job->workspace + job->plan.u_bytes +
-           (size_t)id * (job->plan.col_bytes + job->plan.mask_bytes);
+           (size_t)id * (job->plan.col_bytes + job->plan.mask_bytes + job->plan.du_bytes);
 }
 
 /* The weights as Winograd's convolutions take them (fn_winograd_weights), at the start of the
@@ -868,11 +877,17 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
     const int64_t group_size = g->group_in * g->height * g->width;
     const int64_t out_size = g->out_channels * g->plane;
     const int inner = job->plan.inner_threads;
-    /* The input gradient by Winograd takes the images in groups counted from the first image
-     * (as forward does), cut by the chunk's ends, after their weight gradients. */
+    /* The input and weight gradients by Winograd take the images in groups counted from the
+     * first image (as forward does), cut by the chunk's ends. The weight gradient's transformed
+     * sums (du) run over the chunk's groups and are taken back to the weights at its end. */
     const bool winograd_grad = job->plan.winograd_grad && job->grad_x;
-    const int64_t images = winograd_grad ? job->plan.winograd_images : 1;
+    const bool winograd_weight_grad = job->plan.winograd_weight_grad;
+    const int64_t images =
+        winograd_grad || winograd_weight_grad ? job->plan.winograd_images : 1;
     const bool derived = job->node->relu_fused || job->node->fused_consumer;
+    const int64_t *padding = job->node->attr.conv.padding;
+    real *du = (real *)((char *)col + job->plan.col_bytes + job->plan.mask_bytes);
+    const bool add_first = add; /* how the chunk's sums meet grad_weight */
     for (int64_t n = first; n < end; n++) {
         const real *x = job->x + n * image_size;
         const real *grad_y = job->grad_y + n * out_size;
@@ -894,11 +909,23 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
             source->op->input_grad_of_sample[FN_DTYPE](source, n, image_grad);
             grad_y = image_grad;
         }
+        /* The group's output gradients, once its last image's is there (one group of channels
+         * with Winograd). */
+        const bool group_done = n + 1 == group_end;
+        const real *group_grad_y = derived ? (const real *)((char *)col + job->plan.col_bytes)
+                                           : job->grad_y + group_first * out_size;
         for (int64_t group = 0; group < g->groups; group++) {
             const real *grad_y_group = grad_y + group * g->group_out * g->plane;
             const real *weight_group = job->weight + group * g->group_out * g->k;
             real *grad_weight_group = grad_weight + group * g->group_out * g->k;
-            if (g->windows && job->plan.unsplit) {
+            if (winograd_weight_grad) {
+                if (group_done)
+                    FN_T(fn_winograd_weight_grad)(job->x + group_first * image_size, group_grad_y,
+                                                  group_end - group_first, g->channels,
+                                                  g->height, g->width, padding[0], padding[1],
+                                                  g->out_channels, g->out_h, g->out_w,
+                                                  group_first != first, du, col);
+            } else if (g->windows && job->plan.unsplit) {
                 FN_T(conv_weight_grad_windows)(job, x + group * group_size, grad_y_group,
                                                (char *)col, add, grad_weight_group);
             } else {
@@ -919,13 +946,8 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
             real *grad_x = job->grad_x + n * image_size + group * group_size;
             if (winograd_grad) {
                 /* The input gradient is the output gradient convolved with the weights rotated
-                 * by 180 degrees, in and out swapped, padded by 2 - p: for the whole group
-                 * once its last image's output gradient is there (one group of channels). */
-                if (n + 1 < group_end) continue;
-                const int64_t *padding = job->node->attr.conv.padding;
-                const real *group_grad_y =
-                    derived ? (const real *)((char *)col + job->plan.col_bytes)
-                            : job->grad_y + group_first * out_size;
+                 * by 180 degrees, in and out swapped, padded by 2 - p: for the whole group. */
+                if (!group_done) continue;
                 FN_T(fn_winograd_conv)(group_grad_y, group_end - group_first, g->out_channels,
                                        g->out_h, g->out_w, 2 - padding[0], 2 - padding[1],
                                        job->winograd_u, g->channels, g->height, g->width, NULL,
@@ -950,6 +972,9 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
         }
         add = true; /* later images add to what the first one wrote */
     }
+    if (winograd_weight_grad && first < end)
+        FN_T(fn_winograd_weight_grad_finish)(du, g->out_channels, g->channels, add_first,
+                                             grad_weight);
 }
 
 /* Part `id` of `parts`: its share of the chunks, in order, with its own column buffer. */

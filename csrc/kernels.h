@@ -118,6 +118,15 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
                              int64_t out_c, int64_t out_h, int64_t out_w,                       \
                              const int64_t rows[2], const real *bias, bool relu,                \
                              bool accumulate, real *y, int64_t ldy, real *work);                \
+    /* its weight gradient: du (16, out_c, in_c) = (or += with add) the transformed tiles' sums \
+     * over `images` images x and output gradients dy; then grad_w (out_c, in_c, 3, 3) = (or   \
+     * += with add) G^T du G */                                                                  \
+    void fn_winograd_weight_grad##S(const real *x, const real *dy, int64_t images,              \
+                                    int64_t in_c, int64_t height, int64_t width, int64_t ph,    \
+                                    int64_t pw, int64_t out_c, int64_t out_h, int64_t out_w,    \
+                                    bool add, real *du, real *work);                            \
+    void fn_winograd_weight_grad_finish##S(const real *du, int64_t out_c, int64_t in_c,         \
+                                           bool add, real *grad_w);                             \
     /* copy.c */                                                                                 \
     void fn_copy_or_add##S(real *dst, const real *src, int64_t count, bool accumulate,           \
                            int threads);                                                         \

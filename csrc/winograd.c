@@ -401,37 +401,23 @@ static void FN_T(winograd_run_by_tiles)(const FN_T(winograd_pass) *p, const real
  * has: with that spare tile, the d B of every padded row is one flat loop, which
  * vectorises whatever the width (rows of one or two vectors would cost more in loop bookkeeping
  * than in work). */
-void FN_T(fn_winograd_conv)(const real *x, int64_t images, int64_t in_c, int64_t height,
-                            int64_t width, int64_t ph, int64_t pw, const real *u, int64_t out_c,
-                            int64_t out_h, int64_t out_w, const int64_t rows[2], const real *bias,
-                            bool relu, bool accumulate, real *y, int64_t ldy, real *work) {
-    const int64_t r0 = rows ? rows[0] : 0, band_h = (rows ? rows[1] : out_h) - r0;
-    if (band_h <= 0 || out_c <= 0 || images <= 0) return;
-    const winograd_layout l = winograd_layout_of(band_h, out_w, images);
-    const int64_t w1 = l.w1, wp = 2 * w1, tile_rows = l.tile_rows, tw = l.tw, tiles = l.tiles;
-    const int64_t ld = l.ld, n = l.n, plane = l.plane;
-    const bool by_tiles = winograd_by_tiles(out_c, &l);
-    /* The 16 matrices of V and of M each one cache line further than a multiple of a page:
-     * the transforms read or write all 16 at once, and 16 streams a power of two apart would
-     * meet in the same few sets of the L1 cache. */
-    const int64_t v_stride = in_c * ld + WINOGRAD_SKEW;
-    const int64_t m_stride = (by_tiles ? l.columns : ld) * out_c + WINOGRAD_SKEW;
-    real *v = work, *m = v + 16 * v_stride;
-    real *q = m + 16 * (out_c * ld + WINOGRAD_SKEW); /* the even rows' d B, then the odd rows' */
-    real *padded = q + 8 * n;             /* the even padded rows, then the odd ones */
-    real *out = padded + 2 * plane;       /* the output transform's buffer */
-
-    /* The padded rows, split by parity: padded row r is row r / 2 of plane r % 2, and holds
-     * input row r0 + r - ph. The padding is zeroed once; every channel then writes the same
-     * interior. */
+/* V[e] (in_c, columns) of `images` images x (images, in_c, height, width), zero-padded by ph rows
+ * and pw columns, from output row r0 on (layout l): each channel's padded rows through d B, then
+ * the tiles through B^T, image after image along a channel's row of V (a run past an image's
+ * last tile writes into the next image's tiles, written after it: winograd_input_tiles). q holds
+ * 8 n values, padded two planes.
+ *
+ * The padded rows are split by parity: padded row r is row r / 2 of plane r % 2, and holds input
+ * row r0 + r - ph. The padding is zeroed once; every channel then writes the same interior. */
+static void FN_T(winograd_input_transform)(const real *x, int64_t images, int64_t in_c,
+                                           int64_t height, int64_t width, int64_t ph,
+                                           int64_t pw, int64_t r0, const winograd_layout *l,
+                                           real *v, int64_t v_stride, real *q, real *padded) {
+    const int64_t w1 = l->w1, wp = 2 * w1, n = l->n, plane = l->plane;
     memset(padded, 0, (size_t)(2 * plane) * sizeof(real));
     int64_t r_lo = ph - r0 > 0 ? ph - r0 : 0, r_hi = ph + height - r0; /* rows holding input */
-    if (r_hi > 2 * tile_rows + 2) r_hi = 2 * tile_rows + 2;
+    if (r_hi > 2 * l->tile_rows + 2) r_hi = 2 * l->tile_rows + 2;
     const int64_t copy = width < wp - pw ? width : wp - pw; /* columns of a row inside */
-
-    /* V[e] (in_c, columns): each channel's padded rows through d B, then the tiles through B^T,
-     * image after image along a channel's row of V: a run past an image's last tile writes into
-     * the next image's tiles, written after it (winograd_input_tiles). */
     for (int64_t ci = 0; ci < in_c; ci++) {
         for (int64_t image = 0; image < images; image++) {
             const real *source = x + (image * in_c + ci) * height * width;
@@ -442,17 +428,115 @@ void FN_T(fn_winograd_conv)(const real *x, int64_t images, int64_t in_c, int64_t
             }
             FN_T(winograd_row_transform)(padded, n, q);
             FN_T(winograd_row_transform)(padded + plane, n, q + 4 * n);
-            FN_T(winograd_input_rows)(q, q + 4 * n, n, w1, tile_rows, tw,
-                                      v + ci * ld + image * tiles, v_stride);
+            FN_T(winograd_input_rows)(q, q + 4 * n, n, w1, l->tile_rows, l->tw,
+                                      v + ci * l->ld + image * l->tiles, v_stride);
         }
     }
-    const FN_T(winograd_pass) pass = {in_c, out_c, out_w, band_h, tile_rows, tw, tiles, ld, wp,
-                                      images, l.columns, v_stride, m_stride, ldy, out_c * ldy,
-                                      accumulate ? NULL : bias, relu && !accumulate, accumulate};
+}
+
+void FN_T(fn_winograd_conv)(const real *x, int64_t images, int64_t in_c, int64_t height,
+                            int64_t width, int64_t ph, int64_t pw, const real *u, int64_t out_c,
+                            int64_t out_h, int64_t out_w, const int64_t rows[2], const real *bias,
+                            bool relu, bool accumulate, real *y, int64_t ldy, real *work) {
+    const int64_t r0 = rows ? rows[0] : 0, band_h = (rows ? rows[1] : out_h) - r0;
+    if (band_h <= 0 || out_c <= 0 || images <= 0) return;
+    const winograd_layout l = winograd_layout_of(band_h, out_w, images);
+    const int64_t ld = l.ld;
+    const bool by_tiles = winograd_by_tiles(out_c, &l);
+    /* The 16 matrices of V and of M each one cache line further than a multiple of a page:
+     * the transforms read or write all 16 at once, and 16 streams a power of two apart would
+     * meet in the same few sets of the L1 cache. */
+    const int64_t v_stride = in_c * ld + WINOGRAD_SKEW;
+    const int64_t m_stride = (by_tiles ? l.columns : ld) * out_c + WINOGRAD_SKEW;
+    real *v = work, *m = v + 16 * v_stride;
+    real *q = m + 16 * (out_c * ld + WINOGRAD_SKEW); /* the even rows' d B, then the odd rows' */
+    real *padded = q + 8 * l.n;           /* the even padded rows, then the odd ones */
+    real *out = padded + 2 * l.plane;     /* the output transform's buffer */
+    FN_T(winograd_input_transform)(x, images, in_c, height, width, ph, pw, r0, &l, v, v_stride,
+                                   q, padded);
+    const FN_T(winograd_pass) pass = {in_c, out_c, out_w, band_h, l.tile_rows, l.tw, l.tiles,
+                                      ld, 2 * l.w1, images, l.columns, v_stride, m_stride, ldy,
+                                      out_c * ldy, accumulate ? NULL : bias,
+                                      relu && !accumulate, accumulate};
     if (by_tiles)
         FN_T(winograd_run_by_tiles)(&pass, u, v, m, out, y);
     else
         FN_T(winograd_run_by_channels)(&pass, u, v, m, out, y);
+}
+
+/* The weight gradient of fn_winograd_conv's convolution in its transformed form, for `images`
+ * images x and their output gradients dy (images, out_c, out_h, out_w):
+ *     du[e] (out_c, in_c) = (or += with add) sum over the tiles of Z[e] (out_c, tiles)
+ *                           @ V[e] (in_c, tiles)^T,
+ * V the input tiles as the forward transforms them and Z[e] = (A g A^T)[e] of each 2x2 tile g of
+ * dy (zero past an odd edge): the forward's tile of a channel is A^T M A with M = U .* V, so the
+ * gradient of M is A g A^T, that of U is that times V, summed over the tiles, and
+ * fn_winograd_weight_grad_finish takes du back through G. 16 GEMMs over the images' tiles, on
+ * the calling thread, in work (fn_winograd_work elements for these sizes and images). */
+void FN_T(fn_winograd_weight_grad)(const real *x, const real *dy, int64_t images, int64_t in_c,
+                                   int64_t height, int64_t width, int64_t ph, int64_t pw,
+                                   int64_t out_c, int64_t out_h, int64_t out_w, bool add,
+                                   real *du, real *work) {
+    if (images <= 0) return;
+    const winograd_layout l = winograd_layout_of(out_h, out_w, images);
+    const int64_t ld = l.ld, tw = l.tw;
+    const int64_t v_stride = in_c * ld + WINOGRAD_SKEW, z_stride = out_c * ld + WINOGRAD_SKEW;
+    real *v = work, *z = v + 16 * v_stride;
+    real *q = z + 16 * z_stride, *padded = q + 8 * l.n;
+    FN_T(winograd_input_transform)(x, images, in_c, height, width, ph, pw, 0, &l, v, v_stride, q,
+                                   padded);
+    /* Z, a tile row of a channel at a time: the tile's two rows through A (p, p + q, p - q, -q
+     * along each), then its four columns the same way. */
+    for (int64_t image = 0; image < images; image++)
+        for (int64_t co = 0; co < out_c; co++) {
+            const real *plane = dy + (image * out_c + co) * out_h * out_w;
+            for (int64_t ty = 0; ty < l.tile_rows; ty++) {
+                const real *row0 = plane + 2 * ty * out_w;
+                const real *row1 = 2 * ty + 1 < out_h ? row0 + out_w : NULL;
+                real *zt = z + co * ld + image * l.tiles + ty * tw;
+                for (int64_t tx = 0; tx < tw; tx++) {
+                    const bool right = 2 * tx + 1 < out_w;
+                    real g00 = row0[2 * tx], g01 = right ? row0[2 * tx + 1] : 0;
+                    real g10 = row1 ? row1[2 * tx] : 0, g11 = row1 && right ? row1[2 * tx + 1] : 0;
+                    real h[2][4] = {{g00, g00 + g01, g00 - g01, -g01},
+                                    {g10, g10 + g11, g10 - g11, -g11}};
+                    for (int j = 0; j < 4; j++) {
+                        real p0 = h[0][j], p1 = h[1][j];
+                        zt[(0 + j) * z_stride + tx] = p0;
+                        zt[(4 + j) * z_stride + tx] = p0 + p1;
+                        zt[(8 + j) * z_stride + tx] = p0 - p1;
+                        zt[(12 + j) * z_stride + tx] = -p1;
+                    }
+                }
+            }
+        }
+    for (int e = 0; e < 16; e++)
+        FN_T(fn_gemm_unsplit)(false, true, out_c, in_c, l.columns, 1, z + e * z_stride, ld,
+                              v + e * v_stride, ld, add ? 1 : 0, du + e * out_c * in_c, in_c);
+}
+
+/* grad_w (out_c, in_c, 3, 3) = (or += with add) G^T du[.][co][ci] G, du (16, out_c, in_c) as
+ * fn_winograd_weight_grad sums it: the gradient of U = G g G^T taken back to g. */
+void FN_T(fn_winograd_weight_grad_finish)(const real *du, int64_t out_c, int64_t in_c, bool add,
+                                          real *grad_w) {
+    const int64_t pairs = out_c * in_c;
+    for (int64_t pair = 0; pair < pairs; pair++) {
+        real d[16], t[3][4];
+        for (int e = 0; e < 16; e++) d[e] = du[e * pairs + pair];
+        for (int j = 0; j < 4; j++) { /* G^T d, column j: rows (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0),
+                                       * (0, 1/2, 1/2, 1) */
+            real d0 = d[j], d1 = d[4 + j], d2 = d[8 + j], d3 = d[12 + j];
+            t[0][j] = d0 + (d1 + d2) / 2;
+            t[1][j] = (d1 - d2) / 2;
+            t[2][j] = (d1 + d2) / 2 + d3;
+        }
+        real *w = grad_w + pair * 9;
+        for (int i = 0; i < 3; i++) { /* (G^T d) G */
+            real t0 = t[i][0], t1 = t[i][1], t2 = t[i][2], t3 = t[i][3];
+            real g[3] = {t0 + (t1 + t2) / 2, (t1 - t2) / 2, (t1 + t2) / 2 + t3};
+            for (int j = 0; j < 3; j++) w[3 * i + j] = add ? w[3 * i + j] + g[j] : g[j];
+        }
+    }
 }
 
 #endif /* FN_TEMPLATE_PASS */

@@ -200,6 +200,19 @@ def _winograd_images(out_h, out_w):
     return 1 if tiles >= WINOGRAD_MIN_TILES else -(-WINOGRAD_MIN_TILES // tiles)
 
 
+def _weight_grad_windows(cin, cout, k, stride, padding, height, oh, ow):
+    """Whether a convolution's weight gradient reads its input's windows from shifted planes
+    (``geometry.windows`` in csrc/conv2d.c): stride 1 across, rows of a multiple of 16 outputs,
+    few output channels for a long plane (``fn_gemm_dot_pays``), and the shifted planes fit the
+    column buffer."""
+    plane, depth = oh * ow, cin * k * k
+    dot_pays = (cout <= 16 and plane >= 256) or (cout <= 32 and plane >= 512)
+    shifted = k * cin * (height + 2 * padding) * ow
+    pointwise = k == 1 and stride == 1 and padding == 0
+    return (not pointwise and stride == 1 and ow % 16 == 0 and dot_pays and
+            shifted + 2 * depth + 2 <= depth * plane)
+
+
 def _winograd_products(channels_in, channels_out, out_h, out_w, images):
     """The GEMMs of one call of a Winograd convolution on ``images`` images: 16 of ``U[e]^T
     (out, in) @ V[e] (in, columns)``, the columns the images' 2x2 tiles rounded up to a multiple
@@ -219,8 +232,8 @@ def gemm_shapes(workloads=None):
     input gradient ``dy @ W``); a convolution makes the same three per image, on im2col columns
     (``W (out, k) @ cols (k, plane)``, ``dy @ cols^T``, ``W^T @ dy``), except that a convolution
     that runs by Winograd makes 16 per image, or per group of small images, for its forward (and
-    input gradient) instead, on transformed tiles. The input gradient of the first layer is not
-    computed.
+    input gradient, and weight gradient where that does not read shifted windows) instead, on
+    transformed tiles. The input gradient of the first layer is not computed.
 
     Returns
     -------
@@ -261,7 +274,13 @@ def gemm_shapes(workloads=None):
                               16 * groups)]
                 else:
                     gemms = [("fwd", cout, plane, depth, False, False, batch)]
-                gemms.append(("dW", cout, depth, plane, False, True, batch))
+                if winograd and not _weight_grad_windows(cin, cout, k, stride, padding,
+                                                         shape[1], oh, ow):
+                    # du[e] (out, in) += Z[e] (out, tiles) @ V[e] (in, tiles)^T
+                    tiles = images * ((oh + 1) // 2) * ((ow + 1) // 2)
+                    gemms.append(("dW Winograd", cout, cin, tiles, False, True, 16 * groups))
+                else:
+                    gemms.append(("dW", cout, depth, plane, False, True, batch))
                 if not first and winograd and cout <= cin:
                     gemms.append(("dX Winograd",
                                   *_winograd_products(cout, cin, *shape[1:], images),

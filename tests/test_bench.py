@@ -164,13 +164,21 @@ def test_gemm_shapes_follow_the_layers():
     assert winograd[0]["calls"] == 16 * 128 * 4  # two layers, forward and input gradient
     assert any(s["where"] == ["Conv2d(16,32,3,s2) fwd"] for s in shapes)
     # The 64-channel 8x8 convolution: four images at a call, their 4 x 16 tiles side by side.
+    # Its weight gradient by Winograd too, and the 32-channel one: 16 products of the transformed
+    # output gradients (out, tiles) by the input tiles (in, tiles) transposed, per group of
+    # images. The 16-channel ones keep the shifted windows' dot products.
     grouped = [s for s in shapes if (s["m"], s["n"], s["k"]) == (64, 64, 64)]
-    assert [(s["where"], s["calls"]) for s in grouped] == [
-        (["Conv2d(64,64,3,s1) fwd Winograd", "Conv2d(64,64,3,s1) dX Winograd"], 16 * 32 * 2)]
+    assert [(s["where"], s["calls"], s["trans_a"], s["trans_b"]) for s in grouped] == [
+        (["Conv2d(64,64,3,s1) fwd Winograd", "Conv2d(64,64,3,s1) dX Winograd"], 16 * 32 * 2,
+         True, False),
+        (["Conv2d(64,64,3,s1) dW Winograd"], 16 * 32, False, True)]
+    assert [s["where"] for s in shapes if "dW Winograd" in s["where"][0]] == [
+        ["Conv2d(32,32,3,s1) dW Winograd"], ["Conv2d(64,64,3,s1) dW Winograd"]]
+    assert any(s["where"] == ["Conv2d(16,16,3,s1) dW"] for s in shapes)
     # The CNN's second convolution: its 144 tiles by 64 channels, which fill whole slivers.
     cnn = [s for s in bench.gemm_shapes(["cnn_mnist_b64"]) if "Winograd" in s["where"][0]]
     assert [(s["m"], s["n"], s["k"], s["trans_a"], s["trans_b"]) for s in cnn] == \
-        [(144, 64, 32, True, False)]
+        [(144, 64, 32, True, False), (64, 32, 144, False, True)]
 
 
 def test_registration_with_the_command_line(monkeypatch, capsys):

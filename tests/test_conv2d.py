@@ -436,16 +436,20 @@ def test_gradients_match_finite_differences(name, threads):
                                    err_msg=name)
 
 
-@pytest.mark.parametrize("name", ["3x3_pad", "pointwise", "groups2"])
+@pytest.mark.parametrize("name", ["3x3_pad", "pointwise", "groups2", "winograd_by_tiles",
+                                  "winograd_8x8"])
 def test_parameter_gradients_accumulate(name, threads):
     # Two backward calls without zero_grad add up; the input gradient is returned fresh each time.
-    geometry = GEOMETRIES[name]
+    # By Winograd the weight gradient's sums are taken back to the weights and added there (a
+    # batch of 9: 8 x 8 images in groups of 4, the last one short).
+    geometry = {**GEOMETRIES, **SMALL_IMAGES}[name]
     C, H, W = geometry[:3]
     model = make_model(geometry)
     rng = np.random.default_rng(6)
     random_params(model, rng)
-    x = rng.standard_normal((4, C, H, W))
-    grad_y = rng.standard_normal((4, model.output_size))
+    batch = 9 if name in SMALL_IMAGES else 4
+    x = rng.standard_normal((batch, C, H, W))
+    grad_y = rng.standard_normal((batch, model.output_size))
     model.forward(x, keep=True)
     model.zero_grad()
     first_x = model.backward(grad_y, True)
