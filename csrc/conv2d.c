@@ -10,10 +10,10 @@
  * runs image after image instead, with im2col and the GEMM split over the threads.
  *
  * 3x3 convolutions of stride 1 with enough channels and columns (geometry.winograd) run each
- * image, or a few small images together, by Winograd's F(2x2, 3x3) instead (winograd.c), forward
- * and input gradient (the output
- * gradient convolved with the kernels rotated); the weight gradient stays a GEMM. Batch-1
- * forwards cut into bands keep im2col.
+ * image, or a few small images together, by Winograd's F(2x2, 3x3) instead (winograd.c): forward,
+ * input gradient (the output gradient convolved with the kernels rotated) and, unless it reads
+ * shifted windows (below), weight gradient, whose sums stay in Winograd's transformed form over
+ * a chunk's images. Batch-1 forwards cut into bands of channels keep im2col.
  *
  * Backward recomputes the columns rather than keeping them from forward: they are kh * kw times
  * the input's size, more memory than the rest of a network's activations. The weight and bias

@@ -24,7 +24,10 @@
  * (fn_gemm_unsplit), output transform with the bias, a fused ReLU, or accumulation. A
  * convolution's input gradient with stride 1 is itself such a convolution, of the output
  * gradient with the weights rotated by 180 degrees, in and out channels swapped, and padding
- * 2 - p: fn_winograd_weights' `flip`. The bits depend on the sizes alone, not on the thread that
+ * 2 - p: fn_winograd_weights' `flip`. The weight gradient goes the forward's way backwards
+ * (fn_winograd_weight_grad): the output gradient's tiles through A g A^T, their products with
+ * the input tiles summed over the tiles in 16 GEMMs, and the sums taken back through G
+ * (fn_winograd_weight_grad_finish). The bits depend on the sizes alone, not on the thread that
  * computes an image.
  */
 #ifndef FN_TEMPLATE_PASS
