@@ -471,7 +471,7 @@ static void test_blas_table(void) {
  * BLAS is installed (gemm.c, fn_gemm_prefers_builtin): at least 16 rows, 64 columns and 2^20
  * multiply-adds per single-threaded call (2^18 with op(B) transposed), or with op(B) transposed
  * more than 16 columns and a long k for few rows (the dot products: up to 16 rows from k = 256,
- * up to 32 from 512). Each call is counted here. */
+ * up to 32 from 512), or at least 32 rows and columns and k >= 64. Each call is counted here. */
 /* The most columns of a transposed B that the built-in kernel takes as dot products (its float32
  * tile's NR / 2): a transposed B past OpenBLAS's small-matrix kernels goes to the built-in kernel
  * only up to that many. */
@@ -503,12 +503,15 @@ static void test_builtin_preferred(void) {
         {0, 16, 512, 256, 2, false, "16 x 512 x 256 on two threads (calls of 256 columns): built in"},
         {1, 16, 256, 64, 1, false, "transposed B, 2^18 multiply-adds: built in"},
         {1, 16, 256, 63, 1, true, "transposed B, fewer than 2^18 multiply-adds: BLAS"},
-        {1, 64, 63, 512, 1, true, "transposed B, 63 columns: BLAS"},
+        {1, 64, 63, 512, 1, false, "transposed B, 64 rows, 63 columns, k 512: built in"},
+        {1, 32, 32, 64, 1, false, "transposed B, 32 rows, 32 columns, k 64: built in"},
+        {1, 32, 31, 64, 1, true, "transposed B, 32 rows, 31 columns, k 64: BLAS"},
+        {1, 32, 32, 63, 1, true, "transposed B, 32 rows, 32 columns, k 63: BLAS"},
         {1, 16, 63, 512, 1, false, "transposed B, 16 rows, k 512: built in (dot products)"},
         {1, 15, 256, 512, 1, false, "transposed B, 15 rows, k 512: built in (dot products)"},
         {1, 15, 256, 255, 1, true, "transposed B, 15 rows, k 255: BLAS"},
         {1, 32, 256, 512, 1, false, "transposed B, 32 rows, k 512: built in (dot products)"},
-        {1, 33, 63, 600, 1, true, "transposed B, 33 rows, 63 columns, k 600: BLAS"},
+        {1, 33, 31, 600, 1, true, "transposed B, 33 rows, 31 columns, k 600: BLAS"},
         {1, 16, 16, 512, 1, true, "transposed B, 16 columns: BLAS"},
         {1, 128, 10, 1024, 2, 10 > DOT_COLUMNS,
          "transposed B, 10 columns, 128 rows: built in (dot products) with AVX-512"},
