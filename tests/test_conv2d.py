@@ -214,12 +214,12 @@ def test_forward_matches_reference(name, dtype, bias, threads):
     np.testing.assert_allclose(y.reshape(expected.shape), expected, **tolerance(dtype))
 
 
-# Images narrower than 16 columns run by Winograd in groups of images with 64 tiles between them
-# (geometry.winograd_images), where the batch fills a group: 8 x 8 in groups of 4; 9 x 9 (a last
-# tile cut by both edges) in groups of 3; 32 channels over 3 x 25 tiles (products tiles by
-# channels); unpadded, 8 x 10 out of 10 x 12, in groups of 4; more output channels than input
-# ones (the input gradient by im2col). A batch of 7 ends in a short group, and on 3 threads the
-# backward's chunks cut groups too.
+# Images narrower than 16 columns run by Winograd (forward, input gradient and weight gradient) in
+# groups of images with 64 tiles between them (geometry.winograd_images), where the batch fills a
+# group: 8 x 8 in groups of 4; 9 x 9 (a last tile cut by both edges) in groups of 3; 32 channels
+# over 3 x 25 tiles (products tiles by channels); unpadded, 8 x 10 out of 10 x 12, in groups of 4;
+# more output channels than input ones (the input gradient by im2col). A batch of 7 ends in a
+# short group, and on 3 threads the backward's chunks cut groups too.
 SMALL_IMAGES = {
     "winograd_8x8": (16, 8, 8, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "winograd_9x9": (18, 9, 9, 17, (3, 3), (1, 1), (1, 1), (1, 1), 1),
