@@ -886,23 +886,23 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
         winograd_grad || winograd_weight_grad ? job->plan.winograd_images : 1;
     const bool derived = job->node->relu_fused || job->node->fused_consumer;
     const int64_t *padding = job->node->attr.conv.padding;
-    real *du = (real *)((char *)col + job->plan.col_bytes + job->plan.mask_bytes);
+    real *grads = (real *)((char *)col + job->plan.col_bytes); /* the derived grad_y */
+    real *du = (real *)((char *)grads + job->plan.mask_bytes);
     const bool add_first = add; /* how the chunk's sums meet grad_weight */
     for (int64_t n = first; n < end; n++) {
         const real *x = job->x + n * image_size;
         const real *grad_y = job->grad_y + n * out_size;
         /* The images [group_first, group_end) of n's group; a derived grad_y goes to the part's
          * buffer after the columns, the group's one after the other. */
-        const int64_t group_first = n - n % images > first ? n - n % images : first;
-        const int64_t group_end = n - n % images + images < end ? n - n % images + images : end;
-        real *image_grad =
-            (real *)((char *)col + job->plan.col_bytes) + (n - group_first) * out_size;
+        const int64_t start = n - n % images; /* of the whole group */
+        const int64_t group_first = start > first ? start : first;
+        const int64_t group_end = start + images < end ? start + images : end;
+        real *image_grad = grads + (n - group_first) * out_size;
         if (job->node->relu_fused) {
             /* The ReLU's backward, on this image: its gradient where the output is positive. */
-            const real *y = (const real *)job->node->out + n * g->out_channels * g->plane;
+            const real *y = (const real *)job->node->out + n * out_size;
             FN_T(fn_activation_backward)(FN_ACT_RELU, &(fn_activation_params){0}, NULL, y, grad_y,
-                                         image_grad, false, g->out_channels * g->plane,
-                                         job->plan.inner_threads);
+                                         image_grad, false, out_size, job->plan.inner_threads);
             grad_y = image_grad;
         } else if (job->node->fused_consumer) {
             const fn_node *source = job->node->fused_consumer;
@@ -912,8 +912,7 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
         /* The group's output gradients, once its last image's is there (one group of channels
          * with Winograd). */
         const bool group_done = n + 1 == group_end;
-        const real *group_grad_y = derived ? (const real *)((char *)col + job->plan.col_bytes)
-                                           : job->grad_y + group_first * out_size;
+        const real *group_grad_y = derived ? grads : job->grad_y + group_first * out_size;
         for (int64_t group = 0; group < g->groups; group++) {
             const real *grad_y_group = grad_y + group * g->group_out * g->plane;
             const real *weight_group = job->weight + group * g->group_out * g->k;

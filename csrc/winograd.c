@@ -384,26 +384,6 @@ static void FN_T(winograd_run_by_tiles)(const FN_T(winograd_pass) *p, const real
     }
 }
 
-/* `images` consecutive images x (images, in_c, height, width), zero-padded by ph rows and pw
- * columns, convolved with the 3x3 kernels transformed into u (16, in_c, out_c)
- * (fn_winograd_weights) -> y (images, out_c, out_h, out_w), or, for one image, only its output
- * rows [rows[0], rows[1]) (rows NULL: all of them):
- *     y = conv + bias[co] (bias NULL: none), then max(y, 0) with relu, or y += conv with
- *     accumulate (no bias nor ReLU then),
- * output row r of channel co of image i at y + (i * out_c + co) * ldy + (r - rows[0]) * out_w,
- * on the calling thread, in work (fn_winograd_work elements for the images and rows computed).
- * out_h and out_w are height + 2 ph - 2 and width + 2 pw - 2. A band's tiles start at its first
- * row: from an even row, the tiles and so the operations are the whole image's.
- *
- * Several images share the 16 GEMMs, their tiles side by side as columns: a small image's few
- * tiles alone make products too narrow for the kernel to reach its speed (64 channels of 8 x 8,
- * 16 tiles an image, ran 0.58x of im2col; four at a time, like one image of 16 x 16, 1.4x). A
- * column's sum runs over the input channels in the same order whichever images share it.
- *
- * The padded rows are 2 w1 values wide, w1 = ceil(out_w / 2) + 1 being one tile more than a row
- * has: with that spare tile, the d B of every padded row is one flat loop, which
- * vectorises whatever the width (rows of one or two vectors would cost more in loop bookkeeping
- * than in work). */
 /* V[e] (in_c, columns) of `images` images x (images, in_c, height, width), zero-padded by ph rows
  * and pw columns, from output row r0 on (layout l): each channel's padded rows through d B, then
  * the tiles through B^T, image after image along a channel's row of V (a run past an image's
@@ -411,7 +391,10 @@ static void FN_T(winograd_run_by_tiles)(const FN_T(winograd_pass) *p, const real
  * 8 n values, padded two planes.
  *
  * The padded rows are split by parity: padded row r is row r / 2 of plane r % 2, and holds input
- * row r0 + r - ph. The padding is zeroed once; every channel then writes the same interior. */
+ * row r0 + r - ph. The padding is zeroed once; every channel then writes the same interior. They
+ * are 2 w1 values wide, w1 = ceil(out_w / 2) + 1 being one tile more than a row has: with that
+ * spare tile, the d B of every padded row is one flat loop, which vectorises whatever the width
+ * (rows of one or two vectors would cost more in loop bookkeeping than in work). */
 static void FN_T(winograd_input_transform)(const real *x, int64_t images, int64_t in_c,
                                            int64_t height, int64_t width, int64_t ph,
                                            int64_t pw, int64_t r0, const winograd_layout *l,
@@ -437,6 +420,21 @@ static void FN_T(winograd_input_transform)(const real *x, int64_t images, int64_
     }
 }
 
+/* `images` consecutive images x (images, in_c, height, width), zero-padded by ph rows and pw
+ * columns, convolved with the 3x3 kernels transformed into u (16, in_c, out_c)
+ * (fn_winograd_weights) -> y (images, out_c, out_h, out_w), or, for one image, only its output
+ * rows [rows[0], rows[1]) (rows NULL: all of them):
+ *     y = conv + bias[co] (bias NULL: none), then max(y, 0) with relu, or y += conv with
+ *     accumulate (no bias nor ReLU then),
+ * output row r of channel co of image i at y + (i * out_c + co) * ldy + (r - rows[0]) * out_w,
+ * on the calling thread, in work (fn_winograd_work elements for the images and rows computed).
+ * out_h and out_w are height + 2 ph - 2 and width + 2 pw - 2. A band's tiles start at its first
+ * row: from an even row, the tiles and so the operations are the whole image's.
+ *
+ * Several images share the 16 GEMMs, their tiles side by side as columns: a small image's few
+ * tiles alone make products too narrow for the kernel to reach its speed (64 channels of 8 x 8,
+ * 16 tiles an image, ran 0.58x of im2col; four at a time, like one image of 16 x 16, 1.4x). A
+ * column's sum runs over the input channels in the same order whichever images share it. */
 void FN_T(fn_winograd_conv)(const real *x, int64_t images, int64_t in_c, int64_t height,
                             int64_t width, int64_t ph, int64_t pw, const real *u, int64_t out_c,
                             int64_t out_h, int64_t out_w, const int64_t rows[2], const real *bias,

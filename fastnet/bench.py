@@ -194,9 +194,14 @@ WINOGRAD_WIDE = 16
 WINOGRAD_MIN_TILES = 64
 
 
+def _winograd_tiles(out_h, out_w):
+    """The 2x2 tiles of one image's output (out_h, out_w)."""
+    return ((out_h + 1) // 2) * ((out_w + 1) // 2)
+
+
 def _winograd_images(out_h, out_w):
     """The images a Winograd convolution with an output of (out_h, out_w) takes at once."""
-    tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
+    tiles = _winograd_tiles(out_h, out_w)
     return 1 if tiles >= WINOGRAD_MIN_TILES else -(-WINOGRAD_MIN_TILES // tiles)
 
 
@@ -218,7 +223,7 @@ def _winograd_products(channels_in, channels_out, out_h, out_w, images):
     (out, in) @ V[e] (in, columns)``, the columns the images' 2x2 tiles rounded up to a multiple
     of 32, or of ``V[e]^T (tiles, in) @ U[e] (in, out)`` where that leaves fewer of 32-column
     slivers empty (``winograd_by_tiles`` in csrc/winograd.c)."""
-    tiles = images * ((out_h + 1) // 2) * ((out_w + 1) // 2)
+    tiles = images * _winograd_tiles(out_h, out_w)
     columns = (tiles + 31) // 32 * 32
     if tiles * ((channels_out + 31) // 32 * 32) < channels_out * columns:
         return tiles, channels_out, channels_in, True, False
@@ -277,8 +282,8 @@ def gemm_shapes(workloads=None):
                 if winograd and not _weight_grad_windows(cin, cout, k, stride, padding,
                                                          shape[1], oh, ow):
                     # du[e] (out, in) += Z[e] (out, tiles) @ V[e] (in, tiles)^T
-                    tiles = images * ((oh + 1) // 2) * ((ow + 1) // 2)
-                    gemms.append(("dW Winograd", cout, cin, tiles, False, True, 16 * groups))
+                    gemms.append(("dW Winograd", cout, cin, images * _winograd_tiles(oh, ow),
+                                  False, True, 16 * groups))
                 else:
                     gemms.append(("dW", cout, depth, plane, False, True, batch))
                 if not first and winograd and cout <= cin:
