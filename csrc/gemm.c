@@ -216,8 +216,10 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
 
 #if defined(__GNUC__)
 #define GEMM_INLINE static inline __attribute__((always_inline))
+#define GEMM_NOINLINE static __attribute__((noinline))
 #else
 #define GEMM_INLINE static inline
+#define GEMM_NOINLINE static
 #endif
 
 #if defined(__AVX512F__)
@@ -1224,14 +1226,11 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
 #define DOT_MAX 8
 typedef real FN_T(dot_vector) __attribute__((vector_size(DOT_LANES * sizeof(real))));
 
-/* The sum of a vector's lanes, pairwise: lane l and lane l + h for h = LANES / 2, ..., 1, each
- * round on the vector's halves (a register operation), where a running sum over the lanes waits
- * on every addition's latency: with k = 128, those sums had cost as much as the products. */
 /* Keeps a loaded vector in a register: GCC otherwise folds its load into each of the
  * multiply-adds that use it, loading A's vector `cols` times (1.35x slower on a 16x144x1024
  * product on Intel) and B's `rows` times (a 4 x 4 block: 20 loads for 16 multiply-adds, half
- * speed on AMD Zen 4, which loads one 512-bit vector a cycle). A block of one row uses each of
- * B's vectors once, so its loads may stay folded. */
+ * speed on AMD Zen 4, which loads one 512-bit vector a cycle). One row uses each of B's vectors
+ * once, so its loads may stay folded. */
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define DOT_IN_REGISTER(v) __asm__("" : "+v"(v))
 #else
@@ -1240,7 +1239,7 @@ typedef real FN_T(dot_vector) __attribute__((vector_size(DOT_LANES * sizeof(real
 typedef real FN_T(dot_v8) __attribute__((vector_size(8 * sizeof(real))));
 typedef real FN_T(dot_v4) __attribute__((vector_size(4 * sizeof(real))));
 typedef real FN_T(dot_v2) __attribute__((vector_size(2 * sizeof(real))));
-/* half = lower half of v + upper half (memcpy: register extracts, whatever the alignment) */
+/* half = lower half of v + upper half, for compilers without __builtin_shufflevector */
 #define DOT_HALVES(half, type, v)                                                                 \
     type half;                                                                                    \
     {                                                                                             \
@@ -1249,8 +1248,33 @@ typedef real FN_T(dot_v2) __attribute__((vector_size(2 * sizeof(real))));
         memcpy(&hi_, (const char *)&(v) + sizeof lo_, sizeof hi_);                                \
         half = lo_ + hi_;                                                                         \
     }
+/* The sum of a vector's lanes, pairwise: lane l and lane l + h for h = LANES / 2, ..., 1, each
+ * round on the vector's halves (a register operation), where a running sum over the lanes waits
+ * on every addition's latency: with k = 128, those sums had cost as much as the products. */
 GEMM_INLINE real FN_T(dot_total)(FN_T(dot_vector) v) {
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+    /* The halves by shuffles: through memcpy GCC stored the sums and loaded their halves back,
+     * between one block's loads and the next's (gemm_dot_row). */
 #if DOT_LANES == 16
+    FN_T(dot_v8) v8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                      __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif DOT_LANES == 8
+    FN_T(dot_v8) v8 = v;
+#endif
+#if DOT_LANES >= 8
+    FN_T(dot_v4) v4 = __builtin_shufflevector(v8, v8, 0, 1, 2, 3) +
+                      __builtin_shufflevector(v8, v8, 4, 5, 6, 7);
+#elif DOT_LANES == 4
+    FN_T(dot_v4) v4 = v;
+#endif
+#if DOT_LANES >= 4
+    FN_T(dot_v2) v2 =
+        __builtin_shufflevector(v4, v4, 0, 1) + __builtin_shufflevector(v4, v4, 2, 3);
+#else
+    FN_T(dot_v2) v2 = v;
+#endif
+    return v2[0] + v2[1];
+#elif DOT_LANES == 16
     DOT_HALVES(v8, FN_T(dot_v8), v)
     DOT_HALVES(v4, FN_T(dot_v4), v8)
     DOT_HALVES(v2, FN_T(dot_v2), v4)
@@ -1317,15 +1341,15 @@ GEMM_INLINE FN_T(dot_vector) FN_T(dot_load_part)(const real *src, int count) {
     return v;
 }
 
-/* One block: rows a_rows[0 .. rows) by columns b_rows[0 .. cols) of C, whose first element is
- * at c; only the first `store_rows` rows and `store_cols` columns are stored (the others repeat
- * a row or column so that the block has a constant size). */
 /* The k products of a dot_block: `segments` runs of `len` elements, run s of A's rows
  * s * a_step and of B's rows s * b_step past their starts (a run of k when segments == 1). */
 typedef struct {
     int64_t segments, len, a_step, b_step;
 } FN_T(dot_runs);
 
+/* One block: rows a_rows[0 .. rows) by columns b_rows[0 .. cols) of C, whose first element is
+ * at c; only the first `store_rows` rows and `store_cols` columns are stored (the others repeat
+ * a row or column so that the block has a constant size). */
 GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows, int store_cols,
                                  const FN_T(dot_runs) *runs, real alpha,
                                  const real *const *a_rows, const real *const *b_rows, real beta,
@@ -1405,6 +1429,65 @@ GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows,
     }
 }
 
+/* C (1, n) = alpha * a @ B^T + beta * C, B's row j at b + j * ldb, k = len: a batch-1
+ * inference's linear layer. B's rows `cols` at a time (8, or 4: gemm_dot_runs), the blocks from
+ * the last with `reversed`; each row's products along k in DOT_LANES lanes, then dot_total: the
+ * sums of dot_block's one-row blocks, so the same bits. */
+GEMM_INLINE void FN_T(dot_row_blocks)(const int cols, int64_t n, int64_t len, real alpha,
+                                      const real *a, const real *b, int64_t ldb, real beta,
+                                      real *c, bool reversed) {
+    typedef FN_T(dot_vector) vector;
+    const int64_t blocks = (n + cols - 1) / cols;
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t j0 = (reversed ? blocks - 1 - block : block) * cols;
+        const real *rows[DOT_MAX];
+        for (int q = 0; q < cols; q++) /* a short last block repeats its last row */
+            rows[q] = b + (j0 + q < n ? j0 + q : n - 1) * ldb;
+        vector acc[DOT_MAX];
+        for (int q = 0; q < cols; q++) acc[q] = (vector){0};
+        int64_t p = 0;
+        for (; p + DOT_LANES <= len; p += DOT_LANES) {
+            vector va;
+            memcpy(&va, a + p, sizeof va);
+            DOT_IN_REGISTER(va);
+            for (int q = 0; q < cols; q++) {
+                vector vb;
+                memcpy(&vb, rows[q] + p, sizeof vb);
+                acc[q] += va * vb;
+            }
+        }
+        if (p < len) {
+            const int rest = (int)(len - p);
+            const vector va = FN_T(dot_load_part)(a + p, rest);
+            for (int q = 0; q < cols; q++) acc[q] += va * FN_T(dot_load_part)(rows[q] + p, rest);
+        }
+        /* All `cols` totals first: with the sums indexed up to the stored count, GCC keeps them
+         * in memory. */
+        real totals[DOT_MAX];
+        for (int q = 0; q < cols; q++) totals[q] = FN_T(dot_total)(acc[q]);
+        const int store_cols = (int)(n - j0 < cols ? n - j0 : cols);
+        real *c_block = c + j0;
+        for (int q = 0; q < store_cols; q++)
+            c_block[q] = beta == 0 ? alpha * totals[q] : alpha * totals[q] + beta * c_block[q];
+    }
+}
+
+/* The one-row products of a single run of k, in a function of their own. The weights stream
+ * from L3 there, and whatever runs between one block's last loads and the next block's first
+ * delays the next loads: as dot_block's blocks inlined into gemm_dot_runs, the rows' pointers
+ * and the sums went through the stack between blocks. `1x1024x784` on two threads, from C:
+ * 19.8 -> 18.7 us, where the same loop of multiply-adds compiled alone took 18.0; this loop
+ * extended to several runs of k and rows of B by index (as dot_block takes them) was 1.05x
+ * slower, so those keep dot_block. */
+GEMM_NOINLINE void FN_T(gemm_dot_row)(bool four, int64_t n, int64_t len, real alpha, const real *a,
+                                      const real *b, int64_t ldb, real beta, real *c,
+                                      bool reversed) {
+    if (four)
+        FN_T(dot_row_blocks)(4, n, len, alpha, a, b, ldb, beta, c, reversed);
+    else
+        FN_T(dot_row_blocks)(8, n, len, alpha, a, b, ldb, beta, c, reversed);
+}
+
 /* C (m, n) = alpha * A @ B^T + beta * C, row i of A at a + i * lda, row j of B at
  * b + (b_rows ? b_rows[j] : j * ldb), each read as runs (dot_runs); with `reversed`, each block
  * row of C from its last block of columns to its first (fn_gemm_ordered). */
@@ -1428,6 +1511,10 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
      * The bits do not depend on the block. */
     const bool rows_alias = !b_rows && gemm_rows_share_l1_set(ldb * (int64_t)sizeof(real)) &&
                             runs->segments * runs->len * (int64_t)sizeof(real) <= 16384;
+    if (m == 1 && !b_rows && runs->segments == 1) {
+        FN_T(gemm_dot_row)(rows_alias, n, runs->len, alpha, a, b, ldb, beta, c, reversed);
+        return;
+    }
     int block_rows = m == 1 ? 1 : 4;
     int block_cols = m == 1 ? (rows_alias ? 4 : 8) : DOT_TOTALS_16 ? 4 : 3;
     if (DOT_TOTALS_16 && m > 1) {
@@ -1456,7 +1543,7 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
             }
             int store_cols = (int)(n - j0 < block_cols ? n - j0 : block_cols);
             real *c_block = c + i0 * ldc + j0;
-            if (m == 1 && block_cols == 4) {
+            if (m == 1 && block_cols == 4) { /* several runs of k, or rows of B by index */
                 FN_T(dot_block)(1, 4, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
                                 c_block, ldc);
             } else if (m == 1) {

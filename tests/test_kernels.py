@@ -549,12 +549,13 @@ def test_gemm_weight_gradient_split_by_rows(dtype, m, k, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k", [784, 1024, 512, 2048])
+@pytest.mark.parametrize("k", [784, 1024, 512, 2048, 300])
 def test_gemm_one_row_is_a_row_of_more(dtype, k):
     # A one-row product with a transposed B (a batch-1 inference of a linear layer) runs as dot
     # products in blocks of 8 rows of B, or 4 where those rows lie a multiple of 4 KB apart
-    # (float32 k = 1024 and 2048, float64 k = 512 and 1024): the same sums in the same order as
-    # the rows of a product of 5 rows, whose blocks are 4 x 4, so the same bits, for any n.
+    # (float32 k = 1024 and 2048, float64 k = 512 and 1024), in a loop of its own
+    # (gemm_dot_row): the same sums in the same order as the rows of a product of 5 rows, whose
+    # blocks are 4 x 4, so the same bits, for any n; k = 300 ends in a part of a vector.
     rng = np.random.default_rng(k)
     a = rng.standard_normal((5, k)).astype(dtype)
     for n in (70, 4, 1):
