@@ -57,12 +57,14 @@ GEOMETRIES = {
     # The weight gradient from the input's planes shifted by each kernel column instead of its
     # columns (stride 1 across, outputs a multiple of 16 wide, at most 16 output channels a
     # group and 256 output positions or more; also plane_64): groups, a kernel of 10 taps (a
-    # last block of one weight column), depthwise, stride 2 down (a run per output row),
-    # dilation, a width copied element by element (48), a row past the stack buffer.
+    # last block of one weight column), depthwise, stride 2 down (a run per output row; with
+    # one output channel a group, one row of dot products over several runs), dilation, a width
+    # copied element by element (48), a row past the stack buffer.
     "windows_grouped": (4, 16, 16, 6, (3, 3), (1, 1), (1, 1), (1, 1), 2),
     "windows_kernel_2x5": (1, 17, 16, 5, (2, 5), (1, 1), (0, 2), (1, 1), 1),
     "windows_depthwise": (3, 16, 16, 3, (3, 3), (1, 1), (1, 1), (1, 1), 3),
     "windows_stride_h2": (2, 33, 34, 3, (3, 3), (2, 1), (0, 0), (1, 1), 1),
+    "windows_depthwise_stride_h2": (3, 33, 34, 3, (3, 3), (2, 1), (0, 0), (1, 1), 3),
     "windows_dilated": (2, 20, 36, 2, (3, 3), (1, 1), (1, 0), (2, 2), 1),
     "windows_width_48": (1, 16, 48, 2, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     "windows_long_row": (1, 3, 318, 2, (2, 15), (1, 1), (0, 0), (1, 1), 1),
