@@ -59,13 +59,13 @@ void fn_free(void *p) { free(p); }
  *
  * The built-in GEMM packs its operands into a buffer of up to about 1 MB per call. Allocating it on
  * every call cost an allocation per GEMM per thread and broke the rule that a training step
- * allocates nothing; each thread therefore keeps one buffer, grown when a call needs more and
- * otherwise reused. It belongs to the thread, so two models trained from two threads at once
- * never share one, and no lock is needed. A pthread key frees it when the thread exits (Python
- * threads, OpenMP threads of a team that shrinks); fn_release_thread_buffers frees it earlier. */
+ * allocates nothing; each thread therefore keeps its buffers, each grown when a call needs more
+ * and otherwise reused. They belong to the thread, so two models trained from two threads at once
+ * never share one, and no lock is needed. A pthread key frees them when the thread exits (Python
+ * threads, OpenMP threads of a team that shrinks); fn_release_thread_buffers frees them earlier. */
 typedef struct {
-    void *data;
-    size_t bytes;
+    void *data[FN_THREAD_BUFFERS];
+    size_t bytes[FN_THREAD_BUFFERS];
 } fn_scratch;
 
 static _Thread_local fn_scratch fn_thread_scratch;
@@ -75,25 +75,27 @@ static bool fn_scratch_key_ok;
 
 static void fn_scratch_destroy(void *unused) {
     (void)unused;
-    fn_free(fn_thread_scratch.data);
-    fn_thread_scratch.data = NULL;
-    fn_thread_scratch.bytes = 0;
+    for (int i = 0; i < FN_THREAD_BUFFERS; i++) {
+        fn_free(fn_thread_scratch.data[i]);
+        fn_thread_scratch.data[i] = NULL;
+        fn_thread_scratch.bytes[i] = 0;
+    }
 }
 
 static void fn_scratch_key_create(void) {
     fn_scratch_key_ok = pthread_key_create(&fn_scratch_key, fn_scratch_destroy) == 0;
 }
 
-void *fn_thread_buffer(size_t bytes) {
+void *fn_thread_buffer(fn_thread_buffer_use use, size_t bytes) {
     fn_scratch *s = &fn_thread_scratch;
-    if (s->data != NULL && s->bytes >= bytes) return s->data;
+    if (s->data[use] != NULL && s->bytes[use] >= bytes) return s->data[use];
     pthread_once(&fn_scratch_key_once, fn_scratch_key_create);
     void *p = fn_alloc(bytes);
     if (p == NULL) return NULL; /* the old buffer stays, still too small */
-    fn_free(s->data);
-    s->data = p;
-    s->bytes = bytes;
-    /* A destructor runs only for a non-NULL value: any non-NULL marker will do, the buffer is
+    fn_free(s->data[use]);
+    s->data[use] = p;
+    s->bytes[use] = bytes;
+    /* A destructor runs only for a non-NULL value: any non-NULL marker will do, the buffers are
      * found through the thread-local record. */
     if (fn_scratch_key_ok) pthread_setspecific(fn_scratch_key, s);
     return p;
@@ -101,7 +103,7 @@ void *fn_thread_buffer(size_t bytes) {
 
 void fn_release_thread_buffers(void) {
 #ifdef _OPENMP
-    /* Each thread of the calling thread's team frees its own buffer: the team is the one its
+    /* Each thread of the calling thread's team frees its own buffers: the team is the one its
      * kernels ran on, and no other thread's buffer is touched. */
     int threads = fn_get_num_threads();
     if (threads > 1) {

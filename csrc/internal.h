@@ -52,11 +52,16 @@ void fn_free(void *p);
 #define FN_PREFETCH(p) ((void)(p))
 #endif
 
-/* The calling thread's scratch buffer of at least `bytes` (64-byte aligned), kept from one call
- * to the next and grown when asked for more, or NULL when it cannot be grown. Its contents are
- * not kept across a growth. Only for kernels that do not call each other while they hold it:
- * every caller gets the same buffer. Freed at thread exit or by fn_release_thread_buffers. */
-void *fn_thread_buffer(size_t bytes);
+/* The calling thread's scratch buffers, one per use: the GEMM's packed panels, and a block of C
+ * that the GEMM computes apart from C (gemm_block). */
+typedef enum { FN_BUFFER_PANELS, FN_BUFFER_C_BLOCK, FN_THREAD_BUFFERS } fn_thread_buffer_use;
+
+/* The calling thread's scratch buffer for `use`, of at least `bytes` (64-byte aligned), kept from
+ * one call to the next and grown when asked for more, or NULL when it cannot be grown. Its
+ * contents are not kept across a growth. Only for kernels that do not call each other while they
+ * hold it: every caller with the same use gets the same buffer. Freed at thread exit or by
+ * fn_release_thread_buffers. */
+void *fn_thread_buffer(fn_thread_buffer_use use, size_t bytes);
 
 /* gemm.c: whether fn_gemm runs a single-threaded product of these sizes (C (m, n), inner size k,
  * op(B) transposed or not) on the built-in kernel although a BLAS is installed, because the

@@ -504,6 +504,22 @@ def test_gemm_builtin_bits_do_not_depend_on_the_thread_count(dtype, m, k, n):
     assert_within_bound(one, expected, (k + 2) * eps_of(dtype) * magnitude, "built-in")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, k, n", [(128, 1024, 1024), (40, 600, 300)])
+def test_gemm_column_blocks_computed_apart(dtype, m, k, n):
+    # A @ B with a B too large to read in place and k in several blocks (an MLP's input gradient,
+    # dY @ W) is split between the threads by columns, each thread's block computed in a buffer of
+    # its own and then copied into C: the bits of one thread, within the bound of the product.
+    rng = np.random.default_rng(m + k + n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    one = _core.gemm(a, b, builtin=True, threads=1)
+    np.testing.assert_array_equal(_core.gemm(a, b, builtin=True, threads=2), one)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    magnitude = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+    assert_within_bound(one, expected, (k + 2) * eps_of(dtype) * magnitude, "built-in")
+
+
 @RANDOM_SIZES
 @given(st.data())
 def test_gemm_random_shapes(data):
