@@ -1121,9 +1121,16 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
     /* Packing B pays when its panel is read by many rows of tiles, or when its rows lie far
      * apart (a new page at every step of k). A B that serves at most two rows of tiles, or whose
      * block of KC rows is small enough to stay in L2 as it is, is read where it lies: its whole
-     * slivers straight from B, only the right edge's sliver packed (padded with zeros). Same
+     * slivers straight from B, only the right edge's sliver packed (padded with zeros). So is a
+     * B whose block (KC rows by this call's columns, up to NC) fills at most 512 KB of L2 and
+     * serves at most 256 rows of A, even with its rows a page or more apart: on two threads, the
+     * workloads' `64x9216x128` NN (the CNN's input gradient) 1.09x, `128x1024x1024` NN 1.04x,
+     * `1024x784x128` and `128x9216x64` TN 1.01x (each thread's block of 4,608 or 512 columns);
+     * with 512 or 1024 rows, 0.98-1.01x, and a 1 MB block (`128x2048x2048`) 0.94x. Same
      * products, same order of sums: the bits do not change. */
-    bool b_in_place = !trans_b && (m <= 2 * GEMM_MR || FN_T(gemm_b_block_small)(k, ldb));
+    bool b_in_place = !trans_b && (m <= 2 * GEMM_MR || FN_T(gemm_b_block_small)(k, ldb) ||
+                                   (m <= 256 && (double)kc_max * (double)nc_max * sizeof(real) <=
+                                                    512.0 * 1024));
     /* An untransposed A whose slivers each serve at most 4 tiles is read where it lies, its MR
      * rows the broadcasts' streams (gemm_micro_rows), the same sums in the same order: packing
      * a sliver costs there a good part of its few tiles' products. Measured on one thread with
