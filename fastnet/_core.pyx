@@ -112,7 +112,7 @@ def allocations():
 
 
 def release_thread_buffers():
-    """Frees the built-in GEMM's packing buffers of this thread and of its OpenMP threads (they
+    """Frees the built-in GEMM's buffers of this thread and of its OpenMP threads (they
     are otherwise kept for the next call, until those threads exit)."""
     with nogil:
         fn_release_thread_buffers()
