@@ -1125,8 +1125,8 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
      * B whose block (KC rows by this call's columns, up to NC) fills at most 512 KB of L2 and
      * serves at most 256 rows of A, even with its rows a page or more apart: on two threads, the
      * workloads' `64x9216x128` NN (the CNN's input gradient) 1.09x, `128x1024x1024` NN 1.04x,
-     * `1024x784x128` and `128x9216x64` TN 1.01x (each thread's block of 4,608 or 512 columns);
-     * with 512 or 1024 rows, 0.98-1.01x, and a 1 MB block (`128x2048x2048`) 0.94x. Same
+     * `128x9216x64` TN 1.01-1.07x (each thread's block of 4,608 or 512 columns); with 512 or 1024
+     * rows, 0.98-1.01x, and a 1 MB block (`128x2048x2048`) 0.94x. Same
      * products, same order of sums: the bits do not change. */
     bool b_in_place = !trans_b && (m <= 2 * GEMM_MR || FN_T(gemm_b_block_small)(k, ldb) ||
                                    (m <= 256 && (double)kc_max * (double)nc_max * sizeof(real) <=
