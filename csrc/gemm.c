@@ -1497,6 +1497,12 @@ GEMM_NOINLINE void FN_T(gemm_dot_row)(bool four, int64_t n, int64_t len, real al
         FN_T(dot_row_blocks)(8, n, len, alpha, a, b, ldb, beta, c, reversed);
 }
 
+/* Whether one row's blocks take 4 rows of B rather than 8 (gemm_dot_runs below): B's rows a
+ * multiple of 4 KB apart, and A's row of k elements within 16 KB. */
+static inline bool FN_T(dot_rows_alias)(int64_t ldb, int64_t k) {
+    return gemm_rows_share_l1_set(ldb * (int64_t)sizeof(real)) && k * (int64_t)sizeof(real) <= 16384;
+}
+
 /* C (m, n) = alpha * A @ B^T + beta * C, row i of A at a + i * lda, row j of B at
  * b + (b_rows ? b_rows[j] : j * ldb), each read as runs (dot_runs); with `reversed`, each block
  * row of C from its last block of columns to its first (fn_gemm_ordered). */
@@ -1518,12 +1524,7 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
      * from C, `mlp_mnist`'s batch-1 latency 1.015-1.04x; with 784 columns the 1 x 8 block is
      * 1.08x faster, and with A's row of 9216 from L2, read twice as often, 1 x 4 was 0.99x).
      * The bits do not depend on the block. */
-    const bool rows_alias = !b_rows && gemm_rows_share_l1_set(ldb * (int64_t)sizeof(real)) &&
-                            runs->segments * runs->len * (int64_t)sizeof(real) <= 16384;
-    if (m == 1 && !b_rows && runs->segments == 1) {
-        FN_T(gemm_dot_row)(rows_alias, n, runs->len, alpha, a, b, ldb, beta, c, reversed);
-        return;
-    }
+    const bool rows_alias = !b_rows && FN_T(dot_rows_alias)(ldb, runs->segments * runs->len);
     int block_rows = m == 1 ? 1 : 4;
     int block_cols = m == 1 ? (rows_alias ? 4 : 8) : DOT_TOTALS_16 ? 4 : 3;
     if (DOT_TOTALS_16 && m > 1) {
@@ -1578,6 +1579,14 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
 static void FN_T(gemm_dot)(int64_t m, int64_t n, int64_t k, real alpha, const real *a,
                            int64_t lda, const real *b, int64_t ldb, real beta, real *c,
                            int64_t ldc, bool reversed) {
+    /* One row goes to gemm_dot_row from here, not from gemm_dot_runs: with the call inside it,
+     * gemm_dot_runs' 8 x 2 blocks ran 1.13-1.27x slower (64x10x128 NT 2.19 -> 2.47-2.69 us,
+     * 128x10x64 3.00 -> 3.48-3.81 on one thread); the one-row products run as fast from here. */
+    if (m == 1) {
+        FN_T(gemm_dot_row)(FN_T(dot_rows_alias)(ldb, k), n, k, alpha, a, b, ldb, beta, c,
+                           reversed);
+        return;
+    }
     const FN_T(dot_runs) runs = {1, k, 0, 0};
     FN_T(gemm_dot_runs)(m, n, &runs, alpha, a, lda, b, ldb, NULL, beta, c, ldc, reversed);
 }
