@@ -1438,7 +1438,7 @@ GEMM_INLINE void FN_T(dot_block)(const int rows, const int cols, int store_rows,
 }
 
 /* C (1, n) = alpha * a @ B^T + beta * C, B's row j at b + j * ldb, k = len: a batch-1
- * inference's linear layer. B's rows `cols` at a time (8, or 4: gemm_dot_runs), the blocks from
+ * inference's linear layer. B's rows `cols` at a time (8, or 4: dot_rows_alias), the blocks from
  * the last with `reversed`; each row's products along k in DOT_LANES lanes, then dot_total: the
  * sums of dot_block's one-row blocks, so the same bits. */
 GEMM_INLINE void FN_T(dot_row_blocks)(const int cols, int64_t n, int64_t len, real alpha,
@@ -1497,8 +1497,12 @@ GEMM_NOINLINE void FN_T(gemm_dot_row)(bool four, int64_t n, int64_t len, real al
         FN_T(dot_row_blocks)(8, n, len, alpha, a, b, ldb, beta, c, reversed);
 }
 
-/* Whether one row's blocks take 4 rows of B rather than 8 (gemm_dot_runs below): B's rows a
- * multiple of 4 KB apart, and A's row of k elements within 16 KB. */
+/* Whether gemm_dot_row takes B's rows 4 at a time rather than 8: where they lie a multiple of
+ * 4 KB apart and A's row of k elements fits 16 KB, the 8 lines of B at each step would fall into
+ * one set of L1, which then holds neither them all nor A's line (AMD Zen 4, 8 ways: a batch-1
+ * inference's 1024 x 1024 layer on two threads 32.0 -> 28.6 us from C, `mlp_mnist`'s batch-1
+ * latency 1.015-1.04x; with 784 columns the 8-row block is 1.08x faster, and with A's row of
+ * 9216 from L2, read twice as often, 4 rows were 0.99x). */
 static inline bool FN_T(dot_rows_alias)(int64_t ldb, int64_t k) {
     return gemm_rows_share_l1_set(ldb * (int64_t)sizeof(real)) && k * (int64_t)sizeof(real) <= 16384;
 }
@@ -1517,16 +1521,11 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
      * columns, in 8 x 3 exactly 9 (32x9x676 1.35x, 64x9x576 1.4x faster on AMD Zen 4); n = 10,
      * 8 x 2 exactly 10 (32x10x128 1.45x faster). Only while the block's 11 runs of k fit a 32 KB
      * L1 together: with k = 1024, 8 rows of A from L2 for each block of columns ran 16x27x1024
-     * 0.85x, and 8 x 2 blocks 0.6-0.9x. One row: 1 x 8 (8 sums, 9 loads), or 1 x 4
-     * where B's rows lie a multiple of 4 KB apart and A's row fits 16 KB: the 8 lines of B at
-     * each step would fall into one set of L1, which then holds neither them all nor A's line
-     * (AMD Zen 4, 8 ways: a batch-1 inference's 1024 x 1024 layer on two threads 32.0 -> 28.6 us
-     * from C, `mlp_mnist`'s batch-1 latency 1.015-1.04x; with 784 columns the 1 x 8 block is
-     * 1.08x faster, and with A's row of 9216 from L2, read twice as often, 1 x 4 was 0.99x).
-     * The bits do not depend on the block. */
-    const bool rows_alias = !b_rows && FN_T(dot_rows_alias)(ldb, runs->segments * runs->len);
+     * 0.85x, and 8 x 2 blocks 0.6-0.9x. One row (several runs of k, or rows of B by index: a
+     * single run goes to gemm_dot_row): 1 x 8 (8 sums, 9 loads). The bits do not depend on the
+     * block. */
     int block_rows = m == 1 ? 1 : 4;
-    int block_cols = m == 1 ? (rows_alias ? 4 : 8) : DOT_TOTALS_16 ? 4 : 3;
+    int block_cols = m == 1 ? 8 : DOT_TOTALS_16 ? 4 : 3;
     if (DOT_TOTALS_16 && m > 1) {
         const int64_t k = runs->segments * runs->len;
         int64_t computed = (m + 3) / 4 * 4 * ((n + 3) / 4 * 4); /* sums of 4 x 4 blocks */
@@ -1553,10 +1552,7 @@ static void FN_T(gemm_dot_runs)(int64_t m, int64_t n, const FN_T(dot_runs) *runs
             }
             int store_cols = (int)(n - j0 < block_cols ? n - j0 : block_cols);
             real *c_block = c + i0 * ldc + j0;
-            if (m == 1 && block_cols == 4) { /* several runs of k, or rows of B by index */
-                FN_T(dot_block)(1, 4, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
-                                c_block, ldc);
-            } else if (m == 1) {
+            if (m == 1) {
                 FN_T(dot_block)(1, 8, store_rows, store_cols, runs, alpha, a_block, b_block, beta,
                                 c_block, ldc);
             } else if (DOT_TOTALS_16 && block_cols == 3) {
