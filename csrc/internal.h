@@ -52,9 +52,15 @@ void fn_free(void *p);
 #define FN_PREFETCH(p) ((void)(p))
 #endif
 
-/* The calling thread's scratch buffers, one per use: the GEMM's packed panels, and a block of C
- * that the GEMM computes apart from C (gemm_block). */
-typedef enum { FN_BUFFER_PANELS, FN_BUFFER_C_BLOCK, FN_THREAD_BUFFERS } fn_thread_buffer_use;
+/* The calling thread's scratch buffers, one per use: the GEMM's packed panels, a block of C
+ * that the GEMM computes apart from C (gemm_block), and the masks of a sparse A's nonzeros and
+ * its transposed copy (sparse_gemm.c). */
+typedef enum {
+    FN_BUFFER_PANELS,
+    FN_BUFFER_C_BLOCK,
+    FN_BUFFER_SPARSE_A,
+    FN_THREAD_BUFFERS
+} fn_thread_buffer_use;
 
 /* The calling thread's scratch buffer for `use`, of at least `bytes` (64-byte aligned), kept from
  * one call to the next and grown when asked for more, or NULL when it cannot be grown. Its

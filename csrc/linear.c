@@ -146,13 +146,16 @@ static void FN_T(relu_mask_part)(int id, int parts, void *arg) {
 /* x is (n, in), weight is (out, in), grad_y is (n, out);
  * grad_x (n, in) = grad_x_beta * grad_x + grad_y @ weight, skipped when grad_x is NULL;
  * grad_weight (out, in) = grad_param_beta * grad_weight + grad_y^T @ x;
- * grad_bias (out) = grad_param_beta * grad_bias + sum over the batch of grad_y (if not NULL). */
+ * grad_bias (out) = grad_param_beta * grad_bias + sum over the batch of grad_y (if not NULL).
+ * Both products take grad_y as a sparse A (fn_gemm_sparse_a): after a ReLU, fused or not, about
+ * half of it is zeros; fn_gemm_sparse_a counts them and runs the dense product where they are
+ * too few. The same gradient thus gives the same bits whether its ReLU was fused or not. */
 void FN_T(fn_linear_backward)(const real *x, const real *weight, const real *grad_y, real *grad_x,
                               real grad_x_beta, real *grad_weight, real *grad_bias,
                               real grad_param_beta, int64_t n, int64_t in, int64_t out,
                               int threads) {
-    FN_T(fn_gemm)(true, false, out, in, n, 1, grad_y, out, x, in, grad_param_beta, grad_weight, in,
-                  threads);
+    FN_T(fn_gemm_sparse_a)(true, false, out, in, n, grad_y, out, x, in, grad_param_beta,
+                           grad_weight, in, threads);
     if (grad_bias) {
         /* Row by row so the inner loop runs along contiguous memory and vectorises. */
         if (grad_param_beta == 0)
@@ -161,8 +164,8 @@ void FN_T(fn_linear_backward)(const real *x, const real *weight, const real *gra
             for (int64_t j = 0; j < out; j++) grad_bias[j] += grad_y[i * out + j];
     }
     if (grad_x)
-        FN_T(fn_gemm)(false, false, n, in, out, 1, grad_y, out, weight, in, grad_x_beta, grad_x,
-                      in, threads);
+        FN_T(fn_gemm_sparse_a)(false, false, n, in, out, grad_y, out, weight, in, grad_x_beta,
+                               grad_x, in, threads);
 }
 
 /* Each forward reads the weights in the other order than the last (fn_gemm_ordered): a batch-1

@@ -12,6 +12,16 @@ from fastnet._core cimport *
 
 cnp.import_array()
 
+# The one private kernel reached from here, for its tests and benchmarks: the public API has no
+# product that skips A's zeros (a model's linear layers choose it themselves).
+cdef extern from "kernels.h" nogil:
+    void fn_gemm_sparse_a_f32(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k,
+                              const float *a, int64_t lda, const float *b, int64_t ldb,
+                              float beta, float *c, int64_t ldc, int threads)
+    void fn_gemm_sparse_a_f64(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k,
+                              const double *a, int64_t lda, const double *b, int64_t ldb,
+                              double beta, double *c, int64_t ldc, int threads)
+
 FLOAT32 = 0
 FLOAT64 = 1
 OPT_SGD = 0
@@ -170,14 +180,18 @@ def blas_installed(dtype=FLOAT32):
 
 
 def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, bint blas=False,
-         threads=None, out=None, int64_t repeat=1):
-    """op(a) @ op(b) through fastnet's GEMM: as training runs it (the BLAS table, or the built-in
-    kernel for the sizes it is faster at), the built-in kernel only (``builtin``), or the BLAS
-    only (``blas``). ``out``: a C-contiguous array of the result's shape and dtype to write into
-    (no allocation per call, for timing small products). ``repeat``: how many times the product
-    is computed, in one loop in C (for timing products too small for a Python call each)."""
-    if builtin and blas:
-        raise ValueError("gemm: builtin and blas exclude each other")
+         threads=None, out=None, int64_t repeat=1, bint sparse_a=False, beta=0.0):
+    """op(a) @ op(b) + beta * out through fastnet's GEMM: as training runs it (the BLAS table, or
+    the built-in kernel for the sizes it is faster at), the built-in kernel only (``builtin``),
+    the BLAS only (``blas``), or the product that skips a's zeros when there are enough of them
+    (``sparse_a``, as a linear layer after a ReLU runs it). ``out``: a C-contiguous array of the
+    result's shape and dtype to write into (no allocation per call, for timing small products).
+    ``repeat``: how many times the product is computed, in one loop in C (for timing products
+    too small for a Python call each). ``beta`` other than 0 needs ``out``."""
+    if builtin + blas + sparse_a > 1:
+        raise ValueError("gemm: builtin, blas and sparse_a exclude each other")
+    if beta != 0 and out is None:
+        raise ValueError("gemm: beta other than 0 needs out")
     if repeat < 1:
         raise ValueError(f"gemm: repeat must be at least 1, got {repeat}")
     cdef cnp.ndarray A = np.ascontiguousarray(a)
@@ -203,19 +217,31 @@ def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, bint 
                              f"{np.dtype(numpy_dtype(dtype))} array of shape {(m, n)}, got "
                              f"{C.dtype} {np.shape(C)}")
     cdef int nthreads = fn_get_num_threads() if threads is None else threads
+    if nthreads < 1:
+        raise ValueError(f"gemm: threads must be at least 1, got {nthreads}")
     cdef fn_status status = FN_OK
     cdef int64_t r
+    cdef double c_beta = beta
     with nogil:
         for r in range(repeat):
-            if builtin:
+            if sparse_a and dtype == FN_FLOAT64:
+                fn_gemm_sparse_a_f64(trans_a, trans_b, m, n, k, <const double *>A.data,
+                                     A.shape[1], <const double *>B.data, B.shape[1], c_beta,
+                                     <double *>C.data, n, nthreads)
+            elif sparse_a:
+                fn_gemm_sparse_a_f32(trans_a, trans_b, m, n, k, <const float *>A.data,
+                                     A.shape[1], <const float *>B.data, B.shape[1], <float>c_beta,
+                                     <float *>C.data, n, nthreads)
+            elif builtin:
                 status = fn_gemm_builtin(dtype, trans_a, trans_b, m, n, k, 1.0, A.data,
-                                         A.shape[1], B.data, B.shape[1], 0.0, C.data, n, nthreads)
+                                         A.shape[1], B.data, B.shape[1], c_beta, C.data, n,
+                                         nthreads)
             elif blas:
                 status = fn_gemm_blas(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1],
-                                      B.data, B.shape[1], 0.0, C.data, n, nthreads)
+                                      B.data, B.shape[1], c_beta, C.data, n, nthreads)
             else:
                 status = fn_gemm(dtype, trans_a, trans_b, m, n, k, 1.0, A.data, A.shape[1],
-                                 B.data, B.shape[1], 0.0, C.data, n, nthreads)
+                                 B.data, B.shape[1], c_beta, C.data, n, nthreads)
             if status != FN_OK:
                 break
     check(status)

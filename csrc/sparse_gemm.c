@@ -1,0 +1,362 @@
+/* sparse_gemm.c — C (m, n) = op(A) (m, k) @ op(B) (k, n) + beta * C for an A with many exact zeros
+ * (a ReLU's output, or a gradient masked by one), skipping the multiply-adds of A's zeros.
+ *
+ * Half of a ReLU layer's outputs are zero, and so are half of the gradients its backward passes
+ * on: the products that take them as A (a linear layer's weight and input gradients after a
+ * fused ReLU) do half their multiply-adds on zeros. The dense kernels cannot skip them: a tile of
+ * A's rows has a zero column only when all of its rows are zero there. Here each row of op(A) is
+ * taken alone, as a 64-bit mask of its nonzeros per 64 steps of k, and for each nonzero a(r, i)
+ * the row i of B is multiply-added into C's row r (i in increasing order, so that every element
+ * of C is one sum in the order of k, on one thread: the bits do not depend on the thread count).
+ *
+ * Each multiply-add loads its element of B (no row of B is shared by two rows of A in registers,
+ * as the dense kernels share them), so it runs at about 70% of the dense kernel's rate per
+ * multiply-add: it pays below about 60% nonzeros (SPARSE_MAX_DENSITY), and checks that first.
+ * For a product that does not pay, or one too small to, it is fn_gemm's product.
+ *
+ * Blocking: B is packed by blocks of SPARSE_NB columns (k, SPARSE_NB), the last zero-padded, so
+ * that B's rows are contiguous (rows of B a power of two apart in memory share an L1 set and
+ * evict each other). Within a block, the k steps go a mask word (64 of them, 16 KB of a float
+ * panel, in L1) at a time for every row of C, whose part of the row stays in registers through
+ * the word. A transposed A is copied into rows first, for the same reason as B is packed.
+ *
+ * The element B(i, j) multiplied by a zero of A is not read at all: a NaN or infinity there does
+ * not reach C, where the dense product would have made a NaN of 0 * inf. A NaN in A is nonzero
+ * and reaches C as it would.
+ */
+#ifndef FN_TEMPLATE_PASS
+#include "internal.h"
+#include "kernels.h"
+
+#include <string.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+/* The largest fraction of nonzeros in op(A) at which skipping the zeros pays (measured on a Zen 4
+ * core, 128 x 1024 x 1024: 50% nonzeros took 0.68 of the dense product's time, so the two meet
+ * near 70%; 60% keeps a margin for the packing and masks). */
+#define SPARSE_MAX_DENSITY 0.6
+/* Products of fewer multiply-adds go to fn_gemm: the masks and the copies are not paid back. */
+#define SPARSE_MIN_WORK ((double)(1 << 18))
+/* At most this many threads build the masks (their nonzero counts sit in the job). */
+#define SPARSE_MAX_PARTS 64
+
+/* Bit j set where p[j] != 0 (NaN included), for j < count <= 64. */
+static inline uint64_t sparse_nonzero_bits_f32(const float *p, int64_t count) {
+    uint64_t bits = 0;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    for (; j + 16 <= count; j += 16)
+        bits |= (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(p + j), _mm512_setzero_ps(),
+                                             _CMP_NEQ_UQ)
+                << j;
+#endif
+    for (; j < count; j++) bits |= (uint64_t)(p[j] != 0) << j;
+    return bits;
+}
+
+static inline uint64_t sparse_nonzero_bits_f64(const double *p, int64_t count) {
+    uint64_t bits = 0;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    for (; j + 8 <= count; j += 8)
+        bits |= (uint64_t)_mm512_cmp_pd_mask(_mm512_loadu_pd(p + j), _mm512_setzero_pd(),
+                                             _CMP_NEQ_UQ)
+                << j;
+#endif
+    for (; j < count; j++) bits |= (uint64_t)(p[j] != 0) << j;
+    return bits;
+}
+
+#define FN_TEMPLATE_FILE "sparse_gemm.c"
+#include "template.h"
+
+#else /* templated half */
+
+/* Four 64-byte vectors of C's row per block: 64 floats or 32 doubles. Four independent sums cover
+ * the multiply-add's latency at one per cycle; more would not fit the panel's mask word in L1. */
+#define SPARSE_VECTORS 4
+#define SPARSE_LANES (64 / (int64_t)sizeof(real))
+#define SPARSE_NB (SPARSE_VECTORS * SPARSE_LANES)
+
+typedef real FN_T(sparse_vector) __attribute__((vector_size(64), aligned(sizeof(real))));
+
+typedef struct {
+    bool trans_a, trans_b;
+    int64_t m, n, k, lda, ldb, ldc;
+    const real *a, *b;
+    real beta;
+    real *c;
+    /* op(A)'s rows: a itself, or its copy (transposed if A is) */
+    const real *rows;
+    int64_t row_stride;
+    real *copy;
+    uint64_t *masks; /* (m, words) */
+    int64_t words;
+    int64_t nonzeros[SPARSE_MAX_PARTS];
+    bool split_rows; /* the threads take rows of C (else blocks of columns) */
+    int64_t column_blocks;
+} FN_T(sparse_job);
+
+/* The nonzeros of A's stored rows [r0, r1) (op(A)'s columns if A is transposed) into
+ * job->nonzeros[id]: whether skipping the zeros pays is known before anything is copied. */
+static void FN_T(sparse_count_part)(int id, int parts, void *arg) {
+    FN_T(sparse_job) *job = arg;
+    int64_t rows = job->trans_a ? job->k : job->m, columns = job->trans_a ? job->m : job->k;
+    int64_t r0, r1, nonzeros = 0;
+    fn_partition(rows, parts, id, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t j = 0; j < columns; j += 64) {
+            int64_t count = columns - j < 64 ? columns - j : 64;
+            nonzeros += __builtin_popcountll(FN_T(sparse_nonzero_bits)(job->a + r * job->lda + j,
+                                                                       count));
+        }
+    job->nonzeros[id] = nonzeros;
+}
+
+/* Rows [r0, r1) of op(A): their copy if A is copied (transposed if A is), and their masks. */
+static void FN_T(sparse_build_part)(int id, int parts, void *arg) {
+    FN_T(sparse_job) *job = arg;
+    int64_t r0, r1, k = job->k, stride = job->row_stride;
+    fn_partition(job->m, parts, id, &r0, &r1);
+    if (job->copy && job->trans_a)
+        /* 16 rows of the copy at a time: 16 write streams, each read row of A contiguous. */
+        for (int64_t r = r0; r < r1; r += 16) {
+            int64_t rows = r1 - r < 16 ? r1 - r : 16;
+            for (int64_t i = 0; i < k; i++) {
+                const real *src = job->a + i * job->lda + r;
+                real *dst = job->copy + r * stride + i;
+                for (int64_t j = 0; j < rows; j++) dst[j * stride] = src[j];
+            }
+        }
+    else if (job->copy)
+        for (int64_t r = r0; r < r1; r++)
+            memcpy(job->copy + r * stride, job->a + r * job->lda, (size_t)k * sizeof(real));
+    for (int64_t r = r0; r < r1; r++) {
+        const real *row = job->rows + r * stride;
+        uint64_t *mask = job->masks + r * job->words;
+        for (int64_t w = 0; w < job->words; w++) {
+            int64_t count = k - 64 * w < 64 ? k - 64 * w : 64;
+            mask[w] = FN_T(sparse_nonzero_bits)(row + 64 * w, count);
+        }
+    }
+}
+
+/* B's columns [n0, n0 + width) packed as (k, SPARSE_NB) rows, zero past width. */
+static void FN_T(sparse_pack_b)(const FN_T(sparse_job) *job, int64_t n0, int64_t width,
+                                real *restrict panel) {
+    int64_t k = job->k;
+    if (!job->trans_b) {
+        for (int64_t i = 0; i < k; i++) {
+            memcpy(panel + i * SPARSE_NB, job->b + i * job->ldb + n0, (size_t)width * sizeof(real));
+            for (int64_t j = width; j < SPARSE_NB; j++) panel[i * SPARSE_NB + j] = 0;
+        }
+        return;
+    }
+    /* op(B)(i, j) = b[j][i]: 16 steps of i at a time, so that each read row of b is contiguous
+     * and the 16 panel rows written stay in L1. */
+    for (int64_t i0 = 0; i0 < k; i0 += 16) {
+        int64_t steps = k - i0 < 16 ? k - i0 : 16;
+        for (int64_t j = 0; j < SPARSE_NB; j++) {
+            const real *src = job->b + (n0 + j) * job->ldb + i0;
+            real *dst = panel + i0 * SPARSE_NB + j;
+            if (j < width)
+                for (int64_t i = 0; i < steps; i++) dst[i * SPARSE_NB] = src[i];
+            else
+                for (int64_t i = 0; i < steps; i++) dst[i * SPARSE_NB] = 0;
+        }
+    }
+}
+
+/* C's row part c[0, width) += sum over the set bits i of `bits` of row[i] * panel row i, the
+ * part held in registers; width is SPARSE_NB in all blocks but the last. On the first word of k
+ * (first), c is beta * c before the sum: 0 for beta 0 (not 0 * C: C may hold NaN). */
+static inline __attribute__((always_inline)) void FN_T(sparse_row_word)(
+    real *c, int64_t width, uint64_t bits, const real *row, const real *panel, bool first,
+    real beta) {
+    typedef FN_T(sparse_vector) vector;
+    vector sums[SPARSE_VECTORS];
+    real part[SPARSE_NB];
+    if (first && beta == 0) {
+        for (int v = 0; v < SPARSE_VECTORS; v++) sums[v] = (vector){0};
+    } else {
+        const real *src = c;
+        if (width < SPARSE_NB) {
+            memcpy(part, c, (size_t)width * sizeof(real));
+            src = part;
+        }
+        for (int v = 0; v < SPARSE_VECTORS; v++) {
+            memcpy(&sums[v], src + v * SPARSE_LANES, 64);
+            if (first && beta != 1) sums[v] *= beta;
+        }
+    }
+    /* Two sums per vector, the nonzeros taken in pairs: one chain of multiply-adds per vector
+     * would wait on the multiply-add's latency at every nonzero. */
+    vector odd[SPARSE_VECTORS] = {0};
+    while (bits) {
+        int i = __builtin_ctzll(bits);
+        bits &= bits - 1;
+        real value = row[i];
+        const real *b = panel + i * SPARSE_NB;
+        for (int v = 0; v < SPARSE_VECTORS; v++) {
+            vector bv;
+            memcpy(&bv, b + v * SPARSE_LANES, 64);
+            sums[v] += value * bv;
+        }
+        if (!bits) break;
+        i = __builtin_ctzll(bits);
+        bits &= bits - 1;
+        value = row[i];
+        b = panel + i * SPARSE_NB;
+        for (int v = 0; v < SPARSE_VECTORS; v++) {
+            vector bv;
+            memcpy(&bv, b + v * SPARSE_LANES, 64);
+            odd[v] += value * bv;
+        }
+    }
+    for (int v = 0; v < SPARSE_VECTORS; v++) sums[v] += odd[v];
+    if (width < SPARSE_NB) {
+        for (int v = 0; v < SPARSE_VECTORS; v++) memcpy(part + v * SPARSE_LANES, &sums[v], 64);
+        memcpy(c, part, (size_t)width * sizeof(real));
+    } else {
+        for (int v = 0; v < SPARSE_VECTORS; v++) memcpy(c + v * SPARSE_LANES, &sums[v], 64);
+    }
+}
+
+/* c[0, width) = beta * c, with beta 0 writing zeros (not 0 * C: C may hold NaN). */
+static inline void FN_T(sparse_scale)(real *c, int64_t width, real beta) {
+    if (beta == 0)
+        for (int64_t j = 0; j < width; j++) c[j] = 0;
+    else if (beta != 1)
+        for (int64_t j = 0; j < width; j++) c[j] *= beta;
+}
+
+/* Rows [r0, r1) of C's column block `block`, SPARSE_ROWS rows at a time through all of k: their
+ * part of C (8 KB of floats) stays in L1 from one word of k to the next and goes to memory once,
+ * which matters where C is large and k short (a weight gradient: C (out, in), k the batch). */
+#define SPARSE_ROWS 32
+static void FN_T(sparse_block)(const FN_T(sparse_job) *job, int64_t block, int64_t r0,
+                               int64_t r1, real *panel) {
+    int64_t n0 = block * SPARSE_NB;
+    int64_t width = job->n - n0 < SPARSE_NB ? job->n - n0 : SPARSE_NB;
+    real beta = job->beta;
+    FN_T(sparse_pack_b)(job, n0, width, panel);
+    for (int64_t rows = r0; rows < r1; rows += SPARSE_ROWS) {
+        int64_t rows_end = r1 - rows < SPARSE_ROWS ? r1 : rows + SPARSE_ROWS;
+        for (int64_t w = 0; w < job->words; w++) {
+            const real *panel_word = panel + 64 * w * SPARSE_NB;
+            bool first = w == 0;
+            for (int64_t r = rows; r < rows_end; r++) {
+                uint64_t bits = job->masks[r * job->words + w];
+                if (!bits && !(first && beta != 1)) continue;
+                real *c = job->c + r * job->ldc + n0;
+                const real *row = job->rows + r * job->row_stride + 64 * w;
+                if (width == SPARSE_NB)
+                    FN_T(sparse_row_word)(c, SPARSE_NB, bits, row, panel_word, first, beta);
+                else
+                    FN_T(sparse_row_word)(c, width, bits, row, panel_word, first, beta);
+            }
+        }
+    }
+}
+#undef SPARSE_ROWS
+
+/* sparse_block without a panel, for a thread whose panel could not be allocated: B read where it
+ * is, element by element; slow, but the same sums in the same order. */
+static void FN_T(sparse_block_unpacked)(const FN_T(sparse_job) *job, int64_t block, int64_t r0,
+                                        int64_t r1) {
+    int64_t n0 = block * SPARSE_NB;
+    int64_t width = job->n - n0 < SPARSE_NB ? job->n - n0 : SPARSE_NB;
+    int64_t step_i = job->trans_b ? 1 : job->ldb, step_j = job->trans_b ? job->ldb : 1;
+    const real *b = job->b + n0 * step_j;
+    for (int64_t r = r0; r < r1; r++) {
+        real *c = job->c + r * job->ldc + n0;
+        const real *row = job->rows + r * job->row_stride;
+        FN_T(sparse_scale)(c, width, job->beta);
+        for (int64_t w = 0; w < job->words; w++)
+            for (uint64_t bits = job->masks[r * job->words + w]; bits; bits &= bits - 1) {
+                int64_t i = 64 * w + __builtin_ctzll(bits);
+                for (int64_t j = 0; j < width; j++) c[j] += row[i] * b[i * step_i + j * step_j];
+            }
+    }
+}
+
+static void FN_T(sparse_compute_part)(int id, int parts, void *arg) {
+    const FN_T(sparse_job) *job = arg;
+    real *panel = fn_thread_buffer(FN_BUFFER_PANELS, (size_t)job->k * SPARSE_NB * sizeof(real));
+    int64_t begin, end, r0 = 0, r1 = job->m;
+    if (job->split_rows) {
+        fn_partition(job->m, parts, id, &r0, &r1);
+        begin = 0;
+        end = job->column_blocks;
+    } else {
+        fn_partition(job->column_blocks, parts, id, &begin, &end);
+    }
+    for (int64_t block = begin; block < end; block++) {
+        if (panel)
+            FN_T(sparse_block)(job, block, r0, r1, panel);
+        else
+            FN_T(sparse_block_unpacked)(job, block, r0, r1);
+    }
+}
+
+/* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda, ldb, ldc: C = op(A) @ op(B) + beta * C,
+ * A's zeros skipped when that pays, fn_gemm's product otherwise (see the top of the file). */
+void FN_T(fn_gemm_sparse_a)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                            const real *a, int64_t lda, const real *b, int64_t ldb, real beta,
+                            real *c, int64_t ldc, int threads) {
+    FN_T(sparse_job) job = {.trans_a = trans_a, .trans_b = trans_b, .m = m, .n = n, .k = k,
+                            .lda = lda, .ldb = ldb, .ldc = ldc, .a = a, .b = b, .beta = beta,
+                            .c = c, .words = (k + 63) / 64,
+                            .column_blocks = (n + SPARSE_NB - 1) / SPARSE_NB};
+    int build_parts = fn_threads_for(m * k, threads < SPARSE_MAX_PARTS ? threads : SPARSE_MAX_PARTS);
+    int64_t nonzeros = 0;
+    if ((double)m * (double)n * (double)k >= SPARSE_MIN_WORK) {
+        fn_run_team(build_parts, FN_T(sparse_count_part), &job);
+        for (int p = 0; p < build_parts; p++) nonzeros += job.nonzeros[p];
+    }
+    /* A transposed is copied into rows; so is an A whose rows are a multiple of 4 KB apart: the
+     * rows a block of C reads at each word of k would share an L1 set. The copy's rows are 64
+     * bytes longer than a multiple of 64 bytes, for the same reason. */
+    bool copy = trans_a || (lda * (int64_t)sizeof(real)) % 4096 == 0;
+    int64_t copy_stride = (k + SPARSE_LANES - 1) / SPARSE_LANES * SPARSE_LANES;
+    if ((copy_stride * (int64_t)sizeof(real)) % 4096 == 0) copy_stride += SPARSE_LANES;
+    size_t mask_bytes = (size_t)m * (size_t)job.words * sizeof(uint64_t);
+    size_t copy_bytes = copy ? (size_t)m * (size_t)copy_stride * sizeof(real) : 0;
+    char *buffer = NULL;
+    if ((double)m * (double)n * (double)k >= SPARSE_MIN_WORK &&
+        (double)nonzeros <= SPARSE_MAX_DENSITY * (double)m * (double)k)
+        buffer = fn_thread_buffer(FN_BUFFER_SPARSE_A, (mask_bytes + 63) / 64 * 64 + copy_bytes);
+    if (!buffer) { /* small, dense, or no memory for the masks */
+        FN_T(fn_gemm)(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc, threads);
+        return;
+    }
+    job.masks = (uint64_t *)buffer;
+    if (copy) {
+        job.copy = (real *)(buffer + (mask_bytes + 63) / 64 * 64);
+        job.rows = job.copy;
+        job.row_stride = copy_stride;
+    } else {
+        job.rows = a;
+        job.row_stride = lda;
+    }
+    fn_run_team(build_parts, FN_T(sparse_build_part), &job);
+
+    /* Threads by the multiply-adds left; by blocks of columns when they divide evenly enough
+     * (each thread then packs only its own part of B), else by rows. */
+    int parts = fn_threads_for((int64_t)((double)nonzeros * (double)n / 16), threads);
+    if (parts > 1) {
+        int64_t per_part = (job.column_blocks + parts - 1) / parts;
+        job.split_rows = per_part * parts > job.column_blocks * 21 / 20 && m >= 16 * parts;
+        if (!job.split_rows && job.column_blocks < parts) parts = (int)job.column_blocks;
+    }
+    fn_run_team(parts, FN_T(sparse_compute_part), &job);
+}
+
+#undef SPARSE_VECTORS
+#undef SPARSE_LANES
+#undef SPARSE_NB
+
+#endif
