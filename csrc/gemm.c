@@ -834,7 +834,7 @@ static void FN_T(gemm_relu)(int64_t m, int64_t n, real *c, int64_t ldc) {
     FN_T(gemm_finish)(&relu_only, 0, m, n, c, ldc);
 }
 
-/* Rows [i, rows) of gemm_pack_rows below, `height` at a time while whole blocks remain, each
+/* Rows [i, rows) of fn_gemm_pack_rows below, `height` at a time while whole blocks remain, each
  * block `width_in` columns at a time by `transpose` (a gemm_transpose*: inlined, as its
  * arguments are constants at every call), the last columns element by element. Returns the first
  * row left. */
@@ -857,8 +857,8 @@ GEMM_INLINE int64_t FN_T(gemm_pack_row_blocks)(
  * columns of a sliver `width` wide, the transposition at the heart of packing A (untransposed)
  * and B (transposed). Blocks of rows are transposed in registers, the largest first (16 x 16,
  * then TB x TB, then 4 x 8, as the build has them), the rest element by element. */
-static void FN_T(gemm_pack_rows)(const real *src, int64_t ld, int64_t rows, int64_t kc,
-                                 real *restrict dst, int64_t width) {
+void FN_T(fn_gemm_pack_rows)(const real *src, int64_t ld, int64_t rows, int64_t kc,
+                             real *restrict dst, int64_t width) {
     int64_t i = 0;
 #if FN_T(GEMM_TB16) > 0
     i = FN_T(gemm_pack_row_blocks)(src, ld, i, rows, kc, dst, width, 16, 16,
@@ -900,7 +900,7 @@ static void FN_T(gemm_pack_b)(bool trans_b, const real *b, int64_t ldb, int64_t 
             }
         } else {
             /* Column j of op(B) is row j of b. */
-            FN_T(gemm_pack_rows)(b + j0 * ldb, ldb, cols, kc, dst, GEMM_NR);
+            FN_T(fn_gemm_pack_rows)(b + j0 * ldb, ldb, cols, kc, dst, GEMM_NR);
             for (int64_t j = cols; j < GEMM_NR; j++) {
                 for (int64_t p = 0; p < kc; p++) dst[p * GEMM_NR + j] = 0;
             }
@@ -923,7 +923,7 @@ GEMM_INLINE void FN_T(gemm_copy_runs)(const int width, const real *src, int64_t 
 static void FN_T(gemm_pack_a)(bool trans_a, const real *a, int64_t lda, int64_t rows, int64_t kc,
                               real *restrict dst) {
     if (!trans_a) {
-        FN_T(gemm_pack_rows)(a, lda, rows, kc, dst, GEMM_MR);
+        FN_T(fn_gemm_pack_rows)(a, lda, rows, kc, dst, GEMM_MR);
     } else if (rows == GEMM_MR) {
         FN_T(gemm_copy_runs)(GEMM_MR, a, lda, kc, dst);
     } else if (rows == 10) { /* a layer with 10 outputs */
@@ -1067,13 +1067,13 @@ static void FN_T(gemm_swapped)(int64_t m, int64_t n, int64_t k, real alpha, cons
                 if (beta_block == 0) {
                     if (relu && last_block) /* on the tile while in L1: no pass over C */
                         for (int64_t e = 0; e < rows * GEMM_NR; e++) tile[e] = FN_RELU(tile[e]);
-                    FN_T(gemm_pack_rows)(tile, GEMM_NR, rows, cols, c_block, ldc);
+                    FN_T(fn_gemm_pack_rows)(tile, GEMM_NR, rows, cols, c_block, ldc);
                     continue;
                 }
                 /* beta * C + alpha * (A @ B^T) in one rounding, as the micro-kernels' FMA does
                  * it; C is read in rows, where gathering it into the tile's columns first was
                  * element by element (128 x 512 x 1024: 5% of the product). */
-                FN_T(gemm_pack_rows)(tile, GEMM_NR, rows, cols, tile_c, GEMM_MR);
+                FN_T(fn_gemm_pack_rows)(tile, GEMM_NR, rows, cols, tile_c, GEMM_MR);
                 for (int64_t q = 0; q < cols; q++) {
                     real *row = c_block + q * ldc;
                     const real *sums = tile_c + q * GEMM_MR;

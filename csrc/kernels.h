@@ -90,12 +90,17 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
     void fn_gemm_blas##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,            \
                          real alpha, const real *a, int64_t lda, const real *b, int64_t ldb,     \
                          real beta, real *c, int64_t ldc, int threads);                          \
-    /* sparse_gemm.c: the same product as fn_gemm (alpha 1), with the multiply-adds of A's   \
-     * exact zeros skipped when A has few enough nonzeros to pay (a ReLU's output, or a       \
-     * gradient masked by one) */                                                              \
+    /* dst[p * width + i] = src[i * ld + p] for i < rows, p < kc: the transposition that packs \
+     * a transposed B (fastest in 16 x 16 blocks of rows) */                                   \
+    void fn_gemm_pack_rows##S(const real *src, int64_t ld, int64_t rows, int64_t kc, real *dst,  \
+                              int64_t width);                                                    \
+    /* sparse_gemm.c: the same product as fn_gemm_ordered (alpha 1), with the multiply-adds  \
+     * of A's exact zeros skipped when A has few enough nonzeros to pay (a ReLU's output, or  \
+     * a gradient masked by one) */                                                            \
     void fn_gemm_sparse_a##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,        \
                              const real *a, int64_t lda, const real *b, int64_t ldb, real beta,  \
-                             real *c, int64_t ldc, int threads);                                 \
+                             real *c, int64_t ldc, int threads, bool reversed,                   \
+                             const real *col_bias, bool relu);                                   \
     /* the same in one call on the calling thread (never divided into blocks) */                 \
     void fn_gemm_dot_runs##S(int64_t m, int64_t n, int64_t segments, int64_t len, real alpha,    \
                              const real *a, int64_t lda, int64_t a_step, const real *b,          \

@@ -89,9 +89,10 @@ void FN_T(fn_linear_forward)(const real *x, const real *weight, const real *bias
                              bool relu) {
     /* The GEMM adds the bias: to each tile before it goes into y, or to y before the product is
      * added to it, on the thread that writes those rows (one rounding of bias + product either
-     * way); then the ReLU, as the ReLU's node computed it on the finished sums. */
-    FN_T(fn_gemm_ordered)(false, true, n, out, in, 1, x, in, weight, in, 0, y, out, threads,
-                          reversed, bias, relu);
+     * way); then the ReLU, as the ReLU's node computed it on the finished sums. x after a ReLU
+     * is about half zeros, which fn_gemm_sparse_a skips (it counts them first). */
+    FN_T(fn_gemm_sparse_a)(false, true, n, out, in, x, in, weight, in, 0, y, out, threads,
+                           reversed, bias, relu);
 }
 
 typedef struct {
@@ -155,7 +156,7 @@ void FN_T(fn_linear_backward)(const real *x, const real *weight, const real *gra
                               real grad_param_beta, int64_t n, int64_t in, int64_t out,
                               int threads) {
     FN_T(fn_gemm_sparse_a)(true, false, out, in, n, grad_y, out, x, in, grad_param_beta,
-                           grad_weight, in, threads);
+                           grad_weight, in, threads, false, NULL, false);
     if (grad_bias) {
         /* Row by row so the inner loop runs along contiguous memory and vectorises. */
         if (grad_param_beta == 0)
@@ -165,7 +166,7 @@ void FN_T(fn_linear_backward)(const real *x, const real *weight, const real *gra
     }
     if (grad_x)
         FN_T(fn_gemm_sparse_a)(false, false, n, in, out, grad_y, out, weight, in, grad_x_beta,
-                               grad_x, in, threads);
+                               grad_x, in, threads, false, NULL, false);
 }
 
 /* Each forward reads the weights in the other order than the last (fn_gemm_ordered): a batch-1

@@ -12,7 +12,7 @@
  * Each multiply-add loads its element of B (no row of B is shared by two rows of A in registers,
  * as the dense kernels share them), so it runs at about 70% of the dense kernel's rate per
  * multiply-add: it pays below about 60% nonzeros (SPARSE_MAX_DENSITY), and checks that first.
- * For a product that does not pay, or one too small to, it is fn_gemm's product.
+ * For a product that does not pay, or one too small to, it is fn_gemm_ordered's product.
  *
  * Blocking: B is packed by blocks of SPARSE_NB columns (k, SPARSE_NB), the last zero-padded, so
  * that B's rows are contiguous (rows of B a power of two apart in memory share an L1 set and
@@ -38,8 +38,11 @@
  * core, 128 x 1024 x 1024: 50% nonzeros took 0.68 of the dense product's time, so the two meet
  * near 70%; 60% keeps a margin for the packing and masks). */
 #define SPARSE_MAX_DENSITY 0.6
-/* Products of fewer multiply-adds go to fn_gemm: the masks and the copies are not paid back. */
-#define SPARSE_MIN_WORK ((double)(1 << 18))
+/* Products of fewer multiply-adds go to fn_gemm_ordered: the masks and the copies are not paid
+ * back; so do products of few rows, where packing B costs more than the rows' multiply-adds
+ * (batch-1 inference streams B through dot products). */
+#define SPARSE_MIN_WORK ((double)(1 << 20))
+#define SPARSE_MIN_ROWS 16
 /* At most this many threads build the masks (their nonzero counts sit in the job). */
 #define SPARSE_MAX_PARTS 64
 
@@ -89,6 +92,8 @@ typedef struct {
     const real *a, *b;
     real beta;
     real *c;
+    const real *col_bias; /* (n) added to every row of C, or NULL */
+    bool relu;            /* C = ReLU(C) at the end */
     /* op(A)'s rows: a itself, or its copy (transposed if A is) */
     const real *rows;
     int64_t row_stride;
@@ -155,32 +160,27 @@ static void FN_T(sparse_pack_b)(const FN_T(sparse_job) *job, int64_t n0, int64_t
         }
         return;
     }
-    /* op(B)(i, j) = b[j][i]: 16 steps of i at a time, so that each read row of b is contiguous
-     * and the 16 panel rows written stay in L1. */
-    for (int64_t i0 = 0; i0 < k; i0 += 16) {
-        int64_t steps = k - i0 < 16 ? k - i0 : 16;
-        for (int64_t j = 0; j < SPARSE_NB; j++) {
-            const real *src = job->b + (n0 + j) * job->ldb + i0;
-            real *dst = panel + i0 * SPARSE_NB + j;
-            if (j < width)
-                for (int64_t i = 0; i < steps; i++) dst[i * SPARSE_NB] = src[i];
-            else
-                for (int64_t i = 0; i < steps; i++) dst[i * SPARSE_NB] = 0;
-        }
-    }
+    /* op(B)(i, j) = b[j][i]: the rows of b transposed as the dense kernel packs them. */
+    FN_T(fn_gemm_pack_rows)(job->b + n0 * job->ldb, job->ldb, width, k, panel, SPARSE_NB);
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t j = width; j < SPARSE_NB; j++) panel[i * SPARSE_NB + j] = 0;
 }
 
 /* C's row part c[0, width) += sum over the set bits i of `bits` of row[i] * panel row i, the
  * part held in registers; width is SPARSE_NB in all blocks but the last. On the first word of k
- * (first), c is beta * c before the sum: 0 for beta 0 (not 0 * C: C may hold NaN). */
+ * (first), c is beta * c + bias before the sum (bias, the block's part of col_bias padded to
+ * SPARSE_NB, or NULL for none): for beta 0, bias or 0 (not 0 * C: C may hold NaN). */
 static inline __attribute__((always_inline)) void FN_T(sparse_row_word)(
     real *c, int64_t width, uint64_t bits, const real *row, const real *panel, bool first,
-    real beta) {
+    real beta, const real *bias) {
     typedef FN_T(sparse_vector) vector;
     vector sums[SPARSE_VECTORS];
     real part[SPARSE_NB];
     if (first && beta == 0) {
-        for (int v = 0; v < SPARSE_VECTORS; v++) sums[v] = (vector){0};
+        for (int v = 0; v < SPARSE_VECTORS; v++) {
+            sums[v] = (vector){0};
+            if (bias) memcpy(&sums[v], bias + v * SPARSE_LANES, 64);
+        }
     } else {
         const real *src = c;
         if (width < SPARSE_NB) {
@@ -190,6 +190,11 @@ static inline __attribute__((always_inline)) void FN_T(sparse_row_word)(
         for (int v = 0; v < SPARSE_VECTORS; v++) {
             memcpy(&sums[v], src + v * SPARSE_LANES, 64);
             if (first && beta != 1) sums[v] *= beta;
+            if (first && bias) {
+                vector add;
+                memcpy(&add, bias + v * SPARSE_LANES, 64);
+                sums[v] += add;
+            }
         }
     }
     /* Two sums per vector, the nonzeros taken in pairs: one chain of multiply-adds per vector
@@ -242,6 +247,11 @@ static void FN_T(sparse_block)(const FN_T(sparse_job) *job, int64_t block, int64
     int64_t n0 = block * SPARSE_NB;
     int64_t width = job->n - n0 < SPARSE_NB ? job->n - n0 : SPARSE_NB;
     real beta = job->beta;
+    real bias_part[SPARSE_NB], *bias = NULL;
+    if (job->col_bias) {
+        bias = bias_part;
+        for (int64_t j = 0; j < SPARSE_NB; j++) bias[j] = j < width ? job->col_bias[n0 + j] : 0;
+    }
     FN_T(sparse_pack_b)(job, n0, width, panel);
     for (int64_t rows = r0; rows < r1; rows += SPARSE_ROWS) {
         int64_t rows_end = r1 - rows < SPARSE_ROWS ? r1 : rows + SPARSE_ROWS;
@@ -250,15 +260,20 @@ static void FN_T(sparse_block)(const FN_T(sparse_job) *job, int64_t block, int64
             bool first = w == 0;
             for (int64_t r = rows; r < rows_end; r++) {
                 uint64_t bits = job->masks[r * job->words + w];
-                if (!bits && !(first && beta != 1)) continue;
+                if (!bits && !(first && (beta != 1 || bias))) continue;
                 real *c = job->c + r * job->ldc + n0;
                 const real *row = job->rows + r * job->row_stride + 64 * w;
                 if (width == SPARSE_NB)
-                    FN_T(sparse_row_word)(c, SPARSE_NB, bits, row, panel_word, first, beta);
+                    FN_T(sparse_row_word)(c, SPARSE_NB, bits, row, panel_word, first, beta, bias);
                 else
-                    FN_T(sparse_row_word)(c, width, bits, row, panel_word, first, beta);
+                    FN_T(sparse_row_word)(c, width, bits, row, panel_word, first, beta, bias);
             }
         }
+        if (job->relu)
+            for (int64_t r = rows; r < rows_end; r++) {
+                real *c = job->c + r * job->ldc + n0;
+                for (int64_t j = 0; j < width; j++) c[j] = FN_RELU(c[j]);
+            }
     }
 }
 #undef SPARSE_ROWS
@@ -275,11 +290,15 @@ static void FN_T(sparse_block_unpacked)(const FN_T(sparse_job) *job, int64_t blo
         real *c = job->c + r * job->ldc + n0;
         const real *row = job->rows + r * job->row_stride;
         FN_T(sparse_scale)(c, width, job->beta);
+        if (job->col_bias)
+            for (int64_t j = 0; j < width; j++) c[j] += job->col_bias[n0 + j];
         for (int64_t w = 0; w < job->words; w++)
             for (uint64_t bits = job->masks[r * job->words + w]; bits; bits &= bits - 1) {
                 int64_t i = 64 * w + __builtin_ctzll(bits);
                 for (int64_t j = 0; j < width; j++) c[j] += row[i] * b[i * step_i + j * step_j];
             }
+        if (job->relu)
+            for (int64_t j = 0; j < width; j++) c[j] = FN_RELU(c[j]);
     }
 }
 
@@ -302,18 +321,21 @@ static void FN_T(sparse_compute_part)(int id, int parts, void *arg) {
     }
 }
 
-/* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda, ldb, ldc: C = op(A) @ op(B) + beta * C,
- * A's zeros skipped when that pays, fn_gemm's product otherwise (see the top of the file). */
+/* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda, ldb, ldc: C = op(A) @ op(B) + beta * C
+ * (+ col_bias (n) on every row unless NULL, then ReLU'd with relu), A's zeros skipped when that
+ * pays, fn_gemm_ordered's product otherwise (see the top of the file). */
 void FN_T(fn_gemm_sparse_a)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                             const real *a, int64_t lda, const real *b, int64_t ldb, real beta,
-                            real *c, int64_t ldc, int threads) {
+                            real *c, int64_t ldc, int threads, bool reversed,
+                            const real *col_bias, bool relu) {
     FN_T(sparse_job) job = {.trans_a = trans_a, .trans_b = trans_b, .m = m, .n = n, .k = k,
                             .lda = lda, .ldb = ldb, .ldc = ldc, .a = a, .b = b, .beta = beta,
-                            .c = c, .words = (k + 63) / 64,
+                            .c = c, .col_bias = col_bias, .relu = relu, .words = (k + 63) / 64,
                             .column_blocks = (n + SPARSE_NB - 1) / SPARSE_NB};
     int build_parts = fn_threads_for(m * k, threads < SPARSE_MAX_PARTS ? threads : SPARSE_MAX_PARTS);
     int64_t nonzeros = 0;
-    if ((double)m * (double)n * (double)k >= SPARSE_MIN_WORK) {
+    bool large = (double)m * (double)n * (double)k >= SPARSE_MIN_WORK && m >= SPARSE_MIN_ROWS;
+    if (large) {
         fn_run_team(build_parts, FN_T(sparse_count_part), &job);
         for (int p = 0; p < build_parts; p++) nonzeros += job.nonzeros[p];
     }
@@ -326,11 +348,11 @@ void FN_T(fn_gemm_sparse_a)(bool trans_a, bool trans_b, int64_t m, int64_t n, in
     size_t mask_bytes = (size_t)m * (size_t)job.words * sizeof(uint64_t);
     size_t copy_bytes = copy ? (size_t)m * (size_t)copy_stride * sizeof(real) : 0;
     char *buffer = NULL;
-    if ((double)m * (double)n * (double)k >= SPARSE_MIN_WORK &&
-        (double)nonzeros <= SPARSE_MAX_DENSITY * (double)m * (double)k)
+    if (large && (double)nonzeros <= SPARSE_MAX_DENSITY * (double)m * (double)k)
         buffer = fn_thread_buffer(FN_BUFFER_SPARSE_A, (mask_bytes + 63) / 64 * 64 + copy_bytes);
     if (!buffer) { /* small, dense, or no memory for the masks */
-        FN_T(fn_gemm)(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc, threads);
+        FN_T(fn_gemm_ordered)(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc, threads,
+                              reversed, col_bias, relu);
         return;
     }
     job.masks = (uint64_t *)buffer;

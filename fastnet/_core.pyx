@@ -17,10 +17,12 @@ cnp.import_array()
 cdef extern from "kernels.h" nogil:
     void fn_gemm_sparse_a_f32(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k,
                               const float *a, int64_t lda, const float *b, int64_t ldb,
-                              float beta, float *c, int64_t ldc, int threads)
+                              float beta, float *c, int64_t ldc, int threads, bint reversed,
+                              const float *col_bias, bint relu)
     void fn_gemm_sparse_a_f64(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k,
                               const double *a, int64_t lda, const double *b, int64_t ldb,
-                              double beta, double *c, int64_t ldc, int threads)
+                              double beta, double *c, int64_t ldc, int threads, bint reversed,
+                              const double *col_bias, bint relu)
 
 FLOAT32 = 0
 FLOAT64 = 1
@@ -227,11 +229,11 @@ def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, bint 
             if sparse_a and dtype == FN_FLOAT64:
                 fn_gemm_sparse_a_f64(trans_a, trans_b, m, n, k, <const double *>A.data,
                                      A.shape[1], <const double *>B.data, B.shape[1], c_beta,
-                                     <double *>C.data, n, nthreads)
+                                     <double *>C.data, n, nthreads, False, NULL, False)
             elif sparse_a:
                 fn_gemm_sparse_a_f32(trans_a, trans_b, m, n, k, <const float *>A.data,
                                      A.shape[1], <const float *>B.data, B.shape[1], <float>c_beta,
-                                     <float *>C.data, n, nthreads)
+                                     <float *>C.data, n, nthreads, False, NULL, False)
             elif builtin:
                 status = fn_gemm_builtin(dtype, trans_a, trans_b, m, n, k, 1.0, A.data,
                                          A.shape[1], B.data, B.shape[1], c_beta, C.data, n,
