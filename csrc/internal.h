@@ -53,8 +53,8 @@ void fn_free(void *p);
 #endif
 
 /* The calling thread's scratch buffers, one per use: the GEMM's packed panels, a block of C
- * that the GEMM computes apart from C (gemm_block), and the masks of a sparse A's nonzeros and
- * its transposed copy (sparse_gemm.c). */
+ * that the GEMM computes apart from C (gemm_block), and a sparse A's masks and copy with the
+ * panels of B of every thread of its product (sparse_gemm.c). */
 typedef enum {
     FN_BUFFER_PANELS,
     FN_BUFFER_C_BLOCK,

@@ -100,6 +100,8 @@ typedef struct {
     real *copy;
     uint64_t *masks; /* (m, words) */
     int64_t words;
+    real *panels; /* one (k, SPARSE_NB) panel per part of the product */
+    int64_t panel_elements;
     int64_t nonzeros[SPARSE_MAX_PARTS];
     bool split_rows; /* the threads take rows of C (else blocks of columns) */
     int64_t column_blocks;
@@ -168,8 +170,8 @@ static void FN_T(sparse_pack_b)(const FN_T(sparse_job) *job, int64_t n0, int64_t
 
 /* C's row part c[0, width) += sum over the set bits i of `bits` of row[i] * panel row i, the
  * part held in registers; width is SPARSE_NB in all blocks but the last. On the first word of k
- * (first), c is beta * c + bias before the sum (bias, the block's part of col_bias padded to
- * SPARSE_NB, or NULL for none): for beta 0, bias or 0 (not 0 * C: C may hold NaN). */
+ * (first), the sum starts from beta * c, or for beta 0 from bias (the block's part of col_bias
+ * padded to SPARSE_NB) or 0 without one (not 0 * C: C may hold NaN). */
 static inline __attribute__((always_inline)) void FN_T(sparse_row_word)(
     real *c, int64_t width, uint64_t bits, const real *row, const real *panel, bool first,
     real beta, const real *bias) {
@@ -190,11 +192,6 @@ static inline __attribute__((always_inline)) void FN_T(sparse_row_word)(
         for (int v = 0; v < SPARSE_VECTORS; v++) {
             memcpy(&sums[v], src + v * SPARSE_LANES, 64);
             if (first && beta != 1) sums[v] *= beta;
-            if (first && bias) {
-                vector add;
-                memcpy(&add, bias + v * SPARSE_LANES, 64);
-                sums[v] += add;
-            }
         }
     }
     /* Two sums per vector, the nonzeros taken in pairs: one chain of multiply-adds per vector
@@ -278,33 +275,9 @@ static void FN_T(sparse_block)(const FN_T(sparse_job) *job, int64_t block, int64
 }
 #undef SPARSE_ROWS
 
-/* sparse_block without a panel, for a thread whose panel could not be allocated: B read where it
- * is, element by element; slow, but the same sums in the same order. */
-static void FN_T(sparse_block_unpacked)(const FN_T(sparse_job) *job, int64_t block, int64_t r0,
-                                        int64_t r1) {
-    int64_t n0 = block * SPARSE_NB;
-    int64_t width = job->n - n0 < SPARSE_NB ? job->n - n0 : SPARSE_NB;
-    int64_t step_i = job->trans_b ? 1 : job->ldb, step_j = job->trans_b ? job->ldb : 1;
-    const real *b = job->b + n0 * step_j;
-    for (int64_t r = r0; r < r1; r++) {
-        real *c = job->c + r * job->ldc + n0;
-        const real *row = job->rows + r * job->row_stride;
-        FN_T(sparse_scale)(c, width, job->beta);
-        if (job->col_bias)
-            for (int64_t j = 0; j < width; j++) c[j] += job->col_bias[n0 + j];
-        for (int64_t w = 0; w < job->words; w++)
-            for (uint64_t bits = job->masks[r * job->words + w]; bits; bits &= bits - 1) {
-                int64_t i = 64 * w + __builtin_ctzll(bits);
-                for (int64_t j = 0; j < width; j++) c[j] += row[i] * b[i * step_i + j * step_j];
-            }
-        if (job->relu)
-            for (int64_t j = 0; j < width; j++) c[j] = FN_RELU(c[j]);
-    }
-}
-
 static void FN_T(sparse_compute_part)(int id, int parts, void *arg) {
     const FN_T(sparse_job) *job = arg;
-    real *panel = fn_thread_buffer(FN_BUFFER_PANELS, (size_t)job->k * SPARSE_NB * sizeof(real));
+    real *panel = job->panels + id * job->panel_elements;
     int64_t begin, end, r0 = 0, r1 = job->m;
     if (job->split_rows) {
         fn_partition(job->m, parts, id, &r0, &r1);
@@ -314,10 +287,7 @@ static void FN_T(sparse_compute_part)(int id, int parts, void *arg) {
         fn_partition(job->column_blocks, parts, id, &begin, &end);
     }
     for (int64_t block = begin; block < end; block++) {
-        if (panel)
-            FN_T(sparse_block)(job, block, r0, r1, panel);
-        else
-            FN_T(sparse_block_unpacked)(job, block, r0, r1);
+        FN_T(sparse_block)(job, block, r0, r1, panel);
     }
 }
 
@@ -332,39 +302,16 @@ void FN_T(fn_gemm_sparse_a)(bool trans_a, bool trans_b, int64_t m, int64_t n, in
                             .lda = lda, .ldb = ldb, .ldc = ldc, .a = a, .b = b, .beta = beta,
                             .c = c, .col_bias = col_bias, .relu = relu, .words = (k + 63) / 64,
                             .column_blocks = (n + SPARSE_NB - 1) / SPARSE_NB};
+    /* The bias only with beta 0, a linear layer's forward (else the dense product adds it). */
+    bool large = (double)m * (double)n * (double)k >= SPARSE_MIN_WORK && m >= SPARSE_MIN_ROWS &&
+                 !(col_bias && beta != 0);
     int build_parts = fn_threads_for(m * k, threads < SPARSE_MAX_PARTS ? threads : SPARSE_MAX_PARTS);
     int64_t nonzeros = 0;
-    bool large = (double)m * (double)n * (double)k >= SPARSE_MIN_WORK && m >= SPARSE_MIN_ROWS;
     if (large) {
         fn_run_team(build_parts, FN_T(sparse_count_part), &job);
         for (int p = 0; p < build_parts; p++) nonzeros += job.nonzeros[p];
     }
-    /* A transposed is copied into rows; so is an A whose rows are a multiple of 4 KB apart: the
-     * rows a block of C reads at each word of k would share an L1 set. The copy's rows are 64
-     * bytes longer than a multiple of 64 bytes, for the same reason. */
-    bool copy = trans_a || (lda * (int64_t)sizeof(real)) % 4096 == 0;
-    int64_t copy_stride = (k + SPARSE_LANES - 1) / SPARSE_LANES * SPARSE_LANES;
-    if ((copy_stride * (int64_t)sizeof(real)) % 4096 == 0) copy_stride += SPARSE_LANES;
-    size_t mask_bytes = (size_t)m * (size_t)job.words * sizeof(uint64_t);
-    size_t copy_bytes = copy ? (size_t)m * (size_t)copy_stride * sizeof(real) : 0;
-    char *buffer = NULL;
-    if (large && (double)nonzeros <= SPARSE_MAX_DENSITY * (double)m * (double)k)
-        buffer = fn_thread_buffer(FN_BUFFER_SPARSE_A, (mask_bytes + 63) / 64 * 64 + copy_bytes);
-    if (!buffer) { /* small, dense, or no memory for the masks */
-        FN_T(fn_gemm_ordered)(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc, threads,
-                              reversed, col_bias, relu);
-        return;
-    }
-    job.masks = (uint64_t *)buffer;
-    if (copy) {
-        job.copy = (real *)(buffer + (mask_bytes + 63) / 64 * 64);
-        job.rows = job.copy;
-        job.row_stride = copy_stride;
-    } else {
-        job.rows = a;
-        job.row_stride = lda;
-    }
-    fn_run_team(build_parts, FN_T(sparse_build_part), &job);
+    large = large && (double)nonzeros <= SPARSE_MAX_DENSITY * (double)m * (double)k;
 
     /* Threads by the multiply-adds left; by blocks of columns when they divide evenly enough
      * (each thread then packs only its own part of B), else by rows. */
@@ -374,6 +321,33 @@ void FN_T(fn_gemm_sparse_a)(bool trans_a, bool trans_b, int64_t m, int64_t n, in
         job.split_rows = per_part * parts > job.column_blocks * 21 / 20 && m >= 16 * parts;
         if (!job.split_rows && job.column_blocks < parts) parts = (int)job.column_blocks;
     }
+
+    /* One buffer: the masks, the copy of A, every part's panel. A transposed A is copied into
+     * rows; so is an A whose rows are a multiple of 4 KB apart: the rows a block of C reads at
+     * each word of k would share an L1 set. The copy's rows are 64 bytes longer than a multiple
+     * of 64 bytes, for the same reason. */
+    bool copy = trans_a || (lda * (int64_t)sizeof(real)) % 4096 == 0;
+    int64_t copy_stride = (k + SPARSE_LANES - 1) / SPARSE_LANES * SPARSE_LANES;
+    if ((copy_stride * (int64_t)sizeof(real)) % 4096 == 0) copy_stride += SPARSE_LANES;
+    job.panel_elements = k * SPARSE_NB;
+    size_t mask_bytes = (size_t)m * (size_t)job.words * sizeof(uint64_t);
+    size_t copy_bytes = copy ? (size_t)m * (size_t)copy_stride * sizeof(real) : 0;
+    size_t panel_bytes = (size_t)parts * (size_t)job.panel_elements * sizeof(real);
+    mask_bytes = (mask_bytes + 63) / 64 * 64;
+    char *buffer = large ? fn_thread_buffer(FN_BUFFER_SPARSE_A,
+                                            mask_bytes + copy_bytes + panel_bytes)
+                         : NULL;
+    if (!buffer) { /* small, dense, or no memory for the masks and panels */
+        FN_T(fn_gemm_ordered)(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc, threads,
+                              reversed, col_bias, relu);
+        return;
+    }
+    job.masks = (uint64_t *)buffer;
+    job.copy = copy ? (real *)(buffer + mask_bytes) : NULL;
+    job.rows = copy ? job.copy : a;
+    job.row_stride = copy ? copy_stride : lda;
+    job.panels = (real *)(buffer + mask_bytes + copy_bytes);
+    fn_run_team(build_parts, FN_T(sparse_build_part), &job);
     fn_run_team(parts, FN_T(sparse_compute_part), &job);
 }
 
