@@ -83,6 +83,8 @@ static inline uint64_t sparse_nonzero_bits_f64(const double *p, int64_t count) {
 #define SPARSE_VECTORS 4
 #define SPARSE_LANES (64 / (int64_t)sizeof(real))
 #define SPARSE_NB (SPARSE_VECTORS * SPARSE_LANES)
+/* Steps of k per panel (a whole number of mask words): 256 KB of panel, in L2. */
+#define SPARSE_KC ((int64_t)1024)
 
 typedef real FN_T(sparse_vector) __attribute__((vector_size(64), aligned(sizeof(real))));
 
@@ -100,7 +102,7 @@ typedef struct {
     real *copy;
     uint64_t *masks; /* (m, words) */
     int64_t words;
-    real *panels; /* one (k, SPARSE_NB) panel per part of the product */
+    real *panels; /* one (SPARSE_KC, SPARSE_NB) panel per part of the product */
     int64_t panel_elements;
     int64_t nonzeros[SPARSE_MAX_PARTS];
     bool split_rows; /* the threads take rows of C (else blocks of columns) */
@@ -151,20 +153,22 @@ static void FN_T(sparse_build_part)(int id, int parts, void *arg) {
     }
 }
 
-/* B's columns [n0, n0 + width) packed as (k, SPARSE_NB) rows, zero past width. */
+/* B's columns [n0, n0 + width) of its rows [k0, k0 + steps) packed as (steps, SPARSE_NB) rows,
+ * zero past width. */
 static void FN_T(sparse_pack_b)(const FN_T(sparse_job) *job, int64_t n0, int64_t width,
-                                real *restrict panel) {
-    int64_t k = job->k;
+                                int64_t k0, int64_t steps, real *restrict panel) {
     if (!job->trans_b) {
-        for (int64_t i = 0; i < k; i++) {
-            memcpy(panel + i * SPARSE_NB, job->b + i * job->ldb + n0, (size_t)width * sizeof(real));
+        for (int64_t i = 0; i < steps; i++) {
+            memcpy(panel + i * SPARSE_NB, job->b + (k0 + i) * job->ldb + n0,
+                   (size_t)width * sizeof(real));
             for (int64_t j = width; j < SPARSE_NB; j++) panel[i * SPARSE_NB + j] = 0;
         }
         return;
     }
     /* op(B)(i, j) = b[j][i]: the rows of b transposed as the dense kernel packs them. */
-    FN_T(fn_gemm_pack_rows)(job->b + n0 * job->ldb, job->ldb, width, k, panel, SPARSE_NB);
-    for (int64_t i = 0; i < k; i++)
+    FN_T(fn_gemm_pack_rows)(job->b + n0 * job->ldb + k0, job->ldb, width, steps, panel,
+                            SPARSE_NB);
+    for (int64_t i = 0; i < steps; i++)
         for (int64_t j = width; j < SPARSE_NB; j++) panel[i * SPARSE_NB + j] = 0;
 }
 
@@ -235,9 +239,11 @@ static inline void FN_T(sparse_scale)(real *c, int64_t width, real beta) {
         for (int64_t j = 0; j < width; j++) c[j] *= beta;
 }
 
-/* Rows [r0, r1) of C's column block `block`, SPARSE_ROWS rows at a time through all of k: their
- * part of C (8 KB of floats) stays in L1 from one word of k to the next and goes to memory once,
- * which matters where C is large and k short (a weight gradient: C (out, in), k the batch). */
+/* Rows [r0, r1) of C's column block `block`, by chunks of SPARSE_KC steps of k, whose panel
+ * stays in L2, and within a chunk SPARSE_ROWS rows at a time through its words: their
+ * part of C (8 KB of floats) stays in L1 from one word to the next and goes to memory once per
+ * chunk, which matters where C is large and k short (a weight gradient: C (out, in), k the
+ * batch). */
 #define SPARSE_ROWS 32
 static void FN_T(sparse_block)(const FN_T(sparse_job) *job, int64_t block, int64_t r0,
                                int64_t r1, real *panel) {
@@ -249,29 +255,35 @@ static void FN_T(sparse_block)(const FN_T(sparse_job) *job, int64_t block, int64
         bias = bias_part;
         for (int64_t j = 0; j < SPARSE_NB; j++) bias[j] = j < width ? job->col_bias[n0 + j] : 0;
     }
-    FN_T(sparse_pack_b)(job, n0, width, panel);
-    for (int64_t rows = r0; rows < r1; rows += SPARSE_ROWS) {
-        int64_t rows_end = r1 - rows < SPARSE_ROWS ? r1 : rows + SPARSE_ROWS;
-        for (int64_t w = 0; w < job->words; w++) {
-            const real *panel_word = panel + 64 * w * SPARSE_NB;
-            bool first = w == 0;
-            for (int64_t r = rows; r < rows_end; r++) {
-                uint64_t bits = job->masks[r * job->words + w];
-                if (!bits && !(first && (beta != 1 || bias))) continue;
-                real *c = job->c + r * job->ldc + n0;
-                const real *row = job->rows + r * job->row_stride + 64 * w;
-                if (width == SPARSE_NB)
-                    FN_T(sparse_row_word)(c, SPARSE_NB, bits, row, panel_word, first, beta, bias);
-                else
-                    FN_T(sparse_row_word)(c, width, bits, row, panel_word, first, beta, bias);
+    for (int64_t k0 = 0; k0 < job->k; k0 += SPARSE_KC) {
+        int64_t steps = job->k - k0 < SPARSE_KC ? job->k - k0 : SPARSE_KC;
+        int64_t w0 = k0 / 64, w1 = (k0 + steps + 63) / 64;
+        FN_T(sparse_pack_b)(job, n0, width, k0, steps, panel);
+        for (int64_t rows = r0; rows < r1; rows += SPARSE_ROWS) {
+            int64_t rows_end = r1 - rows < SPARSE_ROWS ? r1 : rows + SPARSE_ROWS;
+            for (int64_t w = w0; w < w1; w++) {
+                const real *panel_word = panel + 64 * (w - w0) * SPARSE_NB;
+                bool first = w == 0;
+                for (int64_t r = rows; r < rows_end; r++) {
+                    uint64_t bits = job->masks[r * job->words + w];
+                    if (!bits && !(first && (beta != 1 || bias))) continue;
+                    real *c = job->c + r * job->ldc + n0;
+                    const real *row = job->rows + r * job->row_stride + 64 * w;
+                    if (width == SPARSE_NB)
+                        FN_T(sparse_row_word)(c, SPARSE_NB, bits, row, panel_word, first, beta,
+                                              bias);
+                    else
+                        FN_T(sparse_row_word)(c, width, bits, row, panel_word, first, beta,
+                                              bias);
+                }
             }
         }
-        if (job->relu)
-            for (int64_t r = rows; r < rows_end; r++) {
-                real *c = job->c + r * job->ldc + n0;
-                for (int64_t j = 0; j < width; j++) c[j] = FN_RELU(c[j]);
-            }
     }
+    if (job->relu)
+        for (int64_t r = r0; r < r1; r++) {
+            real *c = job->c + r * job->ldc + n0;
+            for (int64_t j = 0; j < width; j++) c[j] = FN_RELU(c[j]);
+        }
 }
 #undef SPARSE_ROWS
 
@@ -311,7 +323,11 @@ void FN_T(fn_gemm_sparse_a)(bool trans_a, bool trans_b, int64_t m, int64_t n, in
         fn_run_team(build_parts, FN_T(sparse_count_part), &job);
         for (int p = 0; p < build_parts; p++) nonzeros += job.nonzeros[p];
     }
-    large = large && (double)nonzeros <= SPARSE_MAX_DENSITY * (double)m * (double)k;
+    /* The nonzeros' multiply-adds, over C's columns padded to whole blocks, against the dense
+     * product's: a product of a few columns (a classifier's ten) would waste most of a block. */
+    double padded_columns = (double)(job.column_blocks * SPARSE_NB);
+    large = large && (double)nonzeros * padded_columns <=
+                         SPARSE_MAX_DENSITY * (double)m * (double)k * (double)n;
 
     /* Threads by the multiply-adds left; by blocks of columns when they divide evenly enough
      * (each thread then packs only its own part of B), else by rows. */
@@ -329,7 +345,7 @@ void FN_T(fn_gemm_sparse_a)(bool trans_a, bool trans_b, int64_t m, int64_t n, in
     bool copy = trans_a || (lda * (int64_t)sizeof(real)) % 4096 == 0;
     int64_t copy_stride = (k + SPARSE_LANES - 1) / SPARSE_LANES * SPARSE_LANES;
     if ((copy_stride * (int64_t)sizeof(real)) % 4096 == 0) copy_stride += SPARSE_LANES;
-    job.panel_elements = k * SPARSE_NB;
+    job.panel_elements = (k < SPARSE_KC ? k : SPARSE_KC) * SPARSE_NB;
     size_t mask_bytes = (size_t)m * (size_t)job.words * sizeof(uint64_t);
     size_t copy_bytes = copy ? (size_t)m * (size_t)copy_stride * sizeof(real) : 0;
     size_t panel_bytes = (size_t)parts * (size_t)job.panel_elements * sizeof(real);
@@ -354,5 +370,6 @@ void FN_T(fn_gemm_sparse_a)(bool trans_a, bool trans_b, int64_t m, int64_t n, in
 #undef SPARSE_VECTORS
 #undef SPARSE_LANES
 #undef SPARSE_NB
+#undef SPARSE_KC
 
 #endif

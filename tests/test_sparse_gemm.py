@@ -4,7 +4,8 @@ through ``_core.gemm(sparse_a=True)``, and as a linear layer's forward and backw
 The kernel takes a product as sparse only when A has at most 60% nonzeros, at least 16 rows and
 2^20 multiply-adds; below that it is the dense product. The shapes here are chosen on both sides
 of those limits, with k and n that are and are not multiples of its 64-step words and 64-column
-blocks (32 for float64), so that every edge of the masks and panels is reached.
+blocks (32 for float64), and k over its 1024-step panels, so that every edge of the masks and
+panels is reached.
 """
 import numpy as np
 import pytest
@@ -44,6 +45,7 @@ SHAPES = [  # m, k, n
     (64, 130, 200),     # k past two words, n past three blocks
     (33, 700, 65),      # a row past a block of 32 rows, n one past a block
     (20, 100, 1000),    # few rows, over the 16 the sparse path needs
+    (24, 2200, 70),     # k over two panels of 1024 steps and a part
     (8, 200, 1000),     # too few rows: the dense product
     (40, 20, 30),       # too small: the dense product
 ]
