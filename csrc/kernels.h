@@ -96,11 +96,11 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
                               int64_t width);                                                    \
     /* sparse_gemm.c: the same product as fn_gemm_ordered (alpha 1), with the multiply-adds  \
      * of A's exact zeros skipped when A has few enough nonzeros to pay (a ReLU's output, or  \
-     * a gradient masked by one) */                                                            \
-    void fn_gemm_sparse_a##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,        \
-                             const real *a, int64_t lda, const real *b, int64_t ldb, real beta,  \
-                             real *c, int64_t ldc, int threads, bool reversed,                   \
-                             const real *col_bias, bool relu);                                   \
+     * a gradient masked by one), or with sparse_b those of B where B has fewer */              \
+    void fn_gemm_sparse##S(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,          \
+                           const real *a, int64_t lda, const real *b, int64_t ldb, real beta,    \
+                           real *c, int64_t ldc, int threads, bool reversed,                     \
+                           const real *col_bias, bool relu, bool sparse_b);                      \
     /* the same in one call on the calling thread (never divided into blocks) */                 \
     void fn_gemm_dot_runs##S(int64_t m, int64_t n, int64_t segments, int64_t len, real alpha,    \
                              const real *a, int64_t lda, int64_t a_step, const real *b,          \

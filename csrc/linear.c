@@ -90,9 +90,9 @@ void FN_T(fn_linear_forward)(const real *x, const real *weight, const real *bias
     /* The GEMM adds the bias: to each tile before it goes into y, or to y before the product is
      * added to it, on the thread that writes those rows (one rounding of bias + product either
      * way); then the ReLU, as the ReLU's node computed it on the finished sums. x after a ReLU
-     * is about half zeros, which fn_gemm_sparse_a skips (it counts them first). */
-    FN_T(fn_gemm_sparse_a)(false, true, n, out, in, x, in, weight, in, 0, y, out, threads,
-                           reversed, bias, relu);
+     * is about half zeros, which fn_gemm_sparse skips (it counts them first). */
+    FN_T(fn_gemm_sparse)(false, true, n, out, in, x, in, weight, in, 0, y, out, threads, reversed,
+                         bias, relu, false);
 }
 
 typedef struct {
@@ -148,15 +148,17 @@ static void FN_T(relu_mask_part)(int id, int parts, void *arg) {
  * grad_x (n, in) = grad_x_beta * grad_x + grad_y @ weight, skipped when grad_x is NULL;
  * grad_weight (out, in) = grad_param_beta * grad_weight + grad_y^T @ x;
  * grad_bias (out) = grad_param_beta * grad_bias + sum over the batch of grad_y (if not NULL).
- * Both products take grad_y as a sparse A (fn_gemm_sparse_a): after a ReLU, fused or not, about
- * half of it is zeros; fn_gemm_sparse_a counts them and runs the dense product where they are
- * too few. The same gradient thus gives the same bits whether its ReLU was fused or not. */
+ * Both products take grad_y as a sparse A (fn_gemm_sparse): after a ReLU, fused or not, about
+ * half of it is zeros; fn_gemm_sparse counts them and runs the dense product where they are too
+ * few. The weight gradient takes x instead where x has fewer nonzeros (the output of a ReLU
+ * whose layer's gradient is denser). The same operands thus give the same bits whether their
+ * ReLUs were fused or not. */
 void FN_T(fn_linear_backward)(const real *x, const real *weight, const real *grad_y, real *grad_x,
                               real grad_x_beta, real *grad_weight, real *grad_bias,
                               real grad_param_beta, int64_t n, int64_t in, int64_t out,
                               int threads) {
-    FN_T(fn_gemm_sparse_a)(true, false, out, in, n, grad_y, out, x, in, grad_param_beta,
-                           grad_weight, in, threads, false, NULL, false);
+    FN_T(fn_gemm_sparse)(true, false, out, in, n, grad_y, out, x, in, grad_param_beta,
+                         grad_weight, in, threads, false, NULL, false, true);
     if (grad_bias) {
         /* Row by row so the inner loop runs along contiguous memory and vectorises. */
         if (grad_param_beta == 0)
@@ -165,8 +167,8 @@ void FN_T(fn_linear_backward)(const real *x, const real *weight, const real *gra
             for (int64_t j = 0; j < out; j++) grad_bias[j] += grad_y[i * out + j];
     }
     if (grad_x)
-        FN_T(fn_gemm_sparse_a)(false, false, n, in, out, grad_y, out, weight, in, grad_x_beta,
-                               grad_x, in, threads, false, NULL, false);
+        FN_T(fn_gemm_sparse)(false, false, n, in, out, grad_y, out, weight, in, grad_x_beta,
+                             grad_x, in, threads, false, NULL, false, false);
 }
 
 /* Each forward reads the weights in the other order than the last (fn_gemm_ordered): a batch-1

@@ -43,7 +43,7 @@
  * (batch-1 inference streams B through dot products). */
 #define SPARSE_MIN_WORK ((double)(1 << 19))
 #define SPARSE_MIN_ROWS 16
-/* At most this many threads build the masks (their nonzero counts sit in the job). */
+/* At most this many threads count the nonzeros (their counts sit in the job). */
 #define SPARSE_MAX_PARTS 64
 
 /* Bit j set where p[j] != 0 (NaN included), for j < count <= 64. */
@@ -90,6 +90,7 @@ typedef real FN_T(sparse_vector) __attribute__((vector_size(64), aligned(sizeof(
 
 typedef struct {
     bool trans_a, trans_b;
+    bool trans_c; /* C stored transposed: element (i, j) at c[j * ldc + i] */
     int64_t m, n, k, lda, ldb, ldc;
     const real *a, *b;
     real beta;
@@ -104,25 +105,41 @@ typedef struct {
     int64_t words;
     real *panels; /* one (SPARSE_KC, SPARSE_NB) panel per part of the product */
     int64_t panel_elements;
-    int64_t nonzeros[SPARSE_MAX_PARTS];
     bool split_rows; /* the threads take rows of C (else blocks of columns) */
     int64_t column_blocks;
 } FN_T(sparse_job);
 
-/* The nonzeros of A's stored rows [r0, r1) (op(A)'s columns if A is transposed) into
- * job->nonzeros[id]: whether skipping the zeros pays is known before anything is copied. */
+/* Counting the nonzeros of a stored matrix, by parts of its rows. */
+typedef struct {
+    const real *p;
+    int64_t rows, columns, ld;
+    int64_t nonzeros[SPARSE_MAX_PARTS];
+} FN_T(sparse_count_job);
+
 static void FN_T(sparse_count_part)(int id, int parts, void *arg) {
-    FN_T(sparse_job) *job = arg;
-    int64_t rows = job->trans_a ? job->k : job->m, columns = job->trans_a ? job->m : job->k;
+    FN_T(sparse_count_job) *job = arg;
     int64_t r0, r1, nonzeros = 0;
-    fn_partition(rows, parts, id, &r0, &r1);
+    fn_partition(job->rows, parts, id, &r0, &r1);
     for (int64_t r = r0; r < r1; r++)
-        for (int64_t j = 0; j < columns; j += 64) {
-            int64_t count = columns - j < 64 ? columns - j : 64;
-            nonzeros += __builtin_popcountll(FN_T(sparse_nonzero_bits)(job->a + r * job->lda + j,
+        for (int64_t j = 0; j < job->columns; j += 64) {
+            int64_t count = job->columns - j < 64 ? job->columns - j : 64;
+            nonzeros += __builtin_popcountll(FN_T(sparse_nonzero_bits)(job->p + r * job->ld + j,
                                                                        count));
         }
     job->nonzeros[id] = nonzeros;
+}
+
+/* The nonzeros of p (rows, columns), row stride ld: whether skipping them pays is known before
+ * anything is copied. */
+static int64_t FN_T(sparse_count)(const real *p, int64_t rows, int64_t columns, int64_t ld,
+                                  int threads) {
+    FN_T(sparse_count_job) job = {.p = p, .rows = rows, .columns = columns, .ld = ld};
+    int parts = fn_threads_for(rows * columns,
+                               threads < SPARSE_MAX_PARTS ? threads : SPARSE_MAX_PARTS);
+    fn_run_team(parts, FN_T(sparse_count_part), &job);
+    int64_t nonzeros = 0;
+    for (int i = 0; i < parts; i++) nonzeros += job.nonzeros[i];
+    return nonzeros;
 }
 
 /* Rows [r0, r1) of op(A): their copy if A is copied (transposed if A is), and their masks. */
@@ -287,6 +304,38 @@ static void FN_T(sparse_block)(const FN_T(sparse_job) *job, int64_t block, int64
 }
 #undef SPARSE_ROWS
 
+/* sparse_block for a C stored transposed (the product of a weight gradient whose sparse
+ * operand is the layer's input: C^T = x^T @ grad_y, k the batch, at most SPARSE_KC): each block
+ * of SPARSE_ROWS x SPARSE_NB is summed in a tile on the stack, read and written transposed by
+ * the dense kernel's 16 x 16 transpositions. */
+static void FN_T(sparse_block_transposed)(const FN_T(sparse_job) *job, int64_t block, int64_t r0,
+                                          int64_t r1, real *panel) {
+    enum { ROWS = 32 };
+    int64_t n0 = block * SPARSE_NB;
+    int64_t width = job->n - n0 < SPARSE_NB ? job->n - n0 : SPARSE_NB;
+    FN_T(sparse_pack_b)(job, n0, width, 0, job->k, panel);
+    for (int64_t rows = r0; rows < r1; rows += ROWS) {
+        int64_t count = r1 - rows < ROWS ? r1 - rows : ROWS;
+        real tile[ROWS * SPARSE_NB] __attribute__((aligned(64)));
+        real *c = job->c + n0 * job->ldc + rows; /* C^T's rows n0.., columns rows.. */
+        if (job->beta == 0) {
+            memset(tile, 0, sizeof tile);
+        } else {
+            FN_T(fn_gemm_pack_rows)(c, job->ldc, width, count, tile, SPARSE_NB);
+            for (int64_t i = 0; i < count * SPARSE_NB; i++) tile[i] *= job->beta;
+        }
+        for (int64_t w = 0; w < job->words; w++)
+            for (int64_t r = 0; r < count; r++) {
+                uint64_t bits = job->masks[(rows + r) * job->words + w];
+                if (bits)
+                    FN_T(sparse_row_word)(tile + r * SPARSE_NB, SPARSE_NB, bits,
+                                          job->rows + (rows + r) * job->row_stride + 64 * w,
+                                          panel + 64 * w * SPARSE_NB, false, 1, NULL);
+            }
+        FN_T(fn_gemm_pack_rows)(tile, SPARSE_NB, count, width, c, job->ldc);
+    }
+}
+
 static void FN_T(sparse_compute_part)(int id, int parts, void *arg) {
     const FN_T(sparse_job) *job = arg;
     real *panel = job->panels + id * job->panel_elements;
@@ -299,72 +348,94 @@ static void FN_T(sparse_compute_part)(int id, int parts, void *arg) {
         fn_partition(job->column_blocks, parts, id, &begin, &end);
     }
     for (int64_t block = begin; block < end; block++) {
-        FN_T(sparse_block)(job, block, r0, r1, panel);
+        if (job->trans_c)
+            FN_T(sparse_block_transposed)(job, block, r0, r1, panel);
+        else
+            FN_T(sparse_block)(job, block, r0, r1, panel);
     }
 }
 
-/* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda, ldb, ldc: C = op(A) @ op(B) + beta * C
- * (+ col_bias (n) on every row unless NULL, then ReLU'd with relu), A's zeros skipped when that
- * pays, fn_gemm_ordered's product otherwise (see the top of the file). */
-void FN_T(fn_gemm_sparse_a)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-                            const real *a, int64_t lda, const real *b, int64_t ldb, real beta,
-                            real *c, int64_t ldc, int threads, bool reversed,
-                            const real *col_bias, bool relu) {
-    FN_T(sparse_job) job = {.trans_a = trans_a, .trans_b = trans_b, .m = m, .n = n, .k = k,
-                            .lda = lda, .ldb = ldb, .ldc = ldc, .a = a, .b = b, .beta = beta,
-                            .c = c, .col_bias = col_bias, .relu = relu, .words = (k + 63) / 64,
-                            .column_blocks = (n + SPARSE_NB - 1) / SPARSE_NB};
-    /* The bias only with beta 0, a linear layer's forward (else the dense product adds it). */
-    bool large = (double)m * (double)n * (double)k >= SPARSE_MIN_WORK && m >= SPARSE_MIN_ROWS &&
-                 !(col_bias && beta != 0);
-    int build_parts = fn_threads_for(m * k, threads < SPARSE_MAX_PARTS ? threads : SPARSE_MAX_PARTS);
-    int64_t nonzeros = 0;
-    if (large) {
-        fn_run_team(build_parts, FN_T(sparse_count_part), &job);
-        for (int p = 0; p < build_parts; p++) nonzeros += job.nonzeros[p];
-    }
-    /* The nonzeros' multiply-adds, over C's columns padded to whole blocks, against the dense
-     * product's: a product of a few columns (a classifier's ten) would waste most of a block. */
-    double padded_columns = (double)(job.column_blocks * SPARSE_NB);
-    large = large && (double)nonzeros * padded_columns <=
-                         SPARSE_MAX_DENSITY * (double)m * (double)k * (double)n;
-
-    /* Threads by the multiply-adds left; by blocks of columns when they divide evenly enough
-     * (each thread then packs only its own part of B), else by rows. */
+/* The product of job (its operands, sizes and C set) skipping op(A)'s `nonzeros` zeros; false,
+ * with nothing written, when the buffer cannot be had. */
+static bool FN_T(sparse_product)(FN_T(sparse_job) *job, int64_t nonzeros, int threads) {
+    int64_t m = job->m, n = job->n, k = job->k;
+    job->words = (k + 63) / 64;
+    job->column_blocks = (n + SPARSE_NB - 1) / SPARSE_NB;
+    /* Threads by the multiply-adds; by blocks of columns when they divide evenly enough (each
+     * thread then packs only its own part of B), else by rows. */
     int parts = fn_threads_for((int64_t)((double)nonzeros * (double)n / 16), threads);
     if (parts > 1) {
-        int64_t per_part = (job.column_blocks + parts - 1) / parts;
-        job.split_rows = per_part * parts > job.column_blocks * 21 / 20 && m >= 16 * parts;
-        if (!job.split_rows && job.column_blocks < parts) parts = (int)job.column_blocks;
+        int64_t per_part = (job->column_blocks + parts - 1) / parts;
+        job->split_rows = per_part * parts > job->column_blocks * 21 / 20 && m >= 16 * parts;
+        if (!job->split_rows && job->column_blocks < parts) parts = (int)job->column_blocks;
     }
-
     /* One buffer: the masks, the copy of A, every part's panel. A transposed A is copied into
      * rows; so is an A whose rows are a multiple of 4 KB apart: the rows a block of C reads at
      * each word of k would share an L1 set. The copy's rows are 64 bytes longer than a multiple
      * of 64 bytes, for the same reason. */
-    bool copy = trans_a || (lda * (int64_t)sizeof(real)) % 4096 == 0;
+    bool copy = job->trans_a || (job->lda * (int64_t)sizeof(real)) % 4096 == 0;
     int64_t copy_stride = (k + SPARSE_LANES - 1) / SPARSE_LANES * SPARSE_LANES;
     if ((copy_stride * (int64_t)sizeof(real)) % 4096 == 0) copy_stride += SPARSE_LANES;
-    job.panel_elements = (k < SPARSE_KC ? k : SPARSE_KC) * SPARSE_NB;
-    size_t mask_bytes = (size_t)m * (size_t)job.words * sizeof(uint64_t);
+    job->panel_elements = (k < SPARSE_KC ? k : SPARSE_KC) * SPARSE_NB;
+    size_t mask_bytes = ((size_t)m * (size_t)job->words * sizeof(uint64_t) + 63) / 64 * 64;
     size_t copy_bytes = copy ? (size_t)m * (size_t)copy_stride * sizeof(real) : 0;
-    size_t panel_bytes = (size_t)parts * (size_t)job.panel_elements * sizeof(real);
-    mask_bytes = (mask_bytes + 63) / 64 * 64;
-    char *buffer = large ? fn_thread_buffer(FN_BUFFER_SPARSE_A,
-                                            mask_bytes + copy_bytes + panel_bytes)
-                         : NULL;
-    if (!buffer) { /* small, dense, or no memory for the masks and panels */
-        FN_T(fn_gemm_ordered)(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc, threads,
-                              reversed, col_bias, relu);
-        return;
+    size_t panel_bytes = (size_t)parts * (size_t)job->panel_elements * sizeof(real);
+    char *buffer = fn_thread_buffer(FN_BUFFER_SPARSE_A, mask_bytes + copy_bytes + panel_bytes);
+    if (!buffer) return false;
+    job->masks = (uint64_t *)buffer;
+    job->copy = copy ? (real *)(buffer + mask_bytes) : NULL;
+    job->rows = copy ? job->copy : job->a;
+    job->row_stride = copy ? copy_stride : job->lda;
+    job->panels = (real *)(buffer + mask_bytes + copy_bytes);
+    int build_parts = fn_threads_for(m * k, threads);
+    fn_run_team(build_parts, FN_T(sparse_build_part), job);
+    fn_run_team(parts, FN_T(sparse_compute_part), job);
+    return true;
+}
+
+/* op(A) (m, k), op(B) (k, n), C (m, n), row strides lda, ldb, ldc: C = op(A) @ op(B) + beta * C
+ * (+ col_bias (n) on every row unless NULL, then ReLU'd with relu), A's zeros skipped when that
+ * pays, fn_gemm_ordered's product otherwise (see the top of the file). With sparse_b, B's zeros
+ * are counted too, and where B has fewer, C^T = op(B)^T @ op(A)^T is computed skipping them
+ * (without a bias or ReLU, for k up to SPARSE_KC: a weight gradient, whose input may be the
+ * sparser operand). */
+void FN_T(fn_gemm_sparse)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                          const real *a, int64_t lda, const real *b, int64_t ldb, real beta,
+                          real *c, int64_t ldc, int threads, bool reversed,
+                          const real *col_bias, bool relu, bool sparse_b) {
+    bool large = (double)m * (double)n * (double)k >= SPARSE_MIN_WORK;
+    /* The bias only with beta 0, a linear layer's forward (else the dense product adds it). */
+    bool by_a = large && m >= SPARSE_MIN_ROWS && !(col_bias && beta != 0);
+    bool by_b = large && sparse_b && n >= SPARSE_MIN_ROWS && !col_bias && !relu &&
+                k <= SPARSE_KC;
+    int64_t nonzeros_a = by_a ? FN_T(sparse_count)(a, trans_a ? k : m, trans_a ? m : k, lda,
+                                                   threads)
+                              : 0;
+    int64_t nonzeros_b = by_b ? FN_T(sparse_count)(b, trans_b ? n : k, trans_b ? k : n, ldb,
+                                                   threads)
+                              : 0;
+    /* The nonzeros' multiply-adds, over the output's columns padded to whole blocks, against
+     * the dense product's: a product of a few columns (a classifier's ten) would waste most of
+     * a block. */
+    double dense = SPARSE_MAX_DENSITY * (double)m * (double)n * (double)k;
+    double cost_a = (double)nonzeros_a * (double)((n + SPARSE_NB - 1) / SPARSE_NB * SPARSE_NB);
+    double cost_b = (double)nonzeros_b * (double)((m + SPARSE_NB - 1) / SPARSE_NB * SPARSE_NB);
+    by_a = by_a && cost_a <= dense;
+    by_b = by_b && cost_b <= dense && !(by_a && cost_a <= cost_b);
+    if (by_b) {
+        FN_T(sparse_job) job = {.trans_a = !trans_b, .trans_b = !trans_a, .trans_c = true,
+                                .m = n, .n = m, .k = k, .lda = ldb, .ldb = lda, .ldc = ldc,
+                                .a = b, .b = a, .beta = beta, .c = c};
+        if (FN_T(sparse_product)(&job, nonzeros_b, threads)) return;
+    } else if (by_a) {
+        FN_T(sparse_job) job = {.trans_a = trans_a, .trans_b = trans_b, .m = m, .n = n, .k = k,
+                                .lda = lda, .ldb = ldb, .ldc = ldc, .a = a, .b = b,
+                                .beta = beta, .c = c, .col_bias = col_bias, .relu = relu};
+        if (FN_T(sparse_product)(&job, nonzeros_a, threads)) return;
     }
-    job.masks = (uint64_t *)buffer;
-    job.copy = copy ? (real *)(buffer + mask_bytes) : NULL;
-    job.rows = copy ? job.copy : a;
-    job.row_stride = copy ? copy_stride : lda;
-    job.panels = (real *)(buffer + mask_bytes + copy_bytes);
-    fn_run_team(build_parts, FN_T(sparse_build_part), &job);
-    fn_run_team(parts, FN_T(sparse_compute_part), &job);
+    /* small, dense, or no memory for the masks and panels */
+    FN_T(fn_gemm_ordered)(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc, threads,
+                          reversed, col_bias, relu);
 }
 
 #undef SPARSE_VECTORS

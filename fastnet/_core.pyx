@@ -15,14 +15,14 @@ cnp.import_array()
 # The one private kernel reached from here, for its tests and benchmarks: the public API has no
 # product that skips A's zeros (a model's linear layers choose it themselves).
 cdef extern from "kernels.h" nogil:
-    void fn_gemm_sparse_a_f32(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k,
-                              const float *a, int64_t lda, const float *b, int64_t ldb,
-                              float beta, float *c, int64_t ldc, int threads, bint reversed,
-                              const float *col_bias, bint relu)
-    void fn_gemm_sparse_a_f64(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k,
-                              const double *a, int64_t lda, const double *b, int64_t ldb,
-                              double beta, double *c, int64_t ldc, int threads, bint reversed,
-                              const double *col_bias, bint relu)
+    void fn_gemm_sparse_f32(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k,
+                            const float *a, int64_t lda, const float *b, int64_t ldb,
+                            float beta, float *c, int64_t ldc, int threads, bint reversed,
+                            const float *col_bias, bint relu, bint sparse_b)
+    void fn_gemm_sparse_f64(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k,
+                            const double *a, int64_t lda, const double *b, int64_t ldb,
+                            double beta, double *c, int64_t ldc, int threads, bint reversed,
+                            const double *col_bias, bint relu, bint sparse_b)
 
 FLOAT32 = 0
 FLOAT64 = 1
@@ -182,16 +182,20 @@ def blas_installed(dtype=FLOAT32):
 
 
 def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, bint blas=False,
-         threads=None, out=None, int64_t repeat=1, bint sparse_a=False, beta=0.0):
+         threads=None, out=None, int64_t repeat=1, sparse=None, beta=0.0):
     """op(a) @ op(b) + beta * out through fastnet's GEMM: as training runs it (the BLAS table, or
     the built-in kernel for the sizes it is faster at), the built-in kernel only (``builtin``),
     the BLAS only (``blas``), or the product that skips a's zeros when there are enough of them
-    (``sparse_a``, as a linear layer after a ReLU runs it). ``out``: a C-contiguous array of the
+    (``sparse="a"``, as a linear layer after a ReLU runs it) or those of whichever of a and b has
+    fewer nonzeros (``sparse="either"``, as a linear layer's weight gradient runs it). ``out``: a C-contiguous array of the
     result's shape and dtype to write into (no allocation per call, for timing small products).
     ``repeat``: how many times the product is computed, in one loop in C (for timing products
     too small for a Python call each). ``beta`` other than 0 needs ``out``."""
+    if sparse not in (None, "a", "either"):
+        raise ValueError(f"gemm: sparse must be None, 'a' or 'either', got {sparse!r}")
+    cdef bint sparse_a = sparse is not None, sparse_b = sparse == "either"
     if builtin + blas + sparse_a > 1:
-        raise ValueError("gemm: builtin, blas and sparse_a exclude each other")
+        raise ValueError("gemm: builtin, blas and sparse exclude each other")
     if beta != 0 and out is None:
         raise ValueError("gemm: beta other than 0 needs out")
     if repeat < 1:
@@ -227,13 +231,13 @@ def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, bint 
     with nogil:
         for r in range(repeat):
             if sparse_a and dtype == FN_FLOAT64:
-                fn_gemm_sparse_a_f64(trans_a, trans_b, m, n, k, <const double *>A.data,
-                                     A.shape[1], <const double *>B.data, B.shape[1], c_beta,
-                                     <double *>C.data, n, nthreads, False, NULL, False)
+                fn_gemm_sparse_f64(trans_a, trans_b, m, n, k, <const double *>A.data,
+                                   A.shape[1], <const double *>B.data, B.shape[1], c_beta,
+                                   <double *>C.data, n, nthreads, False, NULL, False, sparse_b)
             elif sparse_a:
-                fn_gemm_sparse_a_f32(trans_a, trans_b, m, n, k, <const float *>A.data,
-                                     A.shape[1], <const float *>B.data, B.shape[1], <float>c_beta,
-                                     <float *>C.data, n, nthreads, False, NULL, False)
+                fn_gemm_sparse_f32(trans_a, trans_b, m, n, k, <const float *>A.data,
+                                   A.shape[1], <const float *>B.data, B.shape[1], <float>c_beta,
+                                   <float *>C.data, n, nthreads, False, NULL, False, sparse_b)
             elif builtin:
                 status = fn_gemm_builtin(dtype, trans_a, trans_b, m, n, k, 1.0, A.data,
                                          A.shape[1], B.data, B.shape[1], c_beta, C.data, n,

@@ -1,8 +1,9 @@
-"""The product that skips A's zeros (csrc/sparse_gemm.c) against float64 references: on its own
-through ``_core.gemm(sparse_a=True)``, and as a linear layer's forward and backward run it.
+"""The product that skips an operand's zeros (csrc/sparse_gemm.c) against float64 references: on
+its own through ``_core.gemm(sparse=...)``, and as a linear layer's forward and backward run it.
 
-The kernel takes a product as sparse only when A has at most 60% nonzeros, at least 16 rows and
-2^20 multiply-adds; below that it is the dense product. The shapes here are chosen on both sides
+The kernel takes a product as sparse only when A (or, in "either" mode, B, for k up to 1024) has
+at most 60% nonzeros, 16 rows (B: columns) and 2^19 multiply-adds; else it is the dense
+product. The shapes here are chosen on both sides
 of those limits, with k and n that are and are not multiples of its 64-step words and 64-column
 blocks (32 for float64), and k over its 1024-step panels, so that every edge of the masks and
 panels is reached.
@@ -22,12 +23,13 @@ def eps_of(dtype):
     return float(np.finfo(dtype).eps)
 
 
-def sparse_operands(m, k, n, trans_a, trans_b, density, dtype, rng):
-    """Stored a (a fraction `density` of it nonzero) and b, transposed in storage when asked,
-    and op(a), op(b) in float64."""
+def sparse_operands(m, k, n, trans_a, trans_b, density, dtype, rng, b_density=1.0):
+    """Stored a and b (fractions `density` and `b_density` of them nonzero), transposed in
+    storage when asked, and op(a), op(b) in float64."""
     op_a = rng.standard_normal((m, k))
     op_a[rng.random((m, k)) >= density] = 0
     op_b = rng.standard_normal((k, n))
+    op_b[rng.random((k, n)) >= b_density] = 0
     a = np.ascontiguousarray((op_a.T if trans_a else op_a).astype(dtype))
     b = np.ascontiguousarray((op_b.T if trans_b else op_b).astype(dtype))
     return a, b, (a.T if trans_a else a).astype(np.float64), (b.T if trans_b else b).astype(
@@ -51,18 +53,26 @@ SHAPES = [  # m, k, n
 ]
 
 
+# (mode, a's density, b's density): A sparse, B sparse (the transposed product, in "either"
+# mode only), both dense (the dense product).
+DENSITIES = [("a", 0.0, 1.0), ("a", 0.3, 1.0), ("a", 0.55, 1.0), ("a", 0.9, 1.0),
+             ("either", 0.5, 0.3), ("either", 0.3, 0.5), ("either", 0.9, 0.0),
+             ("either", 0.9, 0.9)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
 @pytest.mark.parametrize("trans_b", [False, True], ids=["N", "T"])
-@pytest.mark.parametrize("density", [0.0, 0.3, 0.55, 0.9])
+@pytest.mark.parametrize("mode, density, b_density", DENSITIES)
 @pytest.mark.parametrize("m, k, n", SHAPES, ids=[f"{m}x{k}x{n}" for m, k, n in SHAPES])
-def test_sparse_a_product_matches_float64(dtype, trans_a, trans_b, density, m, k, n, threads):
+def test_sparse_product_matches_float64(dtype, trans_a, trans_b, mode, density, b_density, m, k,
+                                        n, threads):
     rng = np.random.default_rng(m * 7919 + k * 31 + n)
-    a, b, op_a, op_b = sparse_operands(m, k, n, trans_a, trans_b, density, dtype, rng)
+    a, b, op_a, op_b = sparse_operands(m, k, n, trans_a, trans_b, density, dtype, rng, b_density)
     c0 = rng.standard_normal((m, n)).astype(dtype)
     for beta in (0.0, 1.0, -0.5):
         out = c0.copy()
-        _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, sparse_a=True, threads=threads,
+        _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, sparse=mode, threads=threads,
                    out=out, beta=beta)
         expected = op_a @ op_b + beta * c0.astype(np.float64)
         bound = (k + 3) * eps_of(dtype) * (np.abs(op_a) @ np.abs(op_b) + abs(beta) *
@@ -72,27 +82,32 @@ def test_sparse_a_product_matches_float64(dtype, trans_a, trans_b, density, m, k
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
-def test_sparse_a_bits_do_not_depend_on_the_thread_count(dtype, trans_a):
+@pytest.mark.parametrize("mode, density, b_density", [("a", 0.5, 1.0), ("either", 0.9, 0.4)])
+def test_sparse_bits_do_not_depend_on_the_thread_count(dtype, trans_a, mode, density,
+                                                       b_density):
     rng = np.random.default_rng(3)
-    a, b, _, _ = sparse_operands(150, 300, 333, trans_a, False, 0.5, dtype, rng)
-    one = _core.gemm(a, b, trans_a=trans_a, sparse_a=True, threads=1)
+    a, b, _, _ = sparse_operands(150, 300, 333, trans_a, False, density, dtype, rng, b_density)
+    one = _core.gemm(a, b, trans_a=trans_a, sparse=mode, threads=1)
     for threads in (2, 3, 5):
         np.testing.assert_array_equal(
-            _core.gemm(a, b, trans_a=trans_a, sparse_a=True, threads=threads), one)
+            _core.gemm(a, b, trans_a=trans_a, sparse=mode, threads=threads), one)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sparse_a_with_beta_0_ignores_what_c_held(dtype, threads):
+@pytest.mark.parametrize("mode, density, b_density", [("a", 0.4, 1.0), ("either", 1.0, 0.4)])
+def test_sparse_with_beta_0_ignores_what_c_held(dtype, mode, density, b_density, threads):
     # beta 0 writes the product, not 0 * C: a NaN or infinity left in C must not survive.
     rng = np.random.default_rng(4)
-    a, b, op_a, op_b = sparse_operands(64, 256, 128, False, False, 0.4, dtype, rng)
+    a, b, op_a, op_b = sparse_operands(64, 256, 128, False, False, density, dtype, rng,
+                                       b_density)
     a[5] = 0  # a row of zeros: its row of C is written without a single multiply-add
+    b[:, 7] = 0  # and a column of zeros
     out = np.full((64, 128), np.nan, dtype=dtype)
     out[::2] = np.inf
-    _core.gemm(a, b, sparse_a=True, threads=threads, out=out)
+    _core.gemm(a, b, sparse=mode, threads=threads, out=out)
     assert np.isfinite(out).all()
-    assert (out[5] == 0).all()
-    np.testing.assert_allclose(out, (a.astype(np.float64) @ op_b),
+    assert (out[5] == 0).all() and (out[:, 7] == 0).all()
+    np.testing.assert_allclose(out, (a.astype(np.float64) @ b.astype(np.float64)),
                                rtol=300 * eps_of(dtype), atol=300 * eps_of(dtype) * 16)
 
 
@@ -105,33 +120,37 @@ def test_a_nan_in_a_reaches_its_row_of_c(dtype, trans_a, threads):
         a[17, 9] = np.nan  # op(A)[9, 17]
     else:
         a[9, 17] = np.nan
-    c = _core.gemm(a, b, trans_a=trans_a, sparse_a=True, threads=threads)
+    c = _core.gemm(a, b, trans_a=trans_a, sparse="a", threads=threads)
     assert np.isnan(c[9]).all()
     assert np.isfinite(np.delete(c, 9, axis=0)).all()
 
 
-@settings(max_examples=40, deadline=None)
-@given(m=st.integers(16, 90), k=st.integers(1, 300), n=st.integers(1, 200),
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(8, 200), k=st.integers(1, 1100), n=st.integers(8, 200),
        trans_a=st.booleans(), trans_b=st.booleans(), density=st.floats(0.0, 1.0),
-       float64=st.booleans(), threads=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
-def test_sparse_a_random_shapes(m, k, n, trans_a, trans_b, density, float64, threads, seed):
+       b_density=st.floats(0.0, 1.0), either=st.booleans(), float64=st.booleans(),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_sparse_random_shapes(m, k, n, trans_a, trans_b, density, b_density, either, float64,
+                              threads, seed):
     dtype = np.float64 if float64 else np.float32
     rng = np.random.default_rng(seed)
-    a, b, op_a, op_b = sparse_operands(m, k, n, trans_a, trans_b, density, dtype, rng)
-    c = _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, sparse_a=True, threads=threads)
+    a, b, op_a, op_b = sparse_operands(m, k, n, trans_a, trans_b, density, dtype, rng, b_density)
+    c = _core.gemm(a, b, trans_a=trans_a, trans_b=trans_b, sparse="either" if either else "a",
+                   threads=threads)
     bound = (k + 2) * eps_of(dtype) * (np.abs(op_a) @ np.abs(op_b))
     assert_within(c, op_a @ op_b, bound, "sparse_a")
 
 
-@pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
-def test_sparse_a_options_are_checked(trans_a):
+def test_sparse_options_are_checked():
     a = np.zeros((4, 3), np.float32)
     with pytest.raises(ValueError, match="exclude each other"):
-        _core.gemm(a, a.T.copy(), sparse_a=True, builtin=True)
+        _core.gemm(a, a.T.copy(), sparse="a", builtin=True)
     with pytest.raises(ValueError, match="beta other than 0 needs out"):
-        _core.gemm(a, a.T.copy(), sparse_a=True, beta=1.0)
+        _core.gemm(a, a.T.copy(), sparse="a", beta=1.0)
     with pytest.raises(ValueError, match="threads must be at least 1"):
-        _core.gemm(a, a.T.copy(), sparse_a=True, threads=0)
+        _core.gemm(a, a.T.copy(), sparse="a", threads=0)
+    with pytest.raises(ValueError, match="sparse must be None, 'a' or 'either'"):
+        _core.gemm(a, a.T.copy(), sparse="b")
 
 
 # ------------------------------------------------------------------ as linear layers run it
