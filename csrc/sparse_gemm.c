@@ -1,24 +1,30 @@
-/* sparse_gemm.c — C (m, n) = op(A) (m, k) @ op(B) (k, n) + beta * C for an A with many exact zeros
- * (a ReLU's output, or a gradient masked by one), skipping the multiply-adds of A's zeros.
+/* sparse_gemm.c — C (m, n) = op(A) (m, k) @ op(B) (k, n) + beta * C skipping the multiply-adds
+ * of an operand's exact zeros: a ReLU's output, or a gradient masked by one.
  *
- * Half of a ReLU layer's outputs are zero, and so are half of the gradients its backward passes
- * on: the products that take them as A (a linear layer's weight and input gradients after a
- * fused ReLU) do half their multiply-adds on zeros. The dense kernels cannot skip them: a tile of
- * A's rows has a zero column only when all of its rows are zero there. Here each row of op(A) is
- * taken alone, as a 64-bit mask of its nonzeros per 64 steps of k, and for each nonzero a(r, i)
- * the row i of B is multiply-added into C's row r (i in increasing order, so that every element
- * of C is one sum in the order of k, on one thread: the bits do not depend on the thread count).
+ * About half of a ReLU layer's outputs are zero, and so are the gradients its backward passes
+ * on: the products that read them (a linear layer's forward after a ReLU, its weight and input
+ * gradients) do that share of their multiply-adds on zeros. The dense kernels cannot skip them: a
+ * tile of A's rows has a zero column only when all of its rows are zero there. Here each row of
+ * op(A) is taken alone, as a 64-bit mask of its nonzeros per 64 steps of k (a mask word), and for
+ * each nonzero a(r, i) the row i of B is multiply-added into C's row r, i in increasing order
+ * into two sums taken in turns (one chain of multiply-adds would wait on their latency), so that
+ * every element of C is computed by one thread in one order: the bits do not depend on the
+ * thread count.
  *
  * Each multiply-add loads its element of B (no row of B is shared by two rows of A in registers,
- * as the dense kernels share them), so it runs at about 70% of the dense kernel's rate per
- * multiply-add: it pays below about 60% nonzeros (SPARSE_MAX_DENSITY), and checks that first.
- * For a product that does not pay, or one too small to, it is fn_gemm_ordered's product.
+ * as the dense kernels share them), so it runs at 70-80% of the dense kernel's rate per
+ * multiply-add: it pays below about 60% nonzeros (SPARSE_MAX_DENSITY), counted first. A product
+ * that does not pay, or is too small to, is fn_gemm_ordered's. Where B may be the sparser
+ * operand (sparse_b: a weight gradient, grad_y^T @ x, whose x is a ReLU's output), its zeros are
+ * counted too, and if B has fewer, C^T = op(B)^T @ op(A)^T is computed the same way and written
+ * transposed.
  *
- * Blocking: B is packed by blocks of SPARSE_NB columns (k, SPARSE_NB), the last zero-padded, so
- * that B's rows are contiguous (rows of B a power of two apart in memory share an L1 set and
- * evict each other). Within a block, the k steps go a mask word (64 of them, 16 KB of a float
- * panel, in L1) at a time for every row of C, whose part of the row stays in registers through
- * the word. A transposed A is copied into rows first, for the same reason as B is packed.
+ * Blocking: B is packed by blocks of SPARSE_NB columns and SPARSE_KC steps of k (a 256 KB panel,
+ * in L2), the last block zero-padded, so that B's rows are contiguous (rows of B a multiple of 4
+ * KB apart in memory share an L1 set and evict each other). Within a panel, 32 rows of C go
+ * through it a mask word (16 KB of a float panel, in L1) at a time, each row's part held in
+ * registers through the word and the 32 rows' parts in L1 from one word to the next. A transposed
+ * A, or one whose rows are a multiple of 4 KB apart, is copied into rows first.
  *
  * The element B(i, j) multiplied by a zero of A is not read at all: a NaN or infinity there does
  * not reach C, where the dense product would have made a NaN of 0 * inf. A NaN in A is nonzero
@@ -78,13 +84,15 @@ static inline uint64_t sparse_nonzero_bits_f64(const double *p, int64_t count) {
 
 #else /* templated half */
 
-/* Four 64-byte vectors of C's row per block: 64 floats or 32 doubles. Four independent sums cover
- * the multiply-add's latency at one per cycle; more would not fit the panel's mask word in L1. */
+/* Four 64-byte vectors of C's row per block: 64 floats or 32 doubles (two sums each, eight in
+ * all, cover the multiply-add's latency); more would not fit the panel's mask word in L1. */
 #define SPARSE_VECTORS 4
 #define SPARSE_LANES (64 / (int64_t)sizeof(real))
 #define SPARSE_NB (SPARSE_VECTORS * SPARSE_LANES)
 /* Steps of k per panel (a whole number of mask words): 256 KB of panel, in L2. */
 #define SPARSE_KC ((int64_t)1024)
+/* Rows of C taken through a panel together (their parts of C, 8 KB of floats, stay in L1). */
+#define SPARSE_ROWS 32
 
 typedef real FN_T(sparse_vector) __attribute__((vector_size(64), aligned(sizeof(real))));
 
@@ -261,7 +269,6 @@ static inline void FN_T(sparse_scale)(real *c, int64_t width, real beta) {
  * part of C (8 KB of floats) stays in L1 from one word to the next and goes to memory once per
  * chunk, which matters where C is large and k short (a weight gradient: C (out, in), k the
  * batch). */
-#define SPARSE_ROWS 32
 static void FN_T(sparse_block)(const FN_T(sparse_job) *job, int64_t block, int64_t r0,
                                int64_t r1, real *panel) {
     int64_t n0 = block * SPARSE_NB;
@@ -302,7 +309,6 @@ static void FN_T(sparse_block)(const FN_T(sparse_job) *job, int64_t block, int64
             for (int64_t j = 0; j < width; j++) c[j] = FN_RELU(c[j]);
         }
 }
-#undef SPARSE_ROWS
 
 /* sparse_block for a C stored transposed (the product of a weight gradient whose sparse
  * operand is the layer's input: C^T = x^T @ grad_y, k the batch, at most SPARSE_KC): each block
@@ -310,13 +316,12 @@ static void FN_T(sparse_block)(const FN_T(sparse_job) *job, int64_t block, int64
  * the dense kernel's 16 x 16 transpositions. */
 static void FN_T(sparse_block_transposed)(const FN_T(sparse_job) *job, int64_t block, int64_t r0,
                                           int64_t r1, real *panel) {
-    enum { ROWS = 32 };
     int64_t n0 = block * SPARSE_NB;
     int64_t width = job->n - n0 < SPARSE_NB ? job->n - n0 : SPARSE_NB;
     FN_T(sparse_pack_b)(job, n0, width, 0, job->k, panel);
-    for (int64_t rows = r0; rows < r1; rows += ROWS) {
-        int64_t count = r1 - rows < ROWS ? r1 - rows : ROWS;
-        real tile[ROWS * SPARSE_NB] __attribute__((aligned(64)));
+    for (int64_t rows = r0; rows < r1; rows += SPARSE_ROWS) {
+        int64_t count = r1 - rows < SPARSE_ROWS ? r1 - rows : SPARSE_ROWS;
+        real tile[SPARSE_ROWS * SPARSE_NB] __attribute__((aligned(64)));
         real *c = job->c + n0 * job->ldc + rows; /* C^T's rows n0.., columns rows.. */
         if (job->beta == 0) {
             memset(tile, 0, sizeof tile);
@@ -442,5 +447,6 @@ void FN_T(fn_gemm_sparse)(bool trans_a, bool trans_b, int64_t m, int64_t n, int6
 #undef SPARSE_LANES
 #undef SPARSE_NB
 #undef SPARSE_KC
+#undef SPARSE_ROWS
 
 #endif
