@@ -661,6 +661,86 @@ static void test_column_bias(void) {
     }
 }
 
+/* fn_gemm_sparse (sparse_gemm.c) against a triple loop in double, within k + 3 roundings of the
+ * sum of the terms' magnitudes: A sparse (and in "either" mode B sparser than A, its product
+ * computed transposed), in both storage orders of each, beta 0 over a C of NaN, beta 1 and
+ * -0.5, a linear layer's bias and ReLU with beta 0; shapes with k past one and several 64-step
+ * words and a 1024-step panel, n past a 64-column block, rows past a block of 32, and under the
+ * limits (too few rows, too little work), which take the dense product. Run under the
+ * sanitizers too (make sanitize): the packing, masks and tiles must stay in their buffers. */
+static void test_sparse_products(void) {
+    const int64_t shapes[][3] = {{128, 200, 300}, {40, 70, 1100}, {33, 65, 64}, {160, 96, 130},
+                                 {20, 1000, 100}, {8, 200, 1000}, {40, 30, 20}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+        for (int d = 0; d < 2; d++) {
+            const fn_dtype dtype = (fn_dtype)d;
+            const size_t e = element_size(dtype);
+            double *op_a = checked_malloc((size_t)(m * k) * sizeof(double));
+            double *op_b = checked_malloc((size_t)(k * n) * sizeof(double));
+            double *bias = checked_malloc((size_t)n * sizeof(double));
+            double *c0 = checked_malloc((size_t)(m * n) * sizeof(double));
+            void *c = checked_malloc((size_t)(m * n) * e);
+            void *bias_stored = checked_malloc((size_t)n * e);
+            for (int run = 0; run < 32; run++) {
+                const bool ta = run & 1, tb = run & 2, either = run & 4;
+                const int kind = run >> 3; /* beta 0, beta 1, beta -0.5, bias and ReLU */
+                const double beta = kind == 1 ? 1 : kind == 2 ? -0.5 : 0;
+                const bool with_bias = kind == 3 && !either;
+                /* 45% nonzero in the sparse operand, 90% in the other */
+                const double a_keep = either ? 0.9 : 0.45, b_keep = either ? 0.45 : 1.0;
+                for (int64_t i = 0; i < m * k; i++)
+                    op_a[i] = (random_uniform() + 1) / 2 < a_keep
+                                  ? representable(dtype, random_uniform()) : 0;
+                for (int64_t i = 0; i < k * n; i++)
+                    op_b[i] = (random_uniform() + 1) / 2 < b_keep
+                                  ? representable(dtype, random_uniform()) : 0;
+                for (int64_t j = 0; j < n; j++) {
+                    bias[j] = representable(dtype, random_uniform());
+                    element_set(dtype, bias_stored, (size_t)j, bias[j]);
+                }
+                /* rows padded with NaN, which nothing may read */
+                int64_t lda, ldb;
+                void *a = store(dtype, op_a, m, k, ta, 3, &lda);
+                void *b = store(dtype, op_b, k, n, tb, 5, &ldb);
+                for (int64_t i = 0; i < m * n; i++) {
+                    c0[i] = beta == 0 ? NAN : representable(dtype, random_uniform());
+                    element_set(dtype, c, (size_t)i, c0[i]);
+                }
+                const int threads = 1 + run % 3;
+                if (dtype == FN_FLOAT64)
+                    fn_gemm_sparse_f64(ta, tb, m, n, k, a, lda, b, ldb, beta, c, n, threads, false,
+                                       with_bias ? bias_stored : NULL, with_bias, either);
+                else
+                    fn_gemm_sparse_f32(ta, tb, m, n, k, a, lda, b, ldb, (float)beta, c, n, threads,
+                                       false, with_bias ? bias_stored : NULL, with_bias, either);
+                bool ok = true;
+                for (int64_t i = 0; i < m && ok; i++)
+                    for (int64_t j = 0; j < n && ok; j++) {
+                        double sum = with_bias ? bias[j] : beta == 0 ? 0 : beta * c0[i * n + j];
+                        double magnitude = fabs(sum);
+                        for (int64_t p = 0; p < k; p++) {
+                            sum += op_a[i * k + p] * op_b[p * n + j];
+                            magnitude += fabs(op_a[i * k + p] * op_b[p * n + j]);
+                        }
+                        if (with_bias) sum = sum > 0 ? sum : 0;
+                        double eps = dtype == FN_FLOAT64 ? DBL_EPSILON : FLT_EPSILON;
+                        double got = element_get(dtype, c, (size_t)(i * n + j));
+                        ok = fabs(got - sum) <= (double)(k + 3) * eps * magnitude;
+                    }
+                char what[200];
+                snprintf(what, sizeof what,
+                         "sparse %lldx%lldx%lld %s %c%c, %s, beta %g%s, %d threads", (long long)m, (long long)n, (long long)k, d ? "float64" : "float32",
+                         ta ? 'T' : 'N', tb ? 'T' : 'N', either ? "either" : "A", beta,
+                         with_bias ? ", bias and ReLU" : "", threads);
+                check(ok, what);
+                free(a), free(b);
+            }
+            free(op_a), free(op_b), free(bias), free(c0), free(c), free(bias_stored);
+        }
+    }
+}
+
 /* The dot products (A @ B^T with few columns, or few rows and a long k) take blocks of 4 x 4,
  * 8 x 2 or 8 x 3 sums with AVX-512 in float32 (4 x 3 otherwise) by the product's sizes, and a
  * single row 1 x 8 or 1 x 4; whatever the block, each element of C is the same sum in the same
@@ -749,6 +829,7 @@ int main(void) {
     test_dot_blocks_same_bits();
     test_rows_4kb_apart_same_bits();
     test_column_bias();
+    test_sparse_products();
     test_invalid_arguments();
     test_empty_and_degenerate();
     test_blas_table();
