@@ -52,32 +52,15 @@
 /* At most this many threads count the nonzeros (their counts sit in the job). */
 #define SPARSE_MAX_PARTS 64
 
-/* Bit j set where p[j] != 0 (NaN included), for j < count <= 64. */
-static inline uint64_t sparse_nonzero_bits_f32(const float *p, int64_t count) {
-    uint64_t bits = 0;
-    int64_t j = 0;
+/* Bit j set where p[j] != 0 (NaN included), for the 16 floats or 8 doubles of a vector. */
 #if defined(__AVX512F__)
-    for (; j + 16 <= count; j += 16)
-        bits |= (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(p + j), _mm512_setzero_ps(),
-                                             _CMP_NEQ_UQ)
-                << j;
-#endif
-    for (; j < count; j++) bits |= (uint64_t)(p[j] != 0) << j;
-    return bits;
+static inline uint64_t sparse_vector_nonzeros_f32(const float *p) {
+    return _mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_setzero_ps(), _CMP_NEQ_UQ);
 }
-
-static inline uint64_t sparse_nonzero_bits_f64(const double *p, int64_t count) {
-    uint64_t bits = 0;
-    int64_t j = 0;
-#if defined(__AVX512F__)
-    for (; j + 8 <= count; j += 8)
-        bits |= (uint64_t)_mm512_cmp_pd_mask(_mm512_loadu_pd(p + j), _mm512_setzero_pd(),
-                                             _CMP_NEQ_UQ)
-                << j;
-#endif
-    for (; j < count; j++) bits |= (uint64_t)(p[j] != 0) << j;
-    return bits;
+static inline uint64_t sparse_vector_nonzeros_f64(const double *p) {
+    return _mm512_cmp_pd_mask(_mm512_loadu_pd(p), _mm512_setzero_pd(), _CMP_NEQ_UQ);
 }
+#endif
 
 #define FN_TEMPLATE_FILE "sparse_gemm.c"
 #include "template.h"
@@ -95,6 +78,18 @@ static inline uint64_t sparse_nonzero_bits_f64(const double *p, int64_t count) {
 #define SPARSE_ROWS 32
 
 typedef real FN_T(sparse_vector) __attribute__((vector_size(64), aligned(sizeof(real))));
+
+/* Bit j set where p[j] != 0 (NaN included), for j < count <= 64. */
+static inline uint64_t FN_T(sparse_nonzero_bits)(const real *p, int64_t count) {
+    uint64_t bits = 0;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    for (; j + SPARSE_LANES <= count; j += SPARSE_LANES)
+        bits |= FN_T(sparse_vector_nonzeros)(p + j) << j;
+#endif
+    for (; j < count; j++) bits |= (uint64_t)(p[j] != 0) << j;
+    return bits;
+}
 
 typedef struct {
     bool trans_a, trans_b;
