@@ -47,7 +47,7 @@
 /* Products of fewer multiply-adds go to fn_gemm_ordered: the masks and the copies are not paid
  * back; so do products of few rows, where packing B costs more than the rows' multiply-adds
  * (batch-1 inference streams B through dot products). */
-#define SPARSE_MIN_WORK ((double)(1 << 19))
+#define SPARSE_MIN_WORK ((double)(1 << 20))
 #define SPARSE_MIN_ROWS 16
 /* At most this many threads count the nonzeros (their counts sit in the job). */
 #define SPARSE_MAX_PARTS 64

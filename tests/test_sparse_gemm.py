@@ -2,7 +2,7 @@
 its own through ``_core.gemm(sparse=...)``, and as a linear layer's forward and backward run it.
 
 The kernel takes a product as sparse only when A (or, in "either" mode, B, for k up to 1024) has
-at most 60% nonzeros, 16 rows (B: columns) and 2^19 multiply-adds; else it is the dense
+at most 60% nonzeros, 16 rows (B: columns) and 2^20 multiply-adds; else it is the dense
 product. The shapes here are chosen on both sides
 of those limits, with k and n that are and are not multiples of its 64-step words and 64-column
 blocks (32 for float64), and k over its 1024-step panels, so that every edge of the masks and
