@@ -209,8 +209,9 @@ static inline __attribute__((always_inline)) void FN_T(sparse_row_word)(
         }
     } else {
         const real *src = c;
-        if (width < SPARSE_NB) {
+        if (width < SPARSE_NB) { /* the padding's lanes summed as zeros, and dropped */
             memcpy(part, c, (size_t)width * sizeof(real));
+            memset(part + width, 0, (size_t)(SPARSE_NB - width) * sizeof(real));
             src = part;
         }
         for (int v = 0; v < SPARSE_VECTORS; v++) {
@@ -249,14 +250,6 @@ static inline __attribute__((always_inline)) void FN_T(sparse_row_word)(
     } else {
         for (int v = 0; v < SPARSE_VECTORS; v++) memcpy(c + v * SPARSE_LANES, &sums[v], 64);
     }
-}
-
-/* c[0, width) = beta * c, with beta 0 writing zeros (not 0 * C: C may hold NaN). */
-static inline void FN_T(sparse_scale)(real *c, int64_t width, real beta) {
-    if (beta == 0)
-        for (int64_t j = 0; j < width; j++) c[j] = 0;
-    else if (beta != 1)
-        for (int64_t j = 0; j < width; j++) c[j] *= beta;
 }
 
 /* Rows [r0, r1) of C's column block `block`, by chunks of SPARSE_KC steps of k, whose panel

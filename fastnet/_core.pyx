@@ -186,11 +186,12 @@ def gemm(a, b, bint trans_a=False, bint trans_b=False, bint builtin=False, bint 
     """op(a) @ op(b) + beta * out through fastnet's GEMM: as training runs it (the BLAS table, or
     the built-in kernel for the sizes it is faster at), the built-in kernel only (``builtin``),
     the BLAS only (``blas``), or the product that skips a's zeros when there are enough of them
-    (``sparse="a"``, as a linear layer after a ReLU runs it) or those of whichever of a and b has
-    fewer nonzeros (``sparse="either"``, as a linear layer's weight gradient runs it). ``out``: a C-contiguous array of the
-    result's shape and dtype to write into (no allocation per call, for timing small products).
-    ``repeat``: how many times the product is computed, in one loop in C (for timing products
-    too small for a Python call each). ``beta`` other than 0 needs ``out``."""
+    (``sparse="a"``, as a linear layer's forward and input gradient run it) or those of
+    whichever of a and b has fewer nonzeros (``sparse="either"``, as its weight gradient runs
+    it). ``out``: a C-contiguous array of the result's shape and dtype to write into (no
+    allocation per call, for timing small products). ``repeat``: how many times the product is
+    computed, in one loop in C (for timing products too small for a Python call each). ``beta``
+    other than 0 needs ``out``."""
     if sparse not in (None, "a", "either"):
         raise ValueError(f"gemm: sparse must be None, 'a' or 'either', got {sparse!r}")
     cdef bint sparse_a = sparse is not None, sparse_b = sparse == "either"
