@@ -150,16 +150,9 @@ static void FN_T(sparse_build_part)(int id, int parts, void *arg) {
     FN_T(sparse_job) *job = arg;
     int64_t r0, r1, k = job->k, stride = job->row_stride;
     fn_partition(job->m, parts, id, &r0, &r1);
-    if (job->copy && job->trans_a)
-        /* 16 rows of the copy at a time: 16 write streams, each read row of A contiguous. */
-        for (int64_t r = r0; r < r1; r += 16) {
-            int64_t rows = r1 - r < 16 ? r1 - r : 16;
-            for (int64_t i = 0; i < k; i++) {
-                const real *src = job->a + i * job->lda + r;
-                real *dst = job->copy + r * stride + i;
-                for (int64_t j = 0; j < rows; j++) dst[j * stride] = src[j];
-            }
-        }
+    if (job->copy && job->trans_a) /* op(A)(r, i) = a[i][r]: the dense kernel's transposition */
+        FN_T(fn_gemm_pack_rows)(job->a + r0, job->lda, k, r1 - r0, job->copy + r0 * stride,
+                                stride);
     else if (job->copy)
         for (int64_t r = r0; r < r1; r++)
             memcpy(job->copy + r * stride, job->a + r * job->lda, (size_t)k * sizeof(real));
@@ -311,9 +304,9 @@ static void FN_T(sparse_block_transposed)(const FN_T(sparse_job) *job, int64_t b
         int64_t count = r1 - rows < SPARSE_ROWS ? r1 - rows : SPARSE_ROWS;
         real tile[SPARSE_ROWS * SPARSE_NB] __attribute__((aligned(64)));
         real *c = job->c + n0 * job->ldc + rows; /* C^T's rows n0.., columns rows.. */
-        if (job->beta == 0) {
+        if (job->beta == 0 || width < SPARSE_NB) /* a last block's padding lanes too */
             memset(tile, 0, sizeof tile);
-        } else {
+        if (job->beta != 0) {
             FN_T(fn_gemm_pack_rows)(c, job->ldc, width, count, tile, SPARSE_NB);
             for (int64_t i = 0; i < count * SPARSE_NB; i++) tile[i] *= job->beta;
         }

@@ -60,9 +60,10 @@ typedef enum {
 FN_API const char *fn_last_error(void);
 /* How many buffers the library has allocated so far. With a BLAS installed, a training loop's
  * steady state adds none (its buffers are planned when a batch size first appears), which tests
- * check with this. The built-in GEMM keeps its buffers per thread (the packed panels, and a
- * block of C that some splits compute apart), allocated on a thread's first GEMM that needs them
- * (or a larger one than before) and freed when the thread exits. */
+ * check with this. The built-in GEMM keeps its buffers per thread (the packed panels, a block
+ * of C that some splits compute apart, and the masks and panels of a product that skips a
+ * ReLU's zeros), allocated on a thread's first GEMM that needs them (or a larger one than
+ * before) and freed when the thread exits. */
 FN_API uint64_t fn_allocations(void);
 /* Frees the built-in GEMM's buffers of the calling thread and of the OpenMP threads it
  * runs kernels on (they are otherwise kept until those threads exit). Safe at any time when the
