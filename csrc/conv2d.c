@@ -28,9 +28,13 @@
  * each image's output right after its GEMMs, while it is still in cache, and in backward by
  * passing each image's gradient where the output is positive, into the part's buffer, before the
  * GEMMs read it. The separate passes of the ReLU over the whole batch each way are gone.
- * Likewise the batch norm that reads this layer's output alone leaves the output gradient to be
- * derived here (fused_consumer), image by image into the part's buffer, and in a training forward
- * takes its statistics of each image of the output here, right after the image's GEMMs.
+ * Likewise the batch norm or max pool that reads this layer's output alone (through the fused
+ * ReLU, if there is one) leaves the output gradient to be derived here (fused_consumer), image by
+ * image into the part's buffer, the ReLU then passing it where the output is positive (max pool
+ * does that itself: a window's maximum tells); in a training forward, batch norm takes its
+ * statistics of each image of the output here, right after the image's GEMMs. A max pool's input
+ * gradient is then never written whole: zeros but at each window's maximum, it was written,
+ * read back and masked at the output's size.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -891,22 +895,21 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
     const bool add_first = add; /* how the chunk's sums meet grad_weight */
     for (int64_t n = first; n < end; n++) {
         const real *x = job->x + n * image_size;
-        const real *grad_y = job->grad_y + n * out_size;
         /* The images [group_first, group_end) of n's group; a derived grad_y goes to the part's
          * buffer after the columns, the group's one after the other. */
         const int64_t start = n - n % images; /* of the whole group */
         const int64_t group_first = start > first ? start : first;
         const int64_t group_end = start + images < end ? start + images : end;
         real *image_grad = grads + (n - group_first) * out_size;
-        if (job->node->relu_fused) {
+        /* job->grad_y is the consumer's own output gradient when it derives this one. */
+        const real *grad_y = job->node->fused_consumer ? image_grad : job->grad_y + n * out_size;
+        const fn_node *source = job->node->fused_consumer;
+        if (source) source->op->input_grad_of_sample[FN_DTYPE](source, n, image_grad);
+        if (job->node->relu_fused && !(source && source->input_grad_relu)) {
             /* The ReLU's backward, on this image: its gradient where the output is positive. */
             const real *y = (const real *)job->node->out + n * out_size;
             FN_T(fn_activation_backward)(FN_ACT_RELU, &(fn_activation_params){0}, NULL, y, grad_y,
                                          image_grad, false, out_size, job->plan.inner_threads);
-            grad_y = image_grad;
-        } else if (job->node->fused_consumer) {
-            const fn_node *source = job->node->fused_consumer;
-            source->op->input_grad_of_sample[FN_DTYPE](source, n, image_grad);
             grad_y = image_grad;
         }
         /* The group's output gradients, once its last image's is there (one group of channels

@@ -185,10 +185,10 @@ int64_t fn_winograd_work(int64_t in_c, int64_t out_c, int64_t out_h, int64_t out
                                 bool accumulate, int64_t n, int64_t c, int64_t spatial,          \
                                 int threads);                                                    \
     /* pool.c: x (n, c, h, w) <-> y (n, c, oh, ow); pairs are (h, w) */                          \
-    void fn_max_pool2d_forward##S(const real *x, real *y, int32_t *argmax, int64_t n, int64_t c, \
-                                  int64_t h, int64_t w, const int64_t kernel[2],                 \
-                                  const int64_t stride[2], const int64_t padding[2],             \
-                                  int threads);                                                  \
+    void fn_max_pool2d_forward##S(const real *x, real *y, int32_t *argmax, bool positive_only,   \
+                                  int64_t n, int64_t c, int64_t h, int64_t w,                    \
+                                  const int64_t kernel[2], const int64_t stride[2],              \
+                                  const int64_t padding[2], int threads);                        \
     void fn_max_pool2d_backward##S(const int32_t *argmax, const real *grad_y, real *grad_x,      \
                                    bool accumulate, int64_t n, int64_t c, int64_t h, int64_t w,  \
                                    int64_t oh, int64_t ow, int threads);                         \

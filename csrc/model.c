@@ -361,6 +361,7 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
                               !node->op->backward_ignores_output;
         last_use[i] = backward_reads ? n : i;
         node->relu_fused = node->fused_away = node->input_grad_deferred = false;
+        node->input_grad_relu = false;
         node->input_stats_ready = false;
         node->fused_consumer = NULL;
     }
@@ -372,18 +373,6 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
             readers[i]++;
             if (!consumer->op->backward_ignores_inputs) last_use[i] = n;
             if (last_use[i] < j) last_use[i] = j;
-        }
-    }
-    /* A node whose input gradient its input's producer can derive as it goes leaves it to that
-     * producer, when it is the output's only reader (the gradient is then all its own), and the
-     * output is not the model's (the loss writes that one's gradient). */
-    for (int j = 0; j < n; j++) {
-        fn_node *node = &m->nodes[j];
-        int i = node->n_inputs == 1 ? node->input[0] : FN_MODEL_INPUT;
-        if (i != FN_MODEL_INPUT && node->op->input_grad_of_sample[m->dtype] &&
-            m->nodes[i].op->derives_output_grad && readers[i] == 1 && i != m->output_node) {
-            node->input_grad_deferred = true;
-            m->nodes[i].fused_consumer = node;
         }
     }
     for (int j = 0; j < n; j++) {
@@ -406,6 +395,29 @@ static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *to
                 pool.busy[slot_of[i]] = false;
         }
         if (last_use[j] == j) pool.busy[slot_of[j]] = false; /* read by nothing */
+    }
+    /* A node whose input gradient its input's producer can derive as it goes leaves it to that
+     * producer, when it is the output's only reader (the gradient is then all its own), and the
+     * output is not the model's (the loss writes that one's gradient). The producer may be
+     * behind a ReLU fused into it, read by that node alone: the ReLU's backward is then the
+     * producer's, on the derived gradient, or the node's where its op can take it
+     * (input_grad_relu: a convolution, ReLU, max pool). */
+    for (int j = 0; j < n; j++) {
+        fn_node *node = &m->nodes[j];
+        int i = node->n_inputs == 1 ? node->input[0] : FN_MODEL_INPUT;
+        if (i == FN_MODEL_INPUT || !node->op->input_grad_of_sample[m->dtype] ||
+            readers[i] != 1 || i == m->output_node)
+            continue;
+        bool through_relu = m->nodes[i].fused_away; /* applied by its producer, i - 1 */
+        if (through_relu) {
+            i--;
+            if (readers[i] != 1 || i == m->output_node) continue;
+        }
+        if (m->nodes[i].op->derives_output_grad) {
+            node->input_grad_deferred = true;
+            node->input_grad_relu = through_relu && node->op->input_grad_passes_relu;
+            m->nodes[i].fused_consumer = node;
+        }
     }
     *total = slot_pool_layout(&pool);
     for (int i = 0; i < n; i++) out_offset[i] = pool.size[slot_of[i]];

@@ -100,6 +100,10 @@ typedef struct fn_op {
      * gradient from input_grad_of_sample (into out, (in_size) elements), after this node's
      * backward has run, right before it reads it. */
     void (*input_grad_of_sample[2])(const fn_node *node, int64_t sample, void *out);
+    /* With input_grad_of_sample: it can also pass the gradient through a ReLU fused into the
+     * producer (node->input_grad_relu), knowing from its forward where the input was positive
+     * (max pool: a window's maximum). */
+    bool input_grad_passes_relu;
     /* Optional, with input_grad_of_sample: in a training forward, the producer may hand over each
      * sample of the input as it writes it (x: (in_size) elements, still in cache), for the
      * statistics this node would otherwise read the input again for; it then sets
@@ -188,6 +192,8 @@ struct fn_node {
     bool fused_away;               /* a ReLU that its producer applies: forward and backward skip
                                     * it (its output and gradient are the producer's memory) */
     bool input_grad_deferred;      /* backward leaves grad_in[0] to the input's producer */
+    bool input_grad_relu;          /* and input_grad_of_sample passes it through the ReLU fused
+                                    * into that producer (op->input_grad_passes_relu) */
     bool input_stats_ready;        /* the producer handed over every sample of this training
                                     * forward's input (op->input_stats_of_sample) */
     bool weights_reversed;         /* a linear layer: whether its last forward read its weights

@@ -170,6 +170,8 @@ static void max_pool_forward_piece_f64(fn_node *node, int64_t sample, const void
                                        int64_t x_plane, int64_t first_row, int64_t rows);
 static fn_status max_pool_backward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status max_pool_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+static void max_pool_input_grad_of_sample_f32(const fn_node *node, int64_t sample, void *out);
+static void max_pool_input_grad_of_sample_f64(const fn_node *node, int64_t sample, void *out);
 static fn_status avg_pool_forward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status avg_pool_forward_f64(fn_node *node, const fn_model_ctx *ctx);
 static fn_status avg_pool_backward_f32(fn_node *node, const fn_model_ctx *ctx);
@@ -189,6 +191,9 @@ const fn_op fn_op_max_pool2d = {
     .backward = {max_pool_backward_f32, max_pool_backward_f64},
     .backward_ignores_output = true,
     .backward_ignores_inputs = true, /* the saved positions are enough */
+    .input_grad_of_sample = {max_pool_input_grad_of_sample_f32,
+                             max_pool_input_grad_of_sample_f64},
+    .input_grad_passes_relu = true,
     .band_fits = max_pool_band_fits,
     .forward_band = {max_pool_forward_rows_f32, max_pool_forward_rows_f64},
     .input_rows_per_output_row = max_pool_input_rows_per_row,
@@ -341,17 +346,34 @@ static void FN_T(max_pool_plane)(const real *plane, real *out, int32_t *where, i
 }
 
 /* x is (n, c, h, w), y is (n, c, oh, ow) with oh, ow from the floor-mode rule; argmax (n, c, oh,
- * ow), unless NULL, receives the position of each output's maximum in its input plane. */
-void FN_T(fn_max_pool2d_forward)(const real *x, real *y, int32_t *argmax, int64_t n, int64_t c,
-                                 int64_t h, int64_t w, const int64_t kernel[2],
-                                 const int64_t stride[2], const int64_t padding[2], int threads) {
+ * ow), unless NULL, receives the position of each output's maximum in its input plane, or with
+ * positive_only -1 for an output that is not positive: x is then a ReLU's output, whose backward
+ * passes no gradient there, and the backward's scatter skips it (input_grad_relu). */
+void FN_T(fn_max_pool2d_forward)(const real *x, real *y, int32_t *argmax, bool positive_only,
+                                 int64_t n, int64_t c, int64_t h, int64_t w,
+                                 const int64_t kernel[2], const int64_t stride[2],
+                                 const int64_t padding[2], int threads) {
     int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
     int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
     int t = fn_threads_for(n * c * oh * ow * kernel[0] * kernel[1], threads);
     FN_PARALLEL_LOOP(t, p, n * c, {
-        FN_T(max_pool_plane)(x + p * h * w, y + p * oh * ow, argmax ? argmax + p * oh * ow : NULL,
-                             h, w, 0, oh, ow, kernel, stride, padding);
+        real *out = y + p * oh * ow;
+        int32_t *at = argmax ? argmax + p * oh * ow : NULL;
+        FN_T(max_pool_plane)(x + p * h * w, out, at, h, w, 0, oh, ow, kernel, stride, padding);
+        if (at && positive_only)
+            for (int64_t o = 0; o < oh * ow; o++) at[o] = out[o] > 0 ? at[o] : -1;
     });
+}
+
+/* One plane's input gradient gx (size elements) from its output gradient gy (outputs): each
+ * output's gradient added at its maximum's position at[o], in output order; none from an output
+ * whose position is -1 (fn_max_pool2d_forward's positive_only). */
+static inline void FN_T(max_pool_scatter_plane)(const int32_t *at, const real *gy, real *gx,
+                                                bool accumulate, int64_t size, int64_t outputs) {
+    if (!accumulate)
+        for (int64_t i = 0; i < size; i++) gx[i] = 0;
+    for (int64_t o = 0; o < outputs; o++)
+        if (at[o] >= 0) gx[at[o]] += gy[o];
 }
 
 /* argmax and grad_y are (n, c, oh, ow), grad_x is (n, c, h, w): each output's gradient is added
@@ -362,12 +384,8 @@ void FN_T(fn_max_pool2d_backward)(const int32_t *argmax, const real *grad_y, rea
                                   int64_t oh, int64_t ow, int threads) {
     int t = fn_threads_for(n * c * (h * w + oh * ow), threads);
     FN_PARALLEL_LOOP(t, p, n * c, {
-        real *gx = grad_x + p * h * w;
-        const int32_t *at = argmax + p * oh * ow;
-        const real *gy = grad_y + p * oh * ow;
-        if (!accumulate)
-            for (int64_t i = 0; i < h * w; i++) gx[i] = 0;
-        for (int64_t o = 0; o < oh * ow; o++) gx[at[o]] += gy[o];
+        FN_T(max_pool_scatter_plane)(argmax + p * oh * ow, grad_y + p * oh * ow,
+                                     grad_x + p * h * w, accumulate, h * w, oh * ow);
     });
 }
 
@@ -473,7 +491,8 @@ void FN_T(fn_global_avg_pool2d_backward)(const real *grad_y, real *grad_x, bool 
 static fn_status FN_T(max_pool_forward)(fn_node *node, const fn_model_ctx *ctx) {
     const fn_shape *in = &node->in_shape[0];
     FN_T(fn_max_pool2d_forward)((const real *)node->in[0], (real *)node->out,
-                                ctx->keep ? (int32_t *)node->saved : NULL, ctx->batch,
+                                ctx->keep ? (int32_t *)node->saved : NULL, node->input_grad_relu,
+                                ctx->batch,
                                 in->dim[0], in->dim[1], in->dim[2], node->attr.pool.kernel,
                                 node->attr.pool.stride, node->attr.pool.padding, ctx->threads);
     return FN_OK;
@@ -515,7 +534,8 @@ static void FN_T(max_pool_forward_piece)(fn_node *node, int64_t sample, const vo
 }
 
 static fn_status FN_T(max_pool_backward)(fn_node *node, const fn_model_ctx *ctx) {
-    if (!node->grad_in[0]) return FN_OK;
+    /* Deferred: the producer of the input takes it image by image (input_grad_of_sample). */
+    if (!node->grad_in[0] || node->input_grad_deferred) return FN_OK;
     const fn_shape *in = &node->in_shape[0];
     const fn_shape *out = &node->out_shape;
     FN_T(fn_max_pool2d_backward)((const int32_t *)node->saved, (const real *)node->grad_out,
@@ -523,6 +543,21 @@ static fn_status FN_T(max_pool_backward)(fn_node *node, const fn_model_ctx *ctx)
                                  ctx->batch, in->dim[0], in->dim[1], in->dim[2], out->dim[1],
                                  out->dim[2], ctx->threads);
     return FN_OK;
+}
+
+/* Sample `sample`'s input gradient (in_size elements) into out, for the node that produced the
+ * input (input_grad_deferred), after this node's backward has run: the planes of
+ * fn_max_pool2d_backward, in cache for that node's GEMMs; with input_grad_relu, already passed
+ * through the ReLU fused into that node (the forward marked the outputs it stops). */
+static void FN_T(max_pool_input_grad_of_sample)(const fn_node *node, int64_t sample, void *out) {
+    const fn_shape *in = &node->in_shape[0];
+    const int64_t size = in->dim[1] * in->dim[2];
+    const int64_t outputs = node->out_shape.dim[1] * node->out_shape.dim[2];
+    const int32_t *at = (const int32_t *)node->saved + sample * node->out_size;
+    const real *gy = (const real *)node->grad_out + sample * node->out_size;
+    for (int64_t p = 0; p < in->dim[0]; p++)
+        FN_T(max_pool_scatter_plane)(at + p * outputs, gy + p * outputs, (real *)out + p * size,
+                                     false, size, outputs);
 }
 
 static fn_status FN_T(avg_pool_forward)(fn_node *node, const fn_model_ctx *ctx) {

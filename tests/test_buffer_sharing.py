@@ -309,9 +309,10 @@ def test_relus_fused_into_linear_layers_give_the_bits_of_separate_ones(name, bat
         np.testing.assert_array_equal(fused, separate)
 
 
-# Batch norm leaves its input gradient to the convolution before it, when it is that output's only
-# reader; a dropout with p = 0 between the two (an exact identity both ways) keeps the gradient a
-# buffer of its own. The convolution's GEMMs must read the same bits either way.
+# Batch norm and max pool leave their input gradient to the convolution before them (through the
+# ReLU fused into it, if there is one), when they are that output's only reader; a dropout with
+# p = 0 between the two (an exact identity both ways) keeps the gradient a buffer of its own. The
+# convolution's GEMMs must read the same bits either way.
 def bn(name, inputs, channels=4, **options):
     return {"name": name, "op": "batch_norm", "num_features": channels, "inputs": inputs,
             **options}
@@ -342,7 +343,26 @@ DEFERRED = {
     "pointwise convolution, batch norm": lambda between: [
         {"name": "c", "op": "conv2d", "in_channels": 4, "out_channels": 4, "kernel_size": [1, 1],
          "inputs": ["input"]}, *between("c"), bn("b", [between.last])] + head(["b"]),
+    "convolution, ReLU, batch norm": lambda between: [
+        conv("c", ["input"]), {"name": "r", "op": "relu", "inputs": ["c"]}, *between("r"),
+        bn("b", [between.last])] + head(["b"]),
+    # 5 x 5 by 2 x 2 windows: the last row and column are in no window, their gradient zero.
+    "convolution, ReLU, max pool": lambda between: [
+        conv("c", ["input"]), {"name": "r", "op": "relu", "inputs": ["c"]}, *between("r"),
+        max_pool("p", [between.last], 2, 2, 0)] + head(["p"], width=4 * 2 * 2),
+    # Overlapping windows: a maximum two windows share takes both gradients.
+    "convolution, ReLU, overlapping padded max pool": lambda between: [
+        conv("c", ["input"]), {"name": "r", "op": "relu", "inputs": ["c"]}, *between("r"),
+        max_pool("p", [between.last], 3, 1, 1)] + head(["p"]),
+    "convolution, strided max pool": lambda between: [
+        conv("c", ["input"]), *between("c"), max_pool("p", [between.last], 3, 2, 1)]
+        + head(["p"], width=4 * 3 * 3),
 }
+
+
+def max_pool(name, inputs, kernel, stride, padding):
+    return {"name": name, "op": "max_pool2d", "kernel_size": kernel, "stride": stride,
+            "padding": padding, "inputs": inputs}
 
 
 class Between:
@@ -360,11 +380,11 @@ class Between:
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("name", sorted(DEFERRED))
-def test_deferred_batch_norm_gradients_give_the_bits_of_separate_ones(name, mode, dtype, threads):
+def test_deferred_input_gradients_give_the_bits_of_separate_ones(name, mode, dtype, threads):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((6, 4, 5, 5)).astype(dtype)
     g = rng.standard_normal((6, 3)).astype(dtype)
-    results = []
+    results, gradient_memory = [], []
     for with_identity in (False, True):
         spec = {"format": "fastnet.model", "version": 1, "dtype": dtype, "seed": 4,
                 "input_shape": [4, 5, 5], "nodes": DEFERRED[name](Between(with_identity))}
@@ -374,8 +394,13 @@ def test_deferred_batch_norm_gradients_give_the_bits_of_separate_ones(name, mode
             y = core.forward(x, True)
             grad_x = core.backward(g, True)
         results.append((y, grad_x, core.grad_arena().copy()))
+        gradient_memory.append(core.memory_use()["gradients"])
     for deferred, separate in zip(*results):
         np.testing.assert_array_equal(deferred, separate)
+    if "max pool" in name and "overlapping" not in name:
+        # No gradient buffer holds the convolution's output gradient (the size of x): it is
+        # derived image by image.
+        assert gradient_memory[0] < x.nbytes <= gradient_memory[1]
 
 
 @pytest.mark.parametrize("batch", [1, 3])
