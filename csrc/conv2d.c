@@ -901,9 +901,9 @@ static void FN_T(conv_backward_chunk)(const FN_T(conv_job) *job, int chunk, real
         const int64_t group_first = start > first ? start : first;
         const int64_t group_end = start + images < end ? start + images : end;
         real *image_grad = grads + (n - group_first) * out_size;
-        /* job->grad_y is the consumer's own output gradient when it derives this one. */
-        const real *grad_y = job->node->fused_consumer ? image_grad : job->grad_y + n * out_size;
+        /* With a consumer that leaves this gradient here, job->grad_y is the consumer's own. */
         const fn_node *source = job->node->fused_consumer;
+        const real *grad_y = source ? image_grad : job->grad_y + n * out_size;
         if (source) source->op->input_grad_of_sample[FN_DTYPE](source, n, image_grad);
         if (job->node->relu_fused && !(source && source->input_grad_relu)) {
             /* The ReLU's backward, on this image: its gradient where the output is positive. */

@@ -12,7 +12,11 @@
  *
  * max_pool2d's forward, when a backward will follow, saves where each output's maximum is (an
  * int32 position in its plane, as many bytes as a float32 output): backward is then a scatter of
- * the output gradient, with no second search through the input, which it no longer reads.
+ * the output gradient, with no second search through the input, which it no longer reads. When
+ * max_pool2d alone reads a convolution's output, the scatter is left to the convolution's
+ * backward, image by image into its cached buffer (input_grad_of_sample); through the ReLU fused
+ * into the convolution, the forward also marks the windows whose maximum is not positive, which
+ * the ReLU's backward would stop, and the scatter skips them.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
