@@ -179,7 +179,7 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
 
 /* ---------------------------------------------------------------- SIMD micro-kernels
  *
- * gemm_micro_fXX(rows, kc, a, b, b_stride, c, ldc, alpha_beta) computes one tile: a (kc, MR)
+ * gemm_micro(rows, kc, a, b, b_stride, c, ldc, alpha_beta) computes one tile: a (kc, MR)
  * packed A sliver and b (kc, NR) B sliver, whose rows are b_stride apart (NR when packed, ldb
  * when read in place) -> the first `rows` rows of c (MR, NR), row stride ldc:
  * c = alpha * a^T @ b + beta * c with {alpha, beta} in alpha_beta, where beta == 0 overwrites c
@@ -191,7 +191,7 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
  * the same inline function with a constant row count, which the compiler unrolls into its own
  * register allocation.
  *
- * gemm_tile_fXX(tile_rows, rows, kc, a, a_row, a_step, ...) is that function: A's element for
+ * gemm_tile(tile_rows, rows, kc, a, a_row, a_step, ...) is that function: A's element for
  * row i at step p is a[i * a_row + p * a_step], which is a packed sliver with (1, MR) and MR rows
  * of A where they lie with (lda, 1) (gemm_micro_rows). Both are constants or loop invariants at
  * each call, so the packed kernel's code is what it was. */
@@ -222,209 +222,42 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
 #define GEMM_NOINLINE static
 #endif
 
+/* The vector operations of the SIMD micro-kernel (the templated half's gemm_tile), per dtype: a
+ * vector is GEMM_NR / 2 elements, two of them a row of the tile. */
 #if defined(__AVX512F__)
-
-/* a (kc, 12), b (kc, 32), c (rows <= tile_rows <= 12, 32) */
-GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const float *restrict a,
-                               const int64_t a_row, const int64_t a_step,
-                               const float *restrict b, int64_t b_stride, float *restrict c,
-                               int64_t ldc, const float *alpha_beta) {
-    __m512 acc[GEMM_MR_f32][2];
-    for (int i = 0; i < tile_rows; i++) {
-        acc[i][0] = _mm512_setzero_ps();
-        acc[i][1] = _mm512_setzero_ps();
-        /* The tile is only written after all kc steps: start bringing it in now. */
-        if (i < rows) {
-            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-            _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
-        }
-    }
-    for (int64_t p = 0; p < kc; p++) {
-        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
-        for (int i = 0; i < tile_rows; i++) {
-            __m512 ai = _mm512_set1_ps(a[i * a_row]);
-            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
-        }
-        a += a_step;
-        b += b_stride;
-    }
-    /* Read only now: kept live through the loop they would cost two of the registers. */
-    float alpha = alpha_beta[0], beta = alpha_beta[1];
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    for (int i = 0; i < tile_rows; i++) {
-        if (i >= rows) break;
-        float *row = c + i * ldc;
-        __m512 c0 = _mm512_mul_ps(va, acc[i][0]), c1 = _mm512_mul_ps(va, acc[i][1]);
-        if (beta != 0) {
-            c0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), c0);
-            c1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row + 16), c1);
-        }
-        _mm512_storeu_ps(row, c0);
-        _mm512_storeu_ps(row + 16, c1);
-    }
-}
-
-GEMM_INLINE void gemm_micro_f32(int rows, int64_t kc, const float *restrict a,
-                                const float *restrict b, int64_t b_stride, float *restrict c,
-                                int64_t ldc, const float *alpha_beta) {
-    switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
-    case 12: gemm_tile_f32(12, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta); break;
-    case 10: gemm_tile_f32(10, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta); break;
-    case 8: gemm_tile_f32(8, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta); break;
-    default: gemm_tile_f32(4, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta);
-    }
-}
-
-/* a (kc, 12), b (kc, 16), c (rows <= tile_rows <= 12, 16) */
-GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const double *restrict a,
-                               const int64_t a_row, const int64_t a_step,
-                               const double *restrict b, int64_t b_stride, double *restrict c,
-                               int64_t ldc, const double *alpha_beta) {
-    __m512d acc[GEMM_MR_f64][2];
-    for (int i = 0; i < tile_rows; i++) {
-        acc[i][0] = _mm512_setzero_pd();
-        acc[i][1] = _mm512_setzero_pd();
-        if (i < rows) {
-            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-            _mm_prefetch((const char *)(c + i * ldc + 8), _MM_HINT_T0);
-        }
-    }
-    for (int64_t p = 0; p < kc; p++) {
-        __m512d b0 = _mm512_loadu_pd(b), b1 = _mm512_loadu_pd(b + 8);
-        for (int i = 0; i < tile_rows; i++) {
-            __m512d ai = _mm512_set1_pd(a[i * a_row]);
-            acc[i][0] = _mm512_fmadd_pd(ai, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_pd(ai, b1, acc[i][1]);
-        }
-        a += a_step;
-        b += b_stride;
-    }
-    double alpha = alpha_beta[0], beta = alpha_beta[1];
-    __m512d va = _mm512_set1_pd(alpha), vb = _mm512_set1_pd(beta);
-    for (int i = 0; i < tile_rows; i++) {
-        if (i >= rows) break;
-        double *row = c + i * ldc;
-        __m512d c0 = _mm512_mul_pd(va, acc[i][0]), c1 = _mm512_mul_pd(va, acc[i][1]);
-        if (beta != 0) {
-            c0 = _mm512_fmadd_pd(vb, _mm512_loadu_pd(row), c0);
-            c1 = _mm512_fmadd_pd(vb, _mm512_loadu_pd(row + 8), c1);
-        }
-        _mm512_storeu_pd(row, c0);
-        _mm512_storeu_pd(row + 8, c1);
-    }
-}
-
-GEMM_INLINE void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
-                                const double *restrict b, int64_t b_stride, double *restrict c,
-                                int64_t ldc, const double *alpha_beta) {
-    switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
-    case 12: gemm_tile_f64(12, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta); break;
-    case 10: gemm_tile_f64(10, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta); break;
-    case 8: gemm_tile_f64(8, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta); break;
-    default: gemm_tile_f64(4, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta);
-    }
-}
-
+typedef __m512 gemm_vector_f32;
+typedef __m512d gemm_vector_f64;
+#define GEMM_VZERO_f32 _mm512_setzero_ps
+#define GEMM_VZERO_f64 _mm512_setzero_pd
+#define GEMM_VLOAD_f32 _mm512_loadu_ps
+#define GEMM_VLOAD_f64 _mm512_loadu_pd
+#define GEMM_VSTORE_f32 _mm512_storeu_ps
+#define GEMM_VSTORE_f64 _mm512_storeu_pd
+#define GEMM_VSET1_f32 _mm512_set1_ps
+#define GEMM_VSET1_f64 _mm512_set1_pd
+#define GEMM_VBROADCAST_f32(p) _mm512_set1_ps(*(p))
+#define GEMM_VBROADCAST_f64(p) _mm512_set1_pd(*(p))
+#define GEMM_VMUL_f32 _mm512_mul_ps
+#define GEMM_VMUL_f64 _mm512_mul_pd
+#define GEMM_VFMADD_f32 _mm512_fmadd_ps
+#define GEMM_VFMADD_f64 _mm512_fmadd_pd
 #elif defined(__AVX2__) && defined(__FMA__)
-
-/* a (kc, 6), b (kc, 16), c (rows <= tile_rows <= 6, 16) */
-GEMM_INLINE void gemm_tile_f32(const int tile_rows, int rows, int64_t kc, const float *restrict a,
-                               const int64_t a_row, const int64_t a_step,
-                               const float *restrict b, int64_t b_stride, float *restrict c,
-                               int64_t ldc, const float *alpha_beta) {
-    __m256 acc[GEMM_MR_f32][2];
-    for (int i = 0; i < tile_rows; i++) {
-        acc[i][0] = _mm256_setzero_ps();
-        acc[i][1] = _mm256_setzero_ps();
-        /* The tile is only written after all kc steps: start bringing it in now. */
-        if (i < rows) {
-            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-            _mm_prefetch((const char *)(c + i * ldc + 8), _MM_HINT_T0);
-        }
-    }
-    for (int64_t p = 0; p < kc; p++) {
-        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-        for (int i = 0; i < tile_rows; i++) {
-            __m256 ai = _mm256_broadcast_ss(a + i * a_row);
-            acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
-        }
-        a += a_step;
-        b += b_stride;
-    }
-    /* Read only now: with 16 registers, keeping them live through the loop would spill. */
-    float alpha = alpha_beta[0], beta = alpha_beta[1];
-    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-    for (int i = 0; i < tile_rows; i++) {
-        if (i >= rows) break;
-        float *row = c + i * ldc;
-        __m256 c0 = _mm256_mul_ps(va, acc[i][0]), c1 = _mm256_mul_ps(va, acc[i][1]);
-        if (beta != 0) {
-            c0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row), c0);
-            c1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row + 8), c1);
-        }
-        _mm256_storeu_ps(row, c0);
-        _mm256_storeu_ps(row + 8, c1);
-    }
-}
-
-GEMM_INLINE void gemm_micro_f32(int rows, int64_t kc, const float *restrict a,
-                                const float *restrict b, int64_t b_stride, float *restrict c,
-                                int64_t ldc, const float *alpha_beta) {
-    switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
-    case 6: gemm_tile_f32(6, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta); break;
-    case 4: gemm_tile_f32(4, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta); break;
-    default: gemm_tile_f32(2, rows, kc, a, 1, GEMM_MR_f32, b, b_stride, c, ldc, alpha_beta);
-    }
-}
-
-/* a (kc, 6), b (kc, 8), c (rows <= tile_rows <= 6, 8) */
-GEMM_INLINE void gemm_tile_f64(const int tile_rows, int rows, int64_t kc, const double *restrict a,
-                               const int64_t a_row, const int64_t a_step,
-                               const double *restrict b, int64_t b_stride, double *restrict c,
-                               int64_t ldc, const double *alpha_beta) {
-    __m256d acc[GEMM_MR_f64][2];
-    for (int i = 0; i < tile_rows; i++) {
-        acc[i][0] = _mm256_setzero_pd();
-        acc[i][1] = _mm256_setzero_pd();
-        if (i < rows) _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-    }
-    for (int64_t p = 0; p < kc; p++) {
-        __m256d b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
-        for (int i = 0; i < tile_rows; i++) {
-            __m256d ai = _mm256_broadcast_sd(a + i * a_row);
-            acc[i][0] = _mm256_fmadd_pd(ai, b0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_pd(ai, b1, acc[i][1]);
-        }
-        a += a_step;
-        b += b_stride;
-    }
-    double alpha = alpha_beta[0], beta = alpha_beta[1];
-    __m256d va = _mm256_set1_pd(alpha), vb = _mm256_set1_pd(beta);
-    for (int i = 0; i < tile_rows; i++) {
-        if (i >= rows) break;
-        double *row = c + i * ldc;
-        __m256d c0 = _mm256_mul_pd(va, acc[i][0]), c1 = _mm256_mul_pd(va, acc[i][1]);
-        if (beta != 0) {
-            c0 = _mm256_fmadd_pd(vb, _mm256_loadu_pd(row), c0);
-            c1 = _mm256_fmadd_pd(vb, _mm256_loadu_pd(row + 4), c1);
-        }
-        _mm256_storeu_pd(row, c0);
-        _mm256_storeu_pd(row + 4, c1);
-    }
-}
-
-GEMM_INLINE void gemm_micro_f64(int rows, int64_t kc, const double *restrict a,
-                                const double *restrict b, int64_t b_stride, double *restrict c,
-                                int64_t ldc, const double *alpha_beta) {
-    switch (gemm_tile_height(rows)) { /* the tile whose rows pack_a zeroes */
-    case 6: gemm_tile_f64(6, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta); break;
-    case 4: gemm_tile_f64(4, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta); break;
-    default: gemm_tile_f64(2, rows, kc, a, 1, GEMM_MR_f64, b, b_stride, c, ldc, alpha_beta);
-    }
-}
-
+typedef __m256 gemm_vector_f32;
+typedef __m256d gemm_vector_f64;
+#define GEMM_VZERO_f32 _mm256_setzero_ps
+#define GEMM_VZERO_f64 _mm256_setzero_pd
+#define GEMM_VLOAD_f32 _mm256_loadu_ps
+#define GEMM_VLOAD_f64 _mm256_loadu_pd
+#define GEMM_VSTORE_f32 _mm256_storeu_ps
+#define GEMM_VSTORE_f64 _mm256_storeu_pd
+#define GEMM_VSET1_f32 _mm256_set1_ps
+#define GEMM_VSET1_f64 _mm256_set1_pd
+#define GEMM_VBROADCAST_f32 _mm256_broadcast_ss /* from memory: no register to fill first */
+#define GEMM_VBROADCAST_f64 _mm256_broadcast_sd
+#define GEMM_VMUL_f32 _mm256_mul_ps
+#define GEMM_VMUL_f64 _mm256_mul_pd
+#define GEMM_VFMADD_f32 _mm256_fmadd_ps
+#define GEMM_VFMADD_f64 _mm256_fmadd_pd
 #endif
 
 /* ---------------------------------------------------------------- transposed packing
@@ -724,7 +557,77 @@ bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
 #define GEMM_KC FN_T(GEMM_KC)
 #define GEMM_NC FN_T(GEMM_NC)
 
-#ifdef GEMM_PLAIN_MICRO_KERNEL
+#ifndef GEMM_PLAIN_MICRO_KERNEL
+typedef FN_T(gemm_vector) FN_T(gemm_vec);
+#define GEMM_LANES (GEMM_NR / 2)
+
+/* a (kc, MR) (or its first tile_rows columns), b (kc, NR), c (rows <= tile_rows <= MR, NR): two
+ * vectors of accumulators a row of the tile, two vectors of B and one broadcast of A a step. */
+GEMM_INLINE void FN_T(gemm_tile)(const int tile_rows, int rows, int64_t kc, const real *restrict a,
+                                 const int64_t a_row, const int64_t a_step,
+                                 const real *restrict b, int64_t b_stride, real *restrict c,
+                                 int64_t ldc, const real *alpha_beta) {
+    FN_T(gemm_vec) acc[GEMM_MR][2];
+    for (int i = 0; i < tile_rows; i++) {
+        acc[i][0] = FN_T(GEMM_VZERO)();
+        acc[i][1] = FN_T(GEMM_VZERO)();
+        /* The tile is only written after all kc steps: start bringing it in now. */
+        if (i < rows) {
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + i * ldc + GEMM_LANES), _MM_HINT_T0);
+        }
+    }
+    for (int64_t p = 0; p < kc; p++) {
+        FN_T(gemm_vec) b0 = FN_T(GEMM_VLOAD)(b), b1 = FN_T(GEMM_VLOAD)(b + GEMM_LANES);
+        for (int i = 0; i < tile_rows; i++) {
+            FN_T(gemm_vec) ai = FN_T(GEMM_VBROADCAST)(a + i * a_row);
+            acc[i][0] = FN_T(GEMM_VFMADD)(ai, b0, acc[i][0]);
+            acc[i][1] = FN_T(GEMM_VFMADD)(ai, b1, acc[i][1]);
+        }
+        a += a_step;
+        b += b_stride;
+    }
+    /* Read only now: kept live through the loop they would cost two of the registers (with
+     * AVX2's 16, a spill). */
+    real alpha = alpha_beta[0], beta = alpha_beta[1];
+    FN_T(gemm_vec) va = FN_T(GEMM_VSET1)(alpha), vb = FN_T(GEMM_VSET1)(beta);
+    for (int i = 0; i < tile_rows; i++) {
+        if (i >= rows) break;
+        real *row = c + i * ldc;
+        FN_T(gemm_vec) c0 = FN_T(GEMM_VMUL)(va, acc[i][0]), c1 = FN_T(GEMM_VMUL)(va, acc[i][1]);
+        if (beta != 0) {
+            c0 = FN_T(GEMM_VFMADD)(vb, FN_T(GEMM_VLOAD)(row), c0);
+            c1 = FN_T(GEMM_VFMADD)(vb, FN_T(GEMM_VLOAD)(row + GEMM_LANES), c1);
+        }
+        FN_T(GEMM_VSTORE)(row, c0);
+        FN_T(GEMM_VSTORE)(row + GEMM_LANES, c1);
+    }
+}
+
+/* A packed sliver's tile, of the height whose rows pack_a zeroes (gemm_tile_height), each
+ * height a constant for the compiler. */
+GEMM_INLINE void FN_T(gemm_micro)(int rows, int64_t kc, const real *restrict a,
+                                  const real *restrict b, int64_t b_stride, real *restrict c,
+                                  int64_t ldc, const real *alpha_beta) {
+#define GEMM_TILE_OF(height)                                                                      \
+    FN_T(gemm_tile)(height, rows, kc, a, 1, GEMM_MR, b, b_stride, c, ldc, alpha_beta)
+    switch (gemm_tile_height(rows)) {
+#if defined(__AVX512F__)
+    case 12: GEMM_TILE_OF(12); break;
+    case 10: GEMM_TILE_OF(10); break;
+    case 8: GEMM_TILE_OF(8); break;
+    default: GEMM_TILE_OF(4);
+#else
+    case 6: GEMM_TILE_OF(6); break;
+    case 4: GEMM_TILE_OF(4); break;
+    default: GEMM_TILE_OF(2);
+#endif
+    }
+#undef GEMM_TILE_OF
+}
+#undef GEMM_LANES
+
+#else /* GEMM_PLAIN_MICRO_KERNEL */
 /* a (kc, MR) packed (a_row 1, a_step MR) or MR rows of A where they lie (a_row lda, a_step 1),
  * b (kc, NR) rows b_stride apart -> the first `rows` rows of c (MR, NR), row stride ldc:
  * c = alpha * a^T @ b + beta * c, {alpha, beta} in alpha_beta, beta == 0 overwriting c without
