@@ -28,7 +28,7 @@
  * each image's output right after its GEMMs, while it is still in cache, and in backward by
  * passing each image's gradient where the output is positive, into the part's buffer, before the
  * GEMMs read it. The separate passes of the ReLU over the whole batch each way are gone.
- * Likewise the batch norm or max pool that reads this layer's output alone (through the fused
+ * Likewise the batch norm or pool that reads this layer's output alone (through the fused
  * ReLU, if there is one) leaves the output gradient to be derived here (fused_consumer), image by
  * image into the part's buffer, the ReLU then passing it where the output is positive (max pool
  * does that itself: a window's maximum tells); in a training forward, batch norm takes its

@@ -336,9 +336,9 @@ static int64_t slot_pool_layout(slot_pool *pool) {
  * node is skipped (fused_away), saving a pass over the activations each way.
  *
  * A node that alone reads an output whose producer can take its output gradient sample by sample
- * (batch norm after a convolution: op->input_grad_of_sample, op->derives_output_grad) leaves its
- * input gradient to that producer (input_grad_deferred, fused_consumer), which in a training
- * forward also hands it each sample of the output (op->input_stats_of_sample). */
+ * (batch norm or a pool after a convolution: op->input_grad_of_sample, op->derives_output_grad)
+ * leaves its input gradient to that producer (input_grad_deferred, fused_consumer), which in a
+ * training forward also hands it each sample of the output (op->input_stats_of_sample). */
 static fn_status plan_output_slots(fn_model *m, int64_t *out_offset, int64_t *total) {
     const int n = m->n_nodes;
     int *last_use = malloc((size_t)n * sizeof *last_use); /* n: to the end of backward */

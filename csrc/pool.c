@@ -13,10 +13,10 @@
  * max_pool2d's forward, when a backward will follow, saves where each output's maximum is (an
  * int32 position in its plane, as many bytes as a float32 output): backward is then a scatter of
  * the output gradient, with no second search through the input, which it no longer reads. When
- * max_pool2d alone reads a convolution's output, the scatter is left to the convolution's
- * backward, image by image into its cached buffer (input_grad_of_sample); through the ReLU fused
- * into the convolution, the forward also marks the windows whose maximum is not positive, which
- * the ReLU's backward would stop, and the scatter skips them.
+ * max_pool2d or avg_pool2d alone reads a convolution's output, its backward is left to the
+ * convolution's, image by image into its cached buffer (input_grad_of_sample); through the ReLU
+ * fused into the convolution, max_pool2d's forward also marks the windows whose maximum is not
+ * positive, which the ReLU's backward would stop, and the scatter skips them.
  */
 #ifndef FN_TEMPLATE_PASS
 #include "kernels.h"
@@ -180,6 +180,8 @@ static fn_status avg_pool_forward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status avg_pool_forward_f64(fn_node *node, const fn_model_ctx *ctx);
 static fn_status avg_pool_backward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status avg_pool_backward_f64(fn_node *node, const fn_model_ctx *ctx);
+static void avg_pool_input_grad_of_sample_f32(const fn_node *node, int64_t sample, void *out);
+static void avg_pool_input_grad_of_sample_f64(const fn_node *node, int64_t sample, void *out);
 static fn_status global_avg_pool_forward_f32(fn_node *node, const fn_model_ctx *ctx);
 static fn_status global_avg_pool_forward_f64(fn_node *node, const fn_model_ctx *ctx);
 static fn_status global_avg_pool_backward_f32(fn_node *node, const fn_model_ctx *ctx);
@@ -213,6 +215,8 @@ const fn_op fn_op_avg_pool2d = {
     .backward = {avg_pool_backward_f32, avg_pool_backward_f64},
     .backward_ignores_output = true,
     .backward_ignores_inputs = true,
+    .input_grad_of_sample = {avg_pool_input_grad_of_sample_f32,
+                             avg_pool_input_grad_of_sample_f64},
 };
 
 const fn_op fn_op_global_avg_pool2d = {
@@ -421,6 +425,32 @@ void FN_T(fn_avg_pool2d_forward)(const real *x, real *y, int64_t n, int64_t c, i
     });
 }
 
+/* One plane's input gradient gx (h, w) from its output gradient gy: each output's gradient over
+ * kernel_h * kernel_w, added to its window's elements inside the input. */
+static void FN_T(avg_pool_backward_plane)(const real *gy, real *gx, bool accumulate, int64_t h,
+                                          int64_t w, const int64_t kernel[2],
+                                          const int64_t stride[2], const int64_t padding[2]) {
+    int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
+    int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
+    real inv_area = (real)(1.0 / (double)(kernel[0] * kernel[1]));
+    /* Overlapping windows sum into the plane; see max pool. */
+    if (!accumulate)
+        for (int64_t i = 0; i < h * w; i++) gx[i] = 0;
+    for (int64_t i = 0; i < oh; i++) {
+        int64_t h0, h1;
+        pool_rows(i, h, kernel[0], stride[0], padding[0], &h0, &h1);
+        const real *g = gy + i * ow;
+        for (int64_t r = h0; r < h1; r++)
+            for (int64_t b = 0; b < kernel[1]; b++) {
+                int64_t lo, hi, shift = b - padding[1];
+                pool_columns(b, w, ow, stride[1], padding[1], &lo, &hi);
+                real *row = gx + r * w;
+                /* Distinct j write distinct columns, so this pass vectorises too. */
+                for (int64_t j = lo; j < hi; j++) row[j * stride[1] + shift] += g[j] * inv_area;
+            }
+    }
+}
+
 /* grad_y is (n, c, oh, ow), grad_x is (n, c, h, w): each output's gradient over
  * kernel_h * kernel_w, added to the window's elements inside the input. grad_x is overwritten,
  * or added to with accumulate. */
@@ -430,26 +460,10 @@ void FN_T(fn_avg_pool2d_backward)(const real *grad_y, real *grad_x, bool accumul
                                   int threads) {
     int64_t oh = pool_out(h, kernel[0], stride[0], padding[0]);
     int64_t ow = pool_out(w, kernel[1], stride[1], padding[1]);
-    real inv_area = (real)(1.0 / (double)(kernel[0] * kernel[1]));
     int t = fn_threads_for(n * c * oh * ow * kernel[0] * kernel[1], threads);
     FN_PARALLEL_LOOP(t, p, n * c, {
-        real *gx = grad_x + p * h * w;
-        /* Overlapping windows sum into the plane; see max pool. */
-        if (!accumulate)
-            for (int64_t i = 0; i < h * w; i++) gx[i] = 0;
-        for (int64_t i = 0; i < oh; i++) {
-            int64_t h0, h1;
-            pool_rows(i, h, kernel[0], stride[0], padding[0], &h0, &h1);
-            const real *g = grad_y + (p * oh + i) * ow;
-            for (int64_t r = h0; r < h1; r++)
-                for (int64_t b = 0; b < kernel[1]; b++) {
-                    int64_t lo, hi, shift = b - padding[1];
-                    pool_columns(b, w, ow, stride[1], padding[1], &lo, &hi);
-                    real *row = gx + r * w;
-                    /* Distinct j write distinct columns, so this pass vectorises too. */
-                    for (int64_t j = lo; j < hi; j++) row[j * stride[1] + shift] += g[j] * inv_area;
-                }
-        }
+        FN_T(avg_pool_backward_plane)(grad_y + p * oh * ow, grad_x + p * h * w, accumulate, h, w,
+                                      kernel, stride, padding);
     });
 }
 
@@ -573,13 +587,28 @@ static fn_status FN_T(avg_pool_forward)(fn_node *node, const fn_model_ctx *ctx) 
 }
 
 static fn_status FN_T(avg_pool_backward)(fn_node *node, const fn_model_ctx *ctx) {
-    if (!node->grad_in[0]) return FN_OK;
+    /* Deferred: the producer of the input takes it image by image (input_grad_of_sample). */
+    if (!node->grad_in[0] || node->input_grad_deferred) return FN_OK;
     const fn_shape *in = &node->in_shape[0];
     FN_T(fn_avg_pool2d_backward)((const real *)node->grad_out, (real *)node->grad_in[0],
                                  node->grad_in_accumulate[0], ctx->batch, in->dim[0], in->dim[1],
                                  in->dim[2], node->attr.pool.kernel, node->attr.pool.stride,
                                  node->attr.pool.padding, ctx->threads);
     return FN_OK;
+}
+
+/* Sample `sample`'s input gradient (in_size elements) into out, for the node that produced the
+ * input (input_grad_deferred), after this node's backward has run: the planes of
+ * fn_avg_pool2d_backward, in cache for that node's GEMMs. */
+static void FN_T(avg_pool_input_grad_of_sample)(const fn_node *node, int64_t sample, void *out) {
+    const fn_shape *in = &node->in_shape[0];
+    const int64_t size = in->dim[1] * in->dim[2];
+    const int64_t outputs = node->out_shape.dim[1] * node->out_shape.dim[2];
+    const real *gy = (const real *)node->grad_out + sample * node->out_size;
+    for (int64_t p = 0; p < in->dim[0]; p++)
+        FN_T(avg_pool_backward_plane)(gy + p * outputs, (real *)out + p * size, false, in->dim[1],
+                                      in->dim[2], node->attr.pool.kernel, node->attr.pool.stride,
+                                      node->attr.pool.padding);
 }
 
 static fn_status FN_T(global_avg_pool_forward)(fn_node *node, const fn_model_ctx *ctx) {

@@ -309,7 +309,7 @@ def test_relus_fused_into_linear_layers_give_the_bits_of_separate_ones(name, bat
         np.testing.assert_array_equal(fused, separate)
 
 
-# Batch norm and max pool leave their input gradient to the convolution before them (through the
+# Batch norm and the pools leave their input gradient to the convolution before them (through the
 # ReLU fused into it, if there is one), when they are that output's only reader; a dropout with
 # p = 0 between the two (an exact identity both ways) keeps the gradient a buffer of its own. The
 # convolution's GEMMs must read the same bits either way.
@@ -357,12 +357,18 @@ DEFERRED = {
     "convolution, strided max pool": lambda between: [
         conv("c", ["input"]), *between("c"), max_pool("p", [between.last], 3, 2, 1)]
         + head(["p"], width=4 * 3 * 3),
+    "convolution, ReLU, avg pool": lambda between: [
+        conv("c", ["input"]), {"name": "r", "op": "relu", "inputs": ["c"]}, *between("r"),
+        max_pool("p", [between.last], 2, 2, 0, op="avg_pool2d")] + head(["p"], width=4 * 2 * 2),
+    "convolution, overlapping padded avg pool": lambda between: [
+        conv("c", ["input"]), *between("c"), max_pool("p", [between.last], 3, 1, 1,
+                                                     op="avg_pool2d")] + head(["p"]),
 }
 
 
-def max_pool(name, inputs, kernel, stride, padding):
-    return {"name": name, "op": "max_pool2d", "kernel_size": kernel, "stride": stride,
-            "padding": padding, "inputs": inputs}
+def max_pool(name, inputs, kernel, stride, padding, op="max_pool2d"):
+    return {"name": name, "op": op, "kernel_size": kernel, "stride": stride, "padding": padding,
+            "inputs": inputs}
 
 
 class Between:
@@ -397,7 +403,7 @@ def test_deferred_input_gradients_give_the_bits_of_separate_ones(name, mode, dty
         gradient_memory.append(core.memory_use()["gradients"])
     for deferred, separate in zip(*results):
         np.testing.assert_array_equal(deferred, separate)
-    if "max pool" in name and "overlapping" not in name:
+    if "pool" in name and "overlapping" not in name:
         # No gradient buffer holds the convolution's output gradient (the size of x): it is
         # derived image by image.
         assert gradient_memory[0] < x.nbytes <= gradient_memory[1]
