@@ -730,7 +730,8 @@ static void test_sparse_products(void) {
                     }
                 char what[200];
                 snprintf(what, sizeof what,
-                         "sparse %lldx%lldx%lld %s %c%c, %s, beta %g%s, %d threads", (long long)m, (long long)n, (long long)k, d ? "float64" : "float32",
+                         "sparse %lldx%lldx%lld %s %c%c, %s, beta %g%s, %d threads", (long long)m,
+                         (long long)n, (long long)k, d ? "float64" : "float32",
                          ta ? 'T' : 'N', tb ? 'T' : 'N', either ? "either" : "A", beta,
                          with_bias ? ", bias and ReLU" : "", threads);
                 check(ok, what);
