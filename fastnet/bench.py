@@ -43,7 +43,8 @@ a worker process of its own, taking turns in timed windows; print samples/s (med
 windows), how many times faster fastnet is, the GFLOP/s achieved, the median batch-1 inference
 latency and the peak resident memory of each training process.
 
-Only ratios within one run are meaningful on a shared machine. Progress goes to stderr."""
+Only ratios within one run are meaningful on a shared machine; --repeat N makes N runs and ends
+with each ratio's median and range over them. Progress goes to stderr."""
 
 # ---------------------------------------------------------------------------- the definitions
 #
@@ -1385,8 +1386,9 @@ def format_gemm_report(report):
 # ---------------------------------------------------------------------------- output
 
 
-def format_table(results, meta):
-    """The results of :func:`run` as a text table."""
+def format_table(results, meta, legend=True):
+    """The results of :func:`run` as a text table, with what its columns mean unless ``legend``
+    is false."""
     lines = [f"fastnet bench: {meta['threads']} thread{'s' if meta['threads'] > 1 else ''}, "
              f"{meta['seconds']:g} s of training per framework and workload in "
              f"{meta['windows']} window{'s' if meta['windows'] > 1 else ''}; {meta['cpu']}"]
@@ -1426,8 +1428,14 @@ def format_table(results, meta):
                 f"{number(r.get('latency_fastnet_ratio'), '.2f', 'x'):>9} "
                 f"{number(r.get('peak_rss_mb'), '.0f', ' MB'):>9} "
                 f"{number(r.get('train_rss_mb'), '.0f', ' MB'):>9}")
-    lines += [
-        "",
+    if legend:
+        lines += ["", _legend(meta)]
+    return "\n".join(lines)
+
+
+def _legend(meta):
+    """What the comparison's columns mean."""
+    return "\n".join([
         "samples/s   training samples per second, median over the windows",
         "spread      (fastest window - slowest) / median: how much the machine's speed moved "
         "during the run",
@@ -1437,7 +1445,63 @@ def format_table(results, meta):
         "b1 latency  median time of one batch-1 inference, eval mode",
         f"peak RSS    {meta['memory_source']} of the worker process, which trains only this "
         "workload",
-        "train RSS   peak RSS less the resident size right after importing the framework"]
+        "train RSS   peak RSS less the resident size right after importing the framework"])
+
+
+def summarize_runs(runs):
+    """Each framework's figures across repeated runs of :func:`run` (``runs``: a list of their
+    results), one row per workload and framework in the order they first appear: ``workload``,
+    ``framework``, ``of`` (the runs that include it), ``runs`` (those in which it measured, status
+    ok) and, over the latter, ``samples_per_s``, ``fastnet_ratio`` and
+    ``latency_fastnet_ratio``: each a dict of ``values`` (one per such run, in order; None where
+    the run has none, as a ratio where fastnet failed), and ``median``, ``low`` and ``high`` of
+    the values present (None if none is)."""
+    rows = []
+    order = {}
+    for results in runs:
+        for workload in results:
+            for framework in workload["frameworks"]:
+                order.setdefault((workload["workload"], framework), len(order))
+    for (name, framework) in sorted(order, key=order.get):
+        measured = [w["frameworks"][framework] for results in runs for w in results
+                    if w["workload"] == name and framework in w["frameworks"]]
+        ok = [r for r in measured if r["status"] == "ok"]
+
+        def spread_of(key):
+            values = [r.get(key) for r in ok]
+            present = [v for v in values if v is not None]
+            return {"values": values, "median": _median(present),
+                    "low": min(present) if present else None,
+                    "high": max(present) if present else None}
+
+        rows.append({"workload": name, "framework": framework, "runs": len(ok),
+                     "of": len(measured),
+                     "samples_per_s": spread_of("samples_per_s"),
+                     "fastnet_ratio": spread_of("fastnet_ratio"),
+                     "latency_fastnet_ratio": spread_of("latency_fastnet_ratio")})
+    return rows
+
+
+def format_summary(rows, repeat):
+    """The rows of :func:`summarize_runs` as a text table."""
+    def ratio(spread):
+        if spread["median"] is None:
+            return "-"
+        return f"{spread['median']:.2f}x ({spread['low']:.2f}-{spread['high']:.2f})"
+
+    header = (f"{'workload':<20} {'framework':<9} {'runs':>5} {'samples/s':>11} "
+              f"{'fastnet x (lowest-highest)':>27} {'b1 latency fastnet x':>27}")
+    lines = [f"Over {repeat} runs: medians of the runs' figures, each run's ratio taken within "
+             "that run", header, "-" * len(header)]
+    previous = None
+    for row in rows:
+        label = row["workload"] if row["workload"] != previous else ""
+        previous = row["workload"]
+        rate = row["samples_per_s"]["median"]
+        lines.append(
+            f"{label:<20} {FRAMEWORKS[row['framework']][1]:<9} "
+            f"{row['runs']:>2}/{row['of']:<2} {'-' if rate is None else f'{rate:,.0f}':>11} "
+            f"{ratio(row['fastnet_ratio']):>27} {ratio(row['latency_fastnet_ratio']):>27}")
     return "\n".join(lines)
 
 
@@ -1541,6 +1605,9 @@ def add_arguments(parser):
                              "thread count and implementation (default: 0.4)")
     parser.add_argument("--windows", type=_positive_int, default=5, metavar="N",
                         help="timed windows per framework and workload (default: 5)")
+    parser.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
+                        help="run the comparison N times in a row and end with each ratio's "
+                             "median and range over the runs (default: 1)")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                         help="write the results as JSON to PATH, or to stdout instead of the "
                              "table when no PATH is given")
@@ -1575,6 +1642,9 @@ def handle(args):
         return 0
     if args.gemm and args.scaling:
         raise ValueError("--gemm and --scaling are separate reports: give one")
+    if args.repeat > 1 and (args.gemm or args.scaling):
+        raise ValueError("--repeat repeats the comparison of the frameworks; --gemm and "
+                         "--scaling take one run")
     if args.scaling:
         seconds = args.seconds or 3.0
         document = scaling_report(args.workloads, args.frameworks, threads, seconds,
@@ -1596,11 +1666,23 @@ def handle(args):
                 "memory_source": memory_status()[2],
                 "gomp_spincount": (args.spin_count if args.spin_count is not None
                                    else _original_environ_value("GOMP_SPINCOUNT"))}
-        results = run(args.workloads, args.frameworks, threads, seconds, args.windows, progress,
-                      args.spin_count)
+        runs = []
+        for index in range(args.repeat):
+            label = f"run {index + 1}/{args.repeat} " if args.repeat > 1 else ""
+            runs.append(run(args.workloads, args.frameworks, threads, seconds, args.windows,
+                            lambda message, label=label: progress(label + message),
+                            args.spin_count))
         progress.done()
-        document = {**meta, "results": results}
-        text = format_table(results, meta)
+        if args.repeat == 1:
+            document = {**meta, "results": runs[0]}
+            text = format_table(runs[0], meta)
+        else:
+            summary = summarize_runs(runs)
+            document = {**meta, "repeat": args.repeat, "runs": runs, "summary": summary}
+            text = "\n\n".join(
+                [f"Run {index + 1} of {args.repeat}\n" + format_table(results, meta, legend=False)
+                 for index, results in enumerate(runs)]
+                + [format_summary(summary, args.repeat), _legend(meta)])
     if args.json == "-":
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -5,6 +5,7 @@ No timings are asserted: the figures only have to be present and positive.
 """
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -257,3 +258,81 @@ def test_spread_of_the_windows():
     assert bench._spread([90.0, 100.0, 110.0]) == pytest.approx(0.2)
     assert bench._spread([100.0, 100.0]) == 0
     assert bench._spread([100.0]) is None and bench._spread([]) is None
+
+
+def test_repeated_runs_end_with_each_figure_over_the_runs(tmp_path, capsys):
+    path = tmp_path / "runs.json"
+    assert bench.main(["--frameworks", "fastnet", "--workloads", "mlp_small_b32", *FAST,
+                       "--repeat", "2", "--json", str(path)]) == 0
+    document = json.loads(path.read_text())
+    assert document["repeat"] == 2 and "results" not in document
+    assert len(document["runs"]) == 2
+    rates = [results[0]["frameworks"]["fastnet"]["samples_per_s"]
+             for results in document["runs"]]
+    assert all(rate > 0 for rate in rates)
+    (row,) = document["summary"]
+    assert (row["workload"], row["framework"], row["runs"], row["of"]) == (
+        "mlp_small_b32", "fastnet", 2, 2)
+    assert row["samples_per_s"] == {"values": rates, "median": pytest.approx(sum(rates) / 2),
+                                    "low": min(rates), "high": max(rates)}
+    assert row["fastnet_ratio"]["values"] == [pytest.approx(1.0)] * 2
+
+    out = capsys.readouterr().out
+    assert out.index("Run 1 of 2") < out.index("Run 2 of 2") < out.index("Over 2 runs")
+    assert out.count("samples/s   training samples per second") == 1  # the legend, once
+    summary = out[out.index("Over 2 runs"):]
+    line = next(line for line in summary.splitlines() if line.startswith("mlp_small_b32"))
+    assert line.split()[1:6] == ["fastnet", "2/2", f"{statistics.median(rates):,.0f}", "1.00x",
+                                 "(1.00-1.00)"]
+
+
+def test_summary_of_runs_with_failures_and_skips():
+    def workload(name, **frameworks):
+        return {"workload": name, "frameworks": frameworks}
+
+    def ok(rate, ratio, latency_ratio=None):
+        return {"status": "ok", "samples_per_s": rate, "fastnet_ratio": ratio,
+                "latency_fastnet_ratio": latency_ratio}
+
+    skipped = {"status": "skipped", "reason": "not installed"}
+    failed = {"status": "failed", "reason": "out of memory"}
+    runs = [
+        [workload("a", fastnet=ok(100, 1.0, 1.0), torch=ok(10, 10.0, 3.0), jax=skipped)],
+        [workload("a", fastnet=ok(90, 1.0, 1.0), torch=ok(12, 7.5, 2.0), jax=skipped)],
+        [workload("a", fastnet=failed, torch=ok(11, None), jax=skipped)],
+    ]
+    rows = {row["framework"]: row for row in bench.summarize_runs(runs)}
+    assert list(rows) == ["fastnet", "torch", "jax"]
+    assert (rows["fastnet"]["runs"], rows["fastnet"]["of"]) == (2, 3)
+    assert rows["fastnet"]["samples_per_s"] == {"values": [100, 90], "median": 95, "low": 90,
+                                                "high": 100}
+    torch_row = rows["torch"]
+    assert (torch_row["runs"], torch_row["of"]) == (3, 3)
+    assert torch_row["fastnet_ratio"] == {"values": [10.0, 7.5, None], "median": 8.75,
+                                          "low": 7.5, "high": 10.0}
+    assert torch_row["latency_fastnet_ratio"]["median"] == 2.5
+    assert rows["jax"]["runs"] == 0
+    assert rows["jax"]["fastnet_ratio"] == {"values": [], "median": None, "low": None,
+                                            "high": None}
+    text = bench.format_summary(bench.summarize_runs(runs), 3)
+    assert "Over 3 runs" in text
+    lines = text.splitlines()
+    torch_line = next(line for line in lines if "PyTorch" in line)
+    assert "8.75x (7.50-10.00)" in torch_line and "2.50x (2.00-3.00)" in torch_line
+    jax_line = next(line for line in lines if "JAX" in line)
+    assert jax_line.split()[-2:] == ["-", "-"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--repeat", "0"], "expected a positive integer"),
+    (["--repeat", "2", "--gemm"], "--repeat repeats the comparison"),
+    (["--repeat", "2", "--scaling", "--threads", "2"], "--repeat repeats the comparison"),
+])
+def test_repeat_refuses_what_it_cannot_repeat(capsys, args, message):
+    code = None
+    try:
+        code = bench.main(args)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert code == 2
+    assert message in capsys.readouterr().err
