@@ -372,7 +372,26 @@ def fastnet_model(network, input_shape):
                          input_shape=input_shape)
 
 
-class _FastnetRunner:
+class _ModuleRunner:
+    """What the fastnet and PyTorch runners share: a model of train() and eval() modes, trained
+    by the workload's optimizer from the framework's ``optim`` namespace, which both name
+    alike."""
+
+    def _optimizer(self, optim, optimizer):
+        kind = optim.SGD if optimizer == "sgd" else optim.Adam
+        return kind(self.model.parameters(), **OPTIMIZERS[optimizer])
+
+    def sync(self):
+        pass
+
+    def train_mode(self):
+        self.model.train()
+
+    def eval_mode(self):
+        self.model.eval()
+
+
+class _FastnetRunner(_ModuleRunner):
     name = "fastnet"
 
     def __init__(self, threads):
@@ -386,26 +405,13 @@ class _FastnetRunner:
     def build(self, network, optimizer, x, y):
         fn = self.fn
         self.model = fastnet_model(network, x.shape[1:])
-        params = OPTIMIZERS[optimizer]
-        if optimizer == "sgd":
-            self.opt = fn.optim.SGD(self.model.parameters(), **params)
-        else:
-            self.opt = fn.optim.Adam(self.model.parameters(), **params)
+        self.opt = self._optimizer(fn.optim, optimizer)
         self.loss = fn.CrossEntropyLoss()
         self.x, self.y = x, y
         self.sample = x[:1].copy()
 
     def step(self):
         self.model.train_step(self.x, self.y, self.loss, self.opt)
-
-    def sync(self):
-        pass
-
-    def train_mode(self):
-        self.model.train()
-
-    def eval_mode(self):
-        self.model.eval()
 
     def infer(self):
         self.model(self.sample)
@@ -433,7 +439,7 @@ def torch_model(network):
     return nn.Sequential(*build_layers(NETWORKS[network], nn, Residual))
 
 
-class _TorchRunner:
+class _TorchRunner(_ModuleRunner):
     name = "torch"
 
     def __init__(self, threads):
@@ -447,11 +453,7 @@ class _TorchRunner:
     def build(self, network, optimizer, x, y):
         torch = self.torch
         self.model = torch_model(network)
-        params = OPTIMIZERS[optimizer]
-        if optimizer == "sgd":
-            self.opt = torch.optim.SGD(self.model.parameters(), **params)
-        else:
-            self.opt = torch.optim.Adam(self.model.parameters(), **params)
+        self.opt = self._optimizer(torch.optim, optimizer)
         self.loss = torch.nn.CrossEntropyLoss()
         self.x = torch.from_numpy(x)
         self.y = torch.from_numpy(y)
@@ -461,15 +463,6 @@ class _TorchRunner:
         self.opt.zero_grad(set_to_none=True)
         self.loss(self.model(self.x), self.y).backward()
         self.opt.step()
-
-    def sync(self):
-        pass
-
-    def train_mode(self):
-        self.model.train()
-
-    def eval_mode(self):
-        self.model.eval()
 
     def infer(self):
         with self.torch.inference_mode():
