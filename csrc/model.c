@@ -579,13 +579,41 @@ static fn_status check_batch(const fn_model *m, const void *x, int64_t n, const 
     return FN_OK;
 }
 
+/* Parts of load_input's copy: one a thread, at most this many. */
+#define LOAD_PARTS 64
+
+typedef struct {
+    const char *x;
+    char *copy;
+    size_t elem;
+    int64_t count;
+    fn_dtype dtype;
+    int64_t first_bad[LOAD_PARTS]; /* each part's first non-finite element, or -1 */
+} load_job;
+
+/* One part of the input: copied, then scanned while it is in this core's cache. */
+static void load_part(int id, int parts, void *arg) {
+    load_job *job = arg;
+    int64_t begin, end;
+    fn_partition(job->count, parts, id, &begin, &end);
+    size_t offset = (size_t)begin * job->elem;
+    memcpy(job->copy + offset, job->x + offset, (size_t)(end - begin) * job->elem);
+    int64_t bad = fn_first_nonfinite(job->dtype, job->copy + offset, end - begin);
+    job->first_bad[id] = bad < 0 ? -1 : begin + bad;
+}
+
 /* Copies x into the model's input buffer, refusing NaN or Inf: a bad value would otherwise
- * surface steps later as a NaN loss with no trace of where it came from. */
+ * surface steps later as a NaN loss with no trace of where it came from. A large batch is
+ * copied and scanned by the team (`mlp_mnist_b128`'s 401 KB: 43-54 -> 30-35 us on two threads,
+ * where the other thread had waited). */
 static fn_status load_input(fn_model *m, const void *x, int64_t n) {
     m->output_batch = 0; /* the outputs of the forward before are no longer the last forward's */
-    size_t count = (size_t)n * (size_t)m->input_size;
-    memcpy(m->input_copy, x, count * fn_dtype_size(m->dtype));
-    int64_t bad = fn_first_nonfinite(m->dtype, m->input_copy, (int64_t)count);
+    load_job job = {x, m->input_copy, fn_dtype_size(m->dtype), n * m->input_size, m->dtype, {0}};
+    int parts = fn_threads_for(job.count, fn_threads_get());
+    if (parts > LOAD_PARTS) parts = LOAD_PARTS;
+    fn_run_team(parts, load_part, &job);
+    int64_t bad = -1; /* the first in the input: the first that a part found, in their order */
+    for (int part = 0; part < parts && bad < 0; part++) bad = job.first_bad[part];
     if (bad >= 0)
         return fn_error(FN_EINVAL, "input contains NaN or Inf: sample %lld, feature %lld",
                         (long long)(bad / m->input_size), (long long)(bad % m->input_size));
