@@ -125,6 +125,57 @@ def test_a_nan_in_a_reaches_its_row_of_c(dtype, trans_a, threads):
     assert np.isfinite(np.delete(c, 9, axis=0)).all()
 
 
+def sparse_path_taken(a, b, trans_a, threads):
+    """Whether fastnet's product skipped op(A)'s zeros, seen from outside: an infinity placed in a
+    row of op(B) that only zeros of op(A) meet reaches C (as 0 * inf) only in the dense product.
+    Also checks the rest of C against float64."""
+    op_a = (a.T if trans_a else a).astype(np.float64)
+    zero_column = int(np.flatnonzero(~op_a.any(axis=0))[0])
+    b = b.copy()
+    b[zero_column, 3] = np.inf
+    c = _core.gemm(a, b, trans_a=trans_a, sparse="a", threads=threads)
+    rest = np.delete(c, 3, axis=1)
+    op_b = np.delete(b.astype(np.float64), 3, axis=1)
+    bound = (op_a.shape[1] + 2) * eps_of(a.dtype) * (np.abs(op_a) @ np.abs(op_b))
+    assert_within(rest, op_a @ op_b, bound, "the columns without the infinity")
+    return bool(np.isfinite(c[:, 3]).all())
+
+
+@pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
+def test_a_sample_of_rows_decides_only_far_from_the_limit(trans_a, threads):
+    """A stored A of 64 rows or more is first counted on one row in 8; a sample that puts it past
+    1.1 times the 60% limit makes the product dense without the whole count, and otherwise the
+    whole count decides, as before."""
+    rng = np.random.default_rng(6)
+    stored_rows, stored_columns = 128, 320  # op(A) is 128 x 320, or 320 x 128 transposed
+    k = stored_rows if trans_a else stored_columns
+
+    def stored(nonzero):
+        values = rng.standard_normal((stored_rows, stored_columns)).astype(np.float32)
+        values[~nonzero] = 0
+        op = values.T if trans_a else values
+        op[:, 11] = 0  # a column of op(A) that only zeros meet
+        return values
+
+    b = rng.standard_normal((k, 128)).astype(np.float32)  # whole 64-column blocks
+    uniform = rng.random((stored_rows, stored_columns))
+    # Uniform densities: the whole count decides at 0.3, 0.55 and 0.63; the sample at 0.95.
+    for density, sparse in ((0.3, True), (0.55, True), (0.63, False), (0.95, False)):
+        assert sparse_path_taken(stored(uniform < density), b, trans_a, threads) is sparse, \
+            density
+    rows = np.arange(stored_rows)[:, None] % 8 == 0
+    # Only the sampled rows nonzero (1/8 of A): the sample reads them all and takes the product
+    # as dense, the whole count not made.
+    assert not sparse_path_taken(stored(np.broadcast_to(rows, uniform.shape)), b, trans_a,
+                                 threads)
+    # Every row but the sampled ones nonzero (7/8 of A): the sample reads only zeros, the whole
+    # count then finds it too dense.
+    assert not sparse_path_taken(stored(np.broadcast_to(~rows, uniform.shape)), b, trans_a,
+                                 threads)
+    # Every row but the sampled ones at a quarter: the whole count finds 22% and skips the zeros.
+    assert sparse_path_taken(stored(~rows & (uniform < 0.25)), b, trans_a, threads)
+
+
 @settings(max_examples=60, deadline=None)
 @given(m=st.integers(8, 200), k=st.integers(1, 1100), n=st.integers(8, 200),
        trans_a=st.booleans(), trans_b=st.booleans(), density=st.floats(0.0, 1.0),
