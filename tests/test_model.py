@@ -258,32 +258,29 @@ def test_nan_in_input_is_refused_and_changes_nothing():
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_a_large_batch_names_its_first_non_finite_value_on_any_thread_count(threads):
+@pytest.mark.parametrize("thread_count", [1, 2, 3])
+def test_a_large_batch_names_its_first_non_finite_value_on_any_thread_count(thread_count):
     """A batch of 2^18 values is copied and checked in one part a thread: the error names the
-    first bad value of the whole batch, whichever part holds it, and the step changes nothing."""
+    first bad value of the whole batch, whichever part holds it, and the step changes nothing.
+    (conftest's restore_threads puts the thread count back.)"""
+    fn.set_num_threads(thread_count)
     model = fn.Sequential(fn.Linear(512, 4), input_shape=(512,))
     opt = fn.optim.SGD(model.parameters(), lr=0.1)
     before = model.state_dict()
     loss = fn.CrossEntropyLoss()
     labels = np.zeros(512, np.int64)
-    previous = fn.get_num_threads()
-    fn.set_num_threads(threads)
-    try:
-        for bad in ([(511, 511)], [(300, 7)], [(0, 0), (400, 1)], [(255, 511), (256, 0)],
-                    [(257, 3), (256, 9)]):
-            x = np.ones((512, 512), np.float32)
-            for sample, feature in bad:
-                x[sample, feature] = np.nan if sample % 2 else np.inf
-            sample, feature = min(bad)
-            with pytest.raises(ValueError, match=rf"NaN or Inf: sample {sample}, feature "
-                                                 rf"{feature}$"):
-                model.train_step(x, labels, loss, opt)
-        model.train_step(np.ones((512, 512), np.float32), labels, loss, opt)
-        assert opt.steps == 1 and not np.array_equal(model.state_dict()["0.weight"],
-                                                      before["0.weight"])
-    finally:
-        fn.set_num_threads(previous)
+    for bad in ([(511, 511)], [(300, 7)], [(0, 0), (400, 1)], [(255, 511), (256, 0)],
+                [(257, 3), (256, 9)]):
+        x = np.ones((512, 512), np.float32)
+        for sample, feature in bad:
+            x[sample, feature] = np.nan if sample % 2 else np.inf
+        sample, feature = min(bad)
+        with pytest.raises(ValueError, match=rf"NaN or Inf: sample {sample}, feature "
+                                             rf"{feature}$"):
+            model.train_step(x, labels, loss, opt)
+    model.train_step(np.ones((512, 512), np.float32), labels, loss, opt)
+    assert opt.steps == 1 and not np.array_equal(model.state_dict()["0.weight"],
+                                                  before["0.weight"])
 
 
 def test_label_count_must_match_batch():
