@@ -79,18 +79,17 @@ static gemm_blas_fn_f64 gemm_blas_get_f64(const fn_blas *table) { return table->
  * 128x1024x784 GEMMs of mlp_mnist_b128 still split. */
 #define GEMM_MIN_WORK_PER_THREAD ((double)(1 << 19))
 
-static int gemm_thread_count(int64_t m, int64_t n, int64_t k, int64_t column_multiple,
-                             int threads) {
+/* The threads for a product whose blocks are `blocks` (of columns, or of rows) at the most. */
+static int gemm_thread_count(int64_t m, int64_t n, int64_t k, int64_t blocks, int threads) {
     if (threads < 2) return 1;
     /* In double: m*n*k may not fit in int64 for absurd (but valid) sizes. A product of few rows
      * (batch-1 inference) reads all of B for little arithmetic: its time is B's memory traffic,
      * about what 16 rows' multiply-adds take, and two cores stream B faster than one. */
     double work = (double)(m < 16 ? 16 : m) * (double)n * (double)k;
     double by_work = work / GEMM_MIN_WORK_PER_THREAD;
-    int64_t column_blocks = (n + column_multiple - 1) / column_multiple;
     int64_t t = threads;
     if (by_work < (double)t) t = by_work < 1.0 ? 1 : (int64_t)by_work;
-    if (column_blocks < t) t = column_blocks;
+    if (blocks < t) t = blocks;
     return t < 1 ? 1 : (int)t;
 }
 
@@ -1551,10 +1550,14 @@ typedef struct {
  *     threads writing the two halves of every row, the same pages, it ran at times 6.8x slower
  *     on a 2-core AMD Zen 4 host (125-129 us against 18.6 us by rows, in alternation), while
  *     two threads writing one C each, rows as far apart, ran as fast as one. At least 32
- *     rows, so that a thread's block is not a handful of rows.
+ *     rows, so that a thread's block is not a handful of rows;
+ *   - C = A @ B^T with at most NR / 2 columns, a 10-output layer's forward (128 x 10 x 1024 in
+ *     `mlp_mnist_b128`, through dot products): by columns it is one block, so one thread; by
+ *     rows each thread takes its rows' dot products (32 -> 17 us alone on two threads). At least
+ *     32 rows, as above.
  * Decided on the whole product's sizes. */
 static bool FN_T(gemm_split_rows)(const FN_T(gemm_job) *job) {
-    if (job->trans_b) return false;
+    if (job->trans_b) return !job->trans_a && job->n <= GEMM_NR / 2 && job->m >= 32;
     if (job->trans_a) return job->m >= job->n && job->k <= GEMM_KC;
     return job->m >= 32 && FN_T(gemm_b_block_small)(job->k, job->ldb);
 }
@@ -1595,8 +1598,12 @@ static void FN_T(gemm_block)(const FN_T(gemm_job) *job, int64_t i0, int64_t i1, 
     real *c_block = job->c + i0 * job->ldc + j0;
     const real *col_bias = job->col_bias ? job->col_bias + j0 : NULL;
     bool a_b_transposed = job->trans_b && !job->trans_a; /* A @ B^T */
-    bool blas =
-        job->table && (job->blas_only || !fn_gemm_prefers_builtin(job->trans_b, m, n, job->k));
+    /* A block of rows of a product of few columns keeps the whole product's choice: OpenBLAS
+     * runs half of 128 x 10 x 1024 at a third of the dot products' speed (fn_gemm_prefers_builtin
+     * decides on m * n). */
+    int64_t choice_rows = job->trans_b && job->n <= GEMM_NR / 2 ? job->m : m;
+    bool blas = job->table && (job->blas_only ||
+                               !fn_gemm_prefers_builtin(job->trans_b, choice_rows, n, job->k));
     bool dot = !blas && a_b_transposed &&
                (job->n <= GEMM_NR / 2 || job->m == 1 || fn_gemm_dot_pays(job->m, job->k));
     if (!blas && !dot && a_b_transposed && FN_T(gemm_swap_pays)(job->m, job->n, job->k)) {
@@ -1662,13 +1669,17 @@ static void FN_T(gemm_split)(const fn_blas *table, bool blas_only, bool trans_a,
                              bool relu) {
     FN_T(gemm_job) job = {table, blas_only, trans_a, trans_b, m, n, k, alpha, beta, a, b, c,
                           lda, ldb, ldc, reversed, col_bias, relu};
+    /* The most blocks gemm_part can make: of whole NR-slivers of columns, or of rows */
+    const int64_t row_unit = gemm_tile_height(1);
+    int64_t most = FN_T(gemm_split_rows)(&job) ? (m + row_unit - 1) / row_unit
+                                                : (n + GEMM_NR - 1) / GEMM_NR;
     if (fn_deterministic()) {
         /* Even without OpenMP, so that the bits are those of a threaded build. */
-        int blocks = gemm_thread_count(m, n, k, GEMM_NR, FN_DETERMINISTIC_PARTS);
+        int blocks = gemm_thread_count(m, n, k, most, FN_DETERMINISTIC_PARTS);
         fn_run_parts(blocks, threads, FN_T(gemm_part), &job);
         return;
     }
-    int parts = gemm_thread_count(m, n, k, GEMM_NR, threads);
+    int parts = gemm_thread_count(m, n, k, most, threads);
 #ifndef _OPENMP
     /* Without threads the parts would run one after another, each packing all of A again. */
     parts = 1;

@@ -565,6 +565,30 @@ def test_gemm_weight_gradient_split_by_rows(dtype, m, k, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, k, n", [(128, 1024, 10), (257, 300, 16), (33, 65, 5), (512, 256, 8)])
+def test_gemm_few_columns_split_by_rows(dtype, m, k, n):
+    # A @ B^T with at most NR / 2 columns (a classifier's forward) is split between the threads
+    # by rows, the blocks' edges at row counts that are not multiples of the tile: every row
+    # within the bound, and the same bits on any thread count, in either mode (each element one
+    # dot product, whichever block holds it).
+    rng = np.random.default_rng(m + k + n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((n, k)).astype(dtype)
+    expected = a.astype(np.float64) @ b.astype(np.float64).T
+    magnitude = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)).T
+    one = _core.gemm(a, b, trans_b=True, threads=1)
+    assert_within_bound(one, expected, (k + 2) * eps_of(dtype) * magnitude, "one thread")
+    try:
+        for deterministic in (False, True):
+            _core.set_deterministic(deterministic)
+            for threads in (2, 3):
+                np.testing.assert_array_equal(_core.gemm(a, b, trans_b=True, threads=threads),
+                                              one, err_msg=f"{threads} threads, {deterministic}")
+    finally:
+        _core.set_deterministic(False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k", [784, 1024, 512, 2048, 300])
 def test_gemm_one_row_is_a_row_of_more(dtype, k):
     # A one-row product with a transposed B (a batch-1 inference of a linear layer) runs as dot
