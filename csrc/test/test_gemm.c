@@ -468,8 +468,9 @@ static void test_blas_table(void) {
 }
 
 /* Products that measured faster on the built-in kernel than on OpenBLAS run on it although a
- * BLAS is installed (gemm.c, fn_gemm_prefers_builtin): at least 16 rows, 64 columns and 2^20
- * multiply-adds per single-threaded call (2^18 with op(B) transposed), or with op(B) transposed
+ * BLAS is installed (gemm.c, fn_gemm_prefers_builtin): at least 4 rows, 64 columns and more than
+ * 10^6 multiply-adds per single-threaded call (with op(B) transposed: 16 rows and 2^18), or with
+ * op(B) transposed
  * more than 16 columns and a long k for few rows (the dot products: up to 16 rows from k = 256,
  * up to 32 from 512), or at least 32 rows and columns and k >= 64. Each call is counted here. */
 /* The most columns of a transposed B that the built-in kernel takes as dot products (its float32
@@ -489,9 +490,9 @@ static void test_builtin_preferred(void) {
     /* Correct on both paths, every transpose, alpha and beta, one and two threads. */
     run_shape(FN_FLOAT32, 16, 256, 256, true);
     run_shape(FN_FLOAT64, 33, 130, 300, true);
-    size_t bytes = 512 * 512 * sizeof(float);
+    size_t bytes = 1024 * 1024 * sizeof(float);
     float *a = checked_malloc(bytes), *b = checked_malloc(bytes), *c = checked_malloc(bytes);
-    for (int i = 0; i < 512 * 512; i++) a[i] = b[i] = (float)(i % 7);
+    for (int i = 0; i < 1024 * 1024; i++) a[i] = b[i] = (float)(i % 7);
     static const struct {
         int trans_b;
         int64_t m, n, k;
@@ -521,9 +522,14 @@ static void test_builtin_preferred(void) {
         {1, 64, 16, 1024, 1, 16 > DOT_COLUMNS,
          "transposed B, 16 columns, past 10^6 multiply-adds: built in with AVX-512"},
         {1, 128, 16, 128, 1, true, "transposed B, 16 columns, k 128: BLAS"},
-        {0, 15, 256, 512, 1, true, "15 rows: BLAS"},
+        {0, 15, 256, 512, 1, false, "15 rows past 10^6 multiply-adds: built in"},
+        {0, 4, 1024, 256, 1, false, "4 rows past 10^6 multiply-adds: built in"},
+        {0, 3, 1024, 512, 1, true, "3 rows: BLAS"},
         {0, 256, 63, 256, 1, true, "63 columns: BLAS"},
-        {0, 16, 256, 255, 1, true, "fewer than 2^20 multiply-adds: BLAS"},
+        {0, 16, 256, 245, 1, false, "just past 10^6 multiply-adds: built in"},
+        {0, 16, 256, 244, 1, true, "at most 10^6 multiply-adds: BLAS"},
+        {0, 10, 1024, 128, 2, true,
+         "10 x 1024 x 128 on two threads (calls of 512 columns, 6.6 x 10^5): BLAS"},
         {1, 1, 256, 256, 2, false, "one row, transposed B: built in (dot products)"},
         {0, 1, 256, 256, 1, true, "one row, B not transposed: BLAS"},
     };
