@@ -1604,10 +1604,10 @@ static void FN_T(gemm_block)(const FN_T(gemm_job) *job, int64_t i0, int64_t i1, 
     real *c_block = job->c + i0 * job->ldc + j0;
     const real *col_bias = job->col_bias ? job->col_bias + j0 : NULL;
     bool a_b_transposed = job->trans_b && !job->trans_a; /* A @ B^T */
-    /* A block of rows of a product of few columns keeps the whole product's choice: OpenBLAS
-     * runs half of 128 x 10 x 1024 at a third of the dot products' speed (fn_gemm_prefers_builtin
-     * decides on m * n). */
-    int64_t choice_rows = job->trans_b && job->n <= GEMM_NR / 2 ? job->m : m;
+    /* A block of rows of A @ B^T (few columns, gemm_split_rows) keeps the whole product's
+     * choice: OpenBLAS runs half of 128 x 10 x 1024 at a third of the dot products' speed
+     * (fn_gemm_prefers_builtin decides on m * n). */
+    int64_t choice_rows = job->trans_b && FN_T(gemm_split_rows)(job) ? job->m : m;
     bool blas = job->table && (job->blas_only ||
                                !fn_gemm_prefers_builtin(job->trans_b, choice_rows, n, job->k));
     bool dot = !blas && a_b_transposed &&

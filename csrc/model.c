@@ -579,16 +579,13 @@ static fn_status check_batch(const fn_model *m, const void *x, int64_t n, const 
     return FN_OK;
 }
 
-/* Parts of load_input's copy: one a thread, at most this many. */
-#define LOAD_PARTS 64
-
 typedef struct {
     const char *x;
     char *copy;
     size_t elem;
     int64_t count;
     fn_dtype dtype;
-    int64_t first_bad[LOAD_PARTS]; /* each part's first non-finite element, or -1 */
+    int64_t first_bad[FN_MAX_PARTIALS]; /* each part's first non-finite element, or -1 */
 } load_job;
 
 /* One part of the input: copied, then scanned while it is in this core's cache. */
@@ -610,7 +607,7 @@ static fn_status load_input(fn_model *m, const void *x, int64_t n) {
     m->output_batch = 0; /* the outputs of the forward before are no longer the last forward's */
     load_job job = {x, m->input_copy, fn_dtype_size(m->dtype), n * m->input_size, m->dtype, {0}};
     int parts = fn_threads_for(job.count, fn_threads_get());
-    if (parts > LOAD_PARTS) parts = LOAD_PARTS;
+    if (parts > FN_MAX_PARTIALS) parts = FN_MAX_PARTIALS;
     fn_run_team(parts, load_part, &job);
     int64_t bad = -1; /* the first in the input: the first that a part found, in their order */
     for (int part = 0; part < parts && bad < 0; part++) bad = job.first_bad[part];
