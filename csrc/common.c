@@ -244,3 +244,17 @@ int64_t fn_first_nonfinite(fn_dtype dtype, const void *data, int64_t count) {
         FN_SCAN_NONFINITE(uint32_t, 0x7f800000U);
     return -1;
 }
+
+int64_t fn_l2_bytes(void) {
+    static atomic_llong cached; /* 0 until known; every thread computes the same value */
+    long long bytes = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (bytes > 0) return bytes;
+    bytes = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    /* A size no core has (a VM may report anything) falls back too. */
+    if (bytes < 64 * 1024 || bytes > 64 * 1024 * 1024) bytes = 1024 * 1024;
+    atomic_store_explicit(&cached, bytes, memory_order_relaxed);
+    return bytes;
+}

@@ -905,8 +905,9 @@ static int64_t FN_T(gemm_swapped_kc)(int64_t m) {
  * the convolutions' weight gradients 32 x 288 x 256 and 64 x 288 x 576 1.18-1.28x. It needs
  *   - B at least twice as many rows as A, and A's rows filling the NR-wide slivers to within an
  *     eighth (A is the vector operand: 40 rows in two 32-row slivers ran 0.8x);
- *   - with a single sliver of A, k at least 2 m and a B of at most 512 KB: each element of B is
- *     then used once, and MR streams of it from beyond L2 ran 0.9x (32 x 576 x 512);
+ *   - with a single sliver of A, k at least 2 m and a B of at most half of L2 (512 KB on AMD
+ *     Zen 4): each element of B is then used once, and MR streams of it from beyond L2 ran 0.9x
+ *     (32 x 576 x 512);
  *   - with more, at most 4 slivers (256 x 1024 x 1024: 0.86-0.96x, its A^T panel cut into
  *     blocks of k) and k at least 4 m and 256 (64 x 128 x 128 in two slivers: 1.0x, where
  *     32 x 128 x 128 in one is 1.16x). */
@@ -914,7 +915,7 @@ static bool FN_T(gemm_swap_pays)(int64_t m, int64_t n, int64_t k) {
     int64_t m_padded = FN_T(gemm_sliver_columns)(m);
     if (n < 2 * m || (m_padded - m) * 8 > m_padded) return false;
     if (m_padded == GEMM_NR)
-        return k >= 2 * m && (double)n * (double)k * sizeof(real) <= 512.0 * 1024;
+        return k >= 2 * m && (double)n * (double)k * sizeof(real) <= (double)fn_l2_bytes() / 2;
     return m_padded <= 4 * GEMM_NR && k >= 4 * m && k >= 256;
 }
 
@@ -1007,9 +1008,11 @@ static inline int64_t FN_T(gemm_next_tile_rows)(int64_t left) {
 }
 
 /* Whether a block of k of an untransposed B, rows ldb apart, is small enough to stay in L2 as
- * it lies (256 KB), so that the packed kernel reads it in place. */
+ * it lies (a quarter of it: 256 KB of AMD Zen 4's 1 MB), so that the packed kernel reads it in
+ * place. */
 static bool FN_T(gemm_b_block_small)(int64_t k, int64_t ldb) {
-    return (double)gemm_block_size(k, GEMM_KC, 1) * (double)ldb * sizeof(real) <= 256.0 * 1024;
+    return (double)gemm_block_size(k, GEMM_KC, 1) * (double)ldb * sizeof(real) <=
+           (double)fn_l2_bytes() / 4;
 }
 
 /* op(A) (m, k), op(B) (k, n), C (m, n): C = alpha * op(A) @ op(B) + beta * C on the calling
@@ -1030,15 +1033,17 @@ static void FN_T(gemm_serial)(bool trans_a, bool trans_b, int64_t m, int64_t n, 
      * apart (a new page at every step of k). A B that serves at most two rows of tiles, or whose
      * block of KC rows is small enough to stay in L2 as it is, is read where it lies: its whole
      * slivers straight from B, only the right edge's sliver packed (padded with zeros). So is a
-     * B whose block (KC rows by this call's columns, up to NC) fills at most 512 KB of L2 and
-     * serves at most 256 rows of A, even with its rows a page or more apart: on two threads, the
-     * workloads' `64x9216x128` NN (the CNN's input gradient) 1.09x, `128x1024x1024` NN 1.04x,
-     * `128x9216x64` TN 1.01-1.07x (each thread's block of 4,608 or 512 columns); with 512 or 1024
-     * rows, 0.98-1.01x, and a 1 MB block (`128x2048x2048`) 0.94x. Same
+     * B whose block (KC rows by this call's columns, up to NC) fills at most half of L2 and
+     * serves at most 256 rows of A, even with its rows a page or more apart: on two threads of
+     * AMD Zen 4 (1 MB of L2), the workloads' `64x9216x128` NN (the CNN's input gradient) 1.09x,
+     * `128x1024x1024` NN 1.04x, `128x9216x64` TN 1.01-1.07x (each thread's block of 4,608 or 512
+     * columns); with 512 or 1024 rows, 0.98-1.01x, and a 1 MB block (`128x2048x2048`) 0.94x. The
+     * same 512 KB blocks on AMD Zen 3 (512 KB of L2) ran `64x9216x128` NN at 29-36 GFLOP/s on one
+     * thread, packed 69-74, and `128x1024x1024` NN on two threads at 75-98, packed 127-157. Same
      * products, same order of sums: the bits do not change. */
     bool b_in_place = !trans_b && (m <= 2 * GEMM_MR || FN_T(gemm_b_block_small)(k, ldb) ||
                                    (m <= 256 && (double)kc_max * (double)nc_max * sizeof(real) <=
-                                                    512.0 * 1024));
+                                                    (double)fn_l2_bytes() / 2));
     /* An untransposed A whose slivers each serve at most 4 tiles is read where it lies, its MR
      * rows the broadcasts' streams (gemm_micro_rows), the same sums in the same order: packing
      * a sliver costs there a good part of its few tiles' products. Measured on one thread with

@@ -52,6 +52,10 @@ void fn_free(void *p);
 #define FN_PREFETCH(p) ((void)(p))
 #endif
 
+/* One core's L2 cache in bytes, as the C library reports it (glibc reads CPUID), or 1 MB where
+ * it does not say: the GEMM keeps the blocks of B it reads in place within a fraction of it. */
+int64_t fn_l2_bytes(void);
+
 /* The calling thread's scratch buffers, one per use: the GEMM's packed panels, a block of C
  * that the GEMM computes apart from C (gemm_block), and a sparse A's masks and copy with the
  * panels of B of every thread of its product (sparse_gemm.c). */
