@@ -495,8 +495,9 @@ fn_status fn_gemm_blas(fn_dtype dtype, int trans_a, int trans_b, int64_t m, int6
 }
 
 /* Whether a single-threaded product of these sizes runs faster on the built-in kernel than on
- * the installed BLAS (SciPy's OpenBLAS 0.3.30). Measured on Sapphire and Emerald Rapids cores
- * over the GEMMs of the four benchmark networks (`fastnet bench --gemm`, csrc/test/bench_gemm.c):
+ * the installed BLAS (SciPy's OpenBLAS 0.3.30). With AVX-512, measured on Sapphire and Emerald
+ * Rapids cores over the GEMMs of the four benchmark networks (`fastnet bench --gemm`,
+ * csrc/test/bench_gemm.c):
  *   - op(B) not transposed, at least 16 rows, 64 columns and 2^20 multiply-adds: the built-in
  *     kernel is 1.1-1.9x faster (the 3x3 convolutions' forward and input-gradient products with
  *     16-64 output channels, 1.1-1.9x; the large linear layers' backward products, 1.1-1.8x);
@@ -523,6 +524,16 @@ bool fn_gemm_dot_pays(int64_t m, int64_t k) {
 
 bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
     if (m == 1 && trans_b) return true;
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+    /* Without AVX-512, OpenBLAS runs its Haswell kernels, which have no small-matrix paths: every
+     * product packs both operands. On AMD Zen 3 (one thread) the built-in kernel ran the small
+     * products 1.4-5.5x faster (Winograd's 16x256x16 TN 2.2x, 32x64x32 TN 1.6x, 64x64x64 NT
+     * 1.4x; 10x512x128 TN 2.3x, 16x256x244 NN 1.7x, 15x256x255 NT 3.1x; 1 and 2 rows 5.2-5.5x,
+     * 3x1024x512 NN 2.9x) and the large ones as fast (1024^3 0.8-1.0x, the MLPs' 1.0-1.1x).
+     * Except a transposed B of more columns than the dot products take and fewer than a
+     * sliver's: the packed kernel pads them to NR (96x10x1024 0.76x, 32x10x128 0.89x). */
+    return !(trans_b && n > GEMM_NR_f32 / 2 && n < GEMM_NR_f32);
+#endif
     /* OpenBLAS on 16x27x1024 (the first convolution's weight gradient): 150 GFLOP/s, the dot
      * products 194. */
     if (trans_b && fn_gemm_dot_pays(m, k) && n > 16) return true;
