@@ -19,10 +19,11 @@
  * counted too, and if B has fewer, C^T = op(B)^T @ op(A)^T is computed the same way and written
  * transposed.
  *
- * Blocking: B is packed by blocks of SPARSE_NB columns and SPARSE_KC steps of k (a 256 KB panel,
- * in L2), the last block zero-padded, so that B's rows are contiguous (rows of B a multiple of 4
- * KB apart in memory share an L1 set and evict each other). Within a panel, 32 rows of C go
- * through it a mask word (16 KB of a float panel, in L1) at a time, each row's part held in
+ * Blocking: B is packed by blocks of SPARSE_NB columns and SPARSE_KC steps of k (a 256 KB panel
+ * with AVX-512, 128 KB with AVX2, in L2), the last block zero-padded, so that B's rows are
+ * contiguous (rows of B a multiple of 4 KB apart in memory share an L1 set and evict each other).
+ * Within a panel, 32 rows of C go through it a mask word (16 KB of a float panel with AVX-512,
+ * 8 KB with AVX2, in L1) at a time, each row's part held in
  * registers through the word and the 32 rows' parts in L1 from one word to the next. A transposed
  * A, or one whose rows are a multiple of 4 KB apart, is copied into rows first.
  *
@@ -97,7 +98,8 @@ static inline uint64_t sparse_vector_nonzeros_f64(const double *p) {
 #define SPARSE_VECTORS 4
 #define SPARSE_LANES (SPARSE_VECTOR_BYTES / (int64_t)sizeof(real))
 #define SPARSE_NB (SPARSE_VECTORS * SPARSE_LANES)
-/* Steps of k per panel (a whole number of mask words): 256 KB of panel, in L2. */
+/* Steps of k per panel (a whole number of mask words): 256 KB of float panel with AVX-512, 128 KB
+ * with AVX2, in L2. */
 #define SPARSE_KC ((int64_t)1024)
 /* Rows of C taken through a panel together (their parts of C, 8 KB of floats, stay in L1). */
 #define SPARSE_ROWS 32
