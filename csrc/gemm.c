@@ -529,7 +529,7 @@ bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
      * products 1.4-5.5x faster (Winograd's 16x256x16 TN 2.2x, 32x64x32 TN 1.6x, 64x64x64 NT
      * 1.4x; 10x512x128 TN 2.3x, 16x256x244 NN 1.7x, 15x256x255 NT 3.1x; 1 and 2 rows 5.2-5.5x,
      * 3x1024x512 NN 2.9x) and the large ones as fast (1024^3 0.8-1.0x, the MLPs' 1.0-1.1x);
-     * a transposed B of fewer columns than a sliver runs as dot products (GEMM_DOT_COLUMNS). */
+     * a transposed B of fewer columns than a sliver runs as dot products (gemm_dot_columns). */
     return true;
 #endif
     if (m == 1 && trans_b) return true;
@@ -568,19 +568,24 @@ bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
 #else /* ============================================================ templated half */
 
 #define GEMM_MR FN_T(GEMM_MR)
-/* The most columns of a transposed B that the built-in kernel takes as dot products (gemm_dot),
- * fewer than a sliver: the packed kernel would pad them to NR. With AVX-512, NR / 2. With AVX2
- * alone, where the built-in kernel takes every product (fn_gemm_prefers_builtin), up to NR - 1:
- * on AMD Zen 3 (one thread) 32x10x128 ran 1.38x faster as dot products than OpenBLAS, where
- * packed it ran 0.89x, 96x10x1024 1.44x (packed 0.76x), 128x15x512 2.0x; 128x10x64 0.69x. */
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
-#define GEMM_DOT_COLUMNS (GEMM_NR - 1)
-#else
-#define GEMM_DOT_COLUMNS (GEMM_NR / 2)
-#endif
 #define GEMM_NR FN_T(GEMM_NR)
 #define GEMM_KC FN_T(GEMM_KC)
 #define GEMM_NC FN_T(GEMM_NC)
+
+/* Whether a transposed B of n columns is few enough for the dot products (gemm_dot), k the
+ * length of each: fewer than a sliver, which the packed kernel would pad to NR. With AVX-512, up
+ * to NR / 2. With AVX2 alone, where the built-in kernel takes every product
+ * (fn_gemm_prefers_builtin), up to NR - 1 from k = 128: on AMD Zen 3 (one thread) 32x10x128 ran
+ * 1.38x faster as dot products than OpenBLAS, where packed it ran 0.89x, 96x10x1024 1.44x
+ * (packed 0.76x), 128x15x512 2.0x; with k = 64, 128x10x64 0.52-0.69x (packed 1.0x). */
+static inline bool FN_T(gemm_dot_columns)(int64_t n, int64_t k) {
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+    if (n < GEMM_NR && k >= 128) return true;
+#else
+    (void)k;
+#endif
+    return n <= GEMM_NR / 2;
+}
 
 #ifndef GEMM_PLAIN_MICRO_KERNEL
 typedef FN_T(gemm_vector) FN_T(gemm_vec);
@@ -1596,7 +1601,8 @@ typedef struct {
  *     32 rows, as above.
  * Decided on the whole product's sizes. */
 static bool FN_T(gemm_split_rows)(const FN_T(gemm_job) *job) {
-    if (job->trans_b) return !job->trans_a && job->n <= GEMM_DOT_COLUMNS && job->m >= 32;
+    if (job->trans_b)
+        return !job->trans_a && FN_T(gemm_dot_columns)(job->n, job->k) && job->m >= 32;
     if (job->trans_a) return job->m >= job->n && job->k <= GEMM_KC;
     return job->m >= 32 && FN_T(gemm_b_block_small)(job->k, job->ldb);
 }
@@ -1644,7 +1650,8 @@ static void FN_T(gemm_block)(const FN_T(gemm_job) *job, int64_t i0, int64_t i1, 
     bool blas = job->table && (job->blas_only ||
                                !fn_gemm_prefers_builtin(job->trans_b, choice_rows, n, job->k));
     bool dot = !blas && a_b_transposed &&
-               (job->n <= GEMM_DOT_COLUMNS || job->m == 1 || fn_gemm_dot_pays(job->m, job->k));
+               (FN_T(gemm_dot_columns)(job->n, job->k) || job->m == 1 ||
+                fn_gemm_dot_pays(job->m, job->k));
     if (!blas && !dot && a_b_transposed && FN_T(gemm_swap_pays)(job->m, job->n, job->k)) {
         /* The bias added to each tile of C^T before it goes into C */
         FN_T(gemm_swapped)(m, n, job->k, job->alpha, a_block, job->lda, b_block, job->ldb,

@@ -480,12 +480,13 @@ static void test_blas_table(void) {
  * more than 16 columns and a long k for few rows (the dot products: up to 16 rows from k = 256,
  * up to 32 from 512), or at least 32 rows and columns and k >= 64. Each call is counted here. */
 /* The most columns of a transposed B that the built-in kernel takes as dot products (its float32
- * tile's NR / 2, or with AVX2 alone NR - 1): a transposed B past OpenBLAS's small-matrix kernels
- * goes to the built-in kernel only up to that many. */
+ * tile's NR / 2; with AVX2 alone, NR - 1 from k = 128, DOT_COLUMNS_LONG_K): a transposed B past
+ * OpenBLAS's small-matrix kernels goes to the built-in kernel only up to that many. */
 #if defined(__AVX512F__)
 #define DOT_COLUMNS 16
 #elif defined(__AVX2__) && defined(__FMA__)
-#define DOT_COLUMNS 15
+#define DOT_COLUMNS 8
+#define DOT_COLUMNS_LONG_K 15
 #else
 #define DOT_COLUMNS 4
 #endif
@@ -778,7 +779,11 @@ static void test_dot_blocks_same_bits(void) {
         const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
         for (int d = 0; d < 2; d++) {
             const fn_dtype dtype = (fn_dtype)d;
-            if (n > (d ? DOT_COLUMNS / 2 : DOT_COLUMNS) && !fn_gemm_dot_pays(m, k)) continue;
+            int64_t columns = d ? DOT_COLUMNS / 2 : DOT_COLUMNS;
+#ifdef DOT_COLUMNS_LONG_K
+            if (k >= 128) columns = d ? (DOT_COLUMNS_LONG_K + 1) / 2 - 1 : DOT_COLUMNS_LONG_K;
+#endif
+            if (n > columns && !fn_gemm_dot_pays(m, k)) continue;
             const size_t e = element_size(dtype);
             /* k elements exactly: a load past a row's end would read the next row, or past the
              * last row, outside the buffer (which AddressSanitizer reports). */
