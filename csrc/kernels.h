@@ -64,6 +64,8 @@ struct fn_update_args; /* model.h */
 /* gemm.c: whether C = A @ B^T with m rows and inner size k runs as dot products along k
  * (fn_gemm_dot_runs) rather than packed: few rows and a long k. */
 bool fn_gemm_dot_pays(int64_t m, int64_t k);
+/* sparse_gemm.c: the largest fraction of nonzeros at which fn_gemm_sparse skips the zeros */
+double fn_sparse_max_density(void);
 
 /* winograd.c: the elements of fn_winograd_conv's work buffer for in_c input and out_c output
  * channels and `images` outputs (out_h, out_w). */

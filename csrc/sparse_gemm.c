@@ -43,8 +43,14 @@
 
 /* The largest fraction of nonzeros in op(A) at which skipping the zeros pays (measured on a Zen 4
  * core, 128 x 1024 x 1024: 50% nonzeros took 0.68 of the dense product's time, so the two meet
- * near 70%; 60% keeps a margin for the packing and masks). */
+ * near 70%; 60% keeps a margin for the packing and masks). Without AVX-512 (AMD Zen 3, AVX2, one
+ * and two threads, medians of 9 alternations) they meet near 40%: 30% nonzeros 0.80-0.90, 40%
+ * 0.95-1.01, 50% 1.07-1.10; 35% keeps the margin. */
+#if defined(__AVX512F__)
 #define SPARSE_MAX_DENSITY 0.6
+#else
+#define SPARSE_MAX_DENSITY 0.35
+#endif
 /* Products of fewer multiply-adds go to fn_gemm_ordered: the masks and the copies are not paid
  * back; so do products of few rows, where packing B costs more than the rows' multiply-adds
  * (batch-1 inference streams B through dot products). */
@@ -87,6 +93,8 @@ static inline uint64_t sparse_vector_nonzeros_f64(const double *p) {
 #else
 #define SPARSE_VECTOR_BYTES 32
 #endif
+
+double fn_sparse_max_density(void) { return SPARSE_MAX_DENSITY; }
 
 #define FN_TEMPLATE_FILE "sparse_gemm.c"
 #include "template.h"

@@ -12,8 +12,8 @@ from fastnet._core cimport *
 
 cnp.import_array()
 
-# The one private kernel reached from here, for its tests and benchmarks: the public API has no
-# product that skips A's zeros (a model's linear layers choose it themselves).
+# The one private kernel reached from here, and its limit, for its tests and benchmarks: the public
+# API has no product that skips A's zeros (a model's linear layers choose it themselves).
 cdef extern from "kernels.h" nogil:
     void fn_gemm_sparse_f32(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k,
                             const float *a, int64_t lda, const float *b, int64_t ldb,
@@ -23,6 +23,7 @@ cdef extern from "kernels.h" nogil:
                             const double *a, int64_t lda, const double *b, int64_t ldb,
                             double beta, double *c, int64_t ldc, int threads, bint reversed,
                             const double *col_bias, bint relu, bint sparse_b)
+    double fn_sparse_max_density()
 
 FLOAT32 = 0
 FLOAT64 = 1
@@ -149,6 +150,12 @@ def set_deterministic(bint on):
 
 def get_deterministic():
     return bool(fn_get_deterministic())
+
+
+def sparse_max_density():
+    """The largest fraction of nonzeros at which the products that skip zeros do so (it depends
+    on the build's vector instructions)."""
+    return fn_sparse_max_density()
 
 
 cdef void *function_pointer(function, what) except NULL:

@@ -54,7 +54,8 @@ SHAPES = [  # m, k, n
 
 
 # (mode, a's density, b's density): A sparse, B sparse (the transposed product, in "either"
-# mode only), both dense (the dense product).
+# mode only), both dense (the dense product). The limit is 60% nonzeros with AVX-512 and 35%
+# without (_core.sparse_max_density()): 0.3 is sparse in every build, 0.55 only with AVX-512.
 DENSITIES = [("a", 0.0, 1.0), ("a", 0.3, 1.0), ("a", 0.55, 1.0), ("a", 0.9, 1.0),
              ("either", 0.5, 0.3), ("either", 0.3, 0.5), ("either", 0.9, 0.0),
              ("either", 0.9, 0.9)]
@@ -82,7 +83,7 @@ def test_sparse_product_matches_float64(dtype, trans_a, trans_b, mode, density, 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
-@pytest.mark.parametrize("mode, density, b_density", [("a", 0.5, 1.0), ("either", 0.9, 0.4)])
+@pytest.mark.parametrize("mode, density, b_density", [("a", 0.3, 1.0), ("either", 0.9, 0.3)])
 def test_sparse_bits_do_not_depend_on_the_thread_count(dtype, trans_a, mode, density,
                                                        b_density):
     rng = np.random.default_rng(3)
@@ -94,7 +95,7 @@ def test_sparse_bits_do_not_depend_on_the_thread_count(dtype, trans_a, mode, den
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode, density, b_density", [("a", 0.4, 1.0), ("either", 1.0, 0.4)])
+@pytest.mark.parametrize("mode, density, b_density", [("a", 0.3, 1.0), ("either", 1.0, 0.3)])
 def test_sparse_with_beta_0_ignores_what_c_held(dtype, mode, density, b_density, threads):
     # beta 0 writes the product, not 0 * C: a NaN or infinity left in C must not survive.
     rng = np.random.default_rng(4)
@@ -115,7 +116,7 @@ def test_sparse_with_beta_0_ignores_what_c_held(dtype, mode, density, b_density,
 @pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
 def test_a_nan_in_a_reaches_its_row_of_c(dtype, trans_a, threads):
     rng = np.random.default_rng(5)
-    a, b, _, _ = sparse_operands(64, 256, 128, trans_a, False, 0.4, dtype, rng)
+    a, b, _, _ = sparse_operands(64, 256, 128, trans_a, False, 0.3, dtype, rng)
     if trans_a:
         a[17, 9] = np.nan  # op(A)[9, 17]
     else:
@@ -144,8 +145,10 @@ def sparse_path_taken(a, b, trans_a, threads):
 @pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
 def test_a_sample_of_rows_decides_only_far_from_the_limit(trans_a, threads):
     """A stored A of 64 rows or more is first counted on one row in 8; a sample that puts it past
-    1.1 times the 60% limit makes the product dense without the whole count, and otherwise the
-    whole count decides, as before."""
+    1.1 times the limit (60% nonzeros with AVX-512, 35% without) makes the product dense without
+    the whole count, and otherwise the whole count decides, as before."""
+    limit = _core.sparse_max_density()
+    assert limit in (0.6, 0.35)
     rng = np.random.default_rng(6)
     stored_rows, stored_columns = 128, 320  # op(A) is 128 x 320, or 320 x 128 transposed
     k = stored_rows if trans_a else stored_columns
@@ -159,8 +162,10 @@ def test_a_sample_of_rows_decides_only_far_from_the_limit(trans_a, threads):
 
     b = rng.standard_normal((k, 128)).astype(np.float32)  # whole 64-column blocks
     uniform = rng.random((stored_rows, stored_columns))
-    # Uniform densities: the whole count decides at 0.3, 0.55 and 0.63; the sample at 0.95.
-    for density, sparse in ((0.3, True), (0.55, True), (0.63, False), (0.95, False)):
+    # Uniform densities: the whole count decides just below and just past the limit (within 1.1
+    # times it, where the sample cannot), the sample at 0.95.
+    for density, sparse in ((0.5 * limit, True), (limit - 0.05, True), (limit + 0.03, False),
+                            (0.95, False)):
         assert sparse_path_taken(stored(uniform < density), b, trans_a, threads) is sparse, \
             density
     rows = np.arange(stored_rows)[:, None] % 8 == 0
