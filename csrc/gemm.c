@@ -129,7 +129,9 @@ static int gemm_thread_count(int64_t m, int64_t n, int64_t k, int64_t blocks, in
 #define GEMM_MR_f64 12
 #define GEMM_NR_f64 16
 #elif defined(__AVX2__) && defined(__FMA__)
-/* 16 ymm registers: 6 x 2 accumulators, 2 for B, 1 for the broadcast A. */
+/* 16 ymm registers: 6 x 2 accumulators, 2 for B, 1 for the broadcast A. Such a build's BLAS runs
+ * without AVX-512 too, and the choices between the two that depend on it test GEMM_AVX2_ONLY. */
+#define GEMM_AVX2_ONLY 1
 #define GEMM_MR_f32 6
 #define GEMM_NR_f32 16
 #define GEMM_MR_f64 6
@@ -523,7 +525,7 @@ bool fn_gemm_dot_pays(int64_t m, int64_t k) {
 }
 
 bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#ifdef GEMM_AVX2_ONLY
     /* Without AVX-512, OpenBLAS runs its Haswell kernels, which have no small-matrix paths: every
      * product packs both operands. On AMD Zen 3 (one thread) the built-in kernel ran the small
      * products 1.4-5.5x faster (Winograd's 16x256x16 TN 2.2x, 32x64x32 TN 1.6x, 64x64x64 NT
@@ -579,7 +581,7 @@ bool fn_gemm_prefers_builtin(bool trans_b, int64_t m, int64_t n, int64_t k) {
  * 1.38x faster as dot products than OpenBLAS, where packed it ran 0.89x, 96x10x1024 1.44x
  * (packed 0.76x), 128x15x512 2.0x; with k = 64, 128x10x64 0.52-0.69x (packed 1.0x). */
 static inline bool FN_T(gemm_dot_columns)(int64_t n, int64_t k) {
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#ifdef GEMM_AVX2_ONLY
     if (n < GEMM_NR && k >= 128) return true;
 #else
     (void)k;
@@ -1595,10 +1597,10 @@ typedef struct {
  *     on a 2-core AMD Zen 4 host (125-129 us against 18.6 us by rows, in alternation), while
  *     two threads writing one C each, rows as far apart, ran as fast as one. At least 32
  *     rows, so that a thread's block is not a handful of rows;
- *   - C = A @ B^T with at most NR / 2 columns, a 10-output layer's forward (128 x 10 x 1024 in
- *     `mlp_mnist_b128`, through dot products): by columns it is one block, so one thread; by
- *     rows each thread takes its rows' dot products (32 -> 17 us alone on two threads). At least
- *     32 rows, as above.
+ *   - C = A @ B^T with few enough columns for the dot products (gemm_dot_columns), a 10-output
+ *     layer's forward (128 x 10 x 1024 in `mlp_mnist_b128`): by columns it is one block, so one
+ *     thread; by rows each thread takes its rows' dot products (32 -> 17 us alone on two
+ *     threads). At least 32 rows, as above.
  * Decided on the whole product's sizes. */
 static bool FN_T(gemm_split_rows)(const FN_T(gemm_job) *job) {
     if (job->trans_b)

@@ -69,6 +69,7 @@
 
 /* Bit j set where p[j] != 0 (NaN included), for the floats or doubles of a vector. */
 #if defined(__AVX512F__)
+#define SPARSE_VECTOR_NONZEROS 1
 static inline uint64_t sparse_vector_nonzeros_f32(const float *p) {
     return _mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_setzero_ps(), _CMP_NEQ_UQ);
 }
@@ -76,6 +77,7 @@ static inline uint64_t sparse_vector_nonzeros_f64(const double *p) {
     return _mm512_cmp_pd_mask(_mm512_loadu_pd(p), _mm512_setzero_pd(), _CMP_NEQ_UQ);
 }
 #elif defined(__AVX2__)
+#define SPARSE_VECTOR_NONZEROS 1
 static inline uint64_t sparse_vector_nonzeros_f32(const float *p) {
     return (uint64_t)(uint32_t)_mm256_movemask_ps(
         _mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), _CMP_NEQ_UQ));
@@ -122,7 +124,7 @@ typedef real FN_T(sparse_vector) __attribute__((vector_size(SPARSE_VECTOR_BYTES)
 static inline uint64_t FN_T(sparse_nonzero_bits)(const real *p, int64_t count) {
     uint64_t bits = 0;
     int64_t j = 0;
-#if defined(__AVX512F__) || defined(__AVX2__)
+#ifdef SPARSE_VECTOR_NONZEROS
     for (; j + SPARSE_LANES <= count; j += SPARSE_LANES)
         bits |= FN_T(sparse_vector_nonzeros)(p + j) << j;
 #endif

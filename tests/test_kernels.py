@@ -567,8 +567,8 @@ def test_gemm_weight_gradient_split_by_rows(dtype, m, k, n):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m, k, n", [(128, 1024, 10), (257, 300, 16), (33, 65, 5), (512, 256, 8)])
 def test_gemm_few_columns_split_by_rows(dtype, m, k, n):
-    # A @ B^T with at most NR / 2 columns (a classifier's forward) is split between the threads
-    # by rows, the blocks' edges at row counts that are not multiples of the tile: every row
+    # A @ B^T with few enough columns for the dot products (a classifier's forward) is split
+    # between the threads by rows, the blocks' edges at row counts that are not multiples of the tile: every row
     # within the bound on any thread count. Built in, each element is one dot product whichever
     # block holds it, so the same bits on any thread count in either mode; through the BLAS, a
     # narrower call may sum differently (OpenBLAS 0.3.30's dgemm does for 128 x 10 x 1024), so
