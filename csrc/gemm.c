@@ -591,6 +591,14 @@ static inline bool FN_T(gemm_dot_columns)(int64_t n, int64_t k) {
 
 #ifndef GEMM_PLAIN_MICRO_KERNEL
 typedef FN_T(gemm_vector) FN_T(gemm_vec);
+/* Keeps a loaded vector of B in a register: GCC 12 otherwise folded its load into each of the
+ * tile's multiply-adds in some of the tile's instances (the 6-row AVX2 tile: 12 loads of B a
+ * step instead of 2, besides the 6 broadcasts). */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define GEMM_IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define GEMM_IN_REGISTER(v) ((void)0)
+#endif
 #define GEMM_LANES (GEMM_NR / 2)
 
 /* a (kc, MR) (or its first tile_rows columns), b (kc, NR), c (rows <= tile_rows <= MR, NR): two
@@ -611,6 +619,8 @@ GEMM_INLINE void FN_T(gemm_tile)(const int tile_rows, int rows, int64_t kc, cons
     }
     for (int64_t p = 0; p < kc; p++) {
         FN_T(gemm_vec) b0 = FN_T(GEMM_VLOAD)(b), b1 = FN_T(GEMM_VLOAD)(b + GEMM_LANES);
+        GEMM_IN_REGISTER(b0);
+        GEMM_IN_REGISTER(b1);
         for (int i = 0; i < tile_rows; i++) {
             FN_T(gemm_vec) ai = FN_T(GEMM_VBROADCAST)(a + i * a_row);
             acc[i][0] = FN_T(GEMM_VFMADD)(ai, b0, acc[i][0]);
