@@ -300,6 +300,38 @@ def test_activations_propagate_nan(layer):
     assert np.signbit(relu(np.array([[-0.0, 0.0, -1.0]]))).tolist() == [[False] * 3]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_relu_fused_into_linear_matches_relu_layer(dtype, threads):
+    # A ReLU fused into the linear layer is applied by the GEMM's micro-kernel to whole tiles
+    # in registers, and to the edge tiles after them: the same values as the ReLU layer, NaN
+    # passed on and every non-positive sum +0. 13 rows x 40 columns: full and short tiles both
+    # ways; 0 * inf puts a NaN into a full tile (column 3) and an edge tile (column 38).
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(13, 24))
+    x[5, 0] = 0.0
+    weight = rng.normal(size=(40, 24))
+    weight[[3, 38], 0] = np.inf
+    fused = fn.Sequential(fn.Linear(24, 40), fn.ReLU(), dtype=dtype)
+    plain = fn.Sequential(fn.Linear(24, 40), dtype=dtype)
+    for model in (fused, plain):
+        model.parameters()[0].data[...] = weight
+        model.parameters()[1].data[...] = rng.normal(size=40) if model is fused else \
+            fused.parameters()[1].data
+    previous = fn.get_num_threads()
+    fn.set_num_threads(threads)
+    try:
+        out = fused(x.astype(dtype))
+        logits = plain(x.astype(dtype))
+    finally:
+        fn.set_num_threads(previous)
+    expected = np.where(~(logits <= 0), logits, 0.0)
+    assert np.isnan(out[5, 3]) and np.isnan(out[5, 38])
+    np.testing.assert_array_equal(out, expected)
+    assert not np.signbit(out[out == 0]).any()
+    assert (out == 0).sum() > 100  # the ReLU cut about half of them
+
+
 def test_maxout_output_shape_and_model():
     model = fn.Sequential(fn.Conv2d(3, 8, 3, padding=1), fn.Maxout(4), fn.Flatten(),
                           fn.Linear(2 * 5 * 5, 3), input_shape=(3, 5, 5))
