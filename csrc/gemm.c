@@ -183,8 +183,9 @@ static int64_t gemm_block_size(int64_t total, int64_t max_block, int64_t multipl
  * gemm_micro(rows, kc, a, b, b_stride, c, ldc, alpha_beta) computes one tile: a (kc, MR)
  * packed A sliver and b (kc, NR) B sliver, whose rows are b_stride apart (NR when packed, ldb
  * when read in place) -> the first `rows` rows of c (MR, NR), row stride ldc:
- * c = alpha * a^T @ b + beta * c with {alpha, beta} in alpha_beta, where beta == 0 overwrites c
- * without reading it (so NaN left in C does not survive, as in BLAS).
+ * c = alpha * a^T @ b + beta * c with {alpha, beta, relu} in alpha_beta, where beta == 0
+ * overwrites c without reading it (so NaN left in C does not survive, as in BLAS), and relu
+ * other than 0 applies FN_RELU to the result before it is stored.
  *
  * The last rows of a matrix seldom fill a whole MR-row tile. Rather than multiplying the zero
  * padding, a short tile runs a kernel for fewer rows (a third or two thirds of MR, and with
@@ -243,8 +244,10 @@ typedef __m512d gemm_vector_f64;
 #define GEMM_VFMADD_f32 _mm512_fmadd_ps
 #define GEMM_VFMADD_f64 _mm512_fmadd_pd
 /* FN_RELU on a vector: v where !(v <= 0) (NaN included), else +0 (max would keep -0) */
-#define GEMM_VRELU_f32(v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask((v), _mm512_setzero_ps(), _CMP_NLE_UQ), (v))
-#define GEMM_VRELU_f64(v) _mm512_maskz_mov_pd(_mm512_cmp_pd_mask((v), _mm512_setzero_pd(), _CMP_NLE_UQ), (v))
+#define GEMM_VRELU_f32(v)                                                                         \
+    _mm512_maskz_mov_ps(_mm512_cmp_ps_mask((v), _mm512_setzero_ps(), _CMP_NLE_UQ), (v))
+#define GEMM_VRELU_f64(v)                                                                         \
+    _mm512_maskz_mov_pd(_mm512_cmp_pd_mask((v), _mm512_setzero_pd(), _CMP_NLE_UQ), (v))
 #elif defined(__AVX2__) && defined(__FMA__)
 typedef __m256 gemm_vector_f32;
 typedef __m256d gemm_vector_f64;
@@ -263,8 +266,10 @@ typedef __m256d gemm_vector_f64;
 #define GEMM_VFMADD_f32 _mm256_fmadd_ps
 #define GEMM_VFMADD_f64 _mm256_fmadd_pd
 /* FN_RELU on a vector: v where !(v <= 0) (NaN included), else +0 (max would keep -0) */
-#define GEMM_VRELU_f32(v) _mm256_and_ps(_mm256_cmp_ps((v), _mm256_setzero_ps(), _CMP_NLE_UQ), (v))
-#define GEMM_VRELU_f64(v) _mm256_and_pd(_mm256_cmp_pd((v), _mm256_setzero_pd(), _CMP_NLE_UQ), (v))
+#define GEMM_VRELU_f32(v)                                                                         \
+    _mm256_and_ps(_mm256_cmp_ps((v), _mm256_setzero_ps(), _CMP_NLE_UQ), (v))
+#define GEMM_VRELU_f64(v)                                                                         \
+    _mm256_and_pd(_mm256_cmp_pd((v), _mm256_setzero_pd(), _CMP_NLE_UQ), (v))
 #endif
 
 /* ---------------------------------------------------------------- transposed packing
@@ -683,9 +688,10 @@ GEMM_INLINE void FN_T(gemm_micro)(int rows, int64_t kc, const real *restrict a,
 #else /* GEMM_PLAIN_MICRO_KERNEL */
 /* a (kc, MR) packed (a_row 1, a_step MR) or MR rows of A where they lie (a_row lda, a_step 1),
  * b (kc, NR) rows b_stride apart -> the first `rows` rows of c (MR, NR), row stride ldc:
- * c = alpha * a^T @ b + beta * c, {alpha, beta} in alpha_beta, beta == 0 overwriting c without
- * reading it. Plain loops over a fixed-size tile, which compilers unroll and vectorise along NR;
- * a short tile computes the zero rows of its padding too, which is cheap at this tile size. */
+ * c = alpha * a^T @ b + beta * c, then FN_RELU where relu is not 0, {alpha, beta, relu} in
+ * alpha_beta, beta == 0 overwriting c without reading it. Plain loops over a fixed-size tile,
+ * which compilers unroll and vectorise along NR; a short tile computes the zero rows of its
+ * padding too, which is cheap at this tile size. */
 GEMM_INLINE void FN_T(gemm_tile)(const int tile_rows, int rows, int64_t kc, const real *restrict a,
                                  const int64_t a_row, const int64_t a_step,
                                  const real *restrict b, int64_t b_stride, real *restrict c,
